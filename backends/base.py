@@ -1,0 +1,174 @@
+"""The one interface every backend implements.
+
+The suite owns the training loop, the timing and the telemetry; a backend only knows how to
+do one framework's work. A backend module may import its framework at module level, but this
+module and ``backends/__init__.py`` never do: ``import backends`` must work with no framework
+installed.
+
+The loop the suite runs (``suite/loop.py``)::
+
+    backend.setup(job, init_weights, data)
+    for batch_indices in plan:               # one optimizer step each
+        backend.train_step(batch_indices)    # no host-device sync in here
+        ...                                  # every few steps: synchronize(), drain_telemetry()
+    backend.evaluate()
+    backend.teardown()
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from suite.data import Dataset
+    from suite.jobs import Job
+
+# The framework-neutral precision policies (DESIGN.md, "Precision policies").
+POLICIES: tuple[str, ...] = ("fp32", "tf32", "fp16-mixed", "bf16-mixed", "fp16-pure", "bf16-pure")
+
+# Policies that only mean something on CUDA devices.
+CUDA_ONLY_POLICIES: frozenset[str] = frozenset({"tf32"})
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str = ""
+
+
+@dataclass
+class Telemetry:
+    """Per-step values since the last drain, one entry per optimizer step."""
+
+    loss: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    loss_scale: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    skipped: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+
+
+@dataclass
+class EvalResult:
+    test_loss: float
+    test_accuracy: float
+
+
+@dataclass
+class MemoryStats:
+    """A peak and where it comes from: never an unlabelled number."""
+
+    peak_memory_bytes: int | None
+    memory_source: str
+    breakdown: dict[str, int] = field(default_factory=dict)
+
+
+class NoOptions(BaseModel):
+    """Options schema of a backend that takes none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def module_available(module: str, pip_name: str | None = None) -> Availability:
+    """Availability of a framework, found without importing it."""
+    if importlib.util.find_spec(module) is None:
+        return Availability(False, f"{pip_name or module} is not installed")
+    return Availability(True)
+
+
+class Backend(ABC):
+    """One framework's way of training the suite's models under a precision policy.
+
+    Class attributes:
+        name: registry name, e.g. ``"torch-amp"``.
+        framework: ``"torch"`` or ``"tensorflow"``; baselines are per framework, and the runner
+            keeps one worker process per framework.
+        policies: the policies this backend implements (a subset of ``POLICIES``).
+        Options: a pydantic model (``extra="forbid"``) of the backend's own options, validated
+            with the config before anything runs.
+    """
+
+    name: ClassVar[str]
+    framework: ClassVar[str]
+    policies: ClassVar[tuple[str, ...]]
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    @staticmethod
+    @abstractmethod
+    def is_available() -> Availability:
+        """Whether the framework can be used here, and why not. Must not import the framework
+        (use ``importlib.util.find_spec``); it runs in the parent process of every run."""
+
+    @classmethod
+    def unsupported_reason(cls, policy: str, device: str) -> str | None:
+        """Why ``policy`` cannot run on ``device`` ("cpu" or "cuda"), or None if it can.
+        Checked without importing the framework; the job is then recorded ``unavailable``."""
+        if policy in CUDA_ONLY_POLICIES and device != "cuda":
+            return f"{policy} needs a CUDA device (device is {device})"
+        return None
+
+    @abstractmethod
+    def setup(self, job: Job, init_weights: dict[str, np.ndarray], data: Dataset) -> None:
+        """Build the model from ``job.model`` with exactly ``init_weights`` (see
+        ``suite.models.init_weights`` for names and layouts), put the training and test data on
+        the device once, and build the optimizer, lr schedule and loss scaler from
+        ``job.train`` and ``job.loss_scale``. Seeds every framework RNG from ``job.seed``."""
+
+    @abstractmethod
+    def train_step(self, batch_indices: np.ndarray) -> None:
+        """One optimizer step on the training rows ``batch_indices`` (gathered on the device).
+
+        With ``job.train.grad_accumulation > 1`` the rows are split into that many micro-batches
+        and the optimizer (and loss scaler) steps once. Must not force a host-device sync: the
+        loss, loss scale and skipped flag stay on the device until ``drain_telemetry``. A step
+        skipped for overflow leaves parameters, optimizer state and lr schedule untouched."""
+
+    @abstractmethod
+    def drain_telemetry(self) -> Telemetry:
+        """Per-step loss (fp32 value of the unscaled loss), loss scale used for the step (1.0
+        when not scaling) and skipped flag for every step since the last call, read in bulk."""
+
+    @abstractmethod
+    def evaluate(self) -> EvalResult:
+        """Mean test loss and accuracy (0..1) over the whole test set, in the policy's compute
+        precision, without changing any training state (BatchNorm in inference mode)."""
+
+    def synchronize(self) -> None:
+        """Block until all queued device work is done; timing windows close with this."""
+
+    def reset_memory_stats(self) -> None:
+        """Reset the allocator's peak counters before the measured part of the job."""
+
+    def memory_stats(self) -> MemoryStats:
+        """Peak memory of the job and its source (allocator peak on GPU; an accounting of
+        weights, gradients, optimizer state and master copies on CPU, labelled as such)."""
+        return MemoryStats(None, "not measured")
+
+    @abstractmethod
+    def observed_precision(self) -> dict[str, Any]:
+        """What actually ran, observed rather than configured: ``compute_dtype`` (dtype of a
+        real matmul output under the policy), ``param_dtype`` (dtype of the weights the forward
+        pass reads), ``master_dtype`` (dtype of the weights the optimizer updates, or None) and
+        ``loss_scaling`` (``"dynamic"``, ``"static"`` or ``"none"``). Dtype names are numpy
+        style: ``float32``, ``float16``, ``bfloat16``."""
+
+    def environment(self) -> dict[str, Any]:
+        """Framework versions, device name, and the framework settings that affect speed or
+        numerics (TF32, compile/XLA, thread counts)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-identically in a fresh process: model, optimizer,
+        master weights, loss-scaler state, step counters. Values are numpy arrays or plain
+        Python so the suite can save them without importing the framework."""
+        raise NotImplementedError(f"{self.name} does not support checkpoints")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned (after ``setup`` of the same job)."""
+        raise NotImplementedError(f"{self.name} does not support checkpoints")
+
+    def teardown(self) -> None:
+        """Free device memory and undo any global framework state the job set."""

@@ -1,0 +1,416 @@
+"""YAML → validated, typed configuration.
+
+YAML is only a loader: everything becomes pydantic models (``extra="forbid"``) before any job
+runs. User errors raise ``ConfigError`` with one line naming the file, the key path, what was
+expected and what was given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+PositiveInt = Annotated[int, Field(gt=0, strict=True)]
+NonNegInt = Annotated[int, Field(ge=0, strict=True)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class ConfigError(ValueError):
+    """A configuration the user wrote that cannot run; the message is one line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+
+# ---------------------------------------------------------------- models
+class MlpConfig(_Strict):
+    kind: Literal["mlp"] = "mlp"
+    name: str = "mlp"
+    hidden: list[PositiveInt] = [128, 64]
+    activation: Literal["relu", "gelu", "tanh", "sigmoid"] = "relu"
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class CnnConfig(_Strict):
+    kind: Literal["cnn"] = "cnn"
+    name: str = "cnn"
+    channels: list[PositiveInt] = [16, 32]
+    kernel_size: PositiveInt = 3
+    dense: PositiveInt = 64
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class TransformerConfig(_Strict):
+    kind: Literal["transformer"] = "transformer"
+    name: str = "transformer"
+    patch_size: PositiveInt = 2
+    d_model: PositiveInt = 32
+    num_heads: PositiveInt = 4
+    depth: PositiveInt = 2
+    mlp_ratio: PositiveInt = 2
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TransformerConfig:
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})"
+            )
+        return self
+
+
+ModelConfig = Annotated[MlpConfig | CnnConfig | TransformerConfig, Field(discriminator="kind")]
+MODEL_KINDS = ("mlp", "cnn", "transformer")
+
+
+# ---------------------------------------------------------------- data
+class SyntheticConfig(_Strict):
+    shape: list[PositiveInt] = [1, 8, 8]
+    num_classes: Annotated[int, Field(ge=2, strict=True)] = 10
+    train_size: PositiveInt = 2048
+    test_size: PositiveInt = 512
+
+
+class DataConfig(_Strict):
+    name: Literal["digits", "synthetic", "npz", "mnist", "fashion_mnist", "cifar10"] = "digits"
+    path: str | None = None
+    cache_dir: str = "~/.cache/precision-suite"
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    @model_validator(mode="after")
+    def _npz_needs_path(self) -> DataConfig:
+        if self.name == "npz" and not self.path:
+            raise ValueError("data.name npz needs data.path (a .npz file)")
+        return self
+
+
+# ---------------------------------------------------------------- training
+class OptimizerConfig(_Strict):
+    name: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: PositiveFloat = 1e-3
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.9,
+        0.999,
+    )
+    eps: PositiveFloat = 1e-8
+
+
+class LrScheduleConfig(_Strict):
+    name: Literal["constant", "cosine", "step"] = "constant"
+    warmup_steps: NonNegInt = 0
+    step_size: PositiveInt = 1000
+    gamma: PositiveFloat = 0.1
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+
+class TrainConfig(_Strict):
+    epochs: PositiveInt | None = 10
+    steps: PositiveInt | None = None
+    batch_size: PositiveInt = 64
+    optimizer: OptimizerConfig = OptimizerConfig()
+    lr_schedule: LrScheduleConfig = LrScheduleConfig()
+    grad_clip_norm: PositiveFloat | None = None
+    grad_accumulation: PositiveInt = 1
+    warmup_steps: NonNegInt = 5
+    timing_window_steps: PositiveInt = 10
+    divergence_patience: PositiveInt = 20
+
+    @model_validator(mode="after")
+    def _epochs_or_steps(self) -> TrainConfig:
+        if self.steps is not None:
+            self.epochs = None
+        elif self.epochs is None:
+            raise ValueError("train needs epochs or steps")
+        if self.batch_size % self.grad_accumulation:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be divisible by grad_accumulation "
+                f"({self.grad_accumulation})"
+            )
+        return self
+
+
+class LossScaleConfig(_Strict):
+    """Names copy ``torch.amp.GradScaler``'s arguments; its defaults unless the config says
+    otherwise."""
+
+    dynamic: bool = True
+    init_scale: PositiveFloat = 2.0**16
+    growth_factor: Annotated[float, Field(gt=1)] = 2.0
+    backoff_factor: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    growth_interval: PositiveInt = 2000
+    enabled: bool = True
+
+
+class BackendsConfig(_Strict):
+    names: list[str] = ["torch-amp", "torch-manual", "tf-keras"]
+    # Per backend: which policies to run. A backend not listed runs all its policies.
+    policies: dict[str, list[str]] = {}
+    # Per backend: its own options, validated by the backend's Options schema.
+    options: dict[str, dict[str, Any]] = {}
+
+    @field_validator("names")
+    @classmethod
+    def _non_empty_unique(cls, names: list[str]) -> list[str]:
+        if not names:
+            raise ValueError("at least one backend is needed")
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate backend names in {names}")
+        return names
+
+
+class ParityConfig(_Strict):
+    tolerance_pts: Annotated[float, Field(ge=0)] = 1.0
+    check_pure: bool = False
+    cross_framework_rtol: PositiveFloat = 1e-3
+
+
+class RunnerConfig(_Strict):
+    isolation: Literal["per-framework", "per-job"] = "per-framework"
+    job_timeout_s: PositiveFloat = 600.0
+    out_dir: str = "runs"
+    threads: PositiveInt | None = None
+    deterministic: bool = True
+    oom_retry_half_batch: bool = False
+
+
+class SuiteConfig(_Strict):
+    models: list[ModelConfig] = [MlpConfig(), CnnConfig(), TransformerConfig()]
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    backends: BackendsConfig = BackendsConfig()
+    loss_scale: LossScaleConfig = LossScaleConfig()
+    seeds: list[NonNegInt] = [0, 1, 2]
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    parity: ParityConfig = ParityConfig()
+    runner: RunnerConfig = RunnerConfig()
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _model_shorthand(cls, value: Any) -> Any:
+        # `models: [mlp, cnn]` is shorthand for `models: [{kind: mlp}, {kind: cnn}]`.
+        if isinstance(value, list):
+            return [{"kind": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _unique_model_names(cls, models: list[Any]) -> list[Any]:
+        names = [m.name for m in models]
+        if not names:
+            raise ValueError("at least one model is needed")
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        return models
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        if not seeds:
+            raise ValueError("at least one seed is needed")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"duplicate seeds in {seeds}")
+        return seeds
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(
+            json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        ).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------- loading
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one) and reads
+    `1e-3` as a float (YAML 1.1 only accepts `1.0e-3`)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(
+                f"duplicate key {key!r} at line {key_node.start_mark.line + 1}"
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_FLOAT_RE = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
+)
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:float"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789.")
+)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}:{where}: invalid YAML: {problem}") from None
+
+
+def _describe(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, str | int | float | bool | None) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _format_error(error: dict[str, Any], source: str) -> str:
+    path = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-"))
+    # Drop pydantic's union-branch labels like `mlp` in `models.0.mlp.hidden`.
+    msg = error["msg"]
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent, _, key = path.rpartition(".")
+        return f"{source}: {path}: unknown key {key!r}" + (f" in {parent}" if parent else "")
+    if kind == "missing":
+        return f"{source}: {path}: required key is missing"
+    expected = {
+        "int_type": "an integer",
+        "int_parsing": "an integer",
+        "int_from_float": "an integer",
+        "float_type": "a number",
+        "float_parsing": "a number",
+        "bool_type": "true or false",
+        "bool_parsing": "true or false",
+        "string_type": "a string",
+        "list_type": "a list",
+        "dict_type": "a mapping",
+        "model_type": "a mapping",
+        "greater_than": f"a number > {error.get('ctx', {}).get('gt')}",
+        "greater_than_equal": f"a number >= {error.get('ctx', {}).get('ge')}",
+        "less_than": f"a number < {error.get('ctx', {}).get('lt')}",
+        "less_than_equal": f"a number <= {error.get('ctx', {}).get('le')}",
+    }.get(kind)
+    if kind in {"greater_than", "greater_than_equal"} and "int" in str(error.get("ctx")):
+        expected = expected
+    if expected is None:
+        if kind == "literal_error":
+            expected = "one of " + msg.removeprefix("Input should be ")
+        elif kind == "union_tag_invalid":
+            expected = "kind one of " + ", ".join(MODEL_KINDS)
+        elif kind == "value_error":
+            return f"{source}: {path or '(top level)'}: {msg.removeprefix('Value error, ')}"
+        else:
+            expected = msg[0].lower() + msg[1:]
+    got = _describe(error.get("input"))
+    return f"{source}: {path}: expected {expected}, got {got}"
+
+
+def validate(raw: Any, source: str) -> SuiteConfig:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {_describe(raw)}")
+    try:
+        return SuiteConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc.errors()[0], source)) from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` → (["a","b","c"], value parsed as YAML, e.g. `[x, y]`, `1e-3`, `true`)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=3")
+    value = parse_yaml(text, f"--set {key}") if text.strip() else ""
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node: Any = raw
+        for i, part in enumerate(path[:-1]):
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError(
+                    f"--set {'.'.join(path)}: {'.'.join(path[:i]) or 'top level'} is not a mapping"
+                )
+            child = node.get(part)
+            if not isinstance(child, dict | list):
+                # Expand `models` shorthand and absent sections so nested keys can be set.
+                child = {} if child is None else child
+                node[part] = child
+            node = child
+        last = path[-1]
+        if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+            node[int(last)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"--set {'.'.join(path)}: cannot set a key inside a non-mapping")
+    return raw
+
+
+def default_config_text() -> str:
+    """The embedded default config: ``configs/default.yaml``, installed as ``suite.configs``."""
+    try:
+        return resources.files("suite.configs").joinpath("default.yaml").read_text()
+    except ModuleNotFoundError:  # running from a source tree that was never installed
+        return (Path(__file__).resolve().parent.parent / "configs" / "default.yaml").read_text()
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> SuiteConfig:
+    """Load a YAML file (None = the packaged default) and apply `--set` overrides."""
+    if path is None:
+        source, text = "default.yaml", default_config_text()
+    else:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: no such config file") from None
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+    raw = parse_yaml(text, source)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {_describe(raw)}")
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+        source = f"{source} (with --set)"
+    return validate(raw, source)
+
+
+def is_finite_number(value: float) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)

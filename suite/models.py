@@ -1,0 +1,153 @@
+"""Framework-neutral model specs and their initial weights.
+
+Initial weights are generated once, in NumPy, from the seed; every backend loads exactly
+these arrays. Canonical layouts (the builders convert):
+
+* dense kernel ``(in, out)`` (Keras layout; torch ``Linear.weight`` is its transpose)
+* conv kernel ``(kh, kw, in, out)`` (HWIO, Keras layout; torch is OIHW)
+
+Names, per model kind::
+
+    mlp          dense{i}.kernel, dense{i}.bias          hidden layers i = 0..len(hidden)-1
+                 head.kernel, head.bias
+    cnn          conv{i}.kernel                           3x3 'same' conv, stride 1, no bias
+                 bn{i}.gamma, bn{i}.beta, bn{i}.moving_mean, bn{i}.moving_var
+                 (block i = conv → BatchNorm → ReLU → 2x2 max-pool, stride 2)
+                 dense.kernel, dense.bias                 after global average pooling, ReLU
+                 head.kernel, head.bias
+    transformer  embed.kernel, embed.bias, pos            patch tokens (T, P) → (T, d) + pos (T, d)
+                 block{b}.ln1.gamma, block{b}.ln1.beta    pre-norm blocks b = 0..depth-1
+                 block{b}.attn.{q,k,v,out}.kernel/.bias   heads split from d; scale 1/sqrt(d/h)
+                 block{b}.ln2.gamma, block{b}.ln2.beta
+                 block{b}.mlp1.kernel/.bias, block{b}.mlp2.kernel/.bias  (d → r·d, GELU, → d)
+                 ln_f.gamma, ln_f.beta                    then mean over tokens
+                 head.kernel, head.bias
+
+Every constant that frameworks default differently is fixed here and set explicitly by each
+builder.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from suite.config import CnnConfig, MlpConfig, TransformerConfig
+
+LAYER_NORM_EPS = 1e-5
+BATCH_NORM_EPS = 1e-5
+# Fraction of the new batch statistic mixed into the running statistic each step: torch
+# BatchNorm2d(momentum=0.1) == Keras BatchNormalization(momentum=0.9).
+BATCH_NORM_MOMENTUM = 0.1
+GELU_APPROXIMATE = False  # exact erf GELU (torch default; Keras defaults to the tanh form)
+MAX_POOL = 2
+
+
+def _rng(seed: int, salt: int = 0x5EED) -> np.random.Generator:
+    return np.random.default_rng([seed, salt])
+
+
+def _glorot(rng: np.random.Generator, fan_in: int, fan_out: int, shape: tuple[int, ...]):
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=shape).astype(np.float32)
+
+
+def _he(rng: np.random.Generator, fan_in: int, shape: tuple[int, ...]):
+    return (rng.standard_normal(size=shape) * math.sqrt(2.0 / fan_in)).astype(np.float32)
+
+
+def _dense(w: dict[str, np.ndarray], rng, name: str, n_in: int, n_out: int, he: bool) -> None:
+    w[f"{name}.kernel"] = (
+        _he(rng, n_in, (n_in, n_out)) if he else _glorot(rng, n_in, n_out, (n_in, n_out))
+    )
+    w[f"{name}.bias"] = np.zeros(n_out, np.float32)
+
+
+def _norm(w: dict[str, np.ndarray], name: str, n: int) -> None:
+    w[f"{name}.gamma"] = np.ones(n, np.float32)
+    w[f"{name}.beta"] = np.zeros(n, np.float32)
+
+
+def num_tokens(model: TransformerConfig, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(number of patch tokens T, values per patch P) for an image of ``input_shape`` (C,H,W)."""
+    if len(input_shape) != 3:
+        raise ValueError(f"transformer needs image inputs (C, H, W), got shape {input_shape}")
+    c, h, wd = input_shape
+    p = model.patch_size
+    if h % p or wd % p:
+        raise ValueError(f"patch_size {p} does not divide the image size {h}x{wd}")
+    return (h // p) * (wd // p), c * p * p
+
+
+def prepare_inputs(model: Any, x: np.ndarray) -> np.ndarray:
+    """The array a model's first layer reads, from canonical inputs ``x`` of shape (N, C, H, W)
+    or (N, F), computed once in NumPy so every framework sees the same values in the same order.
+
+    mlp: flattened (N, C·H·W) in C-major order. cnn: (N, C, H, W) unchanged (a channels-last
+    framework transposes it). transformer: non-overlapping patches (N, T, C·p·p), row-major over
+    the patch grid, each patch flattened as (C, p, p).
+    """
+    x = np.asarray(x, np.float32)
+    if model.kind == "mlp":
+        return np.ascontiguousarray(x.reshape(len(x), -1))
+    if model.kind == "cnn":
+        if x.ndim != 4:
+            raise ValueError(f"cnn needs image inputs (N, C, H, W), got shape {x.shape}")
+        return x
+    n, c, h, w = x.shape
+    p = model.patch_size
+    num_tokens(model, (c, h, w))
+    patches = x.reshape(n, c, h // p, p, w // p, p).transpose(0, 2, 4, 1, 3, 5)
+    return np.ascontiguousarray(patches.reshape(n, (h // p) * (w // p), c * p * p))
+
+
+def init_weights(
+    model: Any, input_shape: tuple[int, ...], num_classes: int, seed: int
+) -> dict[str, np.ndarray]:
+    """The initial weights of ``model`` for inputs of canonical ``input_shape`` (no batch dim),
+    deterministic in ``seed``, in the canonical names and layouts of this module."""
+    rng = _rng(seed)
+    w: dict[str, np.ndarray] = {}
+    if isinstance(model, MlpConfig):
+        n_in = int(np.prod(input_shape))
+        for i, n_out in enumerate(model.hidden):
+            _dense(w, rng, f"dense{i}", n_in, n_out, he=model.activation == "relu")
+            n_in = n_out
+        _dense(w, rng, "head", n_in, num_classes, he=False)
+    elif isinstance(model, CnnConfig):
+        if len(input_shape) != 3:
+            raise ValueError(f"cnn needs image inputs (C, H, W), got shape {input_shape}")
+        c_in, h, wd = input_shape
+        k = model.kernel_size
+        for i, c_out in enumerate(model.channels):
+            if h < MAX_POOL or wd < MAX_POOL:
+                raise ValueError(
+                    f"cnn with {len(model.channels)} blocks pools a {input_shape[1]}x"
+                    f"{input_shape[2]} image below 1x1; use fewer channels entries"
+                )
+            w[f"conv{i}.kernel"] = _he(rng, k * k * c_in, (k, k, c_in, c_out))
+            _norm(w, f"bn{i}", c_out)
+            w[f"bn{i}.moving_mean"] = np.zeros(c_out, np.float32)
+            w[f"bn{i}.moving_var"] = np.ones(c_out, np.float32)
+            c_in, h, wd = c_out, h // MAX_POOL, wd // MAX_POOL
+        _dense(w, rng, "dense", c_in, model.dense, he=True)
+        _dense(w, rng, "head", model.dense, num_classes, he=False)
+    elif isinstance(model, TransformerConfig):
+        t, p = num_tokens(model, input_shape)
+        d = model.d_model
+        _dense(w, rng, "embed", p, d, he=False)
+        w["pos"] = (rng.standard_normal((t, d)) * 0.02).astype(np.float32)
+        for b in range(model.depth):
+            _norm(w, f"block{b}.ln1", d)
+            for proj in ("q", "k", "v", "out"):
+                _dense(w, rng, f"block{b}.attn.{proj}", d, d, he=False)
+            _norm(w, f"block{b}.ln2", d)
+            _dense(w, rng, f"block{b}.mlp1", d, d * model.mlp_ratio, he=False)
+            _dense(w, rng, f"block{b}.mlp2", d * model.mlp_ratio, d, he=False)
+        _norm(w, "ln_f", d)
+        _dense(w, rng, "head", d, num_classes, he=False)
+    else:  # pragma: no cover - the config union admits nothing else
+        raise TypeError(f"unknown model config {type(model).__name__}")
+    return w
