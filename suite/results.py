@@ -1,0 +1,86 @@
+"""results.jsonl: one JSON object per job, the source of truth of a run.
+
+Records are appended one at a time with flush + fsync, so a kill at any moment loses at most
+the record being written, never one already written. Readers skip a damaged line (and say
+which) instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "precision-suite/result/v1"
+RESULTS_FILE = "results.jsonl"
+
+STATUSES = ("ok", "diverged", "oom", "crashed", "timeout", "unavailable", "error")
+# Statuses that mean the job could not produce a result for reasons that are not failures.
+NOT_FAILURES = frozenset({"ok", "unavailable"})
+
+
+def _jsonable(value: Any) -> Any:
+    # JSON has no NaN/inf; a non-finite metric is written as null rather than invalid JSON.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalar
+        return _jsonable(value.item())
+    return value
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    line = json.dumps(_jsonable(record), separators=(",", ":"), allow_nan=False)
+    with open(path, "a", encoding="utf-8") as fh:
+        # A previous writer killed mid-line leaves no newline: start a fresh line so this
+        # record is not glued to the damaged one.
+        if fh.tell() > 0:
+            with open(path, "rb") as check:
+                check.seek(-1, os.SEEK_END)
+                if check.read(1) != b"\n":
+                    fh.write("\n")
+        fh.write(line + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+@dataclass
+class ReadResult:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_records(path: Path) -> ReadResult:
+    """Every valid record of ``path``; a damaged line becomes a warning naming its number."""
+    out = ReadResult()
+    if not path.exists():
+        return out
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, start=1):
+            text = line.strip()
+            if not text:
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError:
+                out.warnings.append(f"{path}: line {number}: damaged record skipped")
+                continue
+            if not isinstance(record, dict) or "job_id" not in record or "status" not in record:
+                out.warnings.append(f"{path}: line {number}: not a result record, skipped")
+                continue
+            out.records.append(record)
+    return out
+
+
+def latest_by_job(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The last record of each job id (a resumed run appends newer records after older ones)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for record in records:
+        latest[record["job_id"]] = record
+    return latest
