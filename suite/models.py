@@ -24,7 +24,26 @@ Names, per model kind::
                  head.kernel, head.bias
 
 Every constant that frameworks default differently is fixed here and set explicitly by each
-builder.
+builder. The computation every builder reproduces, op for op (backends/torch_models.py is the
+reference):
+
+* mlp: ``dense{i}`` → activation (``MlpConfig.activation``; GELU exact) → dropout; ``head``.
+* cnn: conv with 'same' padding (= kernel//2 each side for odd kernels; for even kernels the
+  extra row/column is padded after, as torch ``padding="same"`` and Keras 'same' both do) →
+  BatchNorm (eps ``BATCH_NORM_EPS``; running stat ← (1-m)·running + m·batch with
+  m = ``BATCH_NORM_MOMENTUM``) → ReLU → max-pool 2x2 stride 2 (floor); then mean over H, W →
+  ``dense`` → ReLU → dropout → ``head``. BatchNorm follows torch's standard ``BatchNorm2d``:
+  normalises a training batch with the *biased* batch variance but updates ``moving_var`` with
+  the *unbiased* one (× n/(n-1), n = N·H·W); Keras' BatchNormalization uses the biased one, so
+  the Keras builder uses a layer that matches torch. Evaluation uses the moving statistics.
+* transformer: ``embed``(patch) + ``pos`` → dropout → blocks → ``ln_f`` → mean over tokens →
+  ``head``. Block (pre-norm): ``x = x + attn(ln1(x))``, ``x = x + dropout(mlp2(gelu(mlp1(
+  ln2(x)))))``. Attention: q, k, v = dense projections split into ``num_heads`` heads of
+  d/h (head j = features j·d/h .. (j+1)·d/h); ``q`` is multiplied by 1/sqrt(d/h) *before*
+  q·kᵀ; softmax over keys in the compute dtype; no mask; heads concatenated in order →
+  ``out`` → dropout. LayerNorm eps ``LAYER_NORM_EPS``.
+* Dropout (``model.dropout``, 0 by default) is active in training only; its random masks are
+  not shared across frameworks, so cross-framework comparisons run with dropout 0.
 """
 
 from __future__ import annotations
