@@ -34,9 +34,7 @@ def registry() -> dict[str, str]:
     known = dict(BUILTIN_BACKENDS)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in known and known[ep.name] != ep.value:
-            raise RegistryError(
-                f'backend "{ep.name}" is registered twice: {known[ep.name]} and {ep.value}'
-            )
+            raise RegistryError(f'backend "{ep.name}" is registered twice: {known[ep.name]} and {ep.value}')
         known[ep.name] = ep.value
     return known
 

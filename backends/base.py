@@ -72,6 +72,10 @@ class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class DeviceUnavailable(RuntimeError):
+    """The requested device does not exist here; the job is recorded ``unavailable``."""
+
+
 def module_available(module: str, pip_name: str | None = None) -> Availability:
     """Availability of a framework, found without importing it."""
     if importlib.util.find_spec(module) is None:
@@ -101,6 +105,20 @@ class Backend(ABC):
     def is_available() -> Availability:
         """Whether the framework can be used here, and why not. Must not import the framework
         (use ``importlib.util.find_spec``); it runs in the parent process of every run."""
+
+    @classmethod
+    def resolve_device(cls, requested: str) -> str:
+        """The device a job asking for ``requested`` ("auto", "cpu" or "cuda") runs on: "auto"
+        means CUDA when the framework sees a GPU. Runs in the worker, so it may import the
+        framework. Raises ``DeviceUnavailable`` when "cuda" is asked for and there is none."""
+        return "cpu" if requested == "auto" else requested
+
+    @classmethod
+    def config_problem(cls, job: Job) -> str | None:
+        """A reason this backend cannot run ``job`` as configured (e.g. a loss-scale setting the
+        framework cannot express), checked before any job starts; None if it can. Must not
+        import the framework."""
+        return None
 
     @classmethod
     def unsupported_reason(cls, policy: str, device: str) -> str | None:

@@ -69,9 +69,7 @@ class TransformerConfig(_Strict):
     @model_validator(mode="after")
     def _heads_divide(self) -> TransformerConfig:
         if self.d_model % self.num_heads:
-            raise ValueError(
-                f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})"
-            )
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
         return self
 
 
@@ -231,9 +229,9 @@ class SuiteConfig(_Strict):
         return seeds
 
     def config_hash(self) -> str:
-        return hashlib.sha256(
-            json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
-        ).hexdigest()[:12]
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[
+            :12
+        ]
 
 
 # ---------------------------------------------------------------- loading
@@ -247,9 +245,7 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
-            raise ConfigError(
-                f"duplicate key {key!r} at line {key_node.start_mark.line + 1}"
-            )
+            raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)
 
@@ -262,16 +258,12 @@ _FLOAT_RE = re.compile(
     |\.(?:nan|NaN|NAN))$""",
     re.X,
 )
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
-)
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _UniqueKeyLoader.yaml_implicit_resolvers = {
     k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:float"]
     for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_UniqueKeyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789.")
-)
+_UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
 
 
 def parse_yaml(text: str, source: str) -> Any:

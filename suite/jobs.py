@@ -11,6 +11,7 @@ from suite.config import (
     DataConfig,
     LossScaleConfig,
     ModelConfig,
+    ParityConfig,
     RunnerConfig,
     SuiteConfig,
     TrainConfig,
@@ -30,11 +31,12 @@ class Job:
     model: Any  # MlpConfig | CnnConfig | TransformerConfig
     data: DataConfig
     seed: int
-    device: str  # resolved: "cpu" or "cuda"
+    device: str  # "cpu", "cuda", or "auto" (resolved by the worker, which may import frameworks)
     train: TrainConfig
     loss_scale: LossScaleConfig
     options: dict[str, Any]
     runner: RunnerConfig
+    parity: ParityConfig
     config_hash: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -51,6 +53,7 @@ class Job:
             "loss_scale": self.loss_scale.model_dump(mode="json"),
             "options": dict(self.options),
             "runner": self.runner.model_dump(mode="json"),
+            "parity": self.parity.model_dump(mode="json"),
             "config_hash": self.config_hash,
         }
 
@@ -69,6 +72,7 @@ class Job:
             loss_scale=LossScaleConfig.model_validate(raw["loss_scale"]),
             options=raw["options"],
             runner=RunnerConfig.model_validate(raw["runner"]),
+            parity=ParityConfig.model_validate(raw["parity"]),
             config_hash=raw.get("config_hash", ""),
         )
 
@@ -105,7 +109,55 @@ def expand_jobs(config: SuiteConfig, device: str) -> list[Job]:
                             loss_scale=config.loss_scale,
                             options=options.model_dump(mode="json"),
                             runner=config.runner,
+                            parity=config.parity,
                             config_hash=config_hash,
                         )
                     )
     return jobs
+
+
+def check_backends(config: SuiteConfig, source: str) -> None:
+    """Check the ``backends`` section against the registry before anything runs: known names,
+    implemented policies, valid options, settings each backend can express."""
+    from pydantic import ValidationError
+
+    from backends import RegistryError, get_backend_class
+    from backends.base import POLICIES
+    from suite.config import ConfigError, _format_error
+
+    section = config.backends
+    classes = {}
+    for i, name in enumerate(section.names):
+        try:
+            classes[name] = get_backend_class(name)
+        except RegistryError as exc:
+            raise ConfigError(f"{source}: backends.names.{i}: {exc}") from None
+    for key in ("policies", "options"):
+        for name in getattr(section, key):
+            if name not in classes:
+                raise ConfigError(
+                    f"{source}: backends.{key}.{name}: backend not in backends.names "
+                    f"({', '.join(section.names)})"
+                )
+    for name, policies in section.policies.items():
+        cls = classes[name]
+        if not policies:
+            raise ConfigError(f"{source}: backends.policies.{name}: expected at least one policy")
+        for j, policy in enumerate(policies):
+            if policy not in cls.policies:
+                what = "is not implemented by" if policy in POLICIES else "is not a policy of"
+                raise ConfigError(
+                    f'{source}: backends.policies.{name}.{j}: policy "{policy}" {what} {name}; '
+                    f"it has: {', '.join(cls.policies)}"
+                )
+    for name, options in section.options.items():
+        try:
+            classes[name].Options.model_validate(options)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            error["loc"] = ("backends", "options", name, *error["loc"])
+            raise ConfigError(_format_error(error, source)) from None
+    for job in expand_jobs(config, config.device):
+        problem = classes[job.backend].config_problem(job)
+        if problem:
+            raise ConfigError(f"{source}: {job.backend} ({job.policy}): {problem}")

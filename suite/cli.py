@@ -1,0 +1,214 @@
+"""precision-suite: train the same model on several backends and precision policies, compare.
+
+Exit codes:
+  0    everything ran and every verdict passed
+  1    a verdict failed (parity, cross-framework or precision-active)
+  2    bad config or usage (nothing was run)
+  3    some jobs failed (crashed, timeout, oom, diverged, error); `unavailable` is not a failure
+  130  interrupted (Ctrl-C); finished records are kept, `--resume DIR` continues
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+EXIT_OK, EXIT_VERDICT, EXIT_USAGE, EXIT_JOBS_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class UsageError(Exception):
+    """Bad input from the user; printed as one line, exit 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="precision-suite",
+        description="Multi-framework mixed-precision comparison suite.",
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a comparison (default: the embedded default config)")
+    run.add_argument("config", nargs="?", help="YAML config (default: the packaged default.yaml)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=3 (repeatable)",
+    )
+    run.add_argument("--out", help="output directory (default: runs/<timestamp>/)")
+    run.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR: jobs already `ok` are not run again",
+    )
+
+    sub.add_parser("list", help="list backends, their policies and availability, and devices")
+
+    report = sub.add_parser("report", help="rebuild table and reports from DIR/results.jsonl")
+    report.add_argument("dir")
+
+    check = sub.add_parser("check", help="print verdicts of DIR; exit 1 if any fails")
+    check.add_argument("dir")
+    check.add_argument(
+        "--tolerance",
+        type=float,
+        metavar="PTS",
+        help="parity tolerance in accuracy points (default: the run's parity.tolerance_pts)",
+    )
+    return parser
+
+
+def _load_run_config(args: argparse.Namespace):
+    from suite.config import load_config
+    from suite.jobs import check_backends
+    from suite.runner import CONFIG_FILE
+
+    path = args.config
+    if args.resume and path is None:
+        path = Path(args.resume) / CONFIG_FILE
+        if not path.exists():
+            raise UsageError(f"--resume {args.resume}: no {CONFIG_FILE} there (not a run directory)")
+    config = load_config(path, args.overrides)
+    check_backends(config, str(path or "default.yaml"))
+    return config
+
+
+def _out_dir(args: argparse.Namespace, config) -> Path:
+    if args.resume:
+        return Path(args.resume)
+    if args.out:
+        return Path(args.out)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(config.runner.out_dir) / stamp
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from suite.runner import run_suite
+
+    config = _load_run_config(args)
+    out_dir = _out_dir(args, config)
+    console.print(f"precision-suite: writing to [bold]{out_dir}[/]")
+    summary = run_suite(config, out_dir, console, resume=bool(args.resume))
+    for warning in summary.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    if summary.skipped_ok:
+        console.print(f"resume: {summary.skipped_ok} job(s) already ok, not run again")
+    if summary.interrupted:
+        console.print(
+            f"[yellow]interrupted[/]: {sum(summary.statuses.values())} finished job(s) kept in "
+            f"{out_dir / 'results.jsonl'}; continue with: precision-suite run --resume {out_dir}"
+        )
+        return EXIT_INTERRUPTED
+    code = _report(out_dir, console, tolerance=None)
+    return EXIT_JOBS_FAILED if summary.failed else code
+
+
+def _report(out_dir: Path, console: Console, tolerance: float | None, write: bool = True) -> int:
+    from suite.results import RESULTS_FILE, latest_by_job, read_records
+
+    path = out_dir / RESULTS_FILE
+    if not path.exists():
+        raise UsageError(f"{path}: no such file (is {out_dir} a run directory?)")
+    read = read_records(path)
+    for warning in read.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    records = list(latest_by_job(read.records).values())
+    if not records:
+        raise UsageError(f"{path}: no valid records")
+    try:
+        from suite import compare, report
+    except ImportError:  # pragma: no cover - during bring-up only
+        console.print(f"{len(records)} records in {path}")
+        return EXIT_OK
+    comparison = compare.compare(records, tolerance_pts=tolerance)
+    if write:
+        report.render_terminal(comparison, console)
+        paths = report.write_reports(out_dir, comparison, records)
+        console.print("reports: " + ", ".join(str(p) for p in paths))
+    else:
+        report.print_verdicts(comparison, console)
+    return compare.check_exit_code(comparison)
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    _report(Path(args.dir), console, tolerance=None)
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace, console: Console) -> int:
+    if args.tolerance is not None and not args.tolerance >= 0:
+        raise UsageError(f"--tolerance: expected a number of points >= 0, got {args.tolerance}")
+    return _report(Path(args.dir), console, tolerance=args.tolerance, write=False)
+
+
+def devices_seen() -> list[str]:
+    """Devices visible without importing a framework: the CPU, and NVIDIA GPUs if any."""
+    from suite.measure import cpu_info
+
+    info = cpu_info()
+    flags = ", ".join(k for k, v in info["cpu_flags"].items() if v) or "none of note"
+    seen = [f"cpu: {info['cpu_model']} ({info['cpu_count']} cores; {flags})"]
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+            seen += [f"cuda: {line}" for line in out.stdout.splitlines() if line.strip()]
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return seen
+
+
+def cmd_list(args: argparse.Namespace, console: Console) -> int:
+    from backends import RegistryError, get_backend_class, registry
+
+    table = Table(title="backends")
+    for column in ("backend", "framework", "policies", "available"):
+        table.add_column(column)
+    for name in registry():
+        try:
+            cls = get_backend_class(name)
+        except RegistryError as exc:
+            table.add_row(name, "?", "", f"[red]cannot load[/]: {exc}")
+            continue
+        available = cls.is_available()
+        state = "[green]yes[/]" if available.ok else f"[yellow]unavailable[/]: {available.reason}"
+        table.add_row(name, cls.framework, ", ".join(cls.policies), state)
+    console.print(table)
+    for line in devices_seen():
+        console.print(line)
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "check": cmd_check}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from backends import RegistryError
+    from suite.config import ConfigError
+    from suite.data import DataError
+
+    args = _parser().parse_args(argv)
+    console = Console()
+    err = Console(stderr=True)
+    try:
+        return COMMANDS[args.command](args, console)
+    except (ConfigError, UsageError, RegistryError, DataError) as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""Runs a job matrix in worker processes and appends one record per job to results.jsonl.
+
+A job's crash, hang or OOM cannot take the run down: each job runs in a worker subprocess in
+its own process session. By default one worker per framework is reused across jobs (import
+and start-up cost paid once; frameworks never share a process, so their import-order conflicts
+cannot arise); ``runner.isolation: per-job`` starts a fresh process for every job.
+
+The dispatch goes through ``Executor``: local worker processes today; a distributed engine
+plugs in at the same seam.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from backends import get_backend_class
+from suite.config import SuiteConfig
+from suite.jobs import Job, expand_jobs
+from suite.loop import new_record
+from suite.results import RESULTS_FILE, _jsonable, append_record, latest_by_job, read_records
+
+CONFIG_FILE = "config.yaml"
+STDERR_TAIL_LINES = 15
+WORKER_START_TIMEOUT_S = 300.0
+
+ProgressFn = Callable[[int, int], None]
+
+
+def worker_environment(config: SuiteConfig) -> dict[str, str]:
+    """The same thread count for every framework (DESIGN.md measurement rules)."""
+    threads = str(config.runner.threads or os.cpu_count() or 1)
+    env = dict(os.environ)
+    env.update(
+        {
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "TF_NUM_INTRAOP_THREADS": threads,
+            "PRECISION_SUITE_THREADS": threads,
+            "TF_CPP_MIN_LOG_LEVEL": env.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+class WorkerDied(RuntimeError):
+    pass
+
+
+class Worker:
+    """One ``python -m suite.worker`` process and the pipe it answers on."""
+
+    def __init__(self, log_path: Path, env: dict[str, str]) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "suite.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env=env,
+            start_new_session=True,
+        )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        ready = self._next(time.monotonic() + WORKER_START_TIMEOUT_S)
+        if ready is None or ready.get("type") != "ready":
+            self.kill()
+            raise WorkerDied(f"worker did not start: {self.describe_exit()}")
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self._lines.put(raw.decode("utf-8", "replace"))
+        self._lines.put(None)
+
+    def _next(self, deadline: float) -> dict[str, Any] | None:
+        """The next message, None at EOF; raises TimeoutError past the deadline."""
+        import json
+
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            try:
+                line = self._lines.get(timeout=min(remaining, 0.5))
+            except queue.Empty:
+                continue
+            if line is None:
+                return None
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_offset(self) -> int:
+        self._log.flush()
+        return self.log_path.stat().st_size
+
+    def stderr_tail(self, since: int) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(since)
+                text = fh.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        return "\n".join(lines[-STDERR_TAIL_LINES:])
+
+    def describe_exit(self) -> str:
+        try:
+            code = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return "worker stopped answering"
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"worker killed by {name}"
+        return f"worker exited with code {code}"
+
+    def run(self, job: Job, timeout_s: float, progress: ProgressFn) -> dict[str, Any]:
+        import json
+
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write((json.dumps({"type": "job", "job": job.to_dict()}) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise WorkerDied(self.describe_exit()) from None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            message = self._next(deadline)
+            if message is None:
+                raise WorkerDied(self.describe_exit())
+            if message.get("type") == "progress":
+                progress(message["step"], message["total"])
+            elif message.get("type") == "result":
+                return message["record"]
+
+    def kill(self) -> None:
+        """Kill the worker's whole process group (no orphans)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        self._log.close()
+
+    def stop(self) -> None:
+        if self.alive:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write(b'{"type": "exit"}\n')
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self.kill()
+
+
+@dataclass
+class RunSummary:
+    out_dir: Path
+    total_jobs: int
+    skipped_ok: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    interrupted: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return sum(n for s, n in self.statuses.items() if s not in ("ok", "unavailable"))
+
+
+class Executor:
+    """Local executor: jobs one at a time (timings must not share the machine), each in the
+    worker of its framework."""
+
+    def __init__(self, config: SuiteConfig, out_dir: Path) -> None:
+        self.config = config
+        self.out_dir = out_dir
+        self.env = worker_environment(config)
+        self.workers: dict[str, Worker] = {}
+
+    def _worker(self, framework: str) -> Worker:
+        worker = self.workers.get(framework)
+        if worker is None or not worker.alive:
+            log = self.out_dir / "logs" / f"worker-{framework}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            worker = Worker(log, self.env)
+            self.workers[framework] = worker
+        return worker
+
+    def run(self, job: Job, progress: ProgressFn) -> dict[str, Any]:
+        timeout_s = self.config.runner.job_timeout_s
+        try:
+            worker = self._worker(job.framework)
+        except WorkerDied as exc:
+            return self._failed(job, "crashed", str(exc))
+        since = worker.log_offset()
+        last_step = [0, 0]
+
+        def track(step: int, total: int) -> None:
+            last_step[:] = [step, total]
+            progress(step, total)
+
+        try:
+            record = worker.run(job, timeout_s, track)
+        except TimeoutError:
+            worker.kill()
+            self.workers.pop(job.framework, None)
+            where = f" (last report: step {last_step[0]}/{last_step[1]})" if last_step[1] else ""
+            return self._failed(
+                job, "timeout", f"exceeded runner.job_timeout_s={timeout_s:g}s{where}; worker killed"
+            )
+        except WorkerDied as exc:
+            tail = worker.stderr_tail(since)
+            worker.kill()
+            self.workers.pop(job.framework, None)
+            where = f" at step {last_step[0]}/{last_step[1]}" if last_step[1] else ""
+            record = self._failed(job, "crashed", f"{exc}{where}")
+            record["stderr_tail"] = tail
+            return record
+        if self.config.runner.isolation == "per-job":
+            worker.stop()
+            self.workers.pop(job.framework, None)
+        return record
+
+    @staticmethod
+    def _failed(job: Job, status: str, message: str) -> dict[str, Any]:
+        record = new_record(job)
+        record.update(status=status, error=message)
+        return record
+
+    def close(self) -> None:
+        for worker in self.workers.values():
+            worker.stop()
+        self.workers.clear()
+
+    def kill_all(self) -> None:
+        for worker in self.workers.values():
+            worker.kill()
+        self.workers.clear()
+
+
+def save_config(config: SuiteConfig, out_dir: Path) -> None:
+    path = out_dir / CONFIG_FILE
+    text = "# The resolved config of this run (precision-suite run --resume uses it).\n"
+    text += yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    path.write_text(text)
+
+
+def _status_line(record: dict[str, Any]) -> str:
+    status = record["status"]
+    metrics = record.get("metrics") or {}
+    if status == "ok":
+        acc = metrics.get("test_accuracy")
+        ms = metrics.get("step_time_ms_p50")
+        parts = [f"acc {acc * 100:.1f}%" if acc is not None else "", f"{ms:.2f} ms/step" if ms else ""]
+        return f"[green]ok[/] {record['job_id']}  " + "  ".join(p for p in parts if p)
+    colour = "yellow" if status == "unavailable" else "red"
+    return f"[{colour}]{status}[/] {record['job_id']}: {record.get('error')}"
+
+
+def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool = False) -> RunSummary:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_path = out_dir / RESULTS_FILE
+    jobs = expand_jobs(config, config.device)
+    summary = RunSummary(out_dir, len(jobs))
+    done: set[str] = set()
+    if resume:
+        read = read_records(results_path)
+        summary.warnings.extend(read.warnings)
+        done = {jid for jid, r in latest_by_job(read.records).items() if r["status"] == "ok"}
+    save_config(config, out_dir)
+    pending = [job for job in jobs if job.job_id not in done]
+    summary.skipped_ok = len(jobs) - len(pending)
+
+    # Backends whose framework is missing never start a worker: their jobs are recorded
+    # `unavailable` with the reason.
+    availability = {name: get_backend_class(name).is_available() for name in config.backends.names}
+    executor = Executor(config, out_dir)
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    try:
+        with progress:
+            task = progress.add_task("starting", total=len(pending))
+            for job in pending:
+                progress.update(task, description=job.job_id)
+                available = availability[job.backend]
+                if not available.ok:
+                    record = Executor._failed(job, "unavailable", available.reason)
+                else:
+
+                    def on_step(step: int, total: int, job: Job = job) -> None:
+                        progress.update(task, description=f"{job.job_id}  step {step}/{total}")
+
+                    record = executor.run(job, on_step)
+                append_record(results_path, _jsonable(record))
+                summary.statuses[record["status"]] += 1
+                progress.console.print(_status_line(record), highlight=False)
+                progress.advance(task)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        executor.kill_all()
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+        executor.close()
+    return summary
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,57 @@
+"""Worker process: runs jobs sent by the runner, one at a time, and sends back records.
+
+Started as ``python -m suite.worker`` in its own process session (so the runner can kill the
+whole group on a timeout, and a terminal Ctrl-C reaches only the runner). Protocol: JSON lines.
+The runner writes ``{"type": "job", "job": {...}}`` or ``{"type": "exit"}`` to stdin; the worker
+answers on a private copy of its original stdout with ``{"type": "ready"}``, ``{"type":
+"progress", "step": k, "total": n}`` and ``{"type": "result", "record": {...}}``. Everything the
+frameworks print goes to stderr (the run's worker log), never into the protocol stream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, TextIO
+
+
+def _protocol_stream() -> TextIO:
+    # Keep the real stdout for the protocol, and point fd 1 at stderr so stray prints from the
+    # frameworks (or their C++ code) cannot corrupt it.
+    fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(fd, "w", buffering=1, encoding="utf-8")
+
+
+def _send(stream: TextIO, message: dict[str, Any]) -> None:
+    stream.write(json.dumps(message, allow_nan=False) + "\n")
+    stream.flush()
+
+
+def main() -> int:
+    out = _protocol_stream()
+    # Imported after the redirect: importing the loop imports numpy, and jobs import frameworks.
+    from suite.jobs import Job
+    from suite.loop import run_job
+    from suite.results import _jsonable
+
+    _send(out, {"type": "ready", "pid": os.getpid()})
+    for line in sys.stdin:
+        message = json.loads(line)
+        if message.get("type") == "exit":
+            break
+        job = Job.from_dict(message["job"])
+        print(f"[worker {os.getpid()}] job {job.job_id}", file=sys.stderr, flush=True)
+
+        def progress(step: int, total: int) -> None:
+            _send(out, {"type": "progress", "step": step, "total": total})
+
+        record = run_job(job, progress)
+        _send(out, {"type": "result", "record": _jsonable(record)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

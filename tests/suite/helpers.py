@@ -1,0 +1,30 @@
+"""Test helpers: register test backends through the real entry-point mechanism."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+TESTS_DIR = Path(__file__).resolve().parent.parent
+
+
+def install_entry_points(site: Path, dist: str, entries: dict[str, str]) -> None:
+    """Write a minimal installed distribution (dist-info with entry_points.txt) into ``site`` —
+    what pip would leave for a package declaring these backends."""
+    info = site / f"{dist}-0.1.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    lines = "".join(f"{name} = {target}\n" for name, target in entries.items())
+    (info / "entry_points.txt").write_text(f"[precision_suite.backends]\n{lines}")
+
+
+def activate(site: Path, monkeypatch) -> None:
+    """Make ``site`` (and the tests directory, home of fake_backend) importable here and in
+    worker subprocesses, and forget the cached registry."""
+    from backends import registry
+
+    paths = [str(site), str(TESTS_DIR)]
+    monkeypatch.setenv("PYTHONPATH", ":".join(paths + [p for p in sys.path if p]))
+    for p in reversed(paths):
+        monkeypatch.syspath_prepend(p)
+    registry.cache_clear()

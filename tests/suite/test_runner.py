@@ -1,0 +1,155 @@
+"""The runner end to end with the fake backend: records, isolation, crash capture, resume."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from suite.cli import main
+from suite.results import read_records
+
+
+def _records(out):
+    return read_records(out / "results.jsonl").records
+
+
+def test_run_writes_one_ok_record_per_job(fake_backends, fake_config, tmp_path):
+    out = tmp_path / "run"
+    code = main(["run", str(fake_config), "--out", str(out), "--set", "backends.policies.fake=[fp32]"])
+    records = _records(out)
+    assert code == 0
+    assert sorted(r["job_id"] for r in records) == [
+        "mlp/digits/fake/fp32/seed0",
+        "mlp/digits/fake/fp32/seed1",
+    ]
+    for record in records:
+        assert record["status"] == "ok", record["error"]
+        metrics = record["metrics"]
+        assert 0.0 <= metrics["test_accuracy"] <= 1.0
+        assert metrics["timed_steps"] == 12 - 2
+        assert metrics["step_time_ms_p50"] > 0 and metrics["samples_per_s"] > 0
+        assert len(record["curves"]["train_loss"]) == 12
+        assert record["config"]["train"]["steps"] == 12
+        assert record["environ"]["cpu_model"]
+    assert (out / "config.yaml").exists()
+
+
+def test_killed_worker_is_recorded_crashed_and_run_continues(fake_backends, fake_config, tmp_path):
+    out = tmp_path / "run"
+    args = ["run", str(fake_config), "--out", str(out), "--set", "backends.policies.fake=[fp32]"]
+    code = main(args + ["--set", "backends.options.fake={crash_at_step: 3, fault_seeds: [0]}"])
+    by_id = {r["job_id"]: r for r in _records(out)}
+    crashed = by_id["mlp/digits/fake/fp32/seed0"]
+    assert code == 3
+    assert crashed["status"] == "crashed"
+    assert "SIGKILL" in crashed["error"] and "step" in crashed["error"]
+    assert "job mlp/digits/fake/fp32/seed0" in crashed["stderr_tail"]
+    assert by_id["mlp/digits/fake/fp32/seed1"]["status"] == "ok"
+
+    # Resume without the fault: only the crashed job runs again.
+    code = main(["run", "--resume", str(out), "--set", "backends.options.fake={}"])
+    runs = Counter(r["job_id"] for r in _records(out))
+    assert code == 0
+    assert runs == {"mlp/digits/fake/fp32/seed0": 2, "mlp/digits/fake/fp32/seed1": 1}
+    assert _records(out)[-1]["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("options", "status", "message"),
+    [
+        ({"segfault_at_step": 1}, "crashed", "SIGSEGV"),
+        ({"oom_at_step": 2}, "oom", "out of memory"),
+        ({"nan_from_step": 4}, "diverged", "from step 4"),
+        ({"raise_at_step": 0}, "error", "RuntimeError: injected failure"),
+    ],
+)
+def test_faults_become_statuses(fake_backends, fake_config, tmp_path, options, status, message):
+    out = tmp_path / "run"
+    options = {**options, "fault_seeds": [0]}
+    code = main(
+        [
+            "run",
+            str(fake_config),
+            "--out",
+            str(out),
+            "--set",
+            "backends.policies.fake=[fp32]",
+            "--set",
+            "train.divergence_patience=3",
+            "--set",
+            f"backends.options.fake={json.dumps(options)}",
+        ]
+    )
+    by_id = {r["job_id"]: r for r in _records(out)}
+    assert code == 3
+    assert by_id["mlp/digits/fake/fp32/seed0"]["status"] == status
+    assert message in by_id["mlp/digits/fake/fp32/seed0"]["error"]
+    assert by_id["mlp/digits/fake/fp32/seed1"]["status"] == "ok"
+
+
+def test_hung_job_times_out_and_run_continues(fake_backends, fake_config, tmp_path):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "run",
+            str(fake_config),
+            "--out",
+            str(out),
+            "--set",
+            "backends.policies.fake=[fp32]",
+            "--set",
+            "runner.job_timeout_s=3",
+            "--set",
+            "backends.options.fake={hang_at_step: 5, fault_seeds: [0]}",
+        ]
+    )
+    by_id = {r["job_id"]: r for r in _records(out)}
+    assert code == 3
+    assert by_id["mlp/digits/fake/fp32/seed0"]["status"] == "timeout"
+    assert "runner.job_timeout_s=3s" in by_id["mlp/digits/fake/fp32/seed0"]["error"]
+    assert by_id["mlp/digits/fake/fp32/seed1"]["status"] == "ok"
+
+
+def test_missing_framework_is_unavailable_not_failure(fake_backends, fake_config, tmp_path):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "run",
+            str(fake_config),
+            "--out",
+            str(out),
+            "--set",
+            "backends.names=[fake, fake-missing]",
+            "--set",
+            "backends.policies={fake: [fp32], fake-missing: [fp32]}",
+        ]
+    )
+    statuses = {r["job_id"]: (r["status"], r["error"]) for r in _records(out)}
+    assert code == 0
+    assert statuses["mlp/digits/fake-missing/fp32/seed0"] == (
+        "unavailable",
+        "nonexistent-framework is not installed",
+    )
+    assert statuses["mlp/digits/fake/fp32/seed0"][0] == "ok"
+
+
+def test_per_job_isolation_uses_a_fresh_process_per_job(fake_backends, fake_config, tmp_path):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "run",
+            str(fake_config),
+            "--out",
+            str(out),
+            "--set",
+            "backends.policies.fake=[fp32]",
+            "--set",
+            "runner.isolation=per-job",
+        ]
+    )
+    log = (out / "logs" / "worker-numpy.log").read_text()
+    pids = {line.split()[1] for line in log.splitlines() if line.startswith("[worker ")}
+    assert code == 0
+    assert len(pids) == 2
