@@ -59,7 +59,7 @@ class CnnConfig(_Strict):
 class TransformerConfig(_Strict):
     kind: Literal["transformer"] = "transformer"
     name: str = "transformer"
-    patch_size: PositiveInt = 2
+    patch_size: PositiveInt = 4
     d_model: PositiveInt = 32
     num_heads: PositiveInt = 4
     depth: PositiveInt = 2
