@@ -1,0 +1,87 @@
+"""Config validation: typed overrides, one-line errors naming file, key path, expected, got."""
+
+from __future__ import annotations
+
+import pytest
+
+from suite.config import ConfigError, SuiteConfig, load_config
+
+
+def _error(tmp_path, text: str, overrides: list[str] | None = None) -> str:
+    path = tmp_path / "x.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_packaged_default_validates_and_matches_configs_dir():
+    from pathlib import Path
+
+    from suite.config import default_config_text
+
+    repo_default = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
+    assert default_config_text() == repo_default.read_text()
+    config = load_config(None)
+    assert [m.kind for m in config.models] == ["mlp", "cnn", "transformer"]
+    assert config.seeds == [0, 1, 2]
+
+
+def test_overrides_are_typed_by_the_schema(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("train: {epochs: 2}\n")
+    config = load_config(
+        path,
+        ["train.epochs=3", "train.optimizer.lr=1e-3", "seeds=[4, 5]", "backends.names=[torch-amp]"],
+    )
+    assert config.train.epochs == 3
+    assert config.train.optimizer.lr == pytest.approx(1e-3)
+    assert config.seeds == [4, 5]
+    assert config.backends.names == ["torch-amp"]
+
+
+def test_wrong_type_names_key_expected_and_got(tmp_path):
+    message = _error(tmp_path, "train: {epochs: 2}\n", ["train.epochs=ten"])
+    assert "train.epochs" in message and "integer" in message and '"ten"' in message
+
+
+def test_unknown_key_is_rejected_with_its_path(tmp_path):
+    message = _error(tmp_path, "train:\n  epochz: 3\n")
+    assert message.startswith(f"{tmp_path / 'x.yaml'}: train.epochz: unknown key")
+
+
+def test_impossible_value_is_rejected(tmp_path):
+    message = _error(tmp_path, "loss_scale: {growth_factor: 1.0}\n")
+    assert "loss_scale.growth_factor" in message and "> 1" in message
+
+
+def test_duplicate_yaml_keys_are_rejected(tmp_path):
+    message = _error(tmp_path, "seeds: [0]\nseeds: [1]\n")
+    assert "duplicate key 'seeds'" in message and "line 2" in message
+
+
+def test_scientific_notation_without_dot_is_a_float(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("train:\n  optimizer: {lr: 1e-3}\n")
+    assert load_config(path).train.optimizer.lr == pytest.approx(1e-3)
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    message = _error(tmp_path, "train: {epochs: 2\nseeds: [0]\n")
+    assert "invalid YAML" in message and "line" in message
+
+
+def test_model_shorthand_and_unknown_kind(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("models: [mlp, cnn]\n")
+    assert [m.kind for m in load_config(path).models] == ["mlp", "cnn"]
+    message = _error(tmp_path, "models: [mlpp]\n")
+    assert "models.0" in message and "mlp" in message
+
+
+def test_epochs_and_steps():
+    assert SuiteConfig.model_validate({"train": {"steps": 5}}).train.epochs is None
+    with pytest.raises(ValueError):
+        SuiteConfig.model_validate({"train": {"epochs": None}})
