@@ -1,0 +1,552 @@
+"""What the two PyTorch backends share: the policy table, device data, optimizer and lr
+schedule, on-device telemetry, memory accounting, observed precision, environment, checkpoints.
+
+This module does not import torch at module level (``backends.torch_amp`` and
+``backends.torch_manual`` subclass ``TorchBackendBase`` and must stay importable without
+torch); every method imports it where it needs it.
+
+The lr schedule and skipped steps. ``suite/schedule.py``'s formula is indexed by *applied*
+optimizer steps: a step skipped for overflow does not advance it. Where the skip decision is
+made on the device (a fused optimizer given ``found_inf``: torch-manual always, torch-amp with
+``fused: true``), the lr is a 0-d device tensor every param group points at, filled before each
+step from a precomputed device table indexed by an on-device applied-step counter; the counter
+advances by ``found_inf == 0``. No value crosses to the host. Where torch decides on the host
+(``GradScaler.step`` with a non-fused optimizer reads ``found_inf`` with ``.item()`` and calls
+``optimizer.step()`` only for a clean step), a step post-hook counts the calls that really ran
+and the lr is a Python float; that adds no sync of our own.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from backends.base import Backend, EvalResult, MemoryStats, Telemetry, module_available
+from suite.schedule import lr_factor
+
+if TYPE_CHECKING:
+    import torch
+
+    from suite.data import Dataset
+    from suite.jobs import Job
+
+
+@dataclass(frozen=True)
+class TorchPolicy:
+    """What a policy means in PyTorch."""
+
+    compute_dtype: str  # dtype matmuls run in (numpy-style name)
+    tf32: bool  # TF32 matmul/conv allowed
+    loss_scaling: bool  # gradients scaled (fp16 only); settings from job.loss_scale
+    master_weights: bool  # an fp32 copy is what the optimizer updates (torch-manual)
+
+
+# The one table every torch backend reads; a backend's `policies` picks its subset.
+TORCH_POLICIES: dict[str, TorchPolicy] = {
+    "fp32": TorchPolicy("float32", tf32=False, loss_scaling=False, master_weights=True),
+    "tf32": TorchPolicy("float32", tf32=True, loss_scaling=False, master_weights=True),
+    "fp16-mixed": TorchPolicy("float16", tf32=False, loss_scaling=True, master_weights=True),
+    "bf16-mixed": TorchPolicy("bfloat16", tf32=False, loss_scaling=False, master_weights=True),
+    "fp16-pure": TorchPolicy("float16", tf32=False, loss_scaling=True, master_weights=False),
+    "bf16-pure": TorchPolicy("bfloat16", tf32=False, loss_scaling=False, master_weights=False),
+}
+
+EVAL_BATCH = 1024
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def total_plan_steps(job: Job, n_train: int) -> int:
+    """Optimizer steps of the job's batch plan (``suite.data.batch_plan``): the lr schedule's
+    horizon."""
+    if job.train.steps is not None:
+        return job.train.steps
+    return (n_train // job.train.batch_size) * int(job.train.epochs or 0)
+
+
+# ---------------------------------------------------------------- numpy <-> torch for checkpoints
+def to_plain(value: Any) -> Any:
+    """Tensors → numpy (bfloat16 as its raw bits, tagged), recursively; the rest unchanged."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu()
+        if t.dtype == torch.bfloat16:
+            return {"__bfloat16_bits__": t.view(torch.int16).numpy().copy()}
+        return t.numpy().copy()
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(to_plain(v) for v in value)
+    return value
+
+
+def from_plain(value: Any) -> Any:
+    """Inverse of ``to_plain`` (tensors on the CPU; callers move them)."""
+    import torch
+
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    if isinstance(value, dict):
+        if set(value) == {"__bfloat16_bits__"}:
+            return torch.from_numpy(value["__bfloat16_bits__"].copy()).view(torch.bfloat16)
+        return {k: from_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(from_plain(v) for v in value)
+    return value
+
+
+# ---------------------------------------------------------------- optimizer and schedule
+def build_optimizer(params: list[Any], job: Job, fused: bool) -> torch.optim.Optimizer:
+    """torch semantics: sgd/adam ``weight_decay`` is L2 added to the gradient, adamw decays
+    the weights directly."""
+    import torch
+
+    cfg = job.train.optimizer
+    kwargs: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    kwargs["fused" if fused else "foreach"] = True if fused else None
+    if cfg.name == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, momentum=cfg.momentum, **kwargs)
+        if cfg.momentum:
+            # Buffers exist from the start: a fused SGD whose first step is skipped would
+            # otherwise keep uninitialised buffers (it allocates them empty and the kernel
+            # returns early); zeros give the same first update (buf = 0·m + g = g).
+            for p in params:
+                opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        return opt
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.name]
+    return cls(params, betas=tuple(cfg.betas), eps=cfg.eps, **kwargs)
+
+
+class LrSchedule:
+    """``suite/schedule.py``'s lr by applied optimizer step; see the module docstring."""
+
+    def __init__(self, optimizer: Any, job: Job, total_steps: int, device: Any, on_device: bool) -> None:
+        import torch
+
+        self.optimizer = optimizer
+        self.on_device = on_device
+        horizon = max(total_steps, 1)
+        self.table_host = [
+            job.train.optimizer.lr * lr_factor(job.train.lr_schedule, t, horizon) for t in range(horizon)
+        ]
+        if on_device:
+            self.table = torch.tensor(self.table_host, dtype=torch.float32, device=device)
+            self.lr = self.table[0].clone()
+            self.applied = torch.zeros((), dtype=torch.int64, device=device)
+            self.attach()
+        else:
+            self.applied_host = 0
+            optimizer.register_step_post_hook(self._count)
+
+    def _count(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self.applied_host += 1
+
+    def attach(self) -> None:
+        """Point every param group at the device lr (again after ``load_state_dict``)."""
+        if self.on_device:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr
+
+    def before_step(self) -> None:
+        if self.on_device:
+            index = self.applied.clamp(max=len(self.table_host) - 1).view(1)
+            self.lr.copy_(self.table.index_select(0, index).view(()))
+        else:
+            lr = self.table_host[min(self.applied_host, len(self.table_host) - 1)]
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+
+    def after_step(self, found_inf: torch.Tensor) -> None:
+        if self.on_device:
+            self.applied.add_((found_inf == 0).to(self.applied.dtype))
+
+    @property
+    def applied_steps(self) -> int:
+        return int(self.applied) if self.on_device else self.applied_host
+
+    def load(self, applied_steps: int) -> None:
+        if self.on_device:
+            self.applied.fill_(applied_steps)
+        else:
+            self.applied_host = applied_steps
+
+
+# ---------------------------------------------------------------- telemetry and accounting
+class DeviceTelemetry:
+    """Per-step 0-d device tensors, stacked and copied to the host only in ``drain``."""
+
+    def __init__(self, device: Any) -> None:
+        import torch
+
+        self.losses: list[torch.Tensor] = []
+        self.scales: list[torch.Tensor] = []
+        self.skipped: list[torch.Tensor] = []
+        self.skipped_total = torch.zeros((), dtype=torch.float32, device=device)
+
+    def record(self, loss: torch.Tensor, scale: torch.Tensor, found_inf: torch.Tensor) -> None:
+        self.losses.append(loss)
+        self.scales.append(scale)
+        self.skipped.append(found_inf)
+        self.skipped_total.add_(found_inf)
+
+    def drain(self) -> Telemetry:
+        import torch
+
+        if not self.losses:
+            return Telemetry()
+        stacked = torch.stack([torch.stack(self.losses), torch.stack(self.scales), torch.stack(self.skipped)])
+        host = stacked.double().cpu().numpy()
+        self.losses, self.scales, self.skipped = [], [], []
+        return Telemetry(loss=host[0], loss_scale=host[1], skipped=host[2] > 0)
+
+
+class ActivationCounter:
+    """Bytes of the distinct storages autograd saves for backward, parameters excluded: used as
+    ``saved_tensors_hooks(counter.pack, counter.unpack)`` around one forward/backward."""
+
+    def __init__(self, exclude: list[Any]) -> None:
+        self.exclude = {t.untyped_storage().data_ptr() for t in exclude}
+        self.seen: set[int] = set()
+        self.bytes = 0
+
+    def pack(self, tensor: Any) -> Any:
+        storage = tensor.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in self.exclude and ptr not in self.seen:
+            self.seen.add(ptr)
+            self.bytes += storage.nbytes()
+        return tensor
+
+    @staticmethod
+    def unpack(tensor: Any) -> Any:
+        return tensor
+
+
+def tensor_bytes(tensors: Any) -> int:
+    import torch
+
+    total = 0
+    for t in tensors:
+        if isinstance(t, torch.Tensor):
+            total += t.numel() * t.element_size()
+    return total
+
+
+def cpu_model_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# ---------------------------------------------------------------- the shared base class
+class TorchBackendBase(Backend):
+    """Shared machinery; subclasses implement ``_build`` (model/optimizer/scaler),
+    ``_forward`` (logits under the policy's compute precision) and ``train_step``."""
+
+    framework = "torch"
+    uses_fused_optimizer: ClassVar[bool] = True
+
+    @staticmethod
+    def is_available():
+        return module_available("torch")
+
+    # -------------------------------------------------- setup
+    def setup(self, job: Job, init_weights: dict[str, np.ndarray], data: Dataset) -> None:
+        import torch
+
+        from backends.torch_models import build_torch_model
+        from suite.models import prepare_inputs
+
+        if job.policy not in self.policies:
+            raise ValueError(
+                f'backend {self.name} has no policy "{job.policy}"; it has: {", ".join(self.policies)}'
+            )
+        self.job = job
+        self.policy = TORCH_POLICIES[job.policy]
+        self.options = self.Options.model_validate(job.options)
+        self.device = torch.device(job.device)
+        self.compute_dtype = torch_dtype(self.policy.compute_dtype)
+        self._save_globals()
+        self._apply_globals()
+        torch.manual_seed(job.seed)
+
+        def upload(x: np.ndarray, dtype: Any = None) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(x)).to(self.device, dtype)
+
+        self.x_train = upload(prepare_inputs(job.model, data.x_train))
+        self.y_train = upload(data.y_train, torch.int64)
+        self.x_test = upload(prepare_inputs(job.model, data.x_test))
+        self.y_test = upload(data.y_test, torch.int64)
+        self.n_micro = job.train.grad_accumulation
+        self.activation_bytes: int | None = None
+
+        model = build_torch_model(job.model, data.input_shape, data.num_classes, init_weights)
+        self.model = model.to(self.device)
+        self._build()
+        self.forward_module = (
+            torch.compile(self.model) if getattr(self.options, "compile", False) else self.model
+        )
+        self.schedule = LrSchedule(
+            self.optimizer,
+            job,
+            total_plan_steps(job, len(data.x_train)),
+            self.device,
+            on_device=self._fused,
+        )
+        self.telemetry = DeviceTelemetry(self.device)
+        self._zero = torch.zeros((), dtype=torch.float32, device=self.device)
+        self._one = torch.ones((), dtype=torch.float32, device=self.device)
+        self.model.train()
+
+    def _save_globals(self) -> None:
+        import torch
+
+        self._globals = {
+            "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+            "matmul_precision": torch.get_float32_matmul_precision(),
+            "cudnn_deterministic": torch.backends.cudnn.deterministic,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "threads": torch.get_num_threads(),
+        }
+
+    def _apply_globals(self) -> None:
+        import torch
+
+        tf32 = self.policy.tf32
+        # Set both ways explicitly: the fp32 baseline must never silently run TF32.
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
+        if self.job.runner.deterministic:
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+        if self.job.runner.threads:
+            torch.set_num_threads(self.job.runner.threads)
+
+    def _restore_globals(self) -> None:
+        import torch
+
+        g = getattr(self, "_globals", None)
+        if g is None:
+            return
+        torch.backends.cuda.matmul.allow_tf32 = g["matmul_tf32"]
+        torch.backends.cudnn.allow_tf32 = g["cudnn_tf32"]
+        torch.set_float32_matmul_precision(g["matmul_precision"])
+        torch.backends.cudnn.deterministic = g["cudnn_deterministic"]
+        torch.backends.cudnn.benchmark = g["cudnn_benchmark"]
+        torch.set_num_threads(g["threads"])
+        self._globals = None
+
+    # -------------------------------------------------- subclass hooks
+    @property
+    def _fused(self) -> bool:
+        return True
+
+    def _build(self) -> None:
+        """Turn ``self.model`` (fp32, on the device) into the policy's model; set
+        ``self.optimizer``, ``self.opt_params`` and the scaler."""
+        raise NotImplementedError
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _master_tensors(self) -> list[Any]:
+        return []
+
+    def _grad_tensors(self) -> list[Any]:
+        """Gradient tensors alive during a step (for the CPU accounting)."""
+        return [p for p in self.model.parameters()]
+
+    def _loss_scaling_mode(self) -> str:
+        raise NotImplementedError
+
+    # -------------------------------------------------- shared behaviour
+    def _batch(self, batch_indices: np.ndarray) -> torch.Tensor:
+        import torch
+
+        idx = torch.from_numpy(np.ascontiguousarray(batch_indices, dtype=np.int64))
+        return idx.to(self.device, non_blocking=True).view(self.n_micro, -1)
+
+    def _loss(self, rows: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the rows in fp32 (from the logits), divided by the number of
+        micro-batches so the accumulated gradient is the batch mean's."""
+        import torch.nn.functional as F
+
+        logits = self._forward(self.x_train.index_select(0, rows))
+        loss = F.cross_entropy(logits.float(), self.y_train.index_select(0, rows))
+        return loss / self.n_micro if self.n_micro > 1 else loss
+
+    def _measured(self, rows: torch.Tensor, backward: Any) -> torch.Tensor:
+        """Loss + backward of one micro-batch; on the first step, counts the activations saved
+        for backward (outside the measured steps: the loop's warm-up covers it)."""
+        import torch
+
+        if self.activation_bytes is not None or self.forward_module is not self.model:
+            loss = self._loss(rows)
+            backward(loss)
+            return loss
+        counter = ActivationCounter(list(self.model.parameters()))
+        with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+            loss = self._loss(rows)
+            backward(loss)
+        self.activation_bytes = counter.bytes
+        return loss
+
+    def drain_telemetry(self) -> Telemetry:
+        return self.telemetry.drain()
+
+    def evaluate(self) -> EvalResult:
+        import torch
+        import torch.nn.functional as F
+
+        was_training = self.model.training
+        self.model.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        with torch.no_grad():
+            for start in range(0, len(self.x_test), EVAL_BATCH):
+                x = self.x_test[start : start + EVAL_BATCH]
+                y = self.y_test[start : start + EVAL_BATCH]
+                logits = self._forward(x).float()
+                loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+                correct += (logits.argmax(dim=1) == y).sum()
+        self.model.train(was_training)
+        n = len(self.x_test)
+        return EvalResult(test_loss=float(loss_sum) / n, test_accuracy=int(correct) / n)
+
+    def synchronize(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def reset_memory_stats(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def memory_stats(self) -> MemoryStats:
+        import torch
+
+        params = list(self.model.parameters())
+        breakdown = {
+            "weights": tensor_bytes(params) + tensor_bytes(self.model.buffers()),
+            "gradients": tensor_bytes(self._grad_tensors()),
+            "optimizer_state": tensor_bytes(v for s in self.optimizer.state.values() for v in s.values()),
+            "master_weights": tensor_bytes(self._master_tensors()),
+        }
+        if self.activation_bytes is not None:
+            breakdown["activations"] = self.activation_bytes
+        if self.device.type == "cuda":
+            return MemoryStats(
+                int(torch.cuda.max_memory_allocated(self.device)),
+                "torch.cuda.max_memory_allocated",
+                breakdown,
+            )
+        return MemoryStats(sum(breakdown.values()), "accounting (cpu)", breakdown)
+
+    def observed_precision(self) -> dict[str, Any]:
+        import torch
+
+        was_training = self.model.training
+        self.model.eval()  # no dropout RNG draw, no BatchNorm statistics update
+        with torch.no_grad():
+            logits = self._forward(self.x_test[:2])
+        self.model.train(was_training)
+        largest = max(self.model.parameters(), key=lambda p: p.numel())
+        updated = self.optimizer.param_groups[0]["params"]
+        master = max(updated, key=lambda p: p.numel()).dtype if updated else None
+        return {
+            "compute_dtype": dtype_name(logits.dtype),
+            "param_dtype": dtype_name(largest.dtype),
+            "master_dtype": dtype_name(master) if master is not None else None,
+            "loss_scaling": self._loss_scaling_mode(),
+        }
+
+    def environment(self) -> dict[str, Any]:
+        import torch
+
+        cuda = self.device.type == "cuda"
+        return {
+            "torch_version": torch.__version__,
+            "device_name": torch.cuda.get_device_name(self.device) if cuda else cpu_model_name(),
+            "cuda_version": torch.version.cuda,
+            "cudnn_version": torch.backends.cudnn.version() if cuda else None,
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+            "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "cudnn_deterministic": torch.backends.cudnn.deterministic,
+            "compile": bool(getattr(self.options, "compile", False)),
+            "fused_optimizer": self._fused,
+            "threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(),
+        }
+
+    # -------------------------------------------------- checkpoints
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        import torch
+
+        opt_state = self.optimizer.state_dict()
+        for group in opt_state["param_groups"]:
+            group["lr"] = float(group["lr"])
+        state = {
+            "model": to_plain(self.model.state_dict()),
+            "optimizer": to_plain(opt_state),
+            "applied_steps": self.schedule.applied_steps,
+            "skipped_steps": int(self.telemetry.skipped_total),
+            "cpu_rng": to_plain(torch.get_rng_state()),
+            "cuda_rng": to_plain(torch.cuda.get_rng_state(self.device))
+            if self.device.type == "cuda"
+            else None,
+        }
+        state.update(self._extra_state())
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        import torch
+
+        with torch.no_grad():
+            self.model.load_state_dict(from_plain(state["model"]))
+        self.optimizer.load_state_dict(from_plain(state["optimizer"]))
+        self.schedule.attach()
+        self.schedule.load(int(state["applied_steps"]))
+        self.telemetry.skipped_total.fill_(float(state["skipped_steps"]))
+        torch.set_rng_state(from_plain(state["cpu_rng"]))
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(from_plain(state["cuda_rng"]), self.device)
+        self._load_extra_state(state)
+
+    def teardown(self) -> None:
+        import torch
+
+        for attr in ("model", "forward_module", "optimizer", "x_train", "y_train", "x_test"):
+            if hasattr(self, attr):
+                delattr(self, attr)
+        if getattr(self, "device", None) is not None and self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self._restore_globals()
