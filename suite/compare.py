@@ -1,0 +1,697 @@
+"""From result records to conclusions: baselines, statistics over seeds, verdicts.
+
+Pure Python + NumPy (SciPy only for the Student t quantile); never imports a framework, so a
+results file can be compared on any machine. Every number here is derived from
+``results.jsonl`` alone, which is what lets ``precision-suite report DIR`` rebuild a report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from suite.results import latest_by_job
+
+BASELINE_POLICY = "fp32"
+
+# Outcomes of a verdict. Only FAIL and FAILED of an enforced verdict make `check` exit 1.
+PASS = "pass"
+FAIL = "fail"
+FAILED = "failed"  # every seed of the policy failed to produce a result
+NO_BASELINE = "no baseline"
+NOT_COMPARABLE = "n/a"
+INFO = "info"  # a headline whose only failure is information-only
+
+FAILURE_STATUSES = frozenset({"diverged", "oom", "crashed", "timeout", "error"})
+
+# What each policy must be observed to run (DESIGN.md, "Precision policies"). `updated` is the
+# dtype of the weights the optimizer updates: the master copy if any, else the parameters.
+POLICY_EXPECTATIONS: dict[str, dict[str, str]] = {
+    "fp32": {"compute": "float32", "updated": "float32"},
+    "tf32": {"compute": "float32", "updated": "float32"},
+    "fp16-mixed": {"compute": "float16", "updated": "float32"},
+    "bf16-mixed": {"compute": "bfloat16", "updated": "float32"},
+    "fp16-pure": {"compute": "float16", "updated": "float16"},
+    "bf16-pure": {"compute": "bfloat16", "updated": "bfloat16"},
+}
+
+# CPU ISA flags any one of which lets the hardware compute in the policy's half type natively.
+_CPU_ACCELERATION_FLAGS: dict[str, tuple[str, ...]] = {
+    "float16": ("avx512_fp16", "amx_fp16"),
+    "bfloat16": ("avx512_bf16", "amx_bf16"),
+}
+# Minimum CUDA compute capability with native support (bf16 and TF32 arrived with Ampere).
+_CUDA_MIN_CAPABILITY: dict[str, float] = {"float16": 5.3, "bfloat16": 8.0, "tf32": 8.0}
+
+_DEFAULT_TOLERANCE_PTS = 1.0
+_DEFAULT_CROSS_FRAMEWORK_RTOL = 1e-3
+
+
+@dataclass
+class Verdict:
+    """One checkable claim. ``enforced`` is False for information-only verdicts (``-pure``
+    parity unless ``check_pure``), which are shown but never fail ``check``."""
+
+    name: str  # parity | cross-framework | precision-active | status
+    subject: str  # e.g. "mlp/digits/cpu torch-amp bf16-mixed"
+    outcome: str  # pass | fail | failed | no baseline | n/a
+    detail: str
+    enforced: bool = True
+
+    @property
+    def is_failure(self) -> bool:
+        return self.enforced and self.outcome in (FAIL, FAILED)
+
+
+@dataclass
+class Row:
+    """One backend × policy of one (model, dataset, device) group, aggregated over seeds."""
+
+    model: str
+    dataset: str
+    device: str
+    backend: str
+    framework: str
+    policy: str
+    seeds_ok: list[int] = field(default_factory=list)
+    seeds_failed: list[int] = field(default_factory=list)
+    accuracy_values: list[float] = field(default_factory=list)
+    accuracy_mean: float | None = None
+    accuracy_ci95: float | None = None  # half-width; None with fewer than two seeds
+    baseline: str | None = None  # "torch-amp fp32"; None when this row has no baseline
+    is_baseline: bool = False
+    delta_pts: float | None = None
+    step_time_ms_p50: float | None = None
+    samples_per_s: float | None = None
+    speedup: float | None = None
+    speedup_min: float | None = None
+    speedup_max: float | None = None
+    peak_memory_bytes: float | None = None
+    memory_source: str | None = None
+    memory_ratio: float | None = None
+    skipped_steps: float | None = None  # mean over seeds
+    loss_scale_final: float | None = None
+    observed: dict[str, Any] = field(default_factory=dict)
+    emulated: bool = False
+    emulated_reason: str = ""
+    verdicts: list[Verdict] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend} {self.policy}"
+
+    @property
+    def subject(self) -> str:
+        return f"{self.model}/{self.dataset}/{self.device} {self.label}"
+
+    @property
+    def all_failed(self) -> bool:
+        return not self.seeds_ok and bool(self.seeds_failed)
+
+    @property
+    def is_pure(self) -> bool:
+        return self.policy.endswith("-pure")
+
+    def verdict(self, name: str) -> Verdict | None:
+        return next((v for v in self.verdicts if v.name == name), None)
+
+    @property
+    def overall(self) -> str:
+        """The row's worst outcome, for one verdict cell."""
+        outcomes = [v.outcome for v in self.verdicts if v.enforced]
+        for outcome in (FAILED, FAIL, NO_BASELINE, PASS):
+            if outcome in outcomes:
+                return outcome
+        return NOT_COMPARABLE
+
+
+@dataclass
+class JobNote:
+    """A job that produced no result: unavailable (listed) or failed (listed as a failure)."""
+
+    job_id: str
+    model: str
+    dataset: str
+    device: str
+    backend: str
+    policy: str
+    seed: int | None
+    status: str
+    message: str
+
+
+@dataclass
+class Group:
+    model: str
+    dataset: str
+    device: str
+    device_name: str
+    tolerance_pts: float
+    rows: list[Row] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)  # cross-framework
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}/{self.dataset}/{self.device}"
+
+
+@dataclass
+class Headline:
+    group: str
+    row: str
+    text: str
+    outcome: str
+
+
+@dataclass
+class Comparison:
+    groups: list[Group]
+    headlines: list[Headline]
+    unavailable: list[JobNote]
+    failed_jobs: list[JobNote]
+    tolerance_pts: float | None  # None when groups use different recorded tolerances
+    check_pure: bool
+    cross_framework_rtol: float
+
+    @property
+    def rows(self) -> list[Row]:
+        return [row for group in self.groups for row in group.rows]
+
+    @property
+    def verdicts(self) -> list[Verdict]:
+        out: list[Verdict] = []
+        for group in self.groups:
+            for row in group.rows:
+                out.extend(row.verdicts)
+            out.extend(group.verdicts)
+        return out
+
+
+# --- statistics ------------------------------------------------------------------------------
+
+
+def mean_ci95(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and half-width of the two-sided 95% Student t interval. One value: the interval is
+    undefined (None), not zero — one seed says nothing about seed-to-seed spread."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return None, None
+    mean = float(np.mean(finite))
+    if len(finite) < 2:
+        return mean, None
+    from scipy.stats import t as student_t
+
+    sem = float(np.std(finite, ddof=1)) / math.sqrt(len(finite))
+    return mean, float(student_t.ppf(0.975, len(finite) - 1)) * sem
+
+
+def speedup_stats(
+    baseline_ms: dict[int, float], policy_ms: dict[int, float]
+) -> tuple[float | None, float | None, float | None]:
+    """Speedup = baseline step time / policy step time (ratio of seed means) and its min–max
+    over seeds, pairing each seed with the baseline of the same seed where one exists."""
+    base = [v for v in baseline_ms.values() if _finite_positive(v)]
+    pol = {s: v for s, v in policy_ms.items() if _finite_positive(v)}
+    if not base or not pol:
+        return None, None, None
+    base_mean = float(np.mean(base))
+    ratio = base_mean / float(np.mean(list(pol.values())))
+    per_seed = [
+        (baseline_ms[s] if _finite_positive(baseline_ms.get(s)) else base_mean) / v for s, v in pol.items()
+    ]
+    return ratio, min(per_seed), max(per_seed)
+
+
+def _finite_positive(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def _metric(record: dict[str, Any], key: str) -> float | None:
+    value = (record.get("metrics") or {}).get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _mean(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None]
+    return float(np.mean(finite)) if finite else None
+
+
+# --- hardware ----------------------------------------------------------------------------------
+
+
+def _half_type(policy: str) -> str | None:
+    if policy.startswith("fp16"):
+        return "float16"
+    if policy.startswith("bf16"):
+        return "bfloat16"
+    if policy == "tf32":
+        return "tf32"
+    return None
+
+
+def _cuda_capability(environ: dict[str, Any]) -> float | None:
+    for key in ("cuda_capability", "compute_capability", "device_capability"):
+        value = environ.get(key)
+        if isinstance(value, list | tuple) and len(value) == 2:
+            return float(value[0]) + float(value[1]) / 10
+        if isinstance(value, int | float | str):
+            try:
+                return float(value)
+            except ValueError:
+                continue
+    return None
+
+
+def emulation(policy: str, device: str, environ: dict[str, Any]) -> str:
+    """Why the hardware cannot accelerate ``policy`` (a reason to label it "emulated" and keep
+    it out of speed claims), or "" if it can. Missing ISA flags count as absent: a speed claim
+    needs evidence."""
+    kind = _half_type(policy)
+    if kind is None:
+        return ""
+    if device == "cpu":
+        if kind == "tf32":
+            return ""
+        flags = environ.get("cpu_flags") or {}
+        wanted = _CPU_ACCELERATION_FLAGS[kind]
+        if any(flags.get(flag) for flag in wanted):
+            return ""
+        if not flags:
+            return f"CPU ISA flags not recorded; {' / '.join(wanted)} not shown"
+        return f"CPU has no {' / '.join(wanted)}"
+    capability = _cuda_capability(environ)
+    if capability is not None and capability < _CUDA_MIN_CAPABILITY[kind]:
+        return f"compute capability {capability:.1f} < {_CUDA_MIN_CAPABILITY[kind]:.1f}"
+    return ""
+
+
+# --- verdicts ----------------------------------------------------------------------------------
+
+
+def _expected_loss_scaling(policy: str, config: dict[str, Any]) -> str:
+    if not policy.startswith("fp16"):
+        return "none"
+    loss_scale = config.get("loss_scale") or {}
+    if not loss_scale.get("enabled", True):
+        return "none"
+    return "dynamic" if loss_scale.get("dynamic", True) else "static"
+
+
+def _precision_problems(record: dict[str, Any]) -> list[str]:
+    policy = record.get("policy", "")
+    expected = POLICY_EXPECTATIONS.get(policy)
+    observed = record.get("observed") or {}
+    if expected is None:
+        return []  # a third-party policy: nothing to hold it to
+    if not observed:
+        return ["observed precision not recorded"]
+    problems = []
+    compute = observed.get("compute_dtype")
+    if compute != expected["compute"]:
+        problems.append(f"compute {compute}, expected {expected['compute']}")
+    updated = observed.get("master_dtype") or observed.get("param_dtype")
+    if updated != expected["updated"]:
+        what = "master" if observed.get("master_dtype") else "param"
+        problems.append(f"{what} {updated}, expected {expected['updated']}")
+    scaling = observed.get("loss_scaling")
+    want_scaling = _expected_loss_scaling(policy, record.get("config") or {})
+    if scaling is not None and scaling != want_scaling:
+        problems.append(f"loss scaling {scaling}, expected {want_scaling}")
+    return problems
+
+
+def _precision_verdict(row: Row, records: list[dict[str, Any]]) -> Verdict:
+    problems = []
+    for record in records:
+        for problem in _precision_problems(record):
+            problems.append(f"seed {record.get('seed')}: {problem}")
+    if problems:
+        return Verdict("precision-active", row.subject, FAIL, "; ".join(problems))
+    dtype = row.observed.get("compute_dtype")
+    return Verdict("precision-active", row.subject, PASS, f"observed compute {dtype}")
+
+
+def _parity_verdict(row: Row, tolerance_pts: float, check_pure: bool) -> Verdict:
+    enforced = check_pure or not row.is_pure
+    note = "" if enforced else " (information: -pure policies are not checked)"
+    if row.delta_pts is None:
+        return Verdict("parity", row.subject, NO_BASELINE, f"no fp32 baseline of {row.framework}{note}")
+    outcome = PASS if abs(row.delta_pts) <= tolerance_pts + 1e-9 else FAIL
+    detail = f"Δ {row.delta_pts:+.2f} pt vs {row.baseline} (tolerance ±{tolerance_pts:g} pt){note}"
+    return Verdict("parity", row.subject, outcome, detail, enforced=enforced)
+
+
+def _curve(record: dict[str, Any]) -> np.ndarray | None:
+    values = (record.get("curves") or {}).get("train_loss")
+    if not values:
+        return None
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def _cross_framework_verdicts(
+    group: Group, by_row: dict[tuple[str, str], list[dict[str, Any]]], rtol: float
+) -> list[Verdict]:
+    """fp32 of each framework against the fp32 of the reference framework (torch when present):
+    per-step train loss within ``rtol`` at every step for each shared seed, and accuracy within
+    the parity tolerance. Only where both frameworks have an fp32 result."""
+    fp32_rows = {}
+    for row in group.rows:
+        if row.policy == BASELINE_POLICY and row.seeds_ok and row.framework not in fp32_rows:
+            fp32_rows[row.framework] = row
+    if len(fp32_rows) < 2:
+        return []
+    frameworks = sorted(fp32_rows, key=lambda f: (f != "torch", f))
+    reference = fp32_rows[frameworks[0]]
+    verdicts = []
+    for other_fw in frameworks[1:]:
+        other = fp32_rows[other_fw]
+        subject = f"{group.key} {reference.label} vs {other.label}"
+        ref_records = {r["seed"]: r for r in by_row[(reference.backend, reference.policy)]}
+        other_records = {r["seed"]: r for r in by_row[(other.backend, other.policy)]}
+        shared = sorted(set(ref_records) & set(other_records))
+        if not shared:
+            verdicts.append(Verdict("cross-framework", subject, NOT_COMPARABLE, "no seed ran in both"))
+            continue
+        problems = []
+        worst = 0.0
+        for seed in shared:
+            a, b = _curve(ref_records[seed]), _curve(other_records[seed])
+            if a is None or b is None:
+                problems.append(f"seed {seed}: train-loss curve not recorded")
+                continue
+            if a.shape != b.shape:
+                problems.append(f"seed {seed}: {a.size} vs {b.size} steps")
+                continue
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rel = np.abs(a - b) / np.maximum(np.abs(a), np.abs(b))
+            rel = np.where((a == b), 0.0, rel)  # 0/0 where both losses are exactly zero
+            bad = ~(rel <= rtol)  # NaN counts as a disagreement
+            if rel.size:
+                worst = max(worst, float(np.nanmax(rel)) if np.isfinite(rel).any() else math.inf)
+            if bad.any():
+                step = int(np.argmax(bad))
+                problems.append(
+                    f"seed {seed}: step {step} differs by {rel[step]:.2e} relative "
+                    f"(> {rtol:g}; {int(bad.sum())} of {bad.size} steps)"
+                )
+        acc_delta = None
+        if reference.accuracy_mean is not None and other.accuracy_mean is not None:
+            acc_delta = 100 * (other.accuracy_mean - reference.accuracy_mean)
+            if abs(acc_delta) > group.tolerance_pts + 1e-9:
+                problems.append(f"accuracy differs by {acc_delta:+.2f} pt (> ±{group.tolerance_pts:g})")
+        if problems:
+            verdicts.append(Verdict("cross-framework", subject, FAIL, "; ".join(problems)))
+        else:
+            acc = f", accuracy Δ {acc_delta:+.2f} pt" if acc_delta is not None else ""
+            detail = f"{len(shared)} seed(s): per-step loss within {worst:.1e} relative (≤ {rtol:g}){acc}"
+            verdicts.append(Verdict("cross-framework", subject, PASS, detail))
+    return verdicts
+
+
+# --- aggregation -----------------------------------------------------------------------------
+
+
+def _model_name(record: dict[str, Any]) -> str:
+    model = record.get("model")
+    if isinstance(model, dict):
+        return str(model.get("name", "?"))
+    return str(model)
+
+
+def _dataset_name(record: dict[str, Any]) -> str:
+    dataset = record.get("dataset")
+    if isinstance(dataset, dict):
+        return str(dataset.get("name", "?"))
+    return str(dataset)
+
+
+def _framework(record: dict[str, Any]) -> str:
+    if record.get("framework"):
+        return str(record["framework"])
+    versions = (record.get("environ") or {}).get("framework_versions") or {}
+    return next(iter(versions), "unknown")
+
+
+def _note(record: dict[str, Any]) -> JobNote:
+    return JobNote(
+        job_id=str(record.get("job_id")),
+        model=_model_name(record),
+        dataset=_dataset_name(record),
+        device=str(record.get("device")),
+        backend=str(record.get("backend")),
+        policy=str(record.get("policy")),
+        seed=record.get("seed"),
+        status=str(record.get("status")),
+        message=str(record.get("error") or "(no message)"),
+    )
+
+
+def _parity_setting(records: list[dict[str, Any]], key: str) -> Any:
+    for record in records:
+        parity = (record.get("config") or {}).get("parity") or {}
+        if key in parity and parity[key] is not None:
+            return parity[key]
+    return None
+
+
+def _aggregate_row(row: Row, records: list[dict[str, Any]]) -> None:
+    row.seeds_ok = sorted(r.get("seed") for r in records)
+    row.accuracy_values = [v for r in records if (v := _metric(r, "test_accuracy")) is not None]
+    row.accuracy_mean, row.accuracy_ci95 = mean_ci95(row.accuracy_values)
+    row.step_time_ms_p50 = _mean([_metric(r, "step_time_ms_p50") for r in records])
+    row.samples_per_s = _mean([_metric(r, "samples_per_s") for r in records])
+    row.peak_memory_bytes = _mean([_metric(r, "peak_memory_bytes") for r in records])
+    sources = {(r.get("metrics") or {}).get("memory_source") for r in records} - {None}
+    row.memory_source = " / ".join(sorted(map(str, sources))) or None
+    row.skipped_steps = _mean([_metric(r, "skipped_steps") for r in records])
+    row.loss_scale_final = _mean([_metric(r, "loss_scale_final") for r in records])
+    if records:
+        row.observed = dict(records[0].get("observed") or {})
+
+
+def compare(
+    records: list[dict[str, Any]],
+    tolerance_pts: float | None = None,
+    check_pure: bool | None = None,
+    cross_framework_rtol: float | None = None,
+) -> Comparison:
+    """Turn result records into rows, verdicts and headlines.
+
+    ``tolerance_pts``, ``check_pure`` and ``cross_framework_rtol`` default to what the records'
+    config recorded (``config.parity``); an explicit value overrides it. A resumed run's older
+    records of the same job are superseded by the newest.
+    """
+    records = list(latest_by_job([r for r in records if "job_id" in r]).values())
+    unavailable = [_note(r) for r in records if r.get("status") == "unavailable"]
+    failed_jobs = [_note(r) for r in records if r.get("status") in FAILURE_STATUSES]
+    # An unknown status is not ok and not known-harmless: treat it as a failure, saying so.
+    for record in records:
+        if record.get("status") not in FAILURE_STATUSES | {"ok", "unavailable"}:
+            note = _note(record)
+            note.message = f"unknown status {record.get('status')!r}: {note.message}"
+            failed_jobs.append(note)
+
+    if check_pure is None:
+        check_pure = bool(_parity_setting(records, "check_pure") or False)
+    if cross_framework_rtol is None:
+        cross_framework_rtol = float(
+            _parity_setting(records, "cross_framework_rtol") or _DEFAULT_CROSS_FRAMEWORK_RTOL
+        )
+
+    by_group: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        if record.get("status") == "unavailable":
+            continue
+        key = (_model_name(record), _dataset_name(record), str(record.get("device")))
+        by_group[key].append(record)
+
+    groups: list[Group] = []
+    headlines: list[Headline] = []
+    tolerances = set()
+    for (model, dataset, device), group_records in sorted(by_group.items()):
+        tol = tolerance_pts
+        if tol is None:
+            recorded = _parity_setting(group_records, "tolerance_pts")
+            tol = float(recorded) if recorded is not None else _DEFAULT_TOLERANCE_PTS
+        tolerances.add(tol)
+        group = _build_group(model, dataset, device, group_records, tol, check_pure, cross_framework_rtol)
+        groups.append(group)
+        headlines.extend(_headlines(group))
+
+    return Comparison(
+        groups=groups,
+        headlines=headlines,
+        unavailable=unavailable,
+        failed_jobs=failed_jobs,
+        tolerance_pts=tolerances.pop() if len(tolerances) == 1 else tolerance_pts,
+        check_pure=check_pure,
+        cross_framework_rtol=cross_framework_rtol,
+    )
+
+
+def _build_group(
+    model: str,
+    dataset: str,
+    device: str,
+    records: list[dict[str, Any]],
+    tolerance_pts: float,
+    check_pure: bool,
+    rtol: float,
+) -> Group:
+    ok_by_row: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    all_by_row: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    frameworks: dict[str, str] = {}
+    for record in records:
+        row_key = (str(record.get("backend")), str(record.get("policy")))
+        all_by_row[row_key].append(record)
+        frameworks[row_key[0]] = _framework(record)
+        if record.get("status") == "ok":
+            ok_by_row[row_key].append(record)
+
+    device_name = ""
+    for record in records:
+        device_name = (record.get("environ") or {}).get("device_name") or device_name
+        if device_name:
+            break
+    group = Group(model, dataset, device, device_name, tolerance_pts)
+
+    def row_order(key: tuple[str, str]) -> tuple[bool, str, str, int, str]:
+        backend, policy = key
+        rank = list(POLICY_EXPECTATIONS)
+        policy_rank = rank.index(policy) if policy in rank else len(rank)
+        framework = frameworks[backend]
+        # torch first: it is the cross-framework reference.
+        return (framework != "torch", framework, backend, policy_rank, policy)
+
+    for backend, policy in sorted(all_by_row, key=row_order):
+        row = Row(model, dataset, device, backend, frameworks[backend], policy)
+        ok = ok_by_row[(backend, policy)]
+        ok.sort(key=lambda r: r.get("seed") or 0)
+        row.seeds_failed = sorted(
+            r.get("seed") for r in all_by_row[(backend, policy)] if r.get("status") != "ok"
+        )
+        _aggregate_row(row, ok)
+        environ = next((r.get("environ") or {} for r in ok), None)
+        if environ is None:
+            environ = (all_by_row[(backend, policy)][0].get("environ")) or {}
+        row.emulated_reason = emulation(policy, device, environ)
+        row.emulated = bool(row.emulated_reason)
+        group.rows.append(row)
+
+    for row in group.rows:
+        _attach_baseline(row, group, ok_by_row)
+        if row.all_failed:
+            statuses = sorted({r.get("status") for r in all_by_row[(row.backend, row.policy)]})
+            detail = f"all {len(row.seeds_failed)} seed(s) failed ({', '.join(statuses)})"
+            row.verdicts.append(Verdict("status", row.subject, FAILED, detail))
+            continue
+        if not row.is_baseline:
+            row.verdicts.append(_parity_verdict(row, tolerance_pts, check_pure))
+        row.verdicts.append(_precision_verdict(row, ok_by_row[(row.backend, row.policy)]))
+
+    group.verdicts = _cross_framework_verdicts(group, ok_by_row, rtol)
+    return group
+
+
+def _attach_baseline(row: Row, group: Group, ok_by_row: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
+    """The baseline is fp32 of the same framework: the row's own backend's fp32 if it has one
+    with a result, else the same-framework backend with the most fp32 seeds."""
+    candidates = [
+        other
+        for other in group.rows
+        if other.framework == row.framework
+        and other.policy == BASELINE_POLICY
+        and ok_by_row[(other.backend, other.policy)]
+    ]
+    if not candidates:
+        return
+    candidates.sort(key=lambda o: (o.backend != row.backend, -len(o.seeds_ok), o.backend))
+    base = candidates[0]
+    if base is row:
+        row.is_baseline = True
+        return
+    if not row.seeds_ok:
+        row.baseline = base.label
+        return
+    row.baseline = base.label
+    if row.accuracy_mean is not None and base.accuracy_mean is not None:
+        row.delta_pts = 100.0 * (row.accuracy_mean - base.accuracy_mean)
+    base_ms = {
+        r.get("seed"): v
+        for r in ok_by_row[(base.backend, base.policy)]
+        if (v := _metric(r, "step_time_ms_p50")) is not None
+    }
+    row_ms = {
+        r.get("seed"): v
+        for r in ok_by_row[(row.backend, row.policy)]
+        if (v := _metric(r, "step_time_ms_p50")) is not None
+    }
+    row.speedup, row.speedup_min, row.speedup_max = speedup_stats(base_ms, row_ms)
+    # Allocator peaks and CPU accountings measure different things: no ratio across sources.
+    if (
+        row.peak_memory_bytes
+        and base.peak_memory_bytes
+        and row.memory_source is not None
+        and row.memory_source == base.memory_source
+    ):
+        row.memory_ratio = row.peak_memory_bytes / base.peak_memory_bytes
+
+
+# --- headlines ---------------------------------------------------------------------------------
+
+
+def format_speed(row: Row) -> str:
+    if row.speedup is None:
+        return "speed n/a"
+    if row.emulated:
+        return f"emulated ({row.speedup:.2f}×, no speed claim)"
+    if row.speedup >= 1:
+        return f"{row.speedup:.1f}× faster"
+    return f"{1 / row.speedup:.1f}× slower"
+
+
+def _headlines(group: Group) -> list[Headline]:
+    out = []
+    for row in group.rows:
+        if row.is_baseline:
+            continue
+        if row.all_failed:
+            text = f"{row.label}: all {len(row.seeds_failed)} seed(s) failed"
+            out.append(Headline(group.key, row.label, text, FAILED))
+            continue
+        parity = row.verdict("parity")
+        precision = row.verdict("precision-active")
+        parts = []
+        if row.baseline is None:
+            parts.append(f"no fp32 baseline of {row.framework}")
+        else:
+            parts.append(format_speed(row))
+            if row.delta_pts is not None:
+                parts.append(f"{row.delta_pts:+.1f} pt".replace("-", "−"))
+        if parity is not None and parity.outcome in (PASS, FAIL):
+            suffix = "" if parity.enforced else " (info)"
+            parts.append(f"parity {parity.outcome.upper()}{suffix}")
+        if precision is not None and precision.outcome == FAIL:
+            parts.append("precision-active FAIL")
+        if row.seeds_failed:
+            parts.append(f"{len(row.seeds_failed)} seed(s) failed")
+        text = f"{row.label}: " + ", ".join(parts)
+        if any(v.is_failure for v in row.verdicts):
+            outcome = FAIL
+        elif any(not v.enforced and v.outcome == FAIL for v in row.verdicts):
+            outcome = INFO
+        else:
+            outcome = row.overall
+        out.append(Headline(group.key, row.label, text, outcome))
+    return out
+
+
+def check_exit_code(comparison: Comparison) -> int:
+    """1 if any enforced verdict fails (a failed policy included), else 0."""
+    return 1 if any(v.is_failure for v in comparison.verdicts) else 0
