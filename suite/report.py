@@ -1,0 +1,839 @@
+"""What a comparison looks like: rich tables in the terminal, report.md, a self-contained
+report.html (plots embedded as base64 PNG, opens offline), summary.csv and the plot PNGs.
+
+Plots use matplotlib's object-oriented API on Agg canvases, so writing a report never touches
+pyplot's global state or needs a display.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from suite.compare import (
+    FAIL,
+    FAILED,
+    NO_BASELINE,
+    PASS,
+    Comparison,
+    Group,
+    JobNote,
+    Row,
+    Verdict,
+    _dataset_name,
+    _framework,
+    _model_name,
+    check_exit_code,
+)
+from suite.results import latest_by_job
+
+_STYLE = {PASS: "green", FAIL: "red", FAILED: "red", NO_BASELINE: "yellow"}
+_CSS_CLASS = {PASS: "pass", FAIL: "fail", FAILED: "fail", NO_BASELINE: "warn"}
+_FRAMEWORK_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
+
+SUMMARY_COLUMNS = [
+    "model",
+    "dataset",
+    "device",
+    "device_name",
+    "backend",
+    "framework",
+    "policy",
+    "seeds_ok",
+    "seeds_failed",
+    "accuracy_mean",
+    "accuracy_ci95",
+    "baseline",
+    "delta_pts",
+    "step_time_ms_p50",
+    "samples_per_s",
+    "speedup",
+    "speedup_min",
+    "speedup_max",
+    "emulated",
+    "emulated_reason",
+    "peak_memory_bytes",
+    "memory_source",
+    "memory_ratio",
+    "skipped_steps",
+    "loss_scale_final",
+    "compute_dtype",
+    "param_dtype",
+    "master_dtype",
+    "loss_scaling",
+    "parity",
+    "precision_active",
+    "verdict",
+]
+
+
+# --- cell formatting -------------------------------------------------------------------------
+
+
+def _minus(text: str) -> str:
+    return text.replace("-", "−")
+
+
+def fmt_accuracy(row: Row) -> str:
+    if row.accuracy_mean is None:
+        return "—"
+    text = f"{100 * row.accuracy_mean:.2f}"
+    if row.accuracy_ci95 is None:
+        return text + " (1 seed, no CI)" if len(row.accuracy_values) == 1 else text
+    return f"{text} ± {100 * row.accuracy_ci95:.2f}"
+
+
+def fmt_delta(row: Row) -> str:
+    if row.is_baseline:
+        return "baseline"
+    if row.delta_pts is None:
+        return "—" if row.baseline else "no baseline"
+    return _minus(f"{row.delta_pts:+.2f}")
+
+
+def fmt_speedup(row: Row) -> str:
+    if row.is_baseline:
+        return "1.00× (baseline)"
+    if row.speedup is None:
+        return "—"
+    spread = ""
+    if row.speedup_min is not None and row.speedup_max is not None and len(row.seeds_ok) > 1:
+        spread = f" ({row.speedup_min:.2f}–{row.speedup_max:.2f})"
+    text = f"{row.speedup:.2f}×{spread}"
+    return f"{text} emulated" if row.emulated else text
+
+
+def fmt_bytes(value: float | None) -> str:
+    if value is None:
+        return "—"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def fmt_memory(row: Row) -> str:
+    text = fmt_bytes(row.peak_memory_bytes)
+    if row.memory_ratio is not None:
+        text += f" ({row.memory_ratio:.2f}×)"
+    return text
+
+
+def fmt_number(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.{digits}f}" if digits else f"{value:g}"
+
+
+def fmt_seeds(row: Row) -> str:
+    total = len(row.seeds_ok) + len(row.seeds_failed)
+    text = f"{len(row.seeds_ok)}/{total}"
+    if row.seeds_failed:
+        text += f" (failed: {', '.join(map(str, row.seeds_failed))})"
+    return text
+
+
+def verdict_cells(row: Row) -> list[tuple[str, str]]:
+    """(text, outcome) per verdict of the row, in a fixed order."""
+    cells = []
+    for verdict in row.verdicts:
+        name = "precision" if verdict.name == "precision-active" else verdict.name
+        if verdict.name == "status":
+            name = "FAILED"
+            cells.append((name, FAILED))
+            continue
+        text = f"{name} {verdict.outcome.upper()}"
+        if not verdict.enforced:
+            text += " (info)"
+        cells.append((text, verdict.outcome if verdict.enforced else "info"))
+    return cells
+
+
+# --- terminal --------------------------------------------------------------------------------
+
+
+def _rich_outcome(text: str, outcome: str) -> str:
+    style = _STYLE.get(outcome, "dim")
+    return f"[{style}]{text}[/]"
+
+
+def _group_title(group: Group) -> str:
+    where = f" — {group.device_name}" if group.device_name else ""
+    return f"{group.model} · {group.dataset} · {group.device}{where}"
+
+
+def render_terminal(comparison: Comparison, console: Console) -> None:
+    """One table per (model, dataset, device), its headlines and cross-framework verdicts, then
+    the unavailable and failed jobs."""
+    for group in comparison.groups:
+        table = Table(title=_group_title(group), title_justify="left", show_lines=False)
+        for column, justify in (
+            ("backend", "left"),
+            ("policy", "left"),
+            ("seeds", "right"),
+            ("accuracy % (95% CI)", "right"),
+            ("Δ vs fp32 (pt)", "right"),
+            ("speedup", "right"),
+            ("peak memory (ratio)", "right"),
+            ("skipped", "right"),
+            ("verdict", "left"),
+        ):
+            table.add_column(column, justify=justify)
+        for row in group.rows:
+            delta = fmt_delta(row)
+            parity = row.verdict("parity")
+            if parity is not None and parity.outcome == FAIL:
+                delta = _rich_outcome(delta, FAIL if parity.enforced else NO_BASELINE)
+            speed = fmt_speedup(row).replace(" emulated", " [yellow]emulated[/]")
+            table.add_row(
+                row.backend,
+                row.policy,
+                fmt_seeds(row),
+                fmt_accuracy(row),
+                delta,
+                speed,
+                fmt_memory(row),
+                fmt_number(row.skipped_steps),
+                " ".join(_rich_outcome(text, outcome) for text, outcome in verdict_cells(row)),
+            )
+        console.print(table)
+        console.print(f"  tolerance ±{group.tolerance_pts:g} pt; speedup = fp32 step time / step time")
+        for headline in comparison.headlines:
+            if headline.group == group.key:
+                text = _escape_rich(headline.text)
+                console.print("  " + _rich_outcome("●", headline.outcome) + " " + text)
+        for verdict in group.verdicts:
+            console.print(
+                "  "
+                + _rich_outcome(f"cross-framework {verdict.outcome.upper()}", verdict.outcome)
+                + f" {verdict.subject.split(' ', 1)[-1]}: {_escape_rich(verdict.detail)}"
+            )
+        emulated = [row for row in group.rows if row.emulated]
+        for row in emulated:
+            console.print(
+                f"  [yellow]emulated[/] {row.label}: {_escape_rich(row.emulated_reason)}"
+                " — kept out of speed claims"
+            )
+        console.print()
+    _render_notes(comparison, console)
+
+
+def _escape_rich(text: str) -> str:
+    return text.replace("[", r"\[")
+
+
+def _render_notes(comparison: Comparison, console: Console) -> None:
+    if comparison.unavailable:
+        console.print(f"[bold]unavailable[/] ({len(comparison.unavailable)}, not failures):")
+        for note in comparison.unavailable:
+            console.print(f"  [dim]{note.job_id}[/]: {_escape_rich(note.message)}")
+    if comparison.failed_jobs:
+        console.print(f"[bold red]failed jobs[/] ({len(comparison.failed_jobs)}):")
+        for note in comparison.failed_jobs:
+            console.print(f"  [red]{note.status}[/] {note.job_id}: {_escape_rich(note.message)}")
+
+
+def print_verdicts(comparison: Comparison, console: Console) -> None:
+    """Every verdict on one line, then the count and what `check` will exit with."""
+    verdicts = comparison.verdicts
+    width = max((len(v.name) for v in verdicts), default=0)
+    for verdict in verdicts:
+        label = verdict.outcome.upper()
+        if not verdict.enforced:
+            label += " (info)"
+        style = _STYLE.get(verdict.outcome, "dim") if verdict.enforced else "dim"
+        console.print(
+            f"[{style}]{label:<12}[/] {verdict.name:<{width}}  {verdict.subject}: "
+            f"{_escape_rich(verdict.detail)}"
+        )
+    _render_notes(comparison, console)
+    failures = sum(v.is_failure for v in verdicts)
+    passes = sum(v.outcome == PASS and v.enforced for v in verdicts)
+    code = check_exit_code(comparison)
+    colour = "red" if code else "green"
+    console.print(
+        f"[bold {colour}]{'FAIL' if code else 'PASS'}[/]: {passes} passed, {failures} failed, "
+        f"{len(verdicts) - passes - failures} informational or without baseline"
+    )
+
+
+# --- plots -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Plot:
+    name: str  # file stem
+    title: str
+    png: bytes
+
+
+def _new_figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _png(figure: Any) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _stack(curves: list[list[Any]]) -> np.ndarray | None:
+    """Seed-mean of equal-length curves (the most common length wins; None becomes NaN)."""
+    curves = [c for c in curves if c]
+    if not curves:
+        return None
+    lengths = [len(c) for c in curves]
+    common = max(set(lengths), key=lengths.count)
+    rows = [[np.nan if v is None else float(v) for v in c] for c in curves if len(c) == common]
+    with np.errstate(all="ignore"):
+        return np.nanmean(np.array(rows, dtype=np.float64), axis=0)
+
+
+def _colours(group: Group) -> dict[str, str]:
+    frameworks = sorted({row.framework for row in group.rows}, key=lambda f: (f != "torch", f))
+    return {f: _FRAMEWORK_COLOURS[i % len(_FRAMEWORK_COLOURS)] for i, f in enumerate(frameworks)}
+
+
+_LINESTYLES = {"fp32": "-", "tf32": (0, (1, 1)), "bf16-mixed": "--", "fp16-mixed": "-."}
+
+
+def _plot_loss(group: Group, by_row: dict[str, list[dict[str, Any]]]) -> Plot | None:
+    figure = _new_figure(8, 4.5)
+    axes = figure.add_subplot()
+    colours = _colours(group)
+    plotted = 0
+    for index, row in enumerate(group.rows):
+        records = by_row.get(row.label, [])
+        loss = _stack([(r.get("curves") or {}).get("train_loss") for r in records])
+        if loss is None:
+            continue
+        steps = (records[0].get("curves") or {}).get("step") or list(range(loss.size))
+        steps = steps if len(steps) == loss.size else list(range(loss.size))
+        axes.plot(
+            steps,
+            loss,
+            label=f"{row.label} (n={len(records)})",
+            color=colours[row.framework],
+            linestyle=_LINESTYLES.get(row.policy, ":"),
+            marker="os^vDx"[index % 6],
+            markevery=max(1, loss.size // 8),
+            markersize=4,
+            linewidth=1.2,
+        )
+        plotted += 1
+    if not plotted:
+        return None
+    axes.set_yscale("log")
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("train loss (seed mean, log)")
+    axes.set_title(f"Training loss — {group.key}")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=7, ncol=2)
+    return Plot(f"loss_{_slug(group.key)}", f"Training loss — {group.key}", _png(figure))
+
+
+def _plot_loss_scale(group: Group, by_row: dict[str, list[dict[str, Any]]]) -> Plot | None:
+    figure = _new_figure(8, 3.8)
+    axes = figure.add_subplot()
+    colours = _colours(group)
+    plotted = 0
+    for row in group.rows:
+        for record in by_row.get(row.label, [])[:1]:  # one seed: trajectories are per seed
+            curves = record.get("curves") or {}
+            scale = [np.nan if v is None else float(v) for v in curves.get("loss_scale") or []]
+            if not scale or all(v == 1.0 for v in scale):
+                continue
+            steps = curves.get("step") or list(range(len(scale)))
+            steps = steps if len(steps) == len(scale) else list(range(len(scale)))
+            line = axes.step(
+                steps,
+                scale,
+                where="post",
+                label=f"{row.label} seed {record.get('seed')}",
+                color=colours[row.framework],
+                linestyle=_LINESTYLES.get(row.policy, ":"),
+            )[0]
+            skipped = curves.get("skipped") or []
+            marks = [i for i, s in enumerate(skipped[: len(scale)]) if s]
+            if marks:
+                axes.scatter(
+                    [steps[i] for i in marks],
+                    [scale[i] for i in marks],
+                    marker="x",
+                    color="red",
+                    zorder=3,
+                    label=f"skipped steps ({len(marks)})",
+                )
+            plotted += 1 if line else 0
+    if not plotted:
+        return None
+    axes.set_yscale("log", base=2)
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("loss scale (log2)")
+    axes.set_title(f"Loss scale — {group.key} (× = skipped step)")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=7)
+    return Plot(f"loss_scale_{_slug(group.key)}", f"Loss scale — {group.key}", _png(figure))
+
+
+def _bar_labels(group: Group) -> list[str]:
+    return [f"{row.backend}\n{row.policy}" for row in group.rows]
+
+
+def _plot_speed_memory(group: Group) -> Plot | None:
+    rows = group.rows
+    if not any(r.samples_per_s for r in rows) and not any(r.peak_memory_bytes for r in rows):
+        return None
+    colours = _colours(group)
+    figure = _new_figure(max(8, 1.1 * len(rows) + 2), 4.8)
+    speed_axes, memory_axes = figure.subplots(1, 2)
+    positions = np.arange(len(rows))
+    for axes, values, note_of, ylabel in (
+        (
+            speed_axes,
+            [r.samples_per_s or 0 for r in rows],
+            lambda r: (
+                "base"
+                if r.is_baseline
+                else (f"{r.speedup:.2f}×" + ("\nemul." if r.emulated else ""))
+                if r.speedup is not None
+                else ""
+            ),
+            "samples / s",
+        ),
+        (
+            memory_axes,
+            [(r.peak_memory_bytes or 0) / 2**20 for r in rows],
+            lambda r: (
+                "base" if r.is_baseline else f"{r.memory_ratio:.2f}×" if r.memory_ratio is not None else ""
+            ),
+            "peak memory (MiB)",
+        ),
+    ):
+        bars = axes.bar(
+            positions,
+            values,
+            color=[colours[r.framework] for r in rows],
+            hatch=None,
+            edgecolor="black",
+            linewidth=0.5,
+        )
+        for bar, row in zip(bars, rows, strict=True):
+            if row.emulated:
+                bar.set_hatch("//")
+                bar.set_alpha(0.6)
+            axes.annotate(
+                note_of(row),
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+        axes.set_xticks(positions, _bar_labels(group), fontsize=7, rotation=45, ha="right")
+        axes.set_ylabel(ylabel)
+        axes.grid(True, axis="y", alpha=0.3)
+        axes.margins(y=0.15)
+    speed_axes.set_title("Throughput (× = speedup vs fp32; hatched = emulated)", fontsize=9)
+    source = " / ".join(sorted({r.memory_source for r in rows if r.memory_source})) or "?"
+    memory_axes.set_title(f"Peak memory ({source})", fontsize=9)
+    figure.suptitle(f"Speed and memory — {group.key}")
+    return Plot(f"speed_memory_{_slug(group.key)}", f"Speed and memory — {group.key}", _png(figure))
+
+
+def _plot_accuracy(group: Group) -> Plot | None:
+    rows = group.rows
+    if not any(r.accuracy_mean is not None for r in rows):
+        return None
+    colours = _colours(group)
+    figure = _new_figure(max(8, 1.1 * len(rows) + 2), 4.2)
+    axes = figure.add_subplot()
+    positions = np.arange(len(rows))
+    for position, row in zip(positions, rows, strict=True):
+        if row.accuracy_mean is None:
+            axes.annotate(
+                "failed",
+                (position, 0),
+                ha="center",
+                color="red",
+                fontsize=8,
+                xycoords=("data", "axes fraction"),
+                xytext=(0, 4),
+                textcoords="offset points",
+            )
+            continue
+        axes.errorbar(
+            position,
+            100 * row.accuracy_mean,
+            yerr=None if row.accuracy_ci95 is None else 100 * row.accuracy_ci95,
+            fmt="o" if row.accuracy_ci95 is not None else "s",
+            color=colours[row.framework],
+            capsize=4,
+        )
+        for value in row.accuracy_values:
+            axes.plot(position, 100 * value, ".", color="grey", markersize=3)
+    for row in rows:
+        if row.is_baseline and row.accuracy_mean is not None:
+            level = 100 * row.accuracy_mean
+            axes.axhspan(
+                level - group.tolerance_pts,
+                level + group.tolerance_pts,
+                color=colours[row.framework],
+                alpha=0.08,
+            )
+            axes.axhline(
+                level,
+                color=colours[row.framework],
+                linestyle="--",
+                linewidth=0.8,
+                label=f"{row.label} ± {group.tolerance_pts:g} pt",
+            )
+    axes.set_xticks(positions, _bar_labels(group), fontsize=7, rotation=45, ha="right")
+    axes.set_ylabel("test accuracy % (mean, 95% CI; dots = seeds)")
+    axes.set_title(f"Accuracy — {group.key} (square = one seed, no CI)")
+    axes.grid(True, axis="y", alpha=0.3)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize=7)
+    return Plot(f"accuracy_{_slug(group.key)}", f"Accuracy — {group.key}", _png(figure))
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+
+
+def make_plots(comparison: Comparison, records: list[dict[str, Any]]) -> list[Plot]:
+    ok_records = [
+        r for r in latest_by_job([r for r in records if "job_id" in r]).values() if r.get("status") == "ok"
+    ]
+    by_group: dict[tuple[str, str, str], dict[str, list[dict[str, Any]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for record in sorted(ok_records, key=lambda r: r.get("seed") or 0):
+        key = (_model_name(record), _dataset_name(record), str(record.get("device")))
+        by_group[key][f"{record.get('backend')} {record.get('policy')}"].append(record)
+    plots = []
+    for group in comparison.groups:
+        by_row = by_group[(group.model, group.dataset, group.device)]
+        for plot in (
+            _plot_loss(group, by_row),
+            _plot_loss_scale(group, by_row),
+            _plot_speed_memory(group),
+            _plot_accuracy(group),
+        ):
+            if plot is not None:
+                plots.append(plot)
+    return plots
+
+
+# --- environment -----------------------------------------------------------------------------
+
+
+def _fmt_env_value(value: Any) -> str:
+    if isinstance(value, dict):
+        if value and all(isinstance(v, bool) for v in value.values()):
+            on = [k for k, v in value.items() if v]
+            return ", ".join(on) if on else "none"
+        return ", ".join(f"{k}={_fmt_env_value(v)}" for k, v in value.items() if v is not None)
+    if isinstance(value, list | tuple):
+        return ", ".join(map(str, value))
+    return "—" if value is None else str(value)
+
+
+def environment_table(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: one column per (framework, device), one row per environment key."""
+    first: dict[str, dict[str, Any]] = {}
+    for record in records:
+        if record.get("status") != "ok" or not record.get("environ"):
+            continue
+        column = f"{_framework(record)} · {record.get('device')}"
+        first.setdefault(column, record["environ"])
+    columns = sorted(first, key=lambda c: (not c.startswith("torch"), c))
+    keys: list[str] = []
+    for column in columns:
+        keys.extend(k for k in first[column] if k not in keys)
+    rows = [[key] + [_fmt_env_value(first[c].get(key)) for c in columns] for key in keys]
+    return ["key", *columns], rows
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+def _summary_row(group: Group, row: Row) -> dict[str, Any]:
+    parity = row.verdict("parity")
+    precision = row.verdict("precision-active")
+
+    def num(value: float | None) -> Any:
+        return "" if value is None or not math.isfinite(value) else value
+
+    return {
+        "model": row.model,
+        "dataset": row.dataset,
+        "device": row.device,
+        "device_name": group.device_name,
+        "backend": row.backend,
+        "framework": row.framework,
+        "policy": row.policy,
+        "seeds_ok": len(row.seeds_ok),
+        "seeds_failed": len(row.seeds_failed),
+        "accuracy_mean": num(row.accuracy_mean),
+        "accuracy_ci95": num(row.accuracy_ci95),
+        "baseline": row.baseline or ("self" if row.is_baseline else ""),
+        "delta_pts": num(row.delta_pts),
+        "step_time_ms_p50": num(row.step_time_ms_p50),
+        "samples_per_s": num(row.samples_per_s),
+        "speedup": num(row.speedup),
+        "speedup_min": num(row.speedup_min),
+        "speedup_max": num(row.speedup_max),
+        "emulated": row.emulated,
+        "emulated_reason": row.emulated_reason,
+        "peak_memory_bytes": num(row.peak_memory_bytes),
+        "memory_source": row.memory_source or "",
+        "memory_ratio": num(row.memory_ratio),
+        "skipped_steps": num(row.skipped_steps),
+        "loss_scale_final": num(row.loss_scale_final),
+        "compute_dtype": row.observed.get("compute_dtype") or "",
+        "param_dtype": row.observed.get("param_dtype") or "",
+        "master_dtype": row.observed.get("master_dtype") or "",
+        "loss_scaling": row.observed.get("loss_scaling") or "",
+        "parity": "" if parity is None else parity.outcome,
+        "precision_active": "" if precision is None else precision.outcome,
+        "verdict": row.overall,
+    }
+
+
+def write_summary_csv(path: Path, comparison: Comparison) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
+        writer.writeheader()
+        for group in comparison.groups:
+            for row in group.rows:
+                writer.writerow(_summary_row(group, row))
+
+
+_TABLE_HEADER = [
+    "backend",
+    "policy",
+    "seeds",
+    "accuracy % (95% CI)",
+    "Δ vs fp32 (pt)",
+    "speedup",
+    "peak memory (ratio)",
+    "skipped",
+    "final scale",
+    "compute / updated dtype",
+    "verdict",
+]
+
+
+def _table_cells(row: Row) -> list[str]:
+    updated = row.observed.get("master_dtype") or row.observed.get("param_dtype") or "—"
+    compute = row.observed.get("compute_dtype") or "—"
+    return [
+        row.backend,
+        row.policy,
+        fmt_seeds(row),
+        fmt_accuracy(row),
+        fmt_delta(row),
+        fmt_speedup(row),
+        fmt_memory(row),
+        fmt_number(row.skipped_steps),
+        fmt_number(row.loss_scale_final),
+        f"{compute} / {updated}",
+    ]
+
+
+def _overall_line(comparison: Comparison) -> tuple[str, str]:
+    code = check_exit_code(comparison)
+    failures = sum(v.is_failure for v in comparison.verdicts)
+    if code:
+        return FAIL, f"check FAILS: {failures} verdict(s) failed"
+    return PASS, f"check passes: {len(comparison.verdicts)} verdict(s), none failed"
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(map(_md_escape, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _notes_lines(title: str, notes: list[JobNote]) -> list[str]:
+    if not notes:
+        return []
+    lines = [f"## {title} ({len(notes)})", ""]
+    lines += [f"- `{n.job_id}` — **{n.status}**: {_md_escape(n.message)}" for n in notes]
+    return lines + [""]
+
+
+def _verdict_text(verdict: Verdict) -> str:
+    label = verdict.outcome.upper() + ("" if verdict.enforced else " (info)")
+    return f"{label} {verdict.name} — {verdict.subject}: {verdict.detail}"
+
+
+def render_markdown(comparison: Comparison, records: list[dict[str, Any]], plots: list[Plot]) -> str:
+    _, overall = _overall_line(comparison)
+    lines = ["# precision-suite report", "", f"**{overall}**", ""]
+    for group in comparison.groups:
+        lines += [f"## {_group_title(group)}", ""]
+        lines += [f"- {h.text}" for h in comparison.headlines if h.group == group.key]
+        lines += [f"- cross-framework {v.outcome.upper()}: {v.detail}" for v in group.verdicts]
+        lines += [
+            f"- **emulated** {r.label}: {r.emulated_reason} — kept out of speed claims"
+            for r in group.rows
+            if r.emulated
+        ]
+        lines.append("")
+        rows = [_table_cells(r) + [" ".join(t for t, _ in verdict_cells(r))] for r in group.rows]
+        lines += _md_table(_TABLE_HEADER, rows)
+        lines += [
+            "",
+            f"Tolerance ±{group.tolerance_pts:g} pt. Speedup = fp32 step time (p50) / step time "
+            "(p50), same framework; range over seeds in parentheses.",
+            "",
+        ]
+        for plot in plots:
+            if plot.name.endswith(_slug(group.key)):
+                lines += [f"![{plot.title}](plots/{plot.name}.png)", ""]
+    lines += ["## Verdicts", ""]
+    lines += [f"- {_md_escape(_verdict_text(v))}" for v in comparison.verdicts] + [""]
+    lines += _notes_lines("Failed jobs", comparison.failed_jobs)
+    lines += _notes_lines("Unavailable jobs (not failures)", comparison.unavailable)
+    header, env_rows = environment_table(records)
+    if env_rows:
+        lines += ["## Environment", ""] + _md_table(header, env_rows) + [""]
+    return "\n".join(lines)
+
+
+_HTML_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1300px; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f3f3f3; } td:first-child, td:nth-child(2) { text-align: left; }
+.pass { color: #137333; font-weight: 600; } .fail { color: #c5221f; font-weight: 600; }
+.warn { color: #b06000; } .info { color: #777; } .emulated { color: #b06000; }
+.banner { padding: 0.6em 1em; border-radius: 4px; display: inline-block; }
+.banner.pass { background: #e6f4ea; } .banner.fail { background: #fce8e6; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.85em; color: #555; }
+"""
+
+
+def _html_table(header: list[str], rows: list[list[str]], raw_last: bool = False) -> str:
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+    for row in rows:
+        cells = [html.escape(c) for c in (row[:-1] if raw_last else row)]
+        if raw_last:
+            cells.append(row[-1])
+        out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return "\n".join(out + ["</table>"])
+
+
+def _html_outcome(text: str, outcome: str) -> str:
+    return f'<span class="{_CSS_CLASS.get(outcome, "info")}">{html.escape(text)}</span>'
+
+
+def render_html(comparison: Comparison, records: list[dict[str, Any]], plots: list[Plot]) -> str:
+    outcome, overall = _overall_line(comparison)
+    body = [
+        "<h1>precision-suite report</h1>",
+        f'<p class="banner {_CSS_CLASS[outcome]}">{html.escape(overall)}</p>',
+    ]
+    for group in comparison.groups:
+        body.append(f"<h2>{html.escape(_group_title(group))}</h2><ul>")
+        for headline in comparison.headlines:
+            if headline.group == group.key:
+                body.append(f"<li>{_html_outcome(headline.text, headline.outcome)}</li>")
+        for verdict in group.verdicts:
+            text = f"cross-framework {verdict.outcome.upper()}: {verdict.detail}"
+            body.append(f"<li>{_html_outcome(text, verdict.outcome)}</li>")
+        for row in group.rows:
+            if row.emulated:
+                body.append(
+                    f'<li><span class="emulated">emulated</span> {html.escape(row.label)}: '
+                    f"{html.escape(row.emulated_reason)} — kept out of speed claims</li>"
+                )
+        body.append("</ul>")
+        rows = []
+        for row in group.rows:
+            verdicts = " ".join(_html_outcome(t, o) for t, o in verdict_cells(row))
+            rows.append(_table_cells(row) + [verdicts])
+        body.append(_html_table(_TABLE_HEADER, rows, raw_last=True))
+        body.append(
+            f"<p class='info'>Tolerance ±{group.tolerance_pts:g} pt. Speedup = fp32 step time "
+            "(p50) / step time (p50), same framework; range over seeds in parentheses.</p>"
+        )
+        for plot in plots:
+            if plot.name.endswith(_slug(group.key)):
+                data = base64.b64encode(plot.png).decode("ascii")
+                body.append(
+                    f'<figure><img alt="{html.escape(plot.title)}" '
+                    f'src="data:image/png;base64,{data}"><figcaption>'
+                    f"{html.escape(plot.title)}</figcaption></figure>"
+                )
+    body.append("<h2>Verdicts</h2><ul>")
+    for verdict in comparison.verdicts:
+        outcome_key = verdict.outcome if verdict.enforced else "info"
+        body.append(f"<li>{_html_outcome(_verdict_text(verdict), outcome_key)}</li>")
+    body.append("</ul>")
+    for title, notes in (
+        ("Failed jobs", comparison.failed_jobs),
+        ("Unavailable jobs (not failures)", comparison.unavailable),
+    ):
+        if notes:
+            body.append(f"<h2>{title} ({len(notes)})</h2><ul>")
+            body += [
+                f"<li><code>{html.escape(n.job_id)}</code> <b>{html.escape(n.status)}</b>: "
+                f"{html.escape(n.message)}</li>"
+                for n in notes
+            ]
+            body.append("</ul>")
+    header, env_rows = environment_table(records)
+    if env_rows:
+        body.append("<h2>Environment</h2>" + _html_table(header, env_rows))
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        "<title>precision-suite report</title>"
+        f"<style>{_HTML_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def write_reports(out_dir: Path, comparison: Comparison, records: list[dict[str, Any]]) -> list[Path]:
+    """Write report.md, report.html (self-contained), summary.csv and plots/*.png into
+    ``out_dir``; returns the paths written, reports first."""
+    out_dir = Path(out_dir)
+    plot_dir = out_dir / "plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    plots = make_plots(comparison, records)
+    plot_paths = []
+    for plot in plots:
+        path = plot_dir / f"{plot.name}.png"
+        path.write_bytes(plot.png)
+        plot_paths.append(path)
+    md_path, html_path, csv_path = (
+        out_dir / "report.md",
+        out_dir / "report.html",
+        out_dir / "summary.csv",
+    )
+    md_path.write_text(render_markdown(comparison, records, plots), encoding="utf-8")
+    html_path.write_text(render_html(comparison, records, plots), encoding="utf-8")
+    write_summary_csv(csv_path, comparison)
+    return [md_path, html_path, csv_path, *plot_paths]
