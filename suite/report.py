@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -178,38 +179,44 @@ def render_terminal(comparison: Comparison, console: Console) -> None:
     """One table per (model, dataset, device), its headlines and cross-framework verdicts, then
     the unavailable and failed jobs."""
     for group in comparison.groups:
-        table = Table(title=_group_title(group), title_justify="left", show_lines=False)
-        for column, justify in (
-            ("backend", "left"),
-            ("policy", "left"),
-            ("seeds", "right"),
-            ("accuracy % (95% CI)", "right"),
-            ("Δ vs fp32 (pt)", "right"),
-            ("speedup", "right"),
-            ("peak memory (ratio)", "right"),
-            ("skipped", "right"),
-            ("verdict", "left"),
+        table = Table(title=_group_title(group), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        for column, justify, no_wrap in (
+            ("backend", "left", True),
+            ("policy", "left", True),
+            ("seeds", "right", False),
+            ("acc %", "right", False),
+            ("Δ pt", "right", True),
+            ("speedup", "right", False),
+            ("memory", "right", False),
+            ("skip", "right", False),
+            ("verdict", "left", False),
         ):
-            table.add_column(column, justify=justify)
+            table.add_column(column, justify=justify, no_wrap=no_wrap, min_width=len(column))
         for row in group.rows:
-            delta = fmt_delta(row)
+            delta = "base" if row.is_baseline else fmt_delta(row)
             parity = row.verdict("parity")
             if parity is not None and parity.outcome == FAIL:
                 delta = _rich_outcome(delta, FAIL if parity.enforced else NO_BASELINE)
-            speed = fmt_speedup(row).replace(" emulated", " [yellow]emulated[/]")
+            speed = "base" if row.is_baseline else fmt_speedup(row)
+            memory = fmt_bytes(row.peak_memory_bytes)
+            if row.memory_ratio is not None:
+                memory += f" ×{row.memory_ratio:.2f}"
             table.add_row(
                 row.backend,
                 row.policy,
                 fmt_seeds(row),
-                fmt_accuracy(row),
+                fmt_accuracy(row).replace("(1 seed, no CI)", "(n=1)"),
                 delta,
-                speed,
-                fmt_memory(row),
+                speed.replace(" emulated", " [yellow]emulated[/]"),
+                memory,
                 fmt_number(row.skipped_steps),
-                " ".join(_rich_outcome(text, outcome) for text, outcome in verdict_cells(row)),
+                _terminal_verdict(row),
             )
         console.print(table)
-        console.print(f"  tolerance ±{group.tolerance_pts:g} pt; speedup = fp32 step time / step time")
+        console.print(
+            f"  accuracy: mean ± 95% CI over seeds; Δ and speedup vs fp32 of the same framework"
+            f" (speedup = fp32 step time p50 / step time p50); tolerance ±{group.tolerance_pts:g} pt"
+        )
         for headline in comparison.headlines:
             if headline.group == group.key:
                 text = _escape_rich(headline.text)
@@ -228,6 +235,18 @@ def render_terminal(comparison: Comparison, console: Console) -> None:
             )
         console.print()
     _render_notes(comparison, console)
+
+
+def _terminal_verdict(row: Row) -> str:
+    """PASS when every enforced verdict passes; otherwise only the verdicts that did not (the
+    details are in the headlines and in `check`)."""
+    problems = [(t, o) for t, o in verdict_cells(row) if o != PASS]
+    if not problems:
+        return _rich_outcome("PASS", PASS)
+    cells = [_rich_outcome(t, o) for t, o in problems]
+    if not any(v.is_failure or v.outcome == NO_BASELINE for v in row.verdicts):
+        cells.insert(0, _rich_outcome("PASS", PASS))
+    return " ".join(cells)
 
 
 def _escape_rich(text: str) -> str:
