@@ -359,9 +359,13 @@ def _plot_loss(group: Group, by_row: dict[str, list[dict[str, Any]]]) -> Plot | 
         plotted += 1
     if not plotted:
         return None
-    axes.set_yscale("log")
+    low, high = axes.get_ylim()
+    # Log scale only pays off when the loss spans a decade; otherwise it just mangles the ticks.
+    log = low > 0 and high / low > 10
+    if log:
+        axes.set_yscale("log")
     axes.set_xlabel("optimizer step")
-    axes.set_ylabel("train loss (seed mean, log)")
+    axes.set_ylabel("train loss (seed mean" + (", log)" if log else ")"))
     axes.set_title(f"Training loss — {group.key}")
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=7, ncol=2)
@@ -746,7 +750,8 @@ _HTML_STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1300px; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
-th { background: #f3f3f3; } td:first-child, td:nth-child(2) { text-align: left; }
+th { background: #f3f3f3; }
+td:first-child, td:nth-child(2), td:last-child { text-align: left; white-space: nowrap; }
 .pass { color: #137333; font-weight: 600; } .fail { color: #c5221f; font-weight: 600; }
 .warn { color: #b06000; } .info { color: #777; } .emulated { color: #b06000; }
 .banner { padding: 0.6em 1em; border-radius: 4px; display: inline-block; }
