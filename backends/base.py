@@ -29,11 +29,29 @@ if TYPE_CHECKING:
     from suite.data import Dataset
     from suite.jobs import Job
 
-# The framework-neutral precision policies (DESIGN.md, "Precision policies").
-POLICIES: tuple[str, ...] = ("fp32", "tf32", "fp16-mixed", "bf16-mixed", "fp16-pure", "bf16-pure")
 
+@dataclass(frozen=True)
+class PolicySpec:
+    """What a framework-neutral policy means (DESIGN.md, "Precision policies")."""
+
+    compute_dtype: str  # dtype of matmul outputs where the policy applies
+    master_dtype: str  # dtype of the weights the optimizer updates
+    loss_scaling: bool  # whether the policy uses a loss scaler by default
+    cuda_only: bool = False
+
+
+# The one table every backend and the comparison read; no if-chains over policy names elsewhere.
+POLICY_SPECS: dict[str, PolicySpec] = {
+    "fp32": PolicySpec("float32", "float32", False),
+    "tf32": PolicySpec("float32", "float32", False, cuda_only=True),
+    "fp16-mixed": PolicySpec("float16", "float32", True),
+    "bf16-mixed": PolicySpec("bfloat16", "float32", False),
+    "fp16-pure": PolicySpec("float16", "float16", True),
+    "bf16-pure": PolicySpec("bfloat16", "bfloat16", False),
+}
+POLICIES: tuple[str, ...] = tuple(POLICY_SPECS)
 # Policies that only mean something on CUDA devices.
-CUDA_ONLY_POLICIES: frozenset[str] = frozenset({"tf32"})
+CUDA_ONLY_POLICIES: frozenset[str] = frozenset(p for p, s in POLICY_SPECS.items() if s.cuda_only)
 
 
 @dataclass(frozen=True)

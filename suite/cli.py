@@ -98,16 +98,17 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
     config = _load_run_config(args)
     out_dir = _out_dir(args, config)
-    console.print(f"precision-suite: writing to [bold]{out_dir}[/]")
+    console.print(f"precision-suite: writing to [bold]{out_dir}[/]", soft_wrap=True)
     summary = run_suite(config, out_dir, console, resume=bool(args.resume))
     for warning in summary.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     if summary.skipped_ok:
         console.print(f"resume: {summary.skipped_ok} job(s) already ok, not run again")
     if summary.interrupted:
         console.print(
             f"[yellow]interrupted[/]: {sum(summary.statuses.values())} finished job(s) kept in "
-            f"{out_dir / 'results.jsonl'}; continue with: precision-suite run --resume {out_dir}"
+            f"{out_dir / 'results.jsonl'}; continue with: precision-suite run --resume {out_dir}",
+            soft_wrap=True,
         )
         return EXIT_INTERRUPTED
     code = _report(out_dir, console, tolerance=None)
@@ -122,7 +123,7 @@ def _report(out_dir: Path, console: Console, tolerance: float | None, write: boo
         raise UsageError(f"{path}: no such file (is {out_dir} a run directory?)")
     read = read_records(path)
     for warning in read.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     records = list(latest_by_job(read.records).values())
     if not records:
         raise UsageError(f"{path}: no valid records")
@@ -135,7 +136,7 @@ def _report(out_dir: Path, console: Console, tolerance: float | None, write: boo
     if write:
         report.render_terminal(comparison, console)
         paths = report.write_reports(out_dir, comparison, records)
-        console.print("reports: " + ", ".join(str(p) for p in paths))
+        console.print("reports: " + ", ".join(str(p) for p in paths), soft_wrap=True)
     else:
         report.print_verdicts(comparison, console)
     return compare.check_exit_code(comparison)

@@ -36,18 +36,26 @@ def _jsonable(value: Any) -> Any:
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
-    line = json.dumps(_jsonable(record), separators=(",", ":"), allow_nan=False)
-    with open(path, "a", encoding="utf-8") as fh:
-        # A previous writer killed mid-line leaves no newline: start a fresh line so this
-        # record is not glued to the damaged one.
-        if fh.tell() > 0:
+    """Append one record as one line with a single write(2) on an O_APPEND descriptor, then
+    fsync: a kill at any moment leaves every earlier record intact."""
+    line = json.dumps(_jsonable(record), separators=(",", ":"), allow_nan=False) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            # A writer killed mid-line leaves no newline: start a fresh line so this record is
+            # not glued to the damaged one.
             with open(path, "rb") as check:
-                check.seek(-1, os.SEEK_END)
+                check.seek(size - 1)
                 if check.read(1) != b"\n":
-                    fh.write("\n")
-        fh.write(line + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+                    line = "\n" + line
+        data = line.encode("utf-8")
+        while data:
+            written = os.write(fd, data)
+            data = data[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass

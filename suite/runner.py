@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -336,9 +336,19 @@ def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool
                         progress.update(task, description=f"{job.job_id}  step {step}/{total}")
 
                     record = executor.run(job, on_step)
+                    retry = _half_batch_retry(config, job, record)
+                    if retry is not None:
+                        append_record(results_path, _jsonable(record))
+                        progress.console.print(_status_line(record), highlight=False, soft_wrap=True)
+                        record = executor.run(retry, on_step)
+                        record["retry"] = {
+                            "after": "oom",
+                            "batch_size": retry.train.batch_size,
+                            "original_batch_size": job.train.batch_size,
+                        }
                 append_record(results_path, _jsonable(record))
                 summary.statuses[record["status"]] += 1
-                progress.console.print(_status_line(record), highlight=False)
+                progress.console.print(_status_line(record), highlight=False, soft_wrap=True)
                 progress.advance(task)
     except KeyboardInterrupt:
         summary.interrupted = True
@@ -347,6 +357,17 @@ def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool
         signal.signal(signal.SIGTERM, previous_sigterm)
         executor.close()
     return summary
+
+
+def _half_batch_retry(config: SuiteConfig, job: Job, record: dict[str, Any]) -> Job | None:
+    """The same job with half the batch size, if it ran out of memory and the config asks for
+    a retry (and the halved batch still splits into the configured micro-batches)."""
+    if record["status"] != "oom" or not config.runner.oom_retry_half_batch:
+        return None
+    half = job.train.batch_size // 2
+    if half < 1 or half % job.train.grad_accumulation:
+        return None
+    return replace(job, train=job.train.model_copy(update={"batch_size": half}))
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:

@@ -30,7 +30,21 @@ def _send(stream: TextIO, message: dict[str, Any]) -> None:
     stream.flush()
 
 
+def _die_with_parent() -> None:
+    # If the runner is killed (even with SIGKILL) its workers must not live on as orphans.
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        parent = os.getppid()
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+
 def main() -> int:
+    _die_with_parent()
     out = _protocol_stream()
     # Imported after the redirect: importing the loop imports numpy, and jobs import frameworks.
     from suite.jobs import Job

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from backends.base import Availability, Backend, EvalResult, MemoryStats, Telemetry
+from backends.base import POLICY_SPECS, Availability, Backend, EvalResult, MemoryStats, Telemetry
 from suite.models import prepare_inputs
 
 
@@ -25,12 +25,13 @@ class FakeOptions(BaseModel):
     raise_at_step: int | None = None  # raise RuntimeError at this step
     fault_seeds: list[int] | None = None  # the faults apply only to these seeds (None: all)
     step_sleep_s: float = 0.0
+    oom_above_batch: int | None = None  # raise MemoryError in setup when batch_size is larger
 
 
 class FakeBackend(Backend):
     name = "fake"
     framework = "numpy"
-    policies = ("fp32", "bf16-mixed")
+    policies = ("fp32", "tf32", "fp16-mixed")
     Options = FakeOptions
 
     @staticmethod
@@ -42,10 +43,14 @@ class FakeBackend(Backend):
         self.options = FakeOptions.model_validate(job.options)
         faulty = self.options.fault_seeds is None or job.seed in self.options.fault_seeds
         self.faults = self.options if faulty else FakeOptions()
+        if self.faults.oom_above_batch is not None and job.train.batch_size > self.faults.oom_above_batch:
+            raise MemoryError(f"fake allocator: out of memory at batch size {job.train.batch_size}")
         self.x = prepare_inputs(job.model, data.x_train).reshape(len(data.x_train), -1)
         self.y = data.y_train
         self.x_test = prepare_inputs(job.model, data.x_test).reshape(len(data.x_test), -1)
         self.y_test = data.y_test
+        # NumPy computes in float16 natively: the fp16 policy is real, not a label.
+        self.compute_dtype = np.dtype(POLICY_SPECS[job.policy].compute_dtype)
         rng = np.random.default_rng(job.seed)
         self.w = rng.standard_normal((self.x.shape[1], data.num_classes)).astype(np.float32) * 0.01
         self.lr = job.train.optimizer.lr * 10
@@ -53,7 +58,7 @@ class FakeBackend(Backend):
         self.losses: list[float] = []
 
     def _loss_grad(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        logits = x @ self.w
+        logits = (x.astype(self.compute_dtype) @ self.w.astype(self.compute_dtype)).astype(np.float32)
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         p /= p.sum(axis=1, keepdims=True)
@@ -97,11 +102,11 @@ class FakeBackend(Backend):
         return MemoryStats(int(self.w.nbytes), "accounting (cpu)", {"weights": int(self.w.nbytes)})
 
     def observed_precision(self) -> dict[str, Any]:
-        dtype = str((self.x[:1] @ self.w).dtype)
+        dtype = str((self.x[:1].astype(self.compute_dtype) @ self.w.astype(self.compute_dtype)).dtype)
         return {
             "compute_dtype": dtype,
             "param_dtype": str(self.w.dtype),
-            "master_dtype": None,
+            "master_dtype": str(self.w.dtype),
             "loss_scaling": "none",
         }
 

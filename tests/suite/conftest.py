@@ -36,6 +36,7 @@ backends:
 seeds: [0, 1]
 device: cpu
 runner: {job_timeout_s: 60}
+loss_scale: {enabled: false}  # the fake does not scale; its fp16 policy says so
 """
 
 
