@@ -37,17 +37,23 @@ class PolicySpec:
     compute_dtype: str  # dtype of matmul outputs where the policy applies
     master_dtype: str  # dtype of the weights the optimizer updates
     loss_scaling: bool  # whether the policy uses a loss scaler by default
+    accelerated_by: str | None  # the hardware feature that makes it fast: float16, bfloat16, tf32
     cuda_only: bool = False
+
+    @property
+    def pure(self) -> bool:
+        """Half weights with no fp32 master copy (shown for information, not held to parity)."""
+        return self.master_dtype != "float32"
 
 
 # The one table every backend and the comparison read; no if-chains over policy names elsewhere.
 POLICY_SPECS: dict[str, PolicySpec] = {
-    "fp32": PolicySpec("float32", "float32", False),
-    "tf32": PolicySpec("float32", "float32", False, cuda_only=True),
-    "fp16-mixed": PolicySpec("float16", "float32", True),
-    "bf16-mixed": PolicySpec("bfloat16", "float32", False),
-    "fp16-pure": PolicySpec("float16", "float16", True),
-    "bf16-pure": PolicySpec("bfloat16", "bfloat16", False),
+    "fp32": PolicySpec("float32", "float32", False, None),
+    "tf32": PolicySpec("float32", "float32", False, "tf32", cuda_only=True),
+    "fp16-mixed": PolicySpec("float16", "float32", True, "float16"),
+    "bf16-mixed": PolicySpec("bfloat16", "float32", False, "bfloat16"),
+    "fp16-pure": PolicySpec("float16", "float16", True, "float16"),
+    "bf16-pure": PolicySpec("bfloat16", "bfloat16", False, "bfloat16"),
 }
 POLICIES: tuple[str, ...] = tuple(POLICY_SPECS)
 # Policies that only mean something on CUDA devices.

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from backends.base import POLICY_SPECS
 from suite.results import latest_by_job
 
 BASELINE_POLICY = "fp32"
@@ -27,17 +28,6 @@ NOT_COMPARABLE = "n/a"
 INFO = "info"  # a headline whose only failure is information-only
 
 FAILURE_STATUSES = frozenset({"diverged", "oom", "crashed", "timeout", "error"})
-
-# What each policy must be observed to run (DESIGN.md, "Precision policies"). `updated` is the
-# dtype of the weights the optimizer updates: the master copy if any, else the parameters.
-POLICY_EXPECTATIONS: dict[str, dict[str, str]] = {
-    "fp32": {"compute": "float32", "updated": "float32"},
-    "tf32": {"compute": "float32", "updated": "float32"},
-    "fp16-mixed": {"compute": "float16", "updated": "float32"},
-    "bf16-mixed": {"compute": "bfloat16", "updated": "float32"},
-    "fp16-pure": {"compute": "float16", "updated": "float16"},
-    "bf16-pure": {"compute": "bfloat16", "updated": "bfloat16"},
-}
 
 # CPU ISA flags any one of which lets the hardware compute in the policy's half type natively.
 _CPU_ACCELERATION_FLAGS: dict[str, tuple[str, ...]] = {
@@ -114,7 +104,8 @@ class Row:
 
     @property
     def is_pure(self) -> bool:
-        return self.policy.endswith("-pure")
+        spec = POLICY_SPECS.get(self.policy)
+        return spec is not None and spec.pure
 
     def verdict(self, name: str) -> Verdict | None:
         return next((v for v in self.verdicts if v.name == name), None)
@@ -246,13 +237,8 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def _half_type(policy: str) -> str | None:
-    if policy.startswith("fp16"):
-        return "float16"
-    if policy.startswith("bf16"):
-        return "bfloat16"
-    if policy == "tf32":
-        return "tf32"
-    return None
+    spec = POLICY_SPECS.get(policy)
+    return spec.accelerated_by if spec else None
 
 
 def _cuda_capability(environ: dict[str, Any]) -> float | None:
@@ -295,7 +281,8 @@ def emulation(policy: str, device: str, environ: dict[str, Any]) -> str:
 
 
 def _expected_loss_scaling(policy: str, config: dict[str, Any]) -> str:
-    if not policy.startswith("fp16"):
+    spec = POLICY_SPECS.get(policy)
+    if spec is None or not spec.loss_scaling:
         return "none"
     loss_scale = config.get("loss_scale") or {}
     if not loss_scale.get("enabled", True):
@@ -305,7 +292,7 @@ def _expected_loss_scaling(policy: str, config: dict[str, Any]) -> str:
 
 def _precision_problems(record: dict[str, Any]) -> list[str]:
     policy = record.get("policy", "")
-    expected = POLICY_EXPECTATIONS.get(policy)
+    expected = POLICY_SPECS.get(policy)
     observed = record.get("observed") or {}
     if expected is None:
         return []  # a third-party policy: nothing to hold it to
@@ -313,12 +300,12 @@ def _precision_problems(record: dict[str, Any]) -> list[str]:
         return ["observed precision not recorded"]
     problems = []
     compute = observed.get("compute_dtype")
-    if compute != expected["compute"]:
-        problems.append(f"compute {compute}, expected {expected['compute']}")
+    if compute != expected.compute_dtype:
+        problems.append(f"compute {compute}, expected {expected.compute_dtype}")
     updated = observed.get("master_dtype") or observed.get("param_dtype")
-    if updated != expected["updated"]:
+    if updated != expected.master_dtype:
         what = "master" if observed.get("master_dtype") else "param"
-        problems.append(f"{what} {updated}, expected {expected['updated']}")
+        problems.append(f"{what} {updated}, expected {expected.master_dtype}")
     scaling = observed.get("loss_scaling")
     want_scaling = _expected_loss_scaling(policy, record.get("config") or {})
     if scaling is not None and scaling != want_scaling:
@@ -563,7 +550,7 @@ def _build_group(
 
     def row_order(key: tuple[str, str]) -> tuple[bool, str, str, int, str]:
         backend, policy = key
-        rank = list(POLICY_EXPECTATIONS)
+        rank = list(POLICY_SPECS)
         policy_rank = rank.index(policy) if policy in rank else len(rank)
         framework = frameworks[backend]
         # torch first: it is the cross-framework reference.
