@@ -82,12 +82,8 @@ class TorchCnn(nn.Module):
         self.num_blocks = len(channels)
         for i, c_out in enumerate(channels):
             # padding="same" matches Keras' 'same' also for even kernels (extra pad after).
-            self.add_module(
-                f"conv{i}", nn.Conv2d(c_in, c_out, kernel_size, padding="same", bias=False)
-            )
-            self.add_module(
-                f"bn{i}", nn.BatchNorm2d(c_out, eps=BATCH_NORM_EPS, momentum=BATCH_NORM_MOMENTUM)
-            )
+            self.add_module(f"conv{i}", nn.Conv2d(c_in, c_out, kernel_size, padding="same", bias=False))
+            self.add_module(f"bn{i}", nn.BatchNorm2d(c_out, eps=BATCH_NORM_EPS, momentum=BATCH_NORM_MOMENTUM))
             c_in = c_out
         self.pool = nn.MaxPool2d(MAX_POOL, stride=MAX_POOL)
         self.dense = nn.Linear(c_in, dense)

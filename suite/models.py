@@ -78,9 +78,7 @@ def _he(rng: np.random.Generator, fan_in: int, shape: tuple[int, ...]):
 
 
 def _dense(w: dict[str, np.ndarray], rng, name: str, n_in: int, n_out: int, he: bool) -> None:
-    w[f"{name}.kernel"] = (
-        _he(rng, n_in, (n_in, n_out)) if he else _glorot(rng, n_in, n_out, (n_in, n_out))
-    )
+    w[f"{name}.kernel"] = _he(rng, n_in, (n_in, n_out)) if he else _glorot(rng, n_in, n_out, (n_in, n_out))
     w[f"{name}.bias"] = np.zeros(n_out, np.float32)
 
 
