@@ -37,7 +37,7 @@ def _cases():
     for name in backend_names():
         cls = get_backend_class(name)
         for policy in _cpu_policies(cls):
-            yield pytest.param(name, policy, id=f"{name}-{policy}")
+            yield pytest.param((name, policy), id=f"{name}-{policy}")
 
 
 def _job(name: str, policy: str):
