@@ -321,7 +321,6 @@ class TorchBackendBase(Backend):
         self._globals = {
             "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
             "cudnn_tf32": torch.backends.cudnn.allow_tf32,
-            "matmul_precision": torch.get_float32_matmul_precision(),
             "cudnn_deterministic": torch.backends.cudnn.deterministic,
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
             "threads": torch.get_num_threads(),
@@ -331,10 +330,10 @@ class TorchBackendBase(Backend):
         import torch
 
         tf32 = self.policy.tf32
-        # Set both ways explicitly: the fp32 baseline must never silently run TF32.
+        # Set explicitly both ways: the fp32 baseline must never silently run TF32. Only these
+        # (legacy) flags: torch refuses to mix them with set_float32_matmul_precision.
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
-        torch.set_float32_matmul_precision("high" if tf32 else "highest")
         if self.job.runner.deterministic:
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False
@@ -349,7 +348,6 @@ class TorchBackendBase(Backend):
             return
         torch.backends.cuda.matmul.allow_tf32 = g["matmul_tf32"]
         torch.backends.cudnn.allow_tf32 = g["cudnn_tf32"]
-        torch.set_float32_matmul_precision(g["matmul_precision"])
         torch.backends.cudnn.deterministic = g["cudnn_deterministic"]
         torch.backends.cudnn.benchmark = g["cudnn_benchmark"]
         torch.set_num_threads(g["threads"])
@@ -493,7 +491,6 @@ class TorchBackendBase(Backend):
             "cudnn_version": torch.backends.cudnn.version() if cuda else None,
             "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
             "tf32_cudnn": torch.backends.cudnn.allow_tf32,
-            "float32_matmul_precision": torch.get_float32_matmul_precision(),
             "cudnn_deterministic": torch.backends.cudnn.deterministic,
             "compile": bool(getattr(self.options, "compile", False)),
             "fused_optimizer": self._fused,
