@@ -20,8 +20,14 @@ def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     ("args", "expected"),
     [
         (["--set", "train.epochs=ten"], ["train.epochs", "integer", '"ten"']),
-        (["--set", "backends.names=[torch-ampp]"], ['unknown backend "torch-ampp"', "torch-amp, torch-manual"]),
-        (["--set", "backends.policies={torch-manual: [fp32]}"], ['"fp32" is not implemented by torch-manual']),
+        (
+            ["--set", "backends.names=[torch-ampp]"],
+            ['unknown backend "torch-ampp"', "torch-amp, torch-manual"],
+        ),
+        (
+            ["--set", "backends.policies={torch-manual: [fp32]}"],
+            ['"fp32" is not implemented by torch-manual'],
+        ),
         (["--set", "nonsense"], ["expected KEY=VALUE"]),
     ],
 )
@@ -52,7 +58,8 @@ def test_missing_config_file_and_run_dir(tmp_path, capsys):
     assert "results.jsonl: no such file" in err
 
 
-def test_list_shows_builtin_and_entry_point_backends(fake_backends, capsys):
+def test_list_shows_builtin_and_entry_point_backends(fake_backends, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one table row per line
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     for name in ("torch-amp", "torch-manual", "tf-keras", "fake", "fake-missing"):
@@ -71,3 +78,116 @@ def test_duplicate_entry_point_name_is_an_error(fake_backends, tmp_path, monkeyp
     with pytest.raises(RegistryError, match='"torch-amp" is registered twice'):
         registry()
     registry.cache_clear()
+
+
+def test_missing_tensorflow_makes_tf_keras_unavailable_and_torch_jobs_still_run(
+    tmp_path, monkeypatch, capsys
+):
+    """As if tensorflow were uninstalled: `list` says why, `run` records tf-keras jobs as
+    `unavailable` (not failures) and completes the torch jobs."""
+    import importlib.util
+
+    pytest.importorskip("torch")
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        if name.split(".")[0] in ("tensorflow", "keras"):
+            return None
+        return real_find_spec(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["list"]) == 0
+    tf_row = next(line for line in capsys.readouterr().out.splitlines() if "tf-keras" in line)
+    assert "unavailable: tensorflow is not installed" in tf_row
+
+    out = tmp_path / "run"
+    code = main(
+        [
+            "run",
+            "configs/smoke.yaml",
+            "--out",
+            str(out),
+            "--set",
+            "backends.names=[torch-amp, tf-keras]",
+            "--set",
+            "backends.policies={torch-amp: [fp32], tf-keras: [fp32]}",
+        ]
+    )
+    from suite.results import read_records
+
+    statuses = {r["backend"]: (r["status"], r["error"]) for r in read_records(out / "results.jsonl").records}
+    assert code == 0
+    assert statuses["tf-keras"] == ("unavailable", "tensorflow is not installed")
+    assert statuses["torch-amp"][0] == "ok"
+
+
+def test_third_party_backend_installed_with_pip_is_listed_and_runs(tmp_path, monkeypatch, capsys):
+    """A throwaway package declaring a backend in the entry-point group, installed by pip: it
+    appears in `list` and runs, with no change to suite code."""
+    from backends import registry
+    from tests.suite.helpers import TESTS_DIR
+
+    package = tmp_path / "thirdparty"
+    (package / "thirdparty_backend").mkdir(parents=True)
+    (package / "thirdparty_backend" / "__init__.py").write_text(
+        "from fake_backend import FakeBackend\n\n\n"
+        "class ThirdPartyBackend(FakeBackend):\n"
+        '    name = "third-party"\n'
+    )
+    (package / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "thirdparty-backend"\nversion = "0.1"\n'
+        '[project.entry-points."precision_suite.backends"]\n'
+        'third-party = "thirdparty_backend:ThirdPartyBackend"\n'
+    )
+    site = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(package),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    monkeypatch.setenv("PYTHONPATH", f"{site}:{TESTS_DIR}:{':'.join(p for p in sys.path if p)}")
+    monkeypatch.syspath_prepend(str(TESTS_DIR))
+    monkeypatch.syspath_prepend(str(site))
+    registry.cache_clear()
+    try:
+        assert main(["list"]) == 0
+        assert "third-party" in capsys.readouterr().out
+        out = tmp_path / "run"
+        code = main(
+            [
+                "run",
+                "configs/smoke.yaml",
+                "--out",
+                str(out),
+                "--set",
+                "backends.names=[third-party]",
+                "--set",
+                "loss_scale.enabled=false",
+                "--set",
+                "backends.policies={third-party: [fp32, fp16-mixed]}",
+            ]
+        )
+        from suite.results import read_records
+
+        records = read_records(out / "results.jsonl").records
+        assert code == 0
+        assert [(r["backend"], r["policy"], r["status"]) for r in records] == [
+            ("third-party", "fp32", "ok"),
+            ("third-party", "fp16-mixed", "ok"),
+        ]
+    finally:
+        registry.cache_clear()
