@@ -1,0 +1,151 @@
+"""Keras 3 optimizers and lr schedule with PyTorch's update rules, for the tf-keras backend.
+
+Imports keras at module level, so only the tf-keras backend imports it, inside its methods.
+
+They are Keras optimizers (subclasses of ``keras.optimizers.SGD`` / ``Adam``: same slots, same
+``apply`` path, wrappable by ``LossScaleOptimizer``) whose ``update_step`` follows torch's
+formulas, because Keras' own differ in ways that move fp32 trajectories apart:
+
+* SGD momentum: Keras keeps ``m = μ·m - lr·g``, torch ``buf = μ·buf + g; p -= lr·buf`` (equal
+  only while lr is constant).
+* Adam: Keras adds ε to ``sqrt(v)`` before bias correction, torch to ``sqrt(v)/sqrt(1-β2^t)``.
+* weight decay: torch's ``SGD``/``Adam`` ``weight_decay`` is an L2 term added to the gradient
+  (after clipping, inside ``step``), ``AdamW``'s is decoupled ``p *= 1 - lr·wd`` (Keras' AdamW
+  agrees; Keras' SGD/Adam ``weight_decay`` is decoupled, so it is not used).
+* global-norm clipping: torch scales by ``max_norm / (norm + 1e-6)`` when that is below 1.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+from keras import ops
+
+from suite.config import LrScheduleConfig, OptimizerConfig
+
+
+class TorchLrSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """``suite.schedule.lr_factor`` times the base lr, indexed by the optimizer's
+    ``iterations``: applied steps only (a loss-scale-skipped step does not advance it, since
+    ``LossScaleOptimizer`` does not call the inner ``apply`` then)."""
+
+    def __init__(self, base_lr: float, cfg: LrScheduleConfig, total_steps: int) -> None:
+        self.base_lr = float(base_lr)
+        self.cfg = cfg
+        self.total_steps = int(total_steps)
+
+    def __call__(self, step):
+        cfg = self.cfg
+        t = ops.cast(step, "float32")
+        if cfg.name == "constant":
+            factor = ops.ones_like(t)
+        elif cfg.name == "step":
+            factor = ops.power(cfg.gamma, ops.floor((t - cfg.warmup_steps) / cfg.step_size))
+        else:
+            span = float(max(self.total_steps - cfg.warmup_steps, 1))
+            progress = ops.clip((t - cfg.warmup_steps) / span, 0.0, 1.0)
+            factor = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + ops.cos(math.pi * progress))
+        if cfg.warmup_steps:
+            factor = ops.where(t < cfg.warmup_steps, (t + 1) / cfg.warmup_steps, factor)
+        return self.base_lr * factor
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "base_lr": self.base_lr,
+            "cfg": self.cfg.model_dump(),
+            "total_steps": self.total_steps,
+        }
+
+
+def _torch_clip(grads: list, max_norm: float) -> list:
+    norm = ops.sqrt(sum(ops.sum(ops.square(g)) for g in grads if g is not None))
+    coef = ops.minimum(max_norm / (norm + 1e-6), 1.0)
+    return [g if g is None else g * coef for g in grads]
+
+
+class TorchSGD(keras.optimizers.SGD):
+    """``torch.optim.SGD`` (dampening 0, no Nesterov) with coupled L2 ``weight_decay``."""
+
+    def __init__(self, l2: float = 0.0, clip_norm: float | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.l2 = float(l2)
+        self.clip_norm = clip_norm
+
+    def _clip_gradients(self, grads):
+        return grads if self.clip_norm is None else _torch_clip(grads, self.clip_norm)
+
+    def update_step(self, gradient, variable, learning_rate):
+        lr = ops.cast(learning_rate, variable.dtype)
+        g = ops.cast(gradient, variable.dtype)
+        if self.l2:
+            g = g + self.l2 * variable
+        if self.momentum != 0:
+            buf = self.momentums[self._get_variable_index(variable)]
+            # torch starts the buffer at the first gradient: μ·0 + g is the same thing.
+            self.assign(buf, buf * self.momentum + g)
+            g = buf
+        self.assign_sub(variable, lr * g)
+
+
+class TorchAdam(keras.optimizers.Adam):
+    """``torch.optim.Adam`` (coupled L2 ``weight_decay``) or, with ``decoupled=True``,
+    ``torch.optim.AdamW``."""
+
+    def __init__(
+        self,
+        l2: float = 0.0,
+        decoupled: bool = False,
+        clip_norm: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.l2 = float(l2)
+        self.decoupled = decoupled
+        self.clip_norm = clip_norm
+
+    def _clip_gradients(self, grads):
+        return grads if self.clip_norm is None else _torch_clip(grads, self.clip_norm)
+
+    def update_step(self, gradient, variable, learning_rate):
+        lr = ops.cast(learning_rate, variable.dtype)
+        g = ops.cast(gradient, variable.dtype)
+        if self.l2 and self.decoupled:
+            self.assign(variable, variable * (1.0 - lr * self.l2))
+        elif self.l2:
+            g = g + self.l2 * variable
+        t = ops.cast(self.iterations + 1, variable.dtype)
+        m = self._momentums[self._get_variable_index(variable)]
+        v = self._velocities[self._get_variable_index(variable)]
+        self.assign(m, m * self.beta_1 + g * (1.0 - self.beta_1))
+        self.assign(v, v * self.beta_2 + ops.square(g) * (1.0 - self.beta_2))
+        # 1 - β^t as -expm1(t·ln β) with ln β taken in double: float32(0.999) alone is off by
+        # 1.3e-5 relative in 1 - β2, where torch (Python floats) is exact.
+        bias1 = -ops.expm1(t * math.log(self.beta_1))
+        bias2 = -ops.expm1(t * math.log(self.beta_2))
+        denom = ops.sqrt(v) / ops.sqrt(bias2) + self.epsilon
+        self.assign_sub(variable, (lr / bias1) * m / denom)
+
+
+def build_optimizer(
+    cfg: OptimizerConfig,
+    schedule: LrScheduleConfig,
+    total_steps: int,
+    clip_norm: float | None,
+) -> keras.optimizers.Optimizer:
+    """The Keras optimizer for ``train.optimizer`` with torch's semantics (see module doc)."""
+    lr = TorchLrSchedule(cfg.lr, schedule, total_steps)
+    if cfg.name == "sgd":
+        return TorchSGD(l2=cfg.weight_decay, clip_norm=clip_norm, learning_rate=lr, momentum=cfg.momentum)
+    if cfg.name in ("adam", "adamw"):
+        return TorchAdam(
+            l2=cfg.weight_decay,
+            decoupled=cfg.name == "adamw",
+            clip_norm=clip_norm,
+            learning_rate=lr,
+            beta_1=cfg.betas[0],
+            beta_2=cfg.betas[1],
+            epsilon=cfg.eps,
+        )
+    raise ValueError(f"train.optimizer.name: unknown optimizer {cfg.name!r}; known: sgd, adam, adamw")
