@@ -141,7 +141,9 @@ def _check_features(x: np.ndarray, key: str, source: str) -> np.ndarray:
             f"{source}: {key} has shape {x.shape}; expected images (N, C, H, W) or (N, H, W), "
             "or vectors (N, F)"
         )
-    if x.ndim == 4 and x.shape[3] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+    # Square images with 1, 3 or 4 values on the last axis are almost surely channels-last;
+    # read as (N, C, H, W) they would train, badly, on scrambled pixels.
+    if x.ndim == 4 and x.shape[1] == x.shape[2] > 4 and x.shape[3] in (1, 3, 4):
         raise DataError(
             f"{source}: {key} has shape {x.shape}, which looks channels-last (N, H, W, C); "
             "save it channels-first (N, C, H, W), e.g. x.transpose(0, 3, 1, 2)"

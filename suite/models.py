@@ -113,6 +113,8 @@ def prepare_inputs(model: Any, x: np.ndarray) -> np.ndarray:
         if x.ndim != 4:
             raise ValueError(f"cnn needs image inputs (N, C, H, W), got shape {x.shape}")
         return x
+    if x.ndim != 4:
+        raise ValueError(f"transformer needs image inputs (N, C, H, W), got shape {x.shape}")
     n, c, h, w = x.shape
     p = model.patch_size
     num_tokens(model, (c, h, w))

@@ -116,6 +116,12 @@ def test_npz_grayscale_gets_a_channel_and_vectors_stay_flat(tmp_path):
     assert load_dataset(DataConfig(name="npz", path=str(_npz(tmp_path, vec, "v.npz")))).input_shape == (9,)
 
 
+def test_npz_many_channel_small_images_are_not_mistaken_for_channels_last(tmp_path):
+    arrays = _arrays(shape=(16, 4, 4))
+    ds = load_dataset(DataConfig(name="npz", path=str(_npz(tmp_path, arrays))))
+    assert ds.input_shape == (16, 4, 4)
+
+
 def test_npz_declared_num_classes_is_used(tmp_path):
     arrays = {**_arrays(), "num_classes": np.int64(5)}
     assert load_dataset(DataConfig(name="npz", path=str(_npz(tmp_path, arrays)))).num_classes == 5

@@ -93,6 +93,8 @@ def test_num_tokens_and_its_errors():
         num_tokens(cfg, (1, 8, 10))
     with pytest.raises(ValueError, match="transformer needs image inputs"):
         num_tokens(cfg, (64,))
+    with pytest.raises(ValueError, match=r"transformer needs image inputs \(N, C, H, W\)"):
+        prepare_inputs(cfg, np.zeros((2, 64), np.float32))
 
 
 def test_cnn_that_pools_below_one_pixel_is_rejected():
