@@ -167,7 +167,8 @@ def _one_clipped_update(policy: str, clip: float) -> np.ndarray:
         train={"grad_clip_norm": clip, "optimizer": {"name": "sgd", "lr": 1.0}},
     )
     backend = make_backend(job, data)
-    before = torch_model_weights(backend.model)
+    # Copies: torch_model_weights may return arrays sharing memory with the live parameters.
+    before = {k: v.copy() for k, v in torch_model_weights(backend.model).items()}
     backend.train_step(plan(job, data)[0])
     after = torch_model_weights(backend.model)
     return np.concatenate([(after[k] - before[k]).ravel() for k in sorted(before)])
