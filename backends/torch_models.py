@@ -179,9 +179,21 @@ class TorchTransformer(nn.Module):
 
 
 # ---------------------------------------------------------------- canonical weights
+def _unwrap(module: nn.Module) -> nn.Module:
+    # torch.compile and (Distributed)DataParallel wrap the model and prefix every name.
+    while True:
+        if hasattr(module, "_orig_mod"):
+            module = module._orig_mod
+        elif isinstance(module, nn.DataParallel | nn.parallel.DistributedDataParallel):
+            module = module.module
+        else:
+            return module
+
+
 def _slots(module: nn.Module) -> dict[str, tuple[torch.Tensor, Callable, Callable]]:
     """Canonical name → (tensor, canonical→torch layout, torch→canonical layout), in module
     registration order."""
+    module = _unwrap(module)
     same = (lambda a: a, lambda a: a)
     dense = (lambda a: a.T, lambda a: a.T)
     conv = (lambda a: a.transpose(3, 2, 0, 1), lambda a: a.transpose(2, 3, 1, 0))

@@ -134,6 +134,26 @@ def test_loads_exactly_the_canonical_weights_and_exports_them_back(kind):
         np.testing.assert_array_equal(exported[name], value, err_msg=name)
 
 
+@pytest.mark.parametrize("wrapper", ["compile", "data_parallel"])
+def test_export_and_load_see_through_wrappers(wrapper):
+    import torch
+
+    from backends.torch_models import load_canonical_weights, torch_model_weights
+
+    class CompiledLike(torch.nn.Module):
+        # What torch.compile returns: the model registered as `_orig_mod` (importing dynamo
+        # for the real thing costs seconds).
+        def __init__(self, inner):
+            super().__init__()
+            self._orig_mod = inner
+
+    _, _, weights, module = _build("mlp")
+    wrapped = CompiledLike(module) if wrapper == "compile" else torch.nn.DataParallel(module)
+    assert sorted(torch_model_weights(wrapped)) == sorted(weights)
+    load_canonical_weights(wrapped, {k: np.zeros_like(v) for k, v in weights.items()})
+    assert not module.head.weight.detach().numpy().any()
+
+
 def test_layouts_dense_transposed_and_conv_hwio_to_oihw():
     _, _, w, module = _build("cnn")
     np.testing.assert_array_equal(
