@@ -244,9 +244,10 @@ def load_canonical_weights(module: nn.Module, weights: dict[str, np.ndarray]) ->
 
 def torch_model_weights(module: nn.Module) -> dict[str, np.ndarray]:
     """The module's weights (BatchNorm running statistics included) as the canonical dict:
-    float32 NumPy arrays in canonical names and layouts, whatever the module's dtype/device."""
+    float32 NumPy arrays in canonical names and layouts, whatever the module's dtype/device.
+    The arrays are copies: training the module further does not change them."""
     return {
-        name: np.ascontiguousarray(from_torch(tensor.detach().float().cpu().numpy()))
+        name: np.array(from_torch(tensor.detach().float().cpu().numpy()), order="C", copy=True)
         for name, (tensor, _, from_torch) in _slots(module).items()
     }
 

@@ -154,6 +154,20 @@ def test_export_and_load_see_through_wrappers(wrapper):
     assert not module.head.weight.detach().numpy().any()
 
 
+def test_exported_weights_are_copies_not_views_of_the_parameters():
+    import torch
+
+    from backends.torch_models import torch_model_weights
+
+    _, _, weights, module = _build("cnn")
+    exported = torch_model_weights(module)
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            tensor.add_(1)
+    for name, value in weights.items():
+        np.testing.assert_array_equal(exported[name], value, err_msg=name)
+
+
 def test_layouts_dense_transposed_and_conv_hwio_to_oihw():
     _, _, w, module = _build("cnn")
     np.testing.assert_array_equal(
