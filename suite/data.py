@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import io
 import os
 import pickle
@@ -526,7 +527,7 @@ def load_named_dataset(cfg: DataConfig) -> Dataset:
                         continue
                     try:
                         _download(item, folder)
-                    except (OSError, ValueError) as exc:
+                    except (OSError, ValueError, http.client.HTTPException) as exc:
                         why = getattr(exc, "reason", None) or exc  # URLError wraps the cause
                         reason = f"download of {item.url} failed: {why}"
                         break
