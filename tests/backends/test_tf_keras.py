@@ -1,0 +1,459 @@
+"""tf-keras: loss scaling against the reference state machine, skipped steps, underflow control,
+custom step vs ``model.fit``, fresh-process resume, policies and the global state they touch.
+
+Also a tiny CLI the resume test runs in a fresh process
+(``python -m tests.backends.test_tf_keras resume SPEC_JSON STATE_IN STATE_OUT``).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+
+from backends.loss_scale import simulate
+from backends.tf_keras import TfKerasBackend
+from suite.config import (
+    DataConfig,
+    LossScaleConfig,
+    MlpConfig,
+    ParityConfig,
+    RunnerConfig,
+    TrainConfig,
+)
+from suite.data import Dataset, batch_plan, load_dataset
+from suite.jobs import Job
+from suite.models import init_weights
+from tests.conftest import TOLERANCES, needs_tf
+
+POISON = 0  # training row made to overflow fp16 (row values 1e6 > fp16 max 65504)
+
+
+def tiny_data(poison: bool = True) -> Dataset:
+    """A learnable 10-class problem on (1, 4, 4) images; row ``POISON`` overflows fp16."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 1, 4, 4)).astype(np.float32)
+    y = (x.reshape(len(x), -1) @ rng.standard_normal((16, 10))).argmax(1).astype(np.int64)
+    if poison:
+        x[POISON] = 1e6
+    return Dataset("tiny", x[:192], y[:192], x[192:], y[192:], 10)
+
+
+def make_job(
+    policy: str,
+    *,
+    model: Any = None,
+    train: dict[str, Any] | None = None,
+    loss_scale: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
+) -> Job:
+    train_cfg: dict[str, Any] = {"steps": 8, "batch_size": 16, "optimizer": {"name": "adam"}}
+    train_cfg.update(train or {})
+    return Job(
+        job_id=f"test/tf-keras/{policy}",
+        backend="tf-keras",
+        framework="tensorflow",
+        policy=policy,
+        model=model or MlpConfig(hidden=[16]),
+        data=DataConfig(),
+        seed=0,
+        device="cpu",
+        train=TrainConfig.model_validate(train_cfg),
+        loss_scale=LossScaleConfig.model_validate(loss_scale or {}),
+        options=options or {},
+        runner=RunnerConfig(),
+        parity=ParityConfig(),
+    )
+
+
+def make_backend(job: Job, data: Dataset) -> TfKerasBackend:
+    backend = TfKerasBackend()
+    backend.setup(job, init_weights(job.model, data.input_shape, data.num_classes, job.seed), data)
+    return backend
+
+
+def rows_of(job: Job, data: Dataset, overflow: set[int] = frozenset()) -> list[np.ndarray]:
+    """The job's batch plan with the poisoned row swapped in on the ``overflow`` steps (and
+    kept out of every other step)."""
+    plan = batch_plan(len(data.y_train), job.train.batch_size, 0, None, job.train.steps)
+    out = []
+    for i, (_, rows) in enumerate(plan):
+        rows = np.where(rows == POISON, 1, rows)
+        if i in overflow:
+            rows[0] = POISON
+        out.append(rows)
+    return out
+
+
+def assert_states_equal(a: Any, b: Any, path: str = "") -> None:
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        for key in a:
+            assert_states_equal(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_states_equal(x, y, f"{path}[{i}]")
+    elif isinstance(a, np.ndarray):
+        assert np.array_equal(a, b, equal_nan=True), f"{path}: values differ"
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+# ---------------------------------------------------------------- no TensorFlow needed
+def test_import_and_availability_do_not_import_tensorflow():
+    code = (
+        "import sys; from backends.tf_keras import TfKerasBackend; TfKerasBackend.is_available();"
+        "TfKerasBackend.config_problem(__import__('tests.backends.test_tf_keras', "
+        "fromlist=['make_job']).make_job('fp16-mixed'));"
+        "print(sorted(m for m in ('tensorflow', 'keras', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "key, value", [("growth_factor", 3.0), ("backoff_factor", 0.25)], ids=["growth", "backoff"]
+)
+def test_factors_keras_cannot_express_are_rejected_up_front(key, value):
+    job = make_job("fp16-mixed", loss_scale={key: value})
+    problem = TfKerasBackend.config_problem(job)
+    assert problem is not None and f"loss_scale.{key}" in problem
+    assert "LossScaleOptimizer" in problem and "\n" not in problem
+    with pytest.raises(ValueError, match=f"loss_scale.{key}"):
+        TfKerasBackend().setup(job, {}, tiny_data())
+    # Where Keras does not scale dynamically the factors mean nothing: no complaint.
+    assert TfKerasBackend.config_problem(make_job("bf16-mixed", loss_scale={key: value})) is None
+    static = make_job("fp16-mixed", loss_scale={key: value, "dynamic": False})
+    assert TfKerasBackend.config_problem(static) is None
+
+
+def test_unknown_policy_and_option_are_rejected_naming_the_valid_ones():
+    from pydantic import ValidationError
+
+    problem = TfKerasBackend.config_problem(make_job("fp16-pure"))
+    assert problem and '"fp16-pure"' in problem and "bf16-mixed" in problem
+    with pytest.raises(ValidationError, match="extra"):
+        TfKerasBackend.Options.model_validate({"jit": True})
+    assert TfKerasBackend.unsupported_reason("tf32", "cpu") is not None
+
+
+@needs_tf
+def test_lr_schedule_is_the_reference_formula():
+    from backends.keras_optim import TorchLrSchedule
+    from suite.config import LrScheduleConfig
+    from suite.schedule import lr_factor
+
+    for cfg in (
+        LrScheduleConfig(name="cosine", warmup_steps=3, min_lr_ratio=0.1),
+        LrScheduleConfig(name="step", warmup_steps=2, step_size=4, gamma=0.5),
+        LrScheduleConfig(name="constant", warmup_steps=5),
+    ):
+        schedule = TorchLrSchedule(0.1, cfg, total_steps=20)
+        got = [float(schedule(t)) for t in range(22)]
+        want = [0.1 * lr_factor(cfg, t, 20) for t in range(22)]
+        np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=cfg.name)
+
+
+# ---------------------------------------------------------------- policies and global state
+@needs_tf
+@pytest.mark.parametrize(
+    "policy, compute, scaling",
+    [("fp32", "float32", "none"), ("fp16-mixed", "float16", "dynamic"), ("bf16-mixed", "bfloat16", "none")],
+)
+def test_observed_precision_and_global_state(policy, compute, scaling):
+    import keras
+    import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config
+
+    tf.config.experimental.enable_tensor_float_32_execution(True)
+    backend = make_backend(make_job(policy), tiny_data())
+    try:
+        observed = backend.observed_precision()
+        assert observed["compute_dtype"] == compute
+        assert observed["layer_compute_dtype"] == compute
+        assert observed["param_dtype"] == observed["master_dtype"] == "float32"
+        assert observed["head_compute_dtype"] == "float32"
+        assert observed["loss_scaling"] == scaling
+        assert not tf.config.experimental.tensor_float_32_execution_enabled()
+        assert tf_config.is_op_determinism_enabled()
+        assert keras.config.dtype_policy().name == "float32"
+        env = backend.environment()
+        assert env["tf32"] is False and env["jit_compile"] is False
+        assert env["tensorflow_version"] == tf.__version__
+        memory = backend.memory_stats()
+        assert memory.memory_source == "accounting (cpu)"
+        n_params = sum(int(np.prod(v.shape)) for v in backend.model.trainable_variables)
+        assert memory.breakdown["gradients"] == 4 * n_params
+        # Adam: two float32 slots per weight, plus iterations (and loss-scale scalars).
+        assert memory.breakdown["optimizer_state"] >= 8 * n_params
+        assert memory.peak_memory_bytes == sum(memory.breakdown.values())
+    finally:
+        backend.teardown()
+    assert tf.config.experimental.tensor_float_32_execution_enabled()  # restored
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    tf_config.disable_op_determinism()
+
+
+@needs_tf
+def test_loss_scale_settings_are_mapped_and_recorded():
+    ls = {"init_scale": 1024.0, "growth_interval": 7}
+    backend = make_backend(make_job("fp16-mixed", loss_scale=ls), tiny_data())
+    try:
+        assert backend.optimizer.initial_scale == 1024.0
+        assert backend.optimizer.dynamic_growth_steps == 7
+        recorded = backend.observed_precision()["loss_scale_config"]
+        assert recorded["initial_scale"] == 1024.0 and recorded["dynamic_growth_steps"] == 7
+    finally:
+        backend.teardown()
+    static = make_backend(make_job("fp16-mixed", loss_scale={**ls, "dynamic": False}), tiny_data())
+    assert static.optimizer.loss_scale_factor == 1024.0
+    assert static.observed_precision()["loss_scaling"] == "static"
+    static.teardown()
+    off = make_backend(make_job("fp16-mixed", loss_scale={"enabled": False}), tiny_data())
+    assert off.optimizer.loss_scale_factor is None
+    assert off.observed_precision()["loss_scaling"] == "none"
+    off.teardown()
+
+
+# ---------------------------------------------------------------- loss scaling in training
+@needs_tf
+def test_scale_trajectory_skips_and_growth_match_the_reference():
+    overflow = {1, 2, 6, 7, 8}
+    ls = {"init_scale": 256.0, "growth_interval": 3}
+    data = tiny_data()
+    job = make_job("fp16-mixed", train={"steps": 14, "grad_clip_norm": 1.0}, loss_scale=ls)
+    backend = make_backend(job, data)
+    rows = rows_of(job, data, overflow)
+    backend.train_step(rows[0])
+    before = backend.state_dict()
+    backend.train_step(rows[1])  # overflows
+    after = backend.state_dict()
+    # A skipped step changes no weight and no optimizer slot, and does not count as an
+    # applied step (the lr schedule's index); only the scale halves and the counter resets.
+    assert_states_equal(before["weights"], after["weights"])
+    assert after["iterations"] == before["iterations"] == 1
+    assert after["loss_scale"] == {"scale": 128.0, "growth_tracker": 0}
+    for batch in rows[2:]:
+        backend.train_step(batch)
+    telemetry = backend.drain_telemetry()
+    flags = [i in overflow for i in range(14)]
+    ref_scales, ref_skipped, ref = simulate(flags, **ls)
+    assert telemetry.skipped.tolist() == ref_skipped.tolist() == flags
+    assert telemetry.loss_scale.tolist() == ref_scales.tolist()
+    assert backend.state_dict()["loss_scale"] == {
+        "scale": ref.scale,
+        "growth_tracker": ref.growth_tracker,
+    }
+    assert backend.state_dict()["iterations"] == 14 - len(overflow)
+    assert ref_scales.max() > ref_scales[3]  # the run did grow the scale after clean steps
+    backend.teardown()
+
+
+@needs_tf
+def test_static_scale_never_moves_but_still_skips_overflow():
+    data = tiny_data()
+    job = make_job("fp16-mixed", train={"steps": 4}, loss_scale={"dynamic": False})
+    backend = make_backend(job, data)
+    rows = rows_of(job, data, {2})
+    for batch in rows[:2]:
+        backend.train_step(batch)
+    before = backend.state_dict()
+    backend.train_step(rows[2])
+    after = backend.state_dict()
+    backend.train_step(rows[3])
+    telemetry = backend.drain_telemetry()
+    assert telemetry.loss_scale.tolist() == [65536.0] * 4
+    assert telemetry.skipped.tolist() == [False, False, True, False]
+    assert_states_equal(before["weights"], after["weights"])
+    assert after["iterations"] == 2 and backend.state_dict()["iterations"] == 3
+    assert all(np.all(np.isfinite(w)) for w in backend.state_dict()["weights"].values())
+    backend.teardown()
+
+
+def _sigmoid_stack(enabled: bool, steps: int) -> tuple[float, float]:
+    """fp16-mixed on a deep sigmoid stack, whose backward shrinks gradients ~4x per layer until
+    fp16 flushes them to zero: (mean loss of the last 10 steps, test accuracy)."""
+    data = load_dataset(DataConfig())
+    job = make_job(
+        "fp16-mixed",
+        model=MlpConfig(hidden=[32] * 8, activation="sigmoid"),
+        train={"steps": steps, "batch_size": 64, "optimizer": {"name": "adam", "lr": 1e-2}},
+        loss_scale={"enabled": enabled},
+    )
+    backend = make_backend(job, data)
+    for _, rows in batch_plan(len(data.y_train), 64, 0, None, steps):
+        backend.train_step(rows)
+    loss = float(backend.drain_telemetry().loss[-10:].mean())
+    accuracy = backend.evaluate().test_accuracy
+    backend.teardown()
+    return loss, accuracy
+
+
+@needs_tf
+def test_underflow_positive_control_learns_only_with_scaling():
+    unscaled_loss, unscaled_accuracy = _sigmoid_stack(enabled=False, steps=150)
+    scaled_loss, scaled_accuracy = _sigmoid_stack(enabled=True, steps=150)
+    assert scaled_loss < unscaled_loss - 0.3
+    assert scaled_accuracy > unscaled_accuracy + 0.1
+
+
+# ---------------------------------------------------------------- the custom step
+@needs_tf
+def test_custom_step_matches_model_fit():
+    import keras
+
+    from backends.keras_models import build_keras_model, to_keras_inputs
+    from backends.keras_optim import build_optimizer
+
+    data = tiny_data(poison=False)
+    job = make_job("fp16-mixed", train={"steps": 8, "batch_size": 16})
+    weights = init_weights(job.model, data.input_shape, data.num_classes, 0)
+    backend = TfKerasBackend()
+    backend.setup(job, weights, data)
+    plan = batch_plan(len(data.y_train), 16, 0, None, 8)
+    for _, rows in plan:
+        backend.train_step(rows)
+    custom = backend.drain_telemetry().loss
+    backend.teardown()
+
+    model = build_keras_model(job.model, data.input_shape, 10, weights, "mixed_float16")
+    train = job.train
+    inner = build_optimizer(train.optimizer, train.lr_schedule, 8, None)
+    optimizer = keras.optimizers.LossScaleOptimizer(inner, initial_scale=2.0**16)
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=False,
+    )
+    order = np.concatenate([rows for _, rows in plan])
+
+    class PerBatchLoss(keras.callbacks.Callback):
+        # fit reports a running mean; resetting the tracker each batch leaves the batch loss.
+        losses: list[float] = []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            for metric in self.model.metrics:
+                metric.reset_state()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.losses.append(float(logs["loss"]))
+
+    recorder = PerBatchLoss()
+    model.fit(
+        to_keras_inputs(job.model, data.x_train[order]),
+        data.y_train[order],
+        batch_size=16,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=[recorder],
+    )
+    np.testing.assert_allclose(recorder.losses, custom, **TOLERANCES["float16"])
+    assert custom[-1] < custom[0]
+
+
+@needs_tf
+def test_grad_accumulation_jit_and_telemetry_spill_agree():
+    data = tiny_data(poison=False)
+    train = {"steps": 6, "batch_size": 16, "optimizer": {"name": "sgd", "lr": 0.1}}
+    losses = {}
+    for name, extra, options in (
+        ("plain", {}, {"telemetry_capacity": 4}),
+        ("accumulated", {"grad_accumulation": 2}, {}),
+        ("xla", {}, {"jit_compile": True}),
+    ):
+        backend = make_backend(make_job("fp32", train={**train, **extra}, options=options), data)
+        for _, rows in batch_plan(len(data.y_train), 16, 0, None, 6):
+            backend.train_step(rows)
+        losses[name] = backend.drain_telemetry().loss
+        if name == "xla":
+            assert backend.environment()["jit_compile"] is True
+        backend.teardown()
+    assert len(losses["plain"]) == 6  # drained across a spill of the 4-step device buffer
+    np.testing.assert_allclose(losses["accumulated"], losses["plain"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(losses["xla"], losses["plain"], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- resume in a fresh process
+RESUME = {
+    "policy": "fp16-mixed",
+    "loss_scale": {"init_scale": 1024.0, "growth_interval": 3},
+    "overflow": [1],
+    "k": 4,
+    "n": 8,
+}
+
+
+def _resume_job(spec: dict) -> Job:
+    return make_job(
+        spec["policy"],
+        train={"steps": spec["n"], "grad_clip_norm": 1.0},
+        loss_scale=spec["loss_scale"],
+    )
+
+
+def resume_in_this_process(spec: dict, state_path: str, out_path: str) -> None:
+    data = tiny_data()
+    job = _resume_job(spec)
+    backend = make_backend(job, data)
+    with open(state_path, "rb") as f:
+        backend.load_state_dict(pickle.load(f))
+    for batch in rows_of(job, data, set(spec["overflow"]))[spec["k"] :]:
+        backend.train_step(batch)
+    result = {"state": backend.state_dict(), "telemetry": backend.drain_telemetry().loss}
+    with open(out_path, "wb") as f:
+        pickle.dump(result, f)
+
+
+@needs_tf
+def test_resume_in_a_fresh_process_continues_identically(tmp_path):
+    # growth_interval 3 with an overflow at step 1: clean steps 2, 3, 4 grow the scale after
+    # step 4, so the checkpoint at k=4 sits just before a growth event.
+    data = tiny_data()
+    job = _resume_job(RESUME)
+    backend = make_backend(job, data)
+    rows = rows_of(job, data, set(RESUME["overflow"]))
+    for batch in rows[: RESUME["k"]]:
+        backend.train_step(batch)
+    checkpoint = backend.state_dict()
+    backend.drain_telemetry()
+    for batch in rows[RESUME["k"] :]:
+        backend.train_step(batch)
+    uninterrupted = backend.state_dict()
+    tail = backend.drain_telemetry().loss
+    backend.teardown()
+    assert checkpoint["loss_scale"] == {"scale": 512.0, "growth_tracker": 2}
+
+    state_in, state_out = tmp_path / "k.pkl", tmp_path / "n.pkl"
+    state_in.write_bytes(pickle.dumps(checkpoint))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.backends.test_tf_keras",
+            "resume",
+            json.dumps(RESUME),
+            str(state_in),
+            str(state_out),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    resumed = pickle.loads(state_out.read_bytes())
+    assert_states_equal(uninterrupted, resumed["state"])
+    np.testing.assert_array_equal(tail, resumed["telemetry"])
+    flags = [i in RESUME["overflow"] for i in range(RESUME["n"])]
+    _, _, ref = simulate(flags, **RESUME["loss_scale"])
+    assert uninterrupted["loss_scale"] == {"scale": ref.scale, "growth_tracker": ref.growth_tracker}
+    assert ref.scale > 1024.0  # the scale grew after the checkpoint
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "resume":
+        resume_in_this_process(json.loads(sys.argv[2]), sys.argv[3], sys.argv[4])
