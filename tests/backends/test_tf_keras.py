@@ -454,6 +454,27 @@ def test_resume_in_a_fresh_process_continues_identically(tmp_path):
     assert ref.scale > 1024.0  # the scale grew after the checkpoint
 
 
+# ---------------------------------------------------------------- digits parity (acceptance)
+@needs_tf
+@pytest.mark.slow
+def test_digits_mixed_policies_reach_fp32_accuracy_within_parity_tolerance():
+    from suite.config import load_config
+    from suite.jobs import expand_jobs
+    from suite.loop import run_job
+
+    config = load_config(None, ["backends.names=[tf-keras]", "device=cpu"])
+    accuracy: dict[tuple[str, str], list[float]] = {}
+    for job in expand_jobs(config, "cpu"):
+        record = run_job(job)
+        assert record["status"] == "ok", (job.job_id, record["error"])
+        accuracy.setdefault((job.model.name, job.policy), []).append(record["metrics"]["test_accuracy"])
+    tolerance = config.parity.tolerance_pts / 100
+    for (model, policy), values in accuracy.items():
+        baseline = np.mean(accuracy[(model, "fp32")])
+        assert len(values) == len(config.seeds)
+        assert abs(np.mean(values) - baseline) <= tolerance, (model, policy, values, baseline)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "resume":
         resume_in_this_process(json.loads(sys.argv[2]), sys.argv[3], sys.argv[4])
