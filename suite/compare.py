@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from backends.base import POLICY_SPECS
-from suite.results import latest_by_job
+from suite.results import is_job_failure, latest_by_job
 
 BASELINE_POLICY = "fp32"
 
@@ -576,7 +576,10 @@ def _build_group(
         if row.all_failed:
             statuses = sorted({r.get("status") for r in all_by_row[(row.backend, row.policy)]})
             detail = f"all {len(row.seeds_failed)} seed(s) failed ({', '.join(statuses)})"
-            row.verdicts.append(Verdict("status", row.subject, FAILED, detail))
+            enforced = any(is_job_failure(r, check_pure) for r in all_by_row[(row.backend, row.policy)])
+            if not enforced:
+                detail += " (information: -pure policies are not checked)"
+            row.verdicts.append(Verdict("status", row.subject, FAILED, detail, enforced=enforced))
             continue
         if not row.is_baseline:
             row.verdicts.append(_parity_verdict(row, tolerance_pts, check_pure))

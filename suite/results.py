@@ -22,6 +22,21 @@ STATUSES = ("ok", "diverged", "oom", "crashed", "timeout", "unavailable", "error
 NOT_FAILURES = frozenset({"ok", "unavailable"})
 
 
+def is_job_failure(record: dict[str, Any], check_pure: bool = False) -> bool:
+    """Whether a record counts as a failed job (exit code 3). A ``-pure`` policy diverging is
+    what those policies exist to show — information, like their accuracy cost — unless the
+    config holds them to account (``parity.check_pure``)."""
+    status = record.get("status")
+    if status in NOT_FAILURES:
+        return False
+    if status == "diverged" and not check_pure:
+        from backends.base import POLICY_SPECS
+
+        spec = POLICY_SPECS.get(record.get("policy", ""))
+        return not (spec is not None and spec.pure)
+    return True
+
+
 def _jsonable(value: Any) -> Any:
     # JSON has no NaN/inf; a non-finite metric is written as null rather than invalid JSON.
     if isinstance(value, float) and not math.isfinite(value):

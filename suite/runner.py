@@ -39,7 +39,14 @@ from backends import get_backend_class
 from suite.config import SuiteConfig
 from suite.jobs import Job, expand_jobs
 from suite.loop import new_record
-from suite.results import RESULTS_FILE, _jsonable, append_record, latest_by_job, read_records
+from suite.results import (
+    RESULTS_FILE,
+    _jsonable,
+    append_record,
+    is_job_failure,
+    latest_by_job,
+    read_records,
+)
 
 CONFIG_FILE = "config.yaml"
 STDERR_TAIL_LINES = 15
@@ -195,12 +202,9 @@ class RunSummary:
     total_jobs: int
     skipped_ok: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
+    failed: int = 0
     interrupted: bool = False
     warnings: list[str] = field(default_factory=list)
-
-    @property
-    def failed(self) -> int:
-        return sum(n for s, n in self.statuses.items() if s not in ("ok", "unavailable"))
 
 
 class Executor:
@@ -348,6 +352,7 @@ def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool
                         }
                 append_record(results_path, _jsonable(record))
                 summary.statuses[record["status"]] += 1
+                summary.failed += is_job_failure(record, config.parity.check_pure)
                 progress.console.print(_status_line(record), highlight=False, soft_wrap=True)
                 progress.advance(task)
     except KeyboardInterrupt:

@@ -199,6 +199,26 @@ def test_a_policy_whose_seeds_all_failed_is_failed():
     assert {n.status for n in comparison.failed_jobs} == {"diverged", "oom"}
 
 
+@pytest.mark.parametrize(("check_pure", "exit_code"), [(False, 0), (True, 1)])
+def test_a_diverged_pure_policy_is_information_unless_check_pure(check_pure, exit_code):
+    from suite.results import is_job_failure
+
+    records = [make_record("torch-amp", "fp32", s, check_pure=check_pure) for s in (0, 1)]
+    records += [
+        make_record(
+            "torch-manual", "fp16-pure", s, status="diverged", error="loss NaN", check_pure=check_pure
+        )
+        for s in (0, 1)
+    ]
+    comparison = compare(records)
+    (verdict,) = row_of(comparison, "torch-manual", "fp16-pure").verdicts
+    assert verdict.outcome == FAILED and verdict.enforced is check_pure
+    assert check_exit_code(comparison) == exit_code
+    assert is_job_failure(records[-1], check_pure) is check_pure
+    # A mixed policy diverging is a failure whatever check_pure says.
+    assert is_job_failure(make_record("torch-manual", "fp16-mixed", status="diverged"), False)
+
+
 def test_missing_baseline_is_a_verdict_not_a_crash():
     records = [make_record("tf-keras", "bf16-mixed", s) for s in (0, 1)]
     records += [make_record("torch-amp", "fp32", s) for s in (0, 1)]  # other framework only
