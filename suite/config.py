@@ -179,6 +179,8 @@ class ParityConfig(_Strict):
     tolerance_pts: Annotated[float, Field(ge=0)] = 1.0
     check_pure: bool = False
     cross_framework_rtol: PositiveFloat = 1e-3
+    # Per-step losses are compared over this many first steps (see compare.py for why).
+    cross_framework_steps: PositiveInt = 100
 
 
 class RunnerConfig(_Strict):

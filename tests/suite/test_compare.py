@@ -356,6 +356,9 @@ def test_cross_framework_fails_when_a_step_differs():
     assert check_exit_code(comparison) == 1
     # A looser tolerance accepts the same curves.
     assert compare(records, cross_framework_rtol=0.02).groups[0].verdicts[0].outcome == PASS
+    # Only the first cross_framework_steps steps are held to the tolerance.
+    assert compare(records, cross_framework_steps=7).groups[0].verdicts[0].outcome == PASS
+    assert compare(records, cross_framework_steps=8).groups[0].verdicts[0].outcome == FAIL
 
 
 def test_cross_framework_checks_accuracy_and_length():
