@@ -83,12 +83,11 @@ def _import_tf() -> tuple[Any, Any]:
     """tensorflow and keras, with Keras on its TensorFlow backend."""
     import sys
 
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    import tensorflow as tf
-
-    if "keras" not in sys.modules and os.environ["KERAS_BACKEND"] != "tensorflow":
+    if "keras" not in sys.modules:
+        # Keras reads its backend once, at import, from KERAS_BACKEND or ~/.keras/keras.json.
         os.environ["KERAS_BACKEND"] = "tensorflow"
     import keras
+    import tensorflow as tf
 
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError(
@@ -426,9 +425,9 @@ class TfKerasBackend(Backend):
         import tensorflow as tf
         from tensorflow.python.framework import config as tf_config
 
-        from backends.torch_common import cpu_model_name
+        from suite.measure import cpu_info
 
-        device_name = cpu_model_name()
+        device_name = cpu_info()["cpu_model"]
         if self.job.device == "cuda":
             gpu = tf.config.list_physical_devices("GPU")[0]
             device_name = tf.config.experimental.get_device_details(gpu).get("device_name", "GPU")

@@ -454,6 +454,33 @@ def test_resume_in_a_fresh_process_continues_identically(tmp_path):
     assert ref.scale > 1024.0  # the scale grew after the checkpoint
 
 
+# ---------------------------------------------------------------- GPU
+@needs_tf
+@pytest.mark.gpu
+def test_gpu_allocator_peak_tf32_off_and_half_compute():
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):
+        pytest.skip("TensorFlow sees no GPU (tensorflow-cpu?)")
+    data = tiny_data(poison=False)
+    for policy, compute in (("fp32", "float32"), ("fp16-mixed", "float16")):
+        job = make_job(policy, options={"jit_compile": policy == "fp16-mixed"})
+        job.device = "cuda"
+        backend = make_backend(job, data)
+        backend.reset_memory_stats()
+        for _, rows in batch_plan(len(data.y_train), 16, 0, None, 8):
+            backend.train_step(rows)
+        backend.synchronize()
+        telemetry = backend.drain_telemetry()
+        assert np.all(np.isfinite(telemetry.loss)) and len(telemetry.loss) == 8
+        memory = backend.memory_stats()
+        assert memory.memory_source == "tf.config.experimental.get_memory_info"
+        assert memory.peak_memory_bytes > 0
+        assert backend.observed_precision()["compute_dtype"] == compute
+        assert backend.environment()["tf32"] is False
+        backend.teardown()
+
+
 # ---------------------------------------------------------------- digits parity (acceptance)
 @needs_tf
 @pytest.mark.slow
