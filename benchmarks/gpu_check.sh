@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# GPU check: on a fresh GPU machine with PyTorch but no network, install the project from this
+# checkout, run the GPU tests and a trimmed configs/gpu-throughput.yaml run (torch only, eager
+# and torch.compile), and print one table last. Target: under 8 minutes.
+#
+#   benchmarks/gpu_check.sh [OUT_DIR]          # default OUT_DIR: runs/gpu-check
+#
+# Offline installs: pydantic (and pydantic-core, annotated-types, typing-inspection) are the
+# only dependencies a PyTorch image usually lacks. Put their wheels in .whl/ at the repository
+# root (benchmarks/fetch_gpu_wheels.sh downloads them on a machine with network); they are
+# installed only when `import pydantic` (v2) fails.
+#
+# Knobs (environment):
+#   PYTHON=python3                 interpreter that has torch with CUDA
+#   GPU_CHECK_STEPS=40             timed + warm-up steps per job (warm-up is 10 of them)
+#   GPU_CHECK_COMPILE_POLICIES=bf16-mixed   policies run again with torch.compile ("" = none)
+#   GPU_CHECK_SKIP_TESTS=1         skip `pytest -m gpu`
+#   GPU_CHECK_TEST_TIMEOUT_S=240   limit for the GPU tests
+#   GPU_CHECK_NO_INSTALL=1         skip `pip install -e .` (PYTHONPATH is enough to run)
+#   GPU_CHECK_DEVICE=cuda          "cpu" only to try this script on a machine without a GPU
+#                                  (with tiny models: nothing it prints is a GPU number)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+PY=${PYTHON:-python3}
+OUT_DIR=${1:-runs/gpu-check}
+STEPS=${GPU_CHECK_STEPS:-40}
+COMPILE_POLICIES=${GPU_CHECK_COMPILE_POLICIES-bf16-mixed}
+TEST_TIMEOUT_S=${GPU_CHECK_TEST_TIMEOUT_S:-240}
+DEVICE=${GPU_CHECK_DEVICE:-cuda}
+CONFIG=configs/gpu-throughput.yaml
+SITE=${TMPDIR:-/tmp}/precision-suite-site
+START=$SECONDS
+STATUS=0
+
+say() { printf '\n== [%3ds] %s\n' "$((SECONDS - START))" "$*"; }
+die() { printf 'gpu_check: error: %s\n' "$*" >&2; exit 2; }
+
+# ------------------------------------------------------------------ 0. the machine
+say "checking $PY, torch and the GPU"
+command -v "$PY" >/dev/null || die "no $PY on PATH (set PYTHON=/path/to/python with torch)"
+"$PY" - "$DEVICE" <<'EOF' || die "torch with a visible CUDA device is needed (see the line above)"
+import sys
+try:
+    import torch
+except ImportError:
+    sys.exit("torch is not installed for this interpreter")
+print(f"python {sys.version.split()[0]}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+if sys.argv[1] == "cuda":
+    if not torch.cuda.is_available():
+        sys.exit("torch.cuda.is_available() is False")
+    print(f"GPU: {torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB)")
+EOF
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+
+# ------------------------------------------------------------------ 1. install, offline
+say "installing the project (no network, no dependency resolution)"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+if ! "$PY" -c 'import pydantic, sys; sys.exit(int(pydantic.VERSION.split(".")[0]) < 2)' 2>/dev/null; then
+    shopt -s nullglob
+    wheels=(.whl/*.whl)
+    shopt -u nullglob
+    ((${#wheels[@]})) || die "pydantic>=2 is not installed and .whl/ holds no wheels: run benchmarks/fetch_gpu_wheels.sh on a machine with network and copy .whl/ here"
+    echo "pydantic missing: installing ${#wheels[@]} wheel(s) from .whl/ into $SITE"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "${wheels[@]}" \
+        || die "pip could not install the wheels in .whl/ (wrong python version or platform? see fetch_gpu_wheels.sh)"
+    export PYTHONPATH="$SITE:$PYTHONPATH"
+fi
+if [[ ${GPU_CHECK_NO_INSTALL:-0} == 1 ]]; then
+    echo "pip install -e . skipped (GPU_CHECK_NO_INSTALL=1); running from the checkout via PYTHONPATH"
+elif "$PY" -m pip install -q --no-deps --no-build-isolation --no-cache-dir -e . >"${TMPDIR:-/tmp}/gpu_check_pip.log" 2>&1; then
+    echo "pip install -e . done"
+else
+    echo "note: 'pip install -e .' failed (log: ${TMPDIR:-/tmp}/gpu_check_pip.log); running from the checkout via PYTHONPATH"
+fi
+missing=$("$PY" - <<'EOF'
+import importlib.util
+need = ["numpy", "yaml", "pydantic", "rich", "matplotlib", "sklearn", "scipy", "pytest"]
+print(" ".join(n for n in need if importlib.util.find_spec(n) is None))
+EOF
+)
+[[ -z $missing ]] || die "missing Python packages: $missing (carry their wheels in .whl/)"
+"$PY" -c 'import suite.cli, backends' || die "the project does not import (see above)"
+suite() { "$PY" -c 'import sys; from suite.cli import main; sys.exit(main())' "$@"; }
+
+# ------------------------------------------------------------------ 2. GPU tests
+if [[ ${GPU_CHECK_SKIP_TESTS:-0} == 1 ]]; then
+    say "GPU tests skipped (GPU_CHECK_SKIP_TESTS=1)"
+else
+    say "GPU tests: pytest -m gpu (limit ${TEST_TIMEOUT_S}s)"
+    set +e
+    timeout "$TEST_TIMEOUT_S" "$PY" -m pytest -m gpu -q -p no:cacheprovider -o addopts="-ra --strict-markers" tests
+    rc=$?
+    set -e
+    case $rc in
+        0) echo "GPU tests passed" ;;
+        5) echo "no GPU tests were collected" ;;
+        124) echo "GPU tests: stopped after ${TEST_TIMEOUT_S}s"; STATUS=1 ;;
+        *) echo "GPU tests FAILED (pytest exit $rc)"; STATUS=1 ;;
+    esac
+fi
+
+# ------------------------------------------------------------------ 3. trimmed throughput runs
+mkdir -p "$OUT_DIR"
+rm -rf "$OUT_DIR/eager" "$OUT_DIR/compiled"
+common=(
+    --set "backends.names=[torch-amp]"
+    --set "train.steps=$STEPS"
+    --set "train.warmup_steps=10"
+    --set "train.timing_window_steps=10"
+    --set "data.synthetic.train_size=2048"
+    --set "device=$DEVICE"
+)
+if [[ $DEVICE == cpu ]]; then
+    # Only to exercise this script without a GPU: tiny models, tiny images.
+    common+=(--set "models=[{kind: transformer, name: tiny-transformer, patch_size: 4, d_model: 32, num_heads: 4, depth: 1}, {kind: cnn, name: tiny-cnn, channels: [8, 16]}]"
+             --set "data.synthetic.shape=[3, 16, 16]" --set "data.synthetic.train_size=512")
+fi
+run_suite() {  # run_suite NAME POLICIES COMPILE
+    local name=$1 policies=$2 compile=$3
+    say "throughput run '$name': torch-amp [$policies], compile=$compile, $STEPS steps"
+    set +e
+    suite run "$CONFIG" --out "$OUT_DIR/$name" "${common[@]}" \
+        --set "backends.policies={torch-amp: [$policies]}" \
+        --set "backends.options={torch-amp: {compile: $compile, fused: true}}"
+    local rc=$?
+    set -e
+    # 0: all ran and verdicts passed; 1: a verdict failed (accuracy after a few steps is not
+    # what this run measures); 2: bad config; 3: a job failed (its row says why).
+    case $rc in
+        0 | 1) ;;
+        3) echo "some jobs of '$name' failed: see their status in the table"; STATUS=1 ;;
+        *) echo "throughput run '$name' failed (exit $rc)"; STATUS=1 ;;
+    esac
+}
+run_suite eager "fp32, tf32, fp16-mixed, bf16-mixed" false
+if [[ -n $COMPILE_POLICIES ]]; then
+    run_suite compiled "$COMPILE_POLICIES" true
+fi
+
+# ------------------------------------------------------------------ 4. matmul ceiling
+CEILINGS=$OUT_DIR/ceilings.json
+if [[ $DEVICE == cuda ]]; then
+    say "measured matmul ceiling (8192^3, per dtype)"
+    "$PY" - "$CEILINGS" <<'EOF' || echo "matmul ceiling not measured"
+import json, sys
+from suite.mfu import measure_matmul_tflops
+ceilings = {
+    "fp32": measure_matmul_tflops("float32", iters=5),
+    "tf32": measure_matmul_tflops("float32", iters=10, tf32=True),
+    "fp16": measure_matmul_tflops("float16"),
+    "bf16": measure_matmul_tflops("bfloat16"),
+}
+print(", ".join(f"{k} {v:.0f} TFLOP/s" for k, v in ceilings.items()))
+json.dump(ceilings, open(sys.argv[1], "w"))
+EOF
+fi
+
+# ------------------------------------------------------------------ 5. the table
+say "done in $((SECONDS - START)) s; results in $OUT_DIR"
+runs=()
+for name in eager compiled; do [[ -d $OUT_DIR/$name ]] && runs+=("$OUT_DIR/$name"); done
+((${#runs[@]})) || die "no run produced results"
+echo
+"$PY" benchmarks/throughput_table.py "${runs[@]}" --ceilings "$CEILINGS" | tee "$OUT_DIR/table.txt"
+"$PY" benchmarks/throughput_table.py "${runs[@]}" --ceilings "$CEILINGS" --markdown >"$OUT_DIR/table.md"
+exit $STATUS

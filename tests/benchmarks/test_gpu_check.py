@@ -1,0 +1,116 @@
+"""The GPU check's pieces that run without a GPU: the throughput config (and the overrides
+benchmarks/gpu_check.sh applies to it) validate, and the table it prints computes speedups and
+MFU correctly."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from suite.config import MlpConfig, load_config
+from suite.jobs import check_backends, expand_jobs
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs" / "gpu-throughput.yaml"
+MLP = MlpConfig(hidden=[4])
+
+
+def _record(policy: str, device_name: str, samples_per_s: float | None) -> dict:
+    return {
+        "policy": policy,
+        "config": {
+            "model": MLP.model_dump(mode="json"),
+            "data": {"name": "synthetic", "synthetic": {"shape": [6], "num_classes": 3}},
+        },
+        "environ": {"device_name": device_name},
+        "metrics": {"samples_per_s": samples_per_s},
+    }
+
+
+def test_gpu_throughput_config_validates():
+    config = load_config(CONFIG)
+    check_backends(config, str(CONFIG))
+    transformer = next(m for m in config.models if m.kind == "transformer")
+    assert (transformer.d_model, transformer.num_heads, transformer.depth) == (768, 12, 12)
+    assert {m.kind for m in config.models} == {"transformer", "cnn"}
+    assert config.data.name == "synthetic"
+    jobs = expand_jobs(config, "cuda")
+    assert {(j.backend, j.policy) for j in jobs} == {
+        (b, p) for b in ("torch-amp", "tf-keras") for p in ("fp32", "tf32", "fp16-mixed", "bf16-mixed")
+    }
+
+
+@pytest.mark.parametrize("compile_", ["false", "true"])
+def test_gpu_check_overrides_validate(compile_):
+    """The exact --set list benchmarks/gpu_check.sh passes (torch only, trimmed)."""
+    overrides = [
+        "backends.names=[torch-amp]",
+        "train.steps=40",
+        "train.warmup_steps=10",
+        "train.timing_window_steps=10",
+        "data.synthetic.train_size=2048",
+        "device=cuda",
+        "backends.policies={torch-amp: [fp32, tf32, fp16-mixed, bf16-mixed]}",
+        f"backends.options={{torch-amp: {{compile: {compile_}, fused: true}}}}",
+    ]
+    config = load_config(CONFIG, overrides)
+    check_backends(config, str(CONFIG))
+    jobs = expand_jobs(config, "cuda")
+    assert len(jobs) == 8 and {j.options["compile"] for j in jobs} == {compile_ == "true"}
+
+
+def test_compiled_variant_is_one_set_away():
+    """The config's documented way to run compiled: one --set per backend option."""
+    config = load_config(
+        CONFIG,
+        ["backends.options.torch-amp.compile=true", "backends.options.tf-keras.jit_compile=true"],
+    )
+    check_backends(config, str(CONFIG))
+    options = {j.backend: j.options for j in expand_jobs(config, "cuda")}
+    assert options["torch-amp"]["compile"] is True and options["tf-keras"]["jit_compile"] is True
+
+
+def _throughput_table():
+    path = ROOT / "benchmarks" / "throughput_table.py"
+    spec = importlib.util.spec_from_file_location("throughput_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_throughput_table_speedups_and_mfu():
+    """The gpu_check table: speedups against the eager fp32/tf32 rows of the same model, MFU
+    against the datasheet and the measured ceiling, failures shown with their reason."""
+    table = _throughput_table()
+    name = "NVIDIA H100 80GB HBM3"
+
+    def rec(policy: str, sps: float | None, compile_: bool = False, status: str = "ok") -> dict:
+        r = _record(policy, name, sps)
+        r.update(model="mlp", backend="torch-amp", status=status, error=None if sps else "OOM at step 3")
+        r["config"]["options"] = {"compile": compile_}
+        r["metrics"]["peak_memory_bytes"] = 2 * 2**30
+        return r
+
+    records = [
+        rec("fp32", 1e9),
+        rec("tf32", 2e9),
+        rec("bf16-mixed", 4e9),
+        rec("bf16-mixed", 5e9, compile_=True),
+        rec("fp16-mixed", None, status="oom"),
+    ]
+    rows = {(r[2], r[3]): r for r in table.rows(records, {"bf16": 800.0})}
+    header = list(table.COLUMNS)
+    col = {c: header.index(c) for c in header}
+    eager_bf16, compiled_bf16 = rows[("bf16-mixed", "no")], rows[("bf16-mixed", "yes")]
+    assert eager_bf16[col["vs fp32"]] == "4.00x" and eager_bf16[col["vs tf32"]] == "2.00x"
+    assert compiled_bf16[col["vs fp32"]] == "5.00x"
+    assert eager_bf16[col["peak GiB"]] == "2.0"
+    assert eager_bf16[col["MFU"]] == f"{3 * 72 * 4e9 / 989.5e12:.1%}"
+    assert eager_bf16[col["MFU meas."]] == f"{3 * 72 * 4e9 / 800e12:.1%}"
+    assert rows[("fp32", "no")][col["MFU meas."]] == "-"  # no fp32 ceiling given
+    assert rows[("fp16-mixed", "no")][col["samples/s"]] == "-"
+    assert rows[("fp16-mixed", "no")][col["status"]].startswith("oom: OOM at step 3")
+    text = "\n".join(table.footer(records, {"bf16": 800.0}))
+    assert "NVIDIA H100 SXM" in text and "datasheet" in text and "bf16 800" in text
