@@ -11,6 +11,7 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -200,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        # Piped to a file or a CI log: wide enough that tables keep one row per line.
+        console = Console(width=140)
     err = Console(stderr=True)
     try:
         return COMMANDS[args.command](args, console)
