@@ -361,10 +361,10 @@ def tensorflow_environment() -> str:
         device = f"GPU {name}"
     else:
         device = f"CPU {cpu_info()['cpu_model']}"
-    return (
-        f"{device}; tensorflow {tf.__version__}, keras {keras.__version__}, "
-        f"{tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()} intra-op threads"
-    )
+    # 0 from the API means TF's default: TF_NUM_INTRAOP_THREADS (the runner sets it) or all cores.
+    threads = tf.config.threading.get_intra_op_parallelism_threads()
+    threads = threads or os.environ.get("TF_NUM_INTRAOP_THREADS") or os.cpu_count()
+    return f"{device}; tensorflow {tf.__version__}, keras {keras.__version__}, {threads} intra-op threads"
 
 
 # ---------------------------------------------------------------- driver
