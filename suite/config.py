@@ -35,7 +35,7 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- models
@@ -285,14 +285,24 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _key_text(part: Any) -> str:
+    text = str(part)
+    # Keys a user could not have meant (spaces, dots, control characters) are quoted, so the
+    # message stays one readable line.
+    if isinstance(part, str) and (not text or not text.isprintable() or any(c in text for c in " .")):
+        return json.dumps(text)
+    return text
+
+
 def _format_error(error: dict[str, Any], source: str) -> str:
-    path = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-"))
+    path = ".".join(_key_text(p) for p in error["loc"] if not str(p).startswith("function-"))
     # Drop pydantic's union-branch labels like `mlp` in `models.0.mlp.hidden`.
     msg = error["msg"]
     kind = error["type"]
     if kind == "extra_forbidden":
-        parent, _, key = path.rpartition(".")
-        return f"{source}: {path}: unknown key {key!r}" + (f" in {parent}" if parent else "")
+        parent = path[: -len(_key_text(error["loc"][-1]))].rstrip(".")
+        key = json.dumps(str(error["loc"][-1]))
+        return f"{source}: {path}: unknown key {key}" + (f" in {parent}" if parent else "")
     if kind == "missing":
         return f"{source}: {path}: required key is missing"
     expected = {
@@ -301,6 +311,7 @@ def _format_error(error: dict[str, Any], source: str) -> str:
         "int_from_float": "an integer",
         "float_type": "a number",
         "float_parsing": "a number",
+        "finite_number": "a finite number",
         "bool_type": "true or false",
         "bool_parsing": "true or false",
         "string_type": "a string",
@@ -322,7 +333,7 @@ def _format_error(error: dict[str, Any], source: str) -> str:
         elif kind == "value_error":
             return f"{source}: {path or '(top level)'}: {msg.removeprefix('Value error, ')}"
         else:
-            expected = msg[0].lower() + msg[1:]
+            expected = msg.removeprefix("Input should be ")
     got = _describe(error.get("input"))
     return f"{source}: {path}: expected {expected}, got {got}"
 

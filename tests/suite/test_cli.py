@@ -47,7 +47,7 @@ def test_unknown_yaml_key_exits_2(tmp_path):
     path.write_text("train:\n  epochs: 1\n  batchsize: 8\n")
     result = _cli("run", str(path))
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: {path}: train.batchsize: unknown key 'batchsize' in train"
+    assert result.stderr.strip() == f'error: {path}: train.batchsize: unknown key "batchsize" in train'
 
 
 def test_missing_config_file_and_run_dir(tmp_path, capsys):

@@ -57,6 +57,12 @@ def test_impossible_value_is_rejected(tmp_path):
     assert "loss_scale.growth_factor" in message and "> 1" in message
 
 
+@pytest.mark.parametrize("value", [".inf", ".nan", "-.inf"])
+def test_non_finite_numbers_are_rejected(tmp_path, value):
+    message = _error(tmp_path, f"train:\n  optimizer: {{lr: {value}}}\n")
+    assert "train.optimizer.lr: expected a finite number" in message
+
+
 def test_duplicate_yaml_keys_are_rejected(tmp_path):
     message = _error(tmp_path, "seeds: [0]\nseeds: [1]\n")
     assert "duplicate key 'seeds'" in message and "line 2" in message
