@@ -182,7 +182,8 @@ def record_mfu(
     measured_peak_tflops: float | None = None,
 ) -> dict[str, Any] | None:
     """MFU figures for one result record, or None when it has no throughput or its input shape
-    is unknown (pass ``input_shape``/``num_classes`` for an ``npz`` run).
+    is unknown: taken from the arguments, else ``metrics.input_shape``/``metrics.num_classes``
+    if the record has them, else from ``config.data`` (not possible for ``npz``).
 
     Returns ``model_tflop_per_sample`` (training), ``achieved_tflops``, ``peak_dtype``, and when
     the device is in the table ``peak_tflops``, ``peak_device``, ``peak_source``, ``mfu``; with
@@ -192,6 +193,10 @@ def record_mfu(
     config = record.get("config") or {}
     if not samples_per_s or "model" not in config:
         return None
+    if (input_shape is None or num_classes is None) and metrics.get("input_shape"):
+        # Recorded by the loop when it knows the dataset (any source, npz included).
+        input_shape = input_shape or tuple(metrics["input_shape"])
+        num_classes = num_classes or metrics.get("num_classes")
     if input_shape is None or num_classes is None:
         known = dataset_shape(config.get("data") or {})
         if known is None:

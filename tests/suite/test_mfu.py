@@ -168,6 +168,8 @@ def test_record_mfu_without_peak_or_throughput():
     npz = _record("fp32", "NVIDIA A100", 10.0)
     npz["config"]["data"] = {"name": "npz", "path": "x.npz"}
     assert record_mfu(npz) is None
+    npz["metrics"].update(input_shape=[6], num_classes=3)
+    assert record_mfu(npz)["model_tflop_per_sample"] == pytest.approx(3 * 72 / 1e12)
     assert record_mfu(npz, input_shape=(6,), num_classes=3)["mfu"] == pytest.approx(3 * 72 * 10 / 19.5e12)
 
 
