@@ -135,7 +135,10 @@ def fmt_memory(row: Row) -> str:
 def fmt_number(value: float | None, digits: int = 0) -> str:
     if value is None:
         return "—"
-    return f"{value:.{digits}f}" if digits else f"{value:g}"
+    if digits:
+        return f"{value:.{digits}f}"
+    # Means over seeds are rarely whole: one decimal is what a reader can use.
+    return f"{value:g}" if float(value).is_integer() else f"{value:.1f}"
 
 
 def fmt_seeds(row: Row) -> str:
@@ -152,8 +155,7 @@ def verdict_cells(row: Row) -> list[tuple[str, str]]:
     for verdict in row.verdicts:
         name = "precision" if verdict.name == "precision-active" else verdict.name
         if verdict.name == "status":
-            name = "FAILED"
-            cells.append((name, FAILED))
+            cells.append(("FAILED", FAILED) if verdict.enforced else ("FAILED (info)", "info"))
             continue
         text = f"{name} {verdict.outcome.upper()}"
         if not verdict.enforced:
