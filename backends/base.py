@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -159,9 +160,18 @@ class Backend(ABC):
         the device once, and build the optimizer, lr schedule and loss scaler from
         ``job.train`` and ``job.loss_scale``. Seeds every framework RNG from ``job.seed``."""
 
+    def prepare_batches(self, rows: np.ndarray) -> Sequence[Any]:
+        """Convert a block of the batch plan (one row of indices per step, shape (steps, batch))
+        into what ``train_step`` takes, in one go, before the timed steps: e.g. upload all the
+        indices to the device at once, as a hand-written loop would, instead of one small copy
+        per step. The loop calls it once per epoch, outside the timed windows. Default: the
+        NumPy rows unchanged."""
+        return list(rows)
+
     @abstractmethod
-    def train_step(self, batch_indices: np.ndarray) -> None:
-        """One optimizer step on the training rows ``batch_indices`` (gathered on the device).
+    def train_step(self, batch_indices: Any) -> None:
+        """One optimizer step on the training rows ``batch_indices`` (gathered on the device):
+        an element of ``prepare_batches``'s result, or a NumPy index array.
 
         With ``job.train.grad_accumulation > 1`` the rows are split into that many micro-batches
         and the optimizer (and loss scaler) steps once. Must not force a host-device sync: the

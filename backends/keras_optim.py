@@ -115,17 +115,33 @@ class TorchAdam(keras.optimizers.Adam):
             self.assign(variable, variable * (1.0 - lr * self.l2))
         elif self.l2:
             g = g + self.l2 * variable
-        t = ops.cast(self.iterations + 1, variable.dtype)
         m = self._momentums[self._get_variable_index(variable)]
         v = self._velocities[self._get_variable_index(variable)]
         self.assign(m, m * self.beta_1 + g * (1.0 - self.beta_1))
         self.assign(v, v * self.beta_2 + ops.square(g) * (1.0 - self.beta_2))
+        step_size, sqrt_bias2 = self._bias_terms(learning_rate, variable.dtype)
+        denom = ops.sqrt(v) / sqrt_bias2 + self.epsilon
+        self.assign_sub(variable, step_size * m / denom)
+
+    def _bias_terms(self, lr, dtype):
+        """(lr / (1 - β1^t), sqrt(1 - β2^t)) for this step, built once per traced step and dtype
+        rather than once per variable (each op is a kernel launch on every step)."""
+        import tensorflow as tf
+
+        # Only inside a traced function: there the graph and the lr tensor identify one step.
+        key = (tf.compat.v1.get_default_graph(), dtype, id(lr)) if tf.inside_function() else None
+        cache = getattr(self, "_bias_cache", None)
+        if key is not None and cache is not None and cache[0] == key:
+            return cache[1]
+        lr = ops.cast(lr, dtype)
+        t = ops.cast(self.iterations + 1, dtype)
         # 1 - β^t as -expm1(t·ln β) with ln β taken in double: float32(0.999) alone is off by
         # 1.3e-5 relative in 1 - β2, where torch (Python floats) is exact.
         bias1 = -ops.expm1(t * math.log(self.beta_1))
         bias2 = -ops.expm1(t * math.log(self.beta_2))
-        denom = ops.sqrt(v) / ops.sqrt(bias2) + self.epsilon
-        self.assign_sub(variable, (lr / bias1) * m / denom)
+        terms = (lr / bias1, ops.sqrt(bias2))
+        self._bias_cache = (key, terms)
+        return terms
 
 
 def build_optimizer(
@@ -135,7 +151,9 @@ def build_optimizer(
     clip_norm: float | None,
 ) -> keras.optimizers.Optimizer:
     """The Keras optimizer for ``train.optimizer`` with torch's semantics (see module doc)."""
-    lr = TorchLrSchedule(cfg.lr, schedule, total_steps)
+    # A constant lr is a plain float: a schedule object would add ops to every step.
+    constant = schedule.name == "constant" and not schedule.warmup_steps
+    lr = float(cfg.lr) if constant else TorchLrSchedule(cfg.lr, schedule, total_steps)
     if cfg.name == "sgd":
         return TorchSGD(l2=cfg.weight_decay, clip_norm=clip_norm, learning_rate=lr, momentum=cfg.momentum)
     if cfg.name in ("adam", "adamw"):

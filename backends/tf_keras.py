@@ -32,11 +32,12 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from backends.base import Availability, Backend, EvalResult, MemoryStats, Telemetry
 
@@ -75,8 +76,6 @@ class TfKerasOptions(BaseModel):
     jit_compile: bool = False
     # tf.config.experimental.enable_op_determinism; None follows runner.deterministic.
     deterministic: bool | None = None
-    # Steps of telemetry held on the device between drains (a longer gap costs one extra read).
-    telemetry_capacity: int = Field(default=1024, gt=0, strict=True)
 
 
 def _import_tf() -> tuple[Any, Any]:
@@ -205,12 +204,10 @@ class TfKerasBackend(Backend):
                 self.optimizer = inner
             self.inner_optimizer = inner
             self.optimizer.build(self.model.trainable_variables)
-            capacity = self.options.telemetry_capacity
-            # Rows: loss, scale used, skipped (0/1); one buffer so a drain is one read.
-            self._telemetry = tf.Variable(tf.zeros((capacity, 3), tf.float32), trainable=False)
-            self._cursor = tf.Variable(0, dtype=tf.int32, trainable=False)
-        self._pending = 0
-        self._spilled: list[np.ndarray] = []
+        # Each step returns its (loss, scale used, skipped) row as a device tensor; they are kept
+        # unread and stacked in one read at the drain (cheaper than writing a device buffer).
+        self._rows: list[Any] = []
+        self._last_row: Any = None
         self._n_micro = job.train.grad_accumulation
         self._build_functions(tf)
 
@@ -264,7 +261,7 @@ class TfKerasBackend(Backend):
         def all_finite(grads: list) -> Any:
             return tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
 
-        def step(rows: Any) -> None:
+        def step(rows: Any) -> Any:
             x = tf.gather(self.x_train, rows)
             y = tf.gather(self.y_train, rows)
             micro = batch // n_micro
@@ -299,9 +296,7 @@ class TfKerasBackend(Backend):
                         return tf.constant(True)
 
                     tf.cond(skipped, lambda: tf.constant(False), apply)
-            row = tf.stack([loss_sum / n_micro, scale, tf.cast(skipped, tf.float32)])
-            self._telemetry[self._cursor].assign(row)
-            self._cursor.assign_add(1)
+            return tf.stack([loss_sum / n_micro, scale, tf.cast(skipped, tf.float32)])
 
         def evaluate() -> tuple[Any, Any]:
             loss_sum = tf.constant(0.0, tf.float64)
@@ -316,32 +311,37 @@ class TfKerasBackend(Backend):
                 correct += tf.reduce_sum(tf.cast(hits, tf.int64))
             return loss_sum, correct
 
+        def placed_step(rows: Any) -> Any:
+            # Placed at trace time, so calls need no per-step device scope.
+            with tf.device(self._device):
+                return step(rows)
+
         jit = self.options.jit_compile
-        self._step_fn = tf.function(step, jit_compile=jit, input_signature=[tf.TensorSpec([batch], tf.int32)])
+        self._step_fn = tf.function(
+            placed_step, jit_compile=jit, input_signature=[tf.TensorSpec([batch], tf.int32)]
+        )
         self._eval_fn = tf.function(evaluate, jit_compile=jit)
 
     # -------------------------------------------------- training
-    def train_step(self, batch_indices: np.ndarray) -> None:
+    def prepare_batches(self, rows: np.ndarray) -> Sequence[Any]:
         import tensorflow as tf
 
-        if self._pending == self.options.telemetry_capacity:
-            self._spill()
         with tf.device(self._device):
-            self._step_fn(tf.constant(np.asarray(batch_indices, np.int32)))
-        self._pending += 1
+            return tf.unstack(tf.constant(np.asarray(rows, np.int32)))
 
-    def _spill(self) -> None:
-        if self._pending:
-            self._spilled.append(self._telemetry[: self._pending].numpy())
-            self._cursor.assign(0)
-            self._pending = 0
+    def train_step(self, batch_indices: Any) -> None:
+        if isinstance(batch_indices, np.ndarray):
+            batch_indices = self.prepare_batches(batch_indices[None])[0]
+        self._last_row = self._step_fn(batch_indices)
+        self._rows.append(self._last_row)
 
     def drain_telemetry(self) -> Telemetry:
-        self._spill()
-        if not self._spilled:
+        import tensorflow as tf
+
+        if not self._rows:
             return Telemetry()
-        rows = np.concatenate(self._spilled).astype(np.float64)
-        self._spilled = []
+        rows = tf.stack(self._rows).numpy().astype(np.float64)
+        self._rows = []
         return Telemetry(loss=rows[:, 0], loss_scale=rows[:, 1], skipped=rows[:, 2] > 0)
 
     def evaluate(self) -> EvalResult:
@@ -353,8 +353,9 @@ class TfKerasBackend(Backend):
         return EvalResult(test_loss=float(loss_sum) / n, test_accuracy=int(correct) / n)
 
     def synchronize(self) -> None:
-        # A host read of a value the last queued step wrote waits for all work before it.
-        self._cursor.numpy()
+        # A host read of the last step's output waits for all work queued before it.
+        if self._last_row is not None:
+            self._last_row.numpy()
 
     # -------------------------------------------------- measurement
     def reset_memory_stats(self) -> None:
@@ -505,8 +506,8 @@ class TfKerasBackend(Backend):
             "y_train",
             "x_test",
             "y_test",
-            "_telemetry",
-            "_cursor",
+            "_rows",
+            "_last_row",
         ):
             if hasattr(self, attr):
                 delattr(self, attr)

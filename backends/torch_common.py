@@ -19,6 +19,7 @@ and the lr is a Python float; that adds no sync of our own.
 from __future__ import annotations
 
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -188,18 +189,22 @@ class DeviceTelemetry:
     """Per-step 0-d device tensors, stacked and copied to the host only in ``drain``."""
 
     def __init__(self, device: Any) -> None:
-        import torch
 
         self.losses: list[torch.Tensor] = []
         self.scales: list[torch.Tensor] = []
         self.skipped: list[torch.Tensor] = []
-        self.skipped_total = torch.zeros((), dtype=torch.float32, device=device)
+        self.skipped_drained = 0
 
     def record(self, loss: torch.Tensor, scale: torch.Tensor, found_inf: torch.Tensor) -> None:
+        # Only list appends here: any op would cost a kernel launch per step on the hot path.
         self.losses.append(loss)
         self.scales.append(scale)
         self.skipped.append(found_inf)
-        self.skipped_total.add_(found_inf)
+
+    def skipped_steps(self) -> int:
+        """Skipped steps so far, drained or not (reads the device: not for the hot path)."""
+        pending = sum(int(float(flag) > 0) for flag in self.skipped)
+        return self.skipped_drained + pending
 
     def drain(self) -> Telemetry:
         import torch
@@ -209,6 +214,7 @@ class DeviceTelemetry:
         stacked = torch.stack([torch.stack(self.losses), torch.stack(self.scales), torch.stack(self.skipped)])
         host = stacked.double().cpu().numpy()
         self.losses, self.scales, self.skipped = [], [], []
+        self.skipped_drained += int((host[2] > 0).sum())
         return Telemetry(loss=host[0], loss_scale=host[1], skipped=host[2] > 0)
 
 
@@ -377,11 +383,19 @@ class TorchBackendBase(Backend):
         raise NotImplementedError
 
     # -------------------------------------------------- shared behaviour
-    def _batch(self, batch_indices: np.ndarray) -> torch.Tensor:
+    def prepare_batches(self, rows: np.ndarray) -> Sequence[Any]:
         import torch
 
-        idx = torch.from_numpy(np.ascontiguousarray(batch_indices, dtype=np.int64))
-        return idx.to(self.device, non_blocking=True).view(self.n_micro, -1)
+        idx = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+        # One copy of the whole block; each step then indexes a (n_micro, micro) view of it.
+        return idx.to(self.device).view(len(rows), self.n_micro, -1).unbind(0)
+
+    def _batch(self, batch_indices: Any) -> torch.Tensor:
+        import torch
+
+        if isinstance(batch_indices, torch.Tensor):
+            return batch_indices
+        return self.prepare_batches(np.asarray(batch_indices)[None])[0]
 
     def _loss(self, rows: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the rows in fp32 (from the logits), divided by the number of
@@ -515,7 +529,7 @@ class TorchBackendBase(Backend):
             "model": to_plain(self.model.state_dict()),
             "optimizer": to_plain(opt_state),
             "applied_steps": self.schedule.applied_steps,
-            "skipped_steps": int(self.telemetry.skipped_total),
+            "skipped_steps": self.telemetry.skipped_steps(),
             "cpu_rng": to_plain(torch.get_rng_state()),
             "cuda_rng": to_plain(torch.cuda.get_rng_state(self.device))
             if self.device.type == "cuda"
@@ -532,7 +546,8 @@ class TorchBackendBase(Backend):
         self.optimizer.load_state_dict(from_plain(state["optimizer"]))
         self.schedule.attach()
         self.schedule.load(int(state["applied_steps"]))
-        self.telemetry.skipped_total.fill_(float(state["skipped_steps"]))
+        self.telemetry.skipped_drained = int(state["skipped_steps"])
+        self.telemetry.losses, self.telemetry.scales, self.telemetry.skipped = [], [], []
         torch.set_rng_state(from_plain(state["cpu_rng"]))
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(from_plain(state["cuda_rng"]), self.device)

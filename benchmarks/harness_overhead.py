@@ -13,8 +13,9 @@ bf16-mixed; fp16-mixed too on CUDA), in one process per framework:
   ``keras.optimizers.Adam`` (and separately ``model.fit``).
 
 Rounds alternate A/B (ABBA order, after a warm-up of both); each round's ratio is suite time
-per step / hand time per step, wall clock, closed by a device sync. Evaluation that the suite
-loop runs at epoch ends is timed and subtracted (it is not training). Printed per case:
+per step / hand time per step, wall clock, closed by a device sync. The suite side runs with
+``train.eval_every_epochs: 0`` (the hand loop does not evaluate; the final evaluation is timed
+and subtracted). Printed per case:
 
     mlp bf16-mixed torch: ratio 1.012 (min 0.991, max 1.030)  suite 0.61 ms/step, hand ...
 
@@ -106,7 +107,11 @@ def make_job(backend: str, model_name: str, policy: str, args: argparse.Namespac
 
 def round_job(job: Any, steps: int) -> Any:
     """The same job trained for ``steps`` steps with no warm-up (the harness warmed it)."""
-    train = job.train.model_copy(update={"steps": steps, "epochs": None, "warmup_steps": 0})
+    # No per-epoch evaluation: the hand loop has none, and an evaluation between steps slows
+    # the next steps (caches refilled), which is the cost of evaluating, not of the harness.
+    train = job.train.model_copy(
+        update={"steps": steps, "epochs": None, "warmup_steps": 0, "eval_every_epochs": 0}
+    )
     return dataclasses.replace(job, train=train)
 
 

@@ -129,7 +129,9 @@ class TrainConfig(_Strict):
     grad_clip_norm: PositiveFloat | None = None
     grad_accumulation: PositiveInt = 1
     warmup_steps: NonNegInt = 5
-    timing_window_steps: PositiveInt = 10
+    timing_window_steps: PositiveInt = 50
+    # Test accuracy every N epochs for the curves (0: only at the end). Outside timed windows.
+    eval_every_epochs: NonNegInt = 1
     divergence_patience: PositiveInt = 20
 
     @model_validator(mode="after")

