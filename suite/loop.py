@@ -25,6 +25,8 @@ from suite.models import init_weights
 from suite.results import SCHEMA
 
 ProgressFn = Callable[[int, int], None]
+# Steps whose batch indices a backend stages at once (Backend.prepare_batches).
+PREPARE_BLOCK_STEPS = 1000
 
 
 class Diverged(RuntimeError):
@@ -126,6 +128,10 @@ def _train(
     warmup = min(train.warmup_steps, total)
     timer = WindowTimer(backend.synchronize)
     curves = _Curves()
+    window = train.timing_window_steps
+    # Batches are handed to the backend a block at a time (between timing windows: a block is
+    # a whole number of windows), so it can stage many steps' indices on the device at once.
+    block = window * max(1, PREPARE_BLOCK_STEPS // window)
     drained_upto = 0
     in_window = 0
     warmup_s = 0.0
@@ -133,30 +139,31 @@ def _train(
     t0 = time.perf_counter()
     try:
         for i, (epoch, _rows) in enumerate(plan):
-            if i == 0 or plan[i - 1][0] != epoch:
-                # Untimed: the timing window is closed at every epoch boundary.
-                epoch_end = next((j for j in range(i, total) if plan[j][0] != epoch), total)
-                batches = backend.prepare_batches(np.stack([r for _, r in plan[i:epoch_end]]))
-                first_of_epoch = i
+            if i % block == 0:
+                batches = backend.prepare_batches(np.stack([r for _, r in plan[i : i + block]]))
             if i == warmup:
                 backend.synchronize()
                 warmup_s = time.perf_counter() - t0
             if i >= warmup and not timer.is_open:
                 timer.open()
-            backend.train_step(batches[i - first_of_epoch])
+            backend.train_step(batches[i % block])
             curves.epoch_of_step.append(epoch)
             if timer.is_open:
                 in_window += 1
             end_of_epoch = i + 1 == total or plan[i + 1][0] != epoch
-            if in_window == train.timing_window_steps or end_of_epoch or i + 1 == warmup:
+            evaluate_now = (
+                end_of_epoch and train.eval_every_epochs and (epoch + 1) % train.eval_every_epochs == 0
+            )
+            # A window closes when full, before an evaluation (kept out of timing), at the end of
+            # warm-up and of a block, and at the end.
+            if in_window == window or evaluate_now or i + 1 in (warmup, total) or (i + 1) % block == 0:
                 timer.close(in_window)
                 in_window = 0
                 curves.absorb(backend, drained_upto, train.divergence_patience)
                 drained_upto = i + 1
                 if progress is not None:
                     progress(i + 1, total)
-                every = train.eval_every_epochs
-                if end_of_epoch and every and (epoch + 1) % every == 0:
+                if evaluate_now:
                     curves.test_accuracy.append(backend.evaluate().test_accuracy)
                     curves.eval_epoch.append(epoch)
     finally:
