@@ -14,6 +14,7 @@ import io
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,8 @@ def _group_title(group: Group) -> str:
 def render_terminal(comparison: Comparison, console: Console) -> None:
     """One table per (model, dataset, device), its headlines and cross-framework verdicts, then
     the unavailable and failed jobs."""
+    # Messages keep one line each: wrapped, they break grep and CI logs.
+    say = partial(console.print, soft_wrap=True)
     for group in comparison.groups:
         table = Table(title=_group_title(group), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
         for column, justify, no_wrap in (
@@ -215,23 +218,23 @@ def render_terminal(comparison: Comparison, console: Console) -> None:
                 _terminal_verdict(row),
             )
         console.print(table)
-        console.print(
+        say(
             f"  accuracy: mean ± 95% CI over seeds; Δ and speedup vs fp32 of the same framework"
             f" (speedup = fp32 step time p50 / step time p50); tolerance ±{group.tolerance_pts:g} pt"
         )
         for headline in comparison.headlines:
             if headline.group == group.key:
                 text = _escape_rich(headline.text)
-                console.print("  " + _rich_outcome("●", headline.outcome) + " " + text)
+                say("  " + _rich_outcome("●", headline.outcome) + " " + text)
         for verdict in group.verdicts:
-            console.print(
+            say(
                 "  "
                 + _rich_outcome(f"cross-framework {verdict.outcome.upper()}", verdict.outcome)
                 + f" {verdict.subject.split(' ', 1)[-1]}: {_escape_rich(verdict.detail)}"
             )
         emulated = [row for row in group.rows if row.emulated]
         for row in emulated:
-            console.print(
+            say(
                 f"  [yellow]emulated[/] {row.label}: {_escape_rich(row.emulated_reason)}"
                 " — kept out of speed claims"
             )
@@ -256,14 +259,16 @@ def _escape_rich(text: str) -> str:
 
 
 def _render_notes(comparison: Comparison, console: Console) -> None:
+    # Messages keep one line each: wrapped, they break grep and CI logs.
+    say = partial(console.print, soft_wrap=True)
     if comparison.unavailable:
-        console.print(f"[bold]unavailable[/] ({len(comparison.unavailable)}, not failures):")
+        say(f"[bold]unavailable[/] ({len(comparison.unavailable)}, not failures):")
         for note in comparison.unavailable:
-            console.print(f"  [dim]{note.job_id}[/]: {_escape_rich(note.message)}")
+            say(f"  [dim]{note.job_id}[/]: {_escape_rich(note.message)}")
     if comparison.failed_jobs:
-        console.print(f"[bold red]failed jobs[/] ({len(comparison.failed_jobs)}):")
+        say(f"[bold red]failed jobs[/] ({len(comparison.failed_jobs)}):")
         for note in comparison.failed_jobs:
-            console.print(f"  [red]{note.status}[/] {note.job_id}: {_escape_rich(note.message)}")
+            say(f"  [red]{note.status}[/] {note.job_id}: {_escape_rich(note.message)}")
 
 
 def print_verdicts(comparison: Comparison, console: Console) -> None:
