@@ -28,6 +28,7 @@ from suite.models import (
     GELU_APPROXIMATE,
     LAYER_NORM_EPS,
     MAX_POOL,
+    check_weight_names,
     num_tokens,
 )
 
@@ -251,13 +252,7 @@ def load_keras_weights(model: keras.Model, weights: dict[str, np.ndarray]) -> No
     """Assign ``weights`` (canonical names/layouts) to ``model``, every variable exactly once.
     Missing, unexpected or misshapen names raise."""
     slots = keras_variable_map(model)
-    missing = sorted(set(slots) - set(weights))
-    unexpected = sorted(set(weights) - set(slots))
-    if missing or unexpected:
-        raise ValueError(
-            f"weights do not fit the Keras {model.name}: missing {missing or 'none'}, "
-            f"unexpected {unexpected or 'none'}"
-        )
+    check_weight_names(slots, weights, f"Keras {model.name}")
     for name, var in slots.items():
         value = np.asarray(weights[name], np.float32)
         if tuple(value.shape) != tuple(var.shape):

@@ -65,16 +65,22 @@ def _torch_clip(grads: list, max_norm: float) -> list:
     return [g if g is None else g * coef for g in grads]
 
 
-class TorchSGD(keras.optimizers.SGD):
+class _TorchClip:
+    """Global-norm clipping as torch's ``clip_grad_norm_`` (``clip_norm`` None: off)."""
+
+    clip_norm: float | None
+
+    def _clip_gradients(self, grads):
+        return grads if self.clip_norm is None else _torch_clip(grads, self.clip_norm)
+
+
+class TorchSGD(_TorchClip, keras.optimizers.SGD):
     """``torch.optim.SGD`` (dampening 0, no Nesterov) with coupled L2 ``weight_decay``."""
 
     def __init__(self, l2: float = 0.0, clip_norm: float | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.l2 = float(l2)
         self.clip_norm = clip_norm
-
-    def _clip_gradients(self, grads):
-        return grads if self.clip_norm is None else _torch_clip(grads, self.clip_norm)
 
     def update_step(self, gradient, variable, learning_rate):
         lr = ops.cast(learning_rate, variable.dtype)
@@ -89,7 +95,7 @@ class TorchSGD(keras.optimizers.SGD):
         self.assign_sub(variable, lr * g)
 
 
-class TorchAdam(keras.optimizers.Adam):
+class TorchAdam(_TorchClip, keras.optimizers.Adam):
     """``torch.optim.Adam`` (coupled L2 ``weight_decay``) or, with ``decoupled=True``,
     ``torch.optim.AdamW``."""
 
@@ -104,9 +110,6 @@ class TorchAdam(keras.optimizers.Adam):
         self.l2 = float(l2)
         self.decoupled = decoupled
         self.clip_norm = clip_norm
-
-    def _clip_gradients(self, grads):
-        return grads if self.clip_norm is None else _torch_clip(grads, self.clip_norm)
 
     def update_step(self, gradient, variable, learning_rate):
         lr = ops.cast(learning_rate, variable.dtype)

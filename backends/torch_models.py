@@ -25,6 +25,7 @@ from suite.models import (
     GELU_APPROXIMATE,
     LAYER_NORM_EPS,
     MAX_POOL,
+    check_weight_names,
     num_tokens,
 )
 
@@ -224,13 +225,7 @@ def load_canonical_weights(module: nn.Module, weights: dict[str, np.ndarray]) ->
     """Copy ``weights`` (canonical names/layouts) into ``module``: every slot exactly once,
     values converted to the module's dtype. Missing, unexpected or misshapen names raise."""
     slots = _slots(module)
-    missing = sorted(set(slots) - set(weights))
-    unexpected = sorted(set(weights) - set(slots))
-    if missing or unexpected:
-        raise ValueError(
-            f"weights do not fit the {type(module).__name__}: missing {missing or 'none'}, "
-            f"unexpected {unexpected or 'none'}"
-        )
+    check_weight_names(slots, weights, type(module).__name__)
     with torch.no_grad():
         for name, (tensor, to_torch, _) in slots.items():
             value = np.ascontiguousarray(to_torch(np.asarray(weights[name], np.float32)))

@@ -170,3 +170,14 @@ def init_weights(
     else:  # pragma: no cover - the config union admits nothing else
         raise TypeError(f"unknown model config {type(model).__name__}")
     return w
+
+
+def check_weight_names(expected: Any, weights: dict[str, np.ndarray], what: str) -> None:
+    """Raise if ``weights`` does not name exactly the slots ``expected`` (any iterable of
+    canonical names) of the model ``what``: every weight is loaded exactly once."""
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"weights do not fit the {what}: missing {missing or 'none'}, unexpected {unexpected or 'none'}"
+        )
