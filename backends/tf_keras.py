@@ -321,6 +321,9 @@ class TfKerasBackend(Backend):
             placed_step, jit_compile=jit, input_signature=[tf.TensorSpec([batch], tf.int32)]
         )
         self._eval_fn = tf.function(evaluate, jit_compile=jit)
+        # The traced graph itself: calling it skips tf.function's per-call argument binding and
+        # dispatch (about 80 µs a step on a 2-core CPU), which the fixed signature makes moot.
+        self._step_graph = self._step_fn.get_concrete_function()
 
     # -------------------------------------------------- training
     def prepare_batches(self, rows: np.ndarray) -> Sequence[Any]:
@@ -332,7 +335,7 @@ class TfKerasBackend(Backend):
     def train_step(self, batch_indices: Any) -> None:
         if isinstance(batch_indices, np.ndarray):
             batch_indices = self.prepare_batches(batch_indices[None])[0]
-        self._last_row = self._step_fn(batch_indices)
+        self._last_row = self._step_graph(batch_indices)
         self._rows.append(self._last_row)
 
     def drain_telemetry(self) -> Telemetry:
@@ -498,6 +501,7 @@ class TfKerasBackend(Backend):
 
         for attr in (
             "_step_fn",
+            "_step_graph",
             "_eval_fn",
             "model",
             "optimizer",
