@@ -124,5 +124,13 @@ def base_environment() -> dict[str, Any]:
         "hostname": platform.node(),
         **cpu_info(),
         "git_commit": git_commit(),
-        "threads_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+        "threads_env": {
+            k: os.environ.get(k)
+            for k in (
+                "OMP_NUM_THREADS",
+                "MKL_NUM_THREADS",
+                "TF_NUM_INTRAOP_THREADS",
+                "TF_NUM_INTEROP_THREADS",
+            )
+        },
     }
