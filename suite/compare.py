@@ -85,7 +85,7 @@ class Row:
     memory_source: str | None = None
     memory_ratio: float | None = None
     skipped_steps: float | None = None  # mean over seeds
-    loss_scale_final: float | None = None
+    loss_scale_final: float | None = None  # median over seeds
     observed: dict[str, Any] = field(default_factory=dict)
     emulated: bool = False
     emulated_reason: str = ""
@@ -466,7 +466,10 @@ def _aggregate_row(row: Row, records: list[dict[str, Any]]) -> None:
     sources = {(r.get("metrics") or {}).get("memory_source") for r in records} - {None}
     row.memory_source = " / ".join(sorted(map(str, sources))) or None
     row.skipped_steps = _mean([_metric(r, "skipped_steps") for r in records])
-    row.loss_scale_final = _mean([_metric(r, "loss_scale_final") for r in records])
+    # Median, not mean: a loss scale is a power of the growth factor, and the median is one the
+    # scaler actually reached (the mean of 2^16, 2^15, 2^15 is no scale any seed had).
+    scales = [v for r in records if (v := _metric(r, "loss_scale_final")) is not None]
+    row.loss_scale_final = float(np.median(scales)) if scales else None
     if records:
         row.observed = dict(records[0].get("observed") or {})
 
