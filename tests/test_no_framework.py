@@ -1,0 +1,49 @@
+"""`import backends, suite` and the framework-free commands work with no framework installed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+# Makes torch, tensorflow, keras and jax unimportable, as on a machine without them.
+BLOCK = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "tensorflow", "keras", "jax"):
+            raise ImportError(f"blocked: {name}")
+        return None
+sys.meta_path.insert(0, Block())
+import importlib.util
+_find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, *a, **k: (
+    None if name.split(".")[0] in ("torch", "tensorflow", "keras", "jax") else _find_spec(name, *a, **k)
+)
+"""
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCK + code], capture_output=True, text=True, timeout=120)
+
+
+def test_imports_and_list_without_frameworks():
+    result = _run(
+        "import backends, suite, suite.cli, suite.runner, suite.compare, suite.report, suite.loop\n"
+        "from backends import backend_names, get_backend_class\n"
+        "for name in backend_names():\n"
+        "    print(name, get_backend_class(name).is_available().reason)\n"
+        "sys.exit(suite.cli.main(['list']))\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "torch-amp torch is not installed" in result.stdout
+    assert "tf-keras tensorflow is not installed" in result.stdout
+
+
+def test_run_without_frameworks_records_every_job_unavailable(tmp_path):
+    out = tmp_path / "run"
+    result = _run(
+        f"import suite.cli; sys.exit(suite.cli.main(['run', 'configs/smoke.yaml', '--out', {str(out)!r}]))"
+    )
+    assert result.returncode == 0, result.stderr
+    records = (out / "results.jsonl").read_text().splitlines()
+    assert len(records) == 2 and all('"status":"unavailable"' in r for r in records)
