@@ -123,7 +123,7 @@ def test_sigint_keeps_finished_records_stops_worker_and_exits_130(fake_backends,
     assert proc.returncode == 130, stderr
     assert f"precision-suite run --resume {out}" in stdout
     finished = _records(out)
-    assert 1 <= len(finished) < len(FAKE_JOB_IDS)
+    assert 0 < len(finished) < len(FAKE_JOB_IDS)
     assert all(r["status"] == "ok" for r in finished)
     log = (out / "logs" / "worker-numpy.log").read_text()
     worker_pid = int(log.split("[worker ")[1].split("]")[0])
