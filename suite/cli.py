@@ -82,6 +82,14 @@ def _load_run_config(args: argparse.Namespace):
             raise UsageError(f"--resume {args.resume}: no {CONFIG_FILE} there (not a run directory)")
     config = load_config(path, args.overrides)
     check_backends(config, str(path or "default.yaml"))
+    # The data is checked here, once, so a missing or malformed file is a usage error before
+    # any job starts rather than the same failure recorded for every job.
+    from suite.data import DataError, load_dataset
+
+    try:
+        load_dataset(config.data)
+    except DataError as exc:
+        raise UsageError(f"{path or 'default.yaml'}: data: {exc}") from None
     return config
 
 

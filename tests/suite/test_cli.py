@@ -42,6 +42,26 @@ def test_bad_input_exits_2_with_one_line_and_no_traceback(tmp_path, args, expect
     assert not (tmp_path / "run").exists(), "nothing may run on a bad config"
 
 
+def test_missing_data_file_exits_2_before_any_job(tmp_path):
+    out = tmp_path / "run"
+    result = _cli(
+        "run",
+        "configs/smoke.yaml",
+        "--out",
+        str(out),
+        "--set",
+        "data.name=npz",
+        "--set",
+        f"data.path={tmp_path / 'nope.npz'}",
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == f"error: configs/smoke.yaml (with --set): data: {tmp_path / 'nope.npz'}: no such file"
+    )
+    assert not out.exists()
+
+
 def test_unknown_yaml_key_exits_2(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("train:\n  epochs: 1\n  batchsize: 8\n")
