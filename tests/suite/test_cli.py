@@ -57,7 +57,7 @@ def test_missing_data_file_exits_2_before_any_job(tmp_path):
     assert result.returncode == 2
     assert (
         result.stderr.strip()
-        == f"error: configs/smoke.yaml (with --set): data: {tmp_path / 'nope.npz'}: no such file"
+        == f"error: configs/smoke.yaml: data: {tmp_path / 'nope.npz'}: no such file"
     )
     assert not out.exists()
 
