@@ -142,6 +142,7 @@ class LrSchedule:
         self.table_host = [
             job.train.optimizer.lr * lr_factor(job.train.lr_schedule, t, horizon) for t in range(horizon)
         ]
+        self.constant = len(set(self.table_host)) == 1
         if on_device:
             self.table = torch.tensor(self.table_host, dtype=torch.float32, device=device)
             self.lr = self.table[0].clone()
@@ -161,6 +162,8 @@ class LrSchedule:
                 group["lr"] = self.lr
 
     def before_step(self) -> None:
+        if self.constant:
+            return  # the lr every group already holds: nothing to do on the hot path
         if self.on_device:
             index = self.applied.clamp(max=len(self.table_host) - 1).view(1)
             self.lr.copy_(self.table.index_select(0, index).view(()))
