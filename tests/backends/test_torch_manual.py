@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -215,10 +217,13 @@ def test_resume_in_new_process_is_bit_identical(tmp_path, policy):
     _resume_matches_uninterrupted(tmp_path, spec)
 
 
-@pytest.mark.slow
 def test_underflow_positive_control():
     from tests.backends.torch_helpers import underflow_control
 
     unscaled, scaled = underflow_control(BACKEND)
-    assert scaled["loss"] < unscaled["loss"] - 0.3
-    assert scaled["accuracy"] > unscaled["accuracy"] + 0.1
+    # Without scaling it does not learn: the loss stays at ln 10 (uniform predictions) and the
+    # accuracy at chance. With scaling the same fp16 run learns.
+    assert unscaled["loss"] > math.log(10) - 0.01
+    assert unscaled["accuracy"] < 0.15
+    assert scaled["loss"] < math.log(10) - 0.2
+    assert scaled["accuracy"] > unscaled["accuracy"]
