@@ -153,3 +153,35 @@ def test_per_job_isolation_uses_a_fresh_process_per_job(fake_backends, fake_conf
     pids = {line.split()[1] for line in log.splitlines() if line.startswith("[worker ")}
     assert code == 0
     assert len(pids) == 2
+
+
+@pytest.mark.parametrize("order", [["tf-keras", "torch-amp"], ["torch-amp", "tf-keras"]])
+def test_torch_and_keras_jobs_in_one_run_in_either_order(tmp_path, order):
+    """Each framework runs in its own worker process, so their import-order conflicts cannot
+    arise; the fp32 runs of both agree (cross-framework verdict)."""
+    from tests.conftest import HAS_TF, HAS_TORCH
+
+    if not (HAS_TF and HAS_TORCH):
+        pytest.skip("needs both torch and tensorflow")
+    out = tmp_path / "run"
+    code = main(
+        [
+            "run",
+            "configs/smoke.yaml",
+            "--out",
+            str(out),
+            "--set",
+            f"backends.names=[{', '.join(order)}]",
+            "--set",
+            "backends.policies={torch-amp: [fp32], tf-keras: [fp32]}",
+        ]
+    )
+    records = _records(out)
+    assert code == 0
+    assert [r["backend"] for r in records] == order
+    assert all(r["status"] == "ok" for r in records)
+    torch_loss, tf_loss = (
+        next(r for r in records if r["backend"] == b)["curves"]["train_loss"]
+        for b in ("torch-amp", "tf-keras")
+    )
+    assert torch_loss == pytest.approx(tf_loss, rel=1e-4)
