@@ -169,13 +169,9 @@ def chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-@needs_chromium
-def test_report_html_renders_in_headless_chromium_with_all_plots(tmp_path):
-    records = run_records()
-    paths = report.write_reports(tmp_path / "out", compare(records), records)
-    page = tmp_path / "out" / "report.html"
-    n_plots = sum(p.suffix == ".png" for p in paths)
-
+def assert_renders_in_chromium(tmp_path, page, n_plots: int) -> None:
+    """``page`` opens in headless Chromium with its ``n_plots`` images decoded, and the
+    screenshot is neither blank nor colourless."""
     # The report carries no script; a probe copy reports what the browser decoded.
     probe = tmp_path / "probe.html"
     probe.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
@@ -195,3 +191,12 @@ def test_report_html_renders_in_headless_chromium_with_all_plots(tmp_path):
     coloured = (np.ptp(pixels, axis=-1) > 0.3).mean()  # plot lines/bars, pass/fail text
     assert not_white > 0.05, f"screenshot nearly blank ({not_white:.1%} non-white)"
     assert coloured > 0.005, f"screenshot has no colour ({coloured:.2%})"
+
+
+@needs_chromium
+def test_report_html_renders_in_headless_chromium_with_all_plots(tmp_path):
+    records = run_records()
+    paths = report.write_reports(tmp_path / "out", compare(records), records)
+    assert_renders_in_chromium(
+        tmp_path, tmp_path / "out" / "report.html", sum(p.suffix == ".png" for p in paths)
+    )
