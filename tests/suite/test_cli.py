@@ -55,10 +55,7 @@ def test_missing_data_file_exits_2_before_any_job(tmp_path):
         f"data.path={tmp_path / 'nope.npz'}",
     )
     assert result.returncode == 2
-    assert (
-        result.stderr.strip()
-        == f"error: configs/smoke.yaml: data: {tmp_path / 'nope.npz'}: no such file"
-    )
+    assert result.stderr.strip() == f"error: configs/smoke.yaml: data: {tmp_path / 'nope.npz'}: no such file"
     assert not out.exists()
 
 
