@@ -276,6 +276,20 @@ class TorchBackendBase(Backend):
     def is_available():
         return module_available("torch")
 
+    @classmethod
+    def resolve_device(cls, requested: str) -> str:
+        from backends.base import DeviceUnavailable
+
+        if requested == "cpu":
+            return "cpu"
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+        if requested == "cuda":
+            raise DeviceUnavailable("device cuda: torch sees no CUDA device")
+        return "cpu"
+
     # -------------------------------------------------- setup
     def setup(self, job: Job, init_weights: dict[str, np.ndarray], data: Dataset) -> None:
         import torch

@@ -126,3 +126,24 @@ def test_state_dict_round_trip_continues_identically(started):
     backend.train_step(plan[0][1])
     again = backend.drain_telemetry().loss
     np.testing.assert_array_equal(first, again)
+
+
+@pytest.mark.parametrize("name", backend_names())
+def test_device_resolution(name):
+    """ "auto" is CUDA exactly when the framework sees a GPU; "cuda" without one is unavailable
+    (a recorded status), never a silent CPU run."""
+    from backends.base import DeviceUnavailable
+    from tests.conftest import _cuda_available
+
+    cls = get_backend_class(name)
+    available = cls.is_available()
+    if not available.ok:
+        pytest.skip(f"{name}: {available.reason}")
+    assert cls.resolve_device("cpu") == "cpu"
+    if name.startswith("torch"):
+        assert cls.resolve_device("auto") == ("cuda" if _cuda_available() else "cpu")
+    if cls.resolve_device("auto") == "cpu":
+        with pytest.raises(DeviceUnavailable):
+            cls.resolve_device("cuda")
+    else:
+        assert cls.resolve_device("cuda") == "cuda"
