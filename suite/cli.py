@@ -4,7 +4,8 @@ Exit codes:
   0    everything ran and every verdict passed
   1    a verdict failed (parity, cross-framework or precision-active)
   2    bad config or usage (nothing was run)
-  3    some jobs failed (crashed, timeout, oom, diverged, error); `unavailable` is not a failure
+  3    some jobs failed (crashed, timeout, oom, diverged, error); `unavailable` is not a failure,
+       nor is a -pure policy diverging (information) unless parity.check_pure
   130  interrupted (Ctrl-C); finished records are kept, `--resume DIR` continues
 """
 
