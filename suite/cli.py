@@ -137,11 +137,8 @@ def _report(out_dir: Path, console: Console, tolerance: float | None, write: boo
     records = list(latest_by_job(read.records).values())
     if not records:
         raise UsageError(f"{path}: no valid records")
-    try:
-        from suite import compare, report
-    except ImportError:  # pragma: no cover - during bring-up only
-        console.print(f"{len(records)} records in {path}")
-        return EXIT_OK
+    from suite import compare, report
+
     comparison = compare.compare(records, tolerance_pts=tolerance)
     if write:
         report.render_terminal(comparison, console)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from importlib import resources
 from pathlib import Path
@@ -325,8 +324,6 @@ def _format_error(error: dict[str, Any], source: str) -> str:
         "less_than": f"a number < {error.get('ctx', {}).get('lt')}",
         "less_than_equal": f"a number <= {error.get('ctx', {}).get('le')}",
     }.get(kind)
-    if kind in {"greater_than", "greater_than_equal"} and "int" in str(error.get("ctx")):
-        expected = expected
     if expected is None:
         if kind == "literal_error":
             expected = "one of " + msg.removeprefix("Input should be ")
@@ -417,7 +414,3 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raw = apply_overrides(raw, overrides)
         source = f"{source} (with --set)"
     return validate(raw, source)
-
-
-def is_finite_number(value: float) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)

@@ -88,11 +88,14 @@ def expand_jobs(config: SuiteConfig, device: str) -> list[Job]:
 
     config_hash = config.config_hash()
     jobs: list[Job] = []
+    resolved = {}
+    for name in config.backends.names:
+        cls = get_backend_class(name)
+        options = cls.Options.model_validate(config.backends.options.get(name, {}))
+        resolved[name] = (cls, config.backends.policies.get(name, list(cls.policies)), options)
     for model in config.models:
         for name in config.backends.names:
-            cls = get_backend_class(name)
-            policies = config.backends.policies.get(name, list(cls.policies))
-            options = cls.Options.model_validate(config.backends.options.get(name, {}))
+            cls, policies, options = resolved[name]
             for policy in policies:
                 for seed in config.seeds:
                     jobs.append(

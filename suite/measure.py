@@ -69,18 +69,20 @@ class WindowTimer:
 @cache
 def cpu_info() -> dict[str, Any]:
     """CPU model and the ISA flags that decide whether half precision is accelerated."""
-    model, flags = platform.processor() or "unknown", set()
+    # /proc/cpuinfo (Linux) names the model and its flags; elsewhere only the platform's name.
+    model, flags = None, set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             key = key.strip()
-            if key == "model name" and model in ("unknown", "", platform.processor()):
+            if key == "model name" and model is None:
                 model = value.strip()
             elif key == "flags":
                 flags = set(value.split())
                 break
     except OSError:
         pass
+    model = model or platform.processor() or "unknown"
     return {
         "cpu_model": model,
         "cpu_count": os.cpu_count(),

@@ -37,37 +37,33 @@ def is_job_failure(record: dict[str, Any], check_pure: bool = False) -> bool:
     return True
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     # JSON has no NaN/inf; a non-finite metric is written as null rather than invalid JSON.
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if hasattr(value, "item") and callable(value.item):  # numpy scalar
-        return _jsonable(value.item())
+        return jsonable(value.item())
     return value
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
     """Append one record as one line with a single write(2) on an O_APPEND descriptor, then
     fsync: a kill at any moment leaves every earlier record intact."""
-    line = json.dumps(_jsonable(record), separators=(",", ":"), allow_nan=False) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    line = json.dumps(jsonable(record), separators=(",", ":"), allow_nan=False) + "\n"
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
-        if size:
-            # A writer killed mid-line leaves no newline: start a fresh line so this record is
-            # not glued to the damaged one.
-            with open(path, "rb") as check:
-                check.seek(size - 1)
-                if check.read(1) != b"\n":
-                    line = "\n" + line
+        # A writer killed mid-line leaves no newline: start a fresh line so this record is
+        # not glued to the damaged one.
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = "\n" + line
         data = line.encode("utf-8")
         while data:
-            written = os.write(fd, data)
-            data = data[written:]
+            data = data[os.write(fd, data) :]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -11,6 +11,7 @@ plugs in at the same seam.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -19,7 +20,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -38,10 +38,9 @@ from rich.progress import (
 from backends import get_backend_class
 from suite.config import SuiteConfig
 from suite.jobs import Job, expand_jobs
-from suite.loop import new_record
+from suite.loop import ProgressFn, new_record
 from suite.results import (
     RESULTS_FILE,
-    _jsonable,
     append_record,
     is_job_failure,
     latest_by_job,
@@ -51,8 +50,6 @@ from suite.results import (
 CONFIG_FILE = "config.yaml"
 STDERR_TAIL_LINES = 15
 WORKER_START_TIMEOUT_S = 300.0
-
-ProgressFn = Callable[[int, int], None]
 
 
 def worker_environment(config: SuiteConfig) -> dict[str, str]:
@@ -105,8 +102,6 @@ class Worker:
 
     def _next(self, deadline: float) -> dict[str, Any] | None:
         """The next message, None at EOF; raises TimeoutError past the deadline."""
-        import json
-
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -154,8 +149,6 @@ class Worker:
         return f"worker exited with code {code}"
 
     def run(self, job: Job, timeout_s: float, progress: ProgressFn) -> dict[str, Any]:
-        import json
-
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write((json.dumps({"type": "job", "job": job.to_dict()}) + "\n").encode())
@@ -342,7 +335,7 @@ def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool
                     record = executor.run(job, on_step)
                     retry = _half_batch_retry(config, job, record)
                     if retry is not None:
-                        append_record(results_path, _jsonable(record))
+                        append_record(results_path, record)
                         progress.console.print(_status_line(record), highlight=False, soft_wrap=True)
                         record = executor.run(retry, on_step)
                         record["retry"] = {
@@ -350,7 +343,7 @@ def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool
                             "batch_size": retry.train.batch_size,
                             "original_batch_size": job.train.batch_size,
                         }
-                append_record(results_path, _jsonable(record))
+                append_record(results_path, record)
                 summary.statuses[record["status"]] += 1
                 summary.failed += is_job_failure(record, config.parity.check_pure)
                 progress.console.print(_status_line(record), highlight=False, soft_wrap=True)

@@ -49,7 +49,7 @@ def main() -> int:
     # Imported after the redirect: importing the loop imports numpy, and jobs import frameworks.
     from suite.jobs import Job
     from suite.loop import run_job
-    from suite.results import _jsonable
+    from suite.results import jsonable
 
     _send(out, {"type": "ready", "pid": os.getpid()})
     for line in sys.stdin:
@@ -63,7 +63,7 @@ def main() -> int:
             _send(out, {"type": "progress", "step": step, "total": total})
 
         record = run_job(job, progress)
-        _send(out, {"type": "result", "record": _jsonable(record)})
+        _send(out, {"type": "result", "record": jsonable(record)})
     return 0
 
 
