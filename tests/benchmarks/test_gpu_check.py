@@ -9,24 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from suite.config import MlpConfig, load_config
+from suite.config import load_config
 from suite.jobs import check_backends, expand_jobs
+from tests.suite.test_mfu import _record
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "gpu-throughput.yaml"
-MLP = MlpConfig(hidden=[4])
-
-
-def _record(policy: str, device_name: str, samples_per_s: float | None) -> dict:
-    return {
-        "policy": policy,
-        "config": {
-            "model": MLP.model_dump(mode="json"),
-            "data": {"name": "synthetic", "synthetic": {"shape": [6], "num_classes": 3}},
-        },
-        "environ": {"device_name": device_name},
-        "metrics": {"samples_per_s": samples_per_s},
-    }
 
 
 def test_gpu_throughput_config_validates():

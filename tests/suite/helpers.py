@@ -28,3 +28,20 @@ def activate(site: Path, monkeypatch) -> None:
     for p in reversed(paths):
         monkeypatch.syspath_prepend(p)
     registry.cache_clear()
+
+
+def run_cli(config, out: Path, *overrides: str) -> int:
+    """``precision-suite run CONFIG --out OUT --set O1 --set O2 ...`` in this process."""
+    from suite.cli import main
+
+    args = ["run", str(config), "--out", str(out)]
+    for override in overrides:
+        args += ["--set", override]
+    return main(args)
+
+
+def read_run(out: Path) -> list[dict]:
+    """The valid records of the run in ``out``."""
+    from suite.results import read_records
+
+    return read_records(out / "results.jsonl").records

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from suite.cli import main
+from tests.suite.helpers import read_run, run_cli
 
 
 def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -119,21 +120,13 @@ def test_missing_tensorflow_makes_tf_keras_unavailable_and_torch_jobs_still_run(
     assert "unavailable: tensorflow is not installed" in tf_row
 
     out = tmp_path / "run"
-    code = main(
-        [
-            "run",
-            "configs/smoke.yaml",
-            "--out",
-            str(out),
-            "--set",
-            "backends.names=[torch-amp, tf-keras]",
-            "--set",
-            "backends.policies={torch-amp: [fp32], tf-keras: [fp32]}",
-        ]
+    code = run_cli(
+        "configs/smoke.yaml",
+        out,
+        "backends.names=[torch-amp, tf-keras]",
+        "backends.policies={torch-amp: [fp32], tf-keras: [fp32]}",
     )
-    from suite.results import read_records
-
-    statuses = {r["backend"]: (r["status"], r["error"]) for r in read_records(out / "results.jsonl").records}
+    statuses = {r["backend"]: (r["status"], r["error"]) for r in read_run(out)}
     assert code == 0
     assert statuses["tf-keras"] == ("unavailable", "tensorflow is not installed")
     assert statuses["torch-amp"][0] == "ok"
@@ -184,25 +177,15 @@ def test_third_party_backend_installed_with_pip_is_listed_and_runs(tmp_path, mon
         assert main(["list"]) == 0
         assert "third-party" in capsys.readouterr().out
         out = tmp_path / "run"
-        code = main(
-            [
-                "run",
-                "configs/smoke.yaml",
-                "--out",
-                str(out),
-                "--set",
-                "backends.names=[third-party]",
-                "--set",
-                "loss_scale.enabled=false",
-                "--set",
-                "backends.policies={third-party: [fp32, fp16-mixed]}",
-            ]
+        code = run_cli(
+            "configs/smoke.yaml",
+            out,
+            "backends.names=[third-party]",
+            "loss_scale.enabled=false",
+            "backends.policies={third-party: [fp32, fp16-mixed]}",
         )
-        from suite.results import read_records
-
-        records = read_records(out / "results.jsonl").records
         assert code == 0
-        assert [(r["backend"], r["policy"], r["status"]) for r in records] == [
+        assert [(r["backend"], r["policy"], r["status"]) for r in read_run(out)] == [
             ("third-party", "fp32", "ok"),
             ("third-party", "fp16-mixed", "ok"),
         ]

@@ -11,19 +11,15 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import yaml
 
 from suite.cli import main
 from suite.results import append_record, read_records
+from tests.suite.helpers import read_run, run_cli
 
 FAKE_JOB_IDS = {f"mlp/digits/fake/{p}/seed{s}" for p in ("fp32", "tf32", "fp16-mixed") for s in (0, 1)}
-
-
-def _records(out: Path):
-    return read_records(out / "results.jsonl").records
 
 
 def _cli_process(args: list[str]) -> subprocess.Popen:
@@ -37,31 +33,23 @@ def _cli_process(args: list[str]) -> subprocess.Popen:
 
 def test_tf32_on_cpu_is_unavailable_with_reason(fake_backends, fake_config, tmp_path):
     out = tmp_path / "run"
-    assert main(["run", str(fake_config), "--out", str(out), "--set", "backends.policies.fake=[tf32]"]) == 0
-    for record in _records(out):
+    assert run_cli(fake_config, out, "backends.policies.fake=[tf32]") == 0
+    for record in read_run(out):
         assert record["status"] == "unavailable"
         assert record["error"] == "tf32 needs a CUDA device (device is cpu)"
 
 
 def test_oom_retries_with_half_batch_when_configured(fake_backends, fake_config, tmp_path):
     out = tmp_path / "run"
-    code = main(
-        [
-            "run",
-            str(fake_config),
-            "--out",
-            str(out),
-            "--set",
-            "backends.policies.fake=[fp32]",
-            "--set",
-            "seeds=[0]",
-            "--set",
-            "runner.oom_retry_half_batch=true",
-            "--set",
-            "backends.options.fake={oom_above_batch: 16}",
-        ]
+    code = run_cli(
+        str(fake_config),
+        out,
+        "backends.policies.fake=[fp32]",
+        "seeds=[0]",
+        "runner.oom_retry_half_batch=true",
+        "backends.options.fake={oom_above_batch: 16}",
     )
-    first, retried = _records(out)
+    first, retried = read_run(out)
     assert code == 0
     assert first["status"] == "oom" and "batch size 32" in first["error"]
     assert retried["status"] == "ok"
@@ -73,7 +61,7 @@ def test_damaged_line_is_skipped_with_warning_and_resume_reruns_only_that_job(
     fake_backends, fake_config, tmp_path, capsys
 ):
     out = tmp_path / "run"
-    assert main(["run", str(fake_config), "--out", str(out)]) == 0
+    assert run_cli(str(fake_config), out) == 0
     path = out / "results.jsonl"
     lines = path.read_text().splitlines()
     damaged_id = json.loads(lines[1])["job_id"]
@@ -89,7 +77,7 @@ def test_damaged_line_is_skipped_with_warning_and_resume_reruns_only_that_job(
 
     assert main(["run", "--resume", str(out)]) == 0
     assert "line 2: damaged record skipped" in capsys.readouterr().out
-    records = _records(out)
+    records = read_run(out)
     ok_runs = Counter(r["job_id"] for r in records if r["status"] == "ok")
     # Every ok job ran exactly once, the damaged one included (its first record is unreadable).
     assert set(ok_runs) == {j for j in FAKE_JOB_IDS if "/tf32/" not in j}
@@ -122,7 +110,7 @@ def test_sigint_keeps_finished_records_stops_worker_and_exits_130(fake_backends,
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert f"precision-suite run --resume {out}" in stdout
-    finished = _records(out)
+    finished = read_run(out)
     assert 0 < len(finished) < len(FAKE_JOB_IDS)
     assert all(r["status"] == "ok" for r in finished)
     log = (out / "logs" / "worker-numpy.log").read_text()

@@ -8,17 +8,13 @@ from collections import Counter
 import pytest
 
 from suite.cli import main
-from suite.results import read_records
-
-
-def _records(out):
-    return read_records(out / "results.jsonl").records
+from tests.suite.helpers import read_run, run_cli
 
 
 def test_run_writes_one_ok_record_per_job(fake_backends, fake_config, tmp_path):
     out = tmp_path / "run"
-    code = main(["run", str(fake_config), "--out", str(out), "--set", "backends.policies.fake=[fp32]"])
-    records = _records(out)
+    code = run_cli(fake_config, out, "backends.policies.fake=[fp32]")
+    records = read_run(out)
     assert code == 0
     assert sorted(r["job_id"] for r in records) == [
         "mlp/digits/fake/fp32/seed0",
@@ -38,9 +34,13 @@ def test_run_writes_one_ok_record_per_job(fake_backends, fake_config, tmp_path):
 
 def test_killed_worker_is_recorded_crashed_and_run_continues(fake_backends, fake_config, tmp_path):
     out = tmp_path / "run"
-    args = ["run", str(fake_config), "--out", str(out), "--set", "backends.policies.fake=[fp32]"]
-    code = main(args + ["--set", "backends.options.fake={crash_at_step: 3, fault_seeds: [0]}"])
-    by_id = {r["job_id"]: r for r in _records(out)}
+    code = run_cli(
+        fake_config,
+        out,
+        "backends.policies.fake=[fp32]",
+        "backends.options.fake={crash_at_step: 3, fault_seeds: [0]}",
+    )
+    by_id = {r["job_id"]: r for r in read_run(out)}
     crashed = by_id["mlp/digits/fake/fp32/seed0"]
     assert code == 3
     assert crashed["status"] == "crashed"
@@ -50,10 +50,10 @@ def test_killed_worker_is_recorded_crashed_and_run_continues(fake_backends, fake
 
     # Resume without the fault: only the crashed job runs again.
     code = main(["run", "--resume", str(out), "--set", "backends.options.fake={}"])
-    runs = Counter(r["job_id"] for r in _records(out))
+    runs = Counter(r["job_id"] for r in read_run(out))
     assert code == 0
     assert runs == {"mlp/digits/fake/fp32/seed0": 2, "mlp/digits/fake/fp32/seed1": 1}
-    assert _records(out)[-1]["status"] == "ok"
+    assert read_run(out)[-1]["status"] == "ok"
 
 
 @pytest.mark.parametrize(
@@ -68,21 +68,14 @@ def test_killed_worker_is_recorded_crashed_and_run_continues(fake_backends, fake
 def test_faults_become_statuses(fake_backends, fake_config, tmp_path, options, status, message):
     out = tmp_path / "run"
     options = {**options, "fault_seeds": [0]}
-    code = main(
-        [
-            "run",
-            str(fake_config),
-            "--out",
-            str(out),
-            "--set",
-            "backends.policies.fake=[fp32]",
-            "--set",
-            "train.divergence_patience=3",
-            "--set",
-            f"backends.options.fake={json.dumps(options)}",
-        ]
+    code = run_cli(
+        str(fake_config),
+        out,
+        "backends.policies.fake=[fp32]",
+        "train.divergence_patience=3",
+        f"backends.options.fake={json.dumps(options)}",
     )
-    by_id = {r["job_id"]: r for r in _records(out)}
+    by_id = {r["job_id"]: r for r in read_run(out)}
     assert code == 3
     assert by_id["mlp/digits/fake/fp32/seed0"]["status"] == status
     assert message in by_id["mlp/digits/fake/fp32/seed0"]["error"]
@@ -91,21 +84,14 @@ def test_faults_become_statuses(fake_backends, fake_config, tmp_path, options, s
 
 def test_hung_job_times_out_and_run_continues(fake_backends, fake_config, tmp_path):
     out = tmp_path / "run"
-    code = main(
-        [
-            "run",
-            str(fake_config),
-            "--out",
-            str(out),
-            "--set",
-            "backends.policies.fake=[fp32]",
-            "--set",
-            "runner.job_timeout_s=3",
-            "--set",
-            "backends.options.fake={hang_at_step: 5, fault_seeds: [0]}",
-        ]
+    code = run_cli(
+        str(fake_config),
+        out,
+        "backends.policies.fake=[fp32]",
+        "runner.job_timeout_s=3",
+        "backends.options.fake={hang_at_step: 5, fault_seeds: [0]}",
     )
-    by_id = {r["job_id"]: r for r in _records(out)}
+    by_id = {r["job_id"]: r for r in read_run(out)}
     assert code == 3
     assert by_id["mlp/digits/fake/fp32/seed0"]["status"] == "timeout"
     assert "runner.job_timeout_s=3s" in by_id["mlp/digits/fake/fp32/seed0"]["error"]
@@ -114,19 +100,13 @@ def test_hung_job_times_out_and_run_continues(fake_backends, fake_config, tmp_pa
 
 def test_missing_framework_is_unavailable_not_failure(fake_backends, fake_config, tmp_path):
     out = tmp_path / "run"
-    code = main(
-        [
-            "run",
-            str(fake_config),
-            "--out",
-            str(out),
-            "--set",
-            "backends.names=[fake, fake-missing]",
-            "--set",
-            "backends.policies={fake: [fp32], fake-missing: [fp32]}",
-        ]
+    code = run_cli(
+        str(fake_config),
+        out,
+        "backends.names=[fake, fake-missing]",
+        "backends.policies={fake: [fp32], fake-missing: [fp32]}",
     )
-    statuses = {r["job_id"]: (r["status"], r["error"]) for r in _records(out)}
+    statuses = {r["job_id"]: (r["status"], r["error"]) for r in read_run(out)}
     assert code == 0
     assert statuses["mlp/digits/fake-missing/fp32/seed0"] == (
         "unavailable",
@@ -137,18 +117,7 @@ def test_missing_framework_is_unavailable_not_failure(fake_backends, fake_config
 
 def test_per_job_isolation_uses_a_fresh_process_per_job(fake_backends, fake_config, tmp_path):
     out = tmp_path / "run"
-    code = main(
-        [
-            "run",
-            str(fake_config),
-            "--out",
-            str(out),
-            "--set",
-            "backends.policies.fake=[fp32]",
-            "--set",
-            "runner.isolation=per-job",
-        ]
-    )
+    code = run_cli(str(fake_config), out, "backends.policies.fake=[fp32]", "runner.isolation=per-job")
     log = (out / "logs" / "worker-numpy.log").read_text()
     pids = {line.split()[1] for line in log.splitlines() if line.startswith("[worker ")}
     assert code == 0
@@ -164,19 +133,13 @@ def test_torch_and_keras_jobs_in_one_run_in_either_order(tmp_path, order):
     if not (HAS_TF and HAS_TORCH):
         pytest.skip("needs both torch and tensorflow")
     out = tmp_path / "run"
-    code = main(
-        [
-            "run",
-            "configs/smoke.yaml",
-            "--out",
-            str(out),
-            "--set",
-            f"backends.names=[{', '.join(order)}]",
-            "--set",
-            "backends.policies={torch-amp: [fp32], tf-keras: [fp32]}",
-        ]
+    code = run_cli(
+        "configs/smoke.yaml",
+        out,
+        f"backends.names=[{', '.join(order)}]",
+        "backends.policies={torch-amp: [fp32], tf-keras: [fp32]}",
     )
-    records = _records(out)
+    records = read_run(out)
     assert code == 0
     assert [r["backend"] for r in records] == order
     assert all(r["status"] == "ok" for r in records)
