@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +17,8 @@ pytestmark = needs_torch
 if True:  # imported after the skip marker so collection works without torch
     from tests.backends.torch_helpers import (
         OverflowInjector,
+        assert_resume_matches_uninterrupted,
         assert_states_equal,
-        job_of,
         make_backend,
         make_job,
         plan,
@@ -254,36 +250,6 @@ def test_telemetry_drains_each_step_once(fused):
     assert len(backend.drain_telemetry().loss) == 0
 
 
-def _resume_matches_uninterrupted(tmp_path: Path, spec: dict) -> None:
-    data = tiny_data()
-    job = job_of(spec)
-    backend = make_backend(job, data)
-    inject = OverflowInjector(backend, set(spec["overflow"]))
-    rows = plan(job, data)
-    run(backend, rows[: spec["k"]], inject=inject)
-    state_path, out_path = tmp_path / "k.pkl", tmp_path / "final.pkl"
-    state_path.write_bytes(pickle.dumps(backend.state_dict()))
-    run(backend, rows[spec["k"] :], start=spec["k"], inject=inject)
-    uninterrupted = backend.state_dict()
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.backends.torch_helpers",
-            "resume",
-            json.dumps(spec),
-            str(state_path),
-            str(out_path),
-        ],
-        cwd=REPO,
-        check=True,
-        timeout=120,
-    )
-    resumed = pickle.loads(out_path.read_bytes())
-    assert_states_equal(uninterrupted, resumed)
-    assert uninterrupted["skipped_steps"] == len(spec["overflow"])
-
-
 @pytest.mark.parametrize("policy", ["fp16-mixed", "bf16-mixed"])
 def test_resume_in_new_process_is_bit_identical(tmp_path, policy):
     # growth_interval 3 with an overflow at step 1: clean steps 2,3,4 grow the scale after
@@ -291,7 +257,7 @@ def test_resume_in_new_process_is_bit_identical(tmp_path, policy):
     spec = resume_spec(BACKEND, policy, {"init_scale": 1024.0, "growth_interval": 3}, [1], k=4, n=8)
     if policy != "fp16-mixed":
         spec["overflow"] = []
-    _resume_matches_uninterrupted(tmp_path, spec)
+    assert_resume_matches_uninterrupted(tmp_path, spec)
 
 
 def test_underflow_positive_control():

@@ -14,9 +14,9 @@ from tests.conftest import TOLERANCES, needs_torch
 pytestmark = needs_torch
 
 if True:  # after the skip marker so collection works without torch
-    from tests.backends.test_torch_amp import _resume_matches_uninterrupted
     from tests.backends.torch_helpers import (
         OverflowInjector,
+        assert_resume_matches_uninterrupted,
         assert_states_equal,
         make_backend,
         make_job,
@@ -214,7 +214,7 @@ def test_resume_in_new_process_is_bit_identical(tmp_path, policy):
     spec = resume_spec(BACKEND, policy, {"init_scale": 1024.0, "growth_interval": 3}, [1], k=4, n=8)
     if not policy.startswith("fp16"):
         spec["overflow"] = []
-    _resume_matches_uninterrupted(tmp_path, spec)
+    assert_resume_matches_uninterrupted(tmp_path, spec)
 
 
 def test_underflow_positive_control():
