@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +26,6 @@ if True:  # imported after the skip marker so collection works without torch
         tiny_data,
     )
 
-REPO = Path(__file__).resolve().parents[2]
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 BACKEND = "torch-amp"
 
