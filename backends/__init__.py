@@ -1,6 +1,6 @@
 """Backend registry.
 
-Built-ins are lazy ``"module:Class"`` strings, so ``import backends`` imports no framework.
+Built-ins are lazy ``"module:Class"`` strings, so ``import precision_suite.backends`` imports no framework.
 Third-party backends register under the entry-point group ``precision_suite.backends``
 (name = registry name, value = ``"module:Class"``) and need no change to suite code.
 """
@@ -13,14 +13,14 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from backends.base import Backend
+    from precision_suite.backends.base import Backend
 
 ENTRY_POINT_GROUP = "precision_suite.backends"
 
 BUILTIN_BACKENDS: dict[str, str] = {
-    "torch-amp": "backends.torch_amp:TorchAmpBackend",
-    "torch-manual": "backends.torch_manual:TorchManualBackend",
-    "tf-keras": "backends.tf_keras:TfKerasBackend",
+    "torch-amp": "precision_suite.backends.torch.amp:TorchAmpBackend",
+    "torch-manual": "precision_suite.backends.torch.manual:TorchManualBackend",
+    "tf-keras": "precision_suite.backends.keras.tf_backend:TfKerasBackend",
 }
 
 

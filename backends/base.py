@@ -2,7 +2,7 @@
 
 The suite owns the training loop, the timing and the telemetry; a backend only knows how to
 do one framework's work. A backend module may import its framework at module level, but this
-module and ``backends/__init__.py`` never do: ``import backends`` must work with no framework
+module and ``backends/__init__.py`` never do: ``import precision_suite.backends`` must work with no framework
 installed.
 
 The loop the suite runs (``suite/loop.py``)::
@@ -27,8 +27,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from suite.data import Dataset
-    from suite.jobs import Job
+    from precision_suite.data import Dataset
+    from precision_suite.jobs import Job
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ class Backend(ABC):
     @abstractmethod
     def setup(self, job: Job, init_weights: dict[str, np.ndarray], data: Dataset) -> None:
         """Build the model from ``job.model`` with exactly ``init_weights`` (see
-        ``suite.models.init_weights`` for names and layouts), put the training and test data on
+        ``precision_suite.models.init_weights`` for names and layouts), put the training and test data on
         the device once, and build the optimizer, lr schedule and loss scaler from
         ``job.train`` and ``job.loss_scale``. Seeds every framework RNG from ``job.seed``."""
 

@@ -83,8 +83,8 @@ print(" ".join(n for n in need if importlib.util.find_spec(n) is None))
 EOF
 )
 [[ -z $missing ]] || die "missing Python packages: $missing (carry their wheels in .whl/)"
-"$PY" -c 'import suite.cli, backends' || die "the project does not import (see above)"
-suite() { "$PY" -c 'import sys; from suite.cli import main; sys.exit(main())' "$@"; }
+"$PY" -c 'import precision_suite.cli, backends' || die "the project does not import (see above)"
+suite() { "$PY" -c 'import sys; from precision_suite.cli import main; sys.exit(main())' "$@"; }
 
 # ------------------------------------------------------------------ 2. GPU tests
 if [[ ${GPU_CHECK_SKIP_TESTS:-0} == 1 ]]; then
@@ -153,7 +153,7 @@ if [[ $DEVICE == cuda ]]; then
     say "measured matmul ceiling (8192^3, per dtype)"
     "$PY" - "$CEILINGS" <<'EOF' || echo "matmul ceiling not measured"
 import json, sys
-from suite.mfu import measure_matmul_tflops
+from precision_suite.mfu import measure_matmul_tflops
 ceilings = {
     "fp32": measure_matmul_tflops("float32", iters=5),
     "tf32": measure_matmul_tflops("float32", iters=10, tf32=True),

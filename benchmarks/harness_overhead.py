@@ -5,7 +5,7 @@ For each model (mlp, cnn, transformer from configs/default.yaml, digits data) an
 bf16-mixed; fp16-mixed too on CUDA), in one process per framework:
 
 * suite: the backend (torch-amp / tf-keras) set up once by the suite's own code, then
-  ``suite.loop._train`` (the exact timed-window loop a run uses: batch plan, window syncs,
+  ``precision_suite.loop._train`` (the exact timed-window loop a run uses: batch plan, window syncs,
   telemetry drains, divergence checks) over N steps;
 * hand: the same model built from the same initial weights, the same data on the device once,
   the same batches and optimizer settings, trained by the classic minimal loop: for PyTorch
@@ -84,15 +84,15 @@ class Case:
 # ---------------------------------------------------------------- shared
 def suite_config(threads: int | None, *overrides: str) -> Any:
     """configs/default.yaml (the default run) with ``overrides``, and ``runner.threads``."""
-    from suite.config import load_config
+    from precision_suite.config import load_config
 
     return load_config(None, [*overrides, *([f"runner.threads={threads}"] if threads else [])])
 
 
 def make_job(backend: str, model_name: str, policy: str, args: argparse.Namespace) -> Any:
     """The job a default run would give this backend/model/policy (seed 0), device resolved."""
-    from backends import get_backend_class
-    from suite.jobs import expand_jobs
+    from precision_suite.backends import get_backend_class
+    from precision_suite.jobs import expand_jobs
 
     config = suite_config(
         args.threads,
@@ -109,16 +109,13 @@ def round_job(job: Any, steps: int) -> Any:
     """The same job trained for ``steps`` steps with no warm-up (the harness warmed it)."""
     # No per-epoch evaluation: the hand loop has none, and an evaluation between steps slows
     # the next steps (caches refilled), which is the cost of evaluating, not of the harness.
-    train = job.train.model_copy(
-        update={"steps": steps, "epochs": None, "warmup_steps": 0, "eval_every_epochs": 0}
-    )
+    train = job.train.model_copy(update={"steps": steps, "epochs": None, "warmup_steps": 0, "eval_every_epochs": 0})
     return dataclasses.replace(job, train=train)
 
 
 def plan_rows(job: Any, n_train: int, steps: int):
     import numpy as np
-
-    from suite.data import batch_plan
+    from precision_suite.data import batch_plan
 
     plan = batch_plan(n_train, job.train.batch_size, job.seed, None, steps)
     return np.stack([rows for _, rows in plan])
@@ -143,7 +140,7 @@ class SuiteSide:
         backend.evaluate = timed_evaluate
 
     def run(self, steps: int) -> float:
-        from suite.loop import _train, new_record
+        from precision_suite.loop import _train, new_record
 
         job = round_job(self.job, steps)
         record = new_record(job)
@@ -192,12 +189,11 @@ def torch_cases(models: list[str], policies: list[str], args: argparse.Namespace
 def torch_case(model_name: str, policy: str, args: argparse.Namespace) -> Case:
     import torch
     import torch.nn.functional as F
-
-    from backends import get_backend_class
-    from backends.torch_common import TORCH_POLICIES, torch_dtype
-    from backends.torch_models import build_torch_model
-    from suite.loop import cached_dataset
-    from suite.models import init_weights, prepare_inputs
+    from precision_suite.backends import get_backend_class
+    from precision_suite.backends.torch.base import TORCH_POLICIES, torch_dtype
+    from precision_suite.backends.torch.models import build_torch_model
+    from precision_suite.loop import cached_dataset
+    from precision_suite.models import init_weights, prepare_inputs
 
     job = make_job("torch-amp", model_name, policy, args)
     device = torch.device(job.device)
@@ -241,8 +237,7 @@ def torch_case(model_name: str, policy: str, args: argparse.Namespace) -> Case:
 
 def torch_environment() -> str:
     import torch
-
-    from suite.measure import cpu_info
+    from precision_suite.measure import cpu_info
 
     if torch.cuda.is_available():
         device = f"GPU {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
@@ -268,12 +263,11 @@ def tensorflow_case(model_name: str, policy: str, args: argparse.Namespace) -> l
     import keras
     import numpy as np
     import tensorflow as tf
-
-    from backends import get_backend_class
-    from backends.keras_models import build_keras_model, to_keras_inputs
-    from backends.tf_keras import KERAS_POLICIES
-    from suite.loop import cached_dataset
-    from suite.models import init_weights
+    from precision_suite.backends import get_backend_class
+    from precision_suite.backends.keras.models import build_keras_model, to_keras_inputs
+    from precision_suite.backends.keras.tf_backend import KERAS_POLICIES
+    from precision_suite.loop import cached_dataset
+    from precision_suite.models import init_weights
 
     job = make_job("tf-keras", model_name, policy, args)
     data = cached_dataset(job)
@@ -289,9 +283,7 @@ def tensorflow_case(model_name: str, policy: str, args: argparse.Namespace) -> l
         loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
         def adam() -> Any:
-            opt = keras.optimizers.Adam(
-                learning_rate=cfg.lr, beta_1=cfg.betas[0], beta_2=cfg.betas[1], epsilon=cfg.eps
-            )
+            opt = keras.optimizers.Adam(learning_rate=cfg.lr, beta_1=cfg.betas[0], beta_2=cfg.betas[1], epsilon=cfg.eps)
             if KERAS_POLICIES[policy].loss_scaling:
                 opt = keras.optimizers.LossScaleOptimizer(opt)
             return opt
@@ -339,17 +331,13 @@ def tensorflow_case(model_name: str, policy: str, args: argparse.Namespace) -> l
             rows = plan_rows(job, len(data.y_train), steps)
             # Batches gathered on the device beforehand: fit's own pipeline, no host work.
             with tf.device(place):
-                batches = tf.data.Dataset.from_tensor_slices(
-                    (tf.gather(x_train, rows), tf.gather(y_train, rows))
-                )
+                batches = tf.data.Dataset.from_tensor_slices((tf.gather(x_train, rows), tf.gather(y_train, rows)))
             t0 = time.perf_counter()
             fit_model.fit(batches, epochs=1, verbose=0, shuffle=False)
             return time.perf_counter() - t0
 
         ratios, suite_ms, fit_ms, steps = measure(suite.run, fit, args)
-        cases.append(
-            Case(model_name, policy, "tensorflow", "model.fit", ratios, suite_ms, fit_ms, steps, job.device)
-        )
+        cases.append(Case(model_name, policy, "tensorflow", "model.fit", ratios, suite_ms, fit_ms, steps, job.device))
         return cases
     finally:
         backend.teardown()
@@ -359,8 +347,7 @@ def tensorflow_case(model_name: str, policy: str, args: argparse.Namespace) -> l
 def tensorflow_environment() -> str:
     import keras
     import tensorflow as tf
-
-    from suite.measure import cpu_info
+    from precision_suite.measure import cpu_info
 
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
@@ -376,7 +363,7 @@ def tensorflow_environment() -> str:
 
 # ---------------------------------------------------------------- driver
 def unavailable_reason(framework: str) -> str | None:
-    from backends import RegistryError, get_backend_class
+    from precision_suite.backends import RegistryError, get_backend_class
 
     try:
         cls = get_backend_class(FRAMEWORKS[framework])
@@ -433,13 +420,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--frameworks", default="torch,tensorflow", help="comma-separated: torch,tensorflow")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: mlp,cnn,transformer")
-    parser.add_argument(
-        "--policies", default=None, help="comma-separated (default: fp32,bf16-mixed[,fp16-mixed])"
-    )
+    parser.add_argument("--policies", default=None, help="comma-separated (default: fp32,bf16-mixed[,fp16-mixed])")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument(
-        "--threads", type=int, default=None, help="runner.threads for both sides (default: all cores)"
-    )
+    parser.add_argument("--threads", type=int, default=None, help="runner.threads for both sides (default: all cores)")
     parser.add_argument("--rounds", type=int, default=9, help="A/B rounds per case (default 9)")
     parser.add_argument("--round-s", type=float, default=0.3, help="seconds per side per round (0.3)")
     parser.add_argument("--max-steps", type=int, default=2000, help="cap on steps per round")
@@ -470,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.in_process:
         return run_framework(frameworks[0], args)
 
-    from suite.runner import worker_environment
+    from precision_suite.runner import worker_environment
 
     # One process per framework, with the runner's thread settings (frameworks never share a
     # process in a suite run either).

@@ -8,7 +8,7 @@ TFLOP/s and MFU against the datasheet peak and, if given, measured matmul ceilin
 
 Speedups are against the *eager* fp32 / tf32 run of the same backend and model (a compiled
 bf16 row says how much compile + bf16 buys over the plain baseline). ``--ceilings`` is a JSON
-object {"bf16": TFLOP/s, ...} as ``suite.mfu.measure_matmul_tflops`` measured it.
+object {"bf16": TFLOP/s, ...} as ``precision_suite.mfu.measure_matmul_tflops`` measured it.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from suite.mfu import device_peak, peak_dtype, record_mfu  # noqa: E402
-from suite.results import RESULTS_FILE, latest_by_job, read_records  # noqa: E402
+from precision_suite.mfu import device_peak, peak_dtype, record_mfu  # noqa: E402
+from precision_suite.results import RESULTS_FILE, latest_by_job, read_records  # noqa: E402
 
 COLUMNS = (
     "model",

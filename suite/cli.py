@@ -72,9 +72,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load_run_config(args: argparse.Namespace):
-    from suite.config import load_config
-    from suite.jobs import check_backends
-    from suite.runner import CONFIG_FILE
+    from precision_suite.config import load_config
+    from precision_suite.jobs import check_backends
+    from precision_suite.runner import CONFIG_FILE
 
     path = args.config
     if args.resume and path is None:
@@ -85,7 +85,7 @@ def _load_run_config(args: argparse.Namespace):
     check_backends(config, str(path or "default.yaml"))
     # The data is checked here, once, so a missing or malformed file is a usage error before
     # any job starts rather than the same failure recorded for every job.
-    from suite.data import DataError, load_dataset
+    from precision_suite.data import DataError, load_dataset
 
     try:
         load_dataset(config.data)
@@ -104,7 +104,7 @@ def _out_dir(args: argparse.Namespace, config) -> Path:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from suite.runner import run_suite
+    from precision_suite.runner import run_suite
 
     config = _load_run_config(args)
     out_dir = _out_dir(args, config)
@@ -126,7 +126,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _report(out_dir: Path, console: Console, tolerance: float | None, write: bool = True) -> int:
-    from suite.results import RESULTS_FILE, latest_by_job, read_records
+    from precision_suite.results import RESULTS_FILE, latest_by_job, read_records
 
     path = out_dir / RESULTS_FILE
     if not path.exists():
@@ -137,7 +137,7 @@ def _report(out_dir: Path, console: Console, tolerance: float | None, write: boo
     records = list(latest_by_job(read.records).values())
     if not records:
         raise UsageError(f"{path}: no valid records")
-    from suite import compare, report
+    from precision_suite import compare, report
 
     comparison = compare.compare(records, tolerance_pts=tolerance)
     if write:
@@ -162,7 +162,7 @@ def cmd_check(args: argparse.Namespace, console: Console) -> int:
 
 def devices_seen() -> list[str]:
     """Devices visible without importing a framework: the CPU, and NVIDIA GPUs if any."""
-    from suite.measure import cpu_info
+    from precision_suite.measure import cpu_info
 
     info = cpu_info()
     flags = ", ".join(k for k, v in info["cpu_flags"].items() if v) or "none of note"
@@ -177,7 +177,7 @@ def devices_seen() -> list[str]:
 
 
 def cmd_list(args: argparse.Namespace, console: Console) -> int:
-    from backends import RegistryError, get_backend_class, registry
+    from precision_suite.backends import RegistryError, get_backend_class, registry
 
     table = Table(title="backends")
     for column in ("backend", "framework", "policies", "available"):
@@ -201,9 +201,9 @@ COMMANDS = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "check": cmd
 
 
 def main(argv: list[str] | None = None) -> int:
-    from backends import RegistryError
-    from suite.config import ConfigError
-    from suite.data import DataError
+    from precision_suite.backends import RegistryError
+    from precision_suite.config import ConfigError
+    from precision_suite.data import DataError
 
     args = _parser().parse_args(argv)
     console = Console()

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from backends.base import POLICY_SPECS
-from suite.results import is_job_failure, latest_by_job
+from precision_suite.backends.base import POLICY_SPECS
+from precision_suite.results import is_job_failure, latest_by_job
 
 BASELINE_POLICY = "fp32"
 
@@ -212,9 +211,7 @@ def speedup_stats(
         return None, None, None
     base_mean = float(np.mean(base))
     ratio = base_mean / float(np.mean(list(pol.values())))
-    per_seed = [
-        (baseline_ms[s] if _finite_positive(baseline_ms.get(s)) else base_mean) / v for s, v in pol.items()
-    ]
+    per_seed = [(baseline_ms[s] if _finite_positive(baseline_ms.get(s)) else base_mean) / v for s, v in pol.items()]
     return ratio, min(per_seed), max(per_seed)
 
 
@@ -500,13 +497,9 @@ def compare(
     if check_pure is None:
         check_pure = bool(_parity_setting(records, "check_pure") or False)
     if cross_framework_steps is None:
-        cross_framework_steps = int(
-            _parity_setting(records, "cross_framework_steps") or _DEFAULT_CROSS_FRAMEWORK_STEPS
-        )
+        cross_framework_steps = int(_parity_setting(records, "cross_framework_steps") or _DEFAULT_CROSS_FRAMEWORK_STEPS)
     if cross_framework_rtol is None:
-        cross_framework_rtol = float(
-            _parity_setting(records, "cross_framework_rtol") or _DEFAULT_CROSS_FRAMEWORK_RTOL
-        )
+        cross_framework_rtol = float(_parity_setting(records, "cross_framework_rtol") or _DEFAULT_CROSS_FRAMEWORK_RTOL)
 
     by_group: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for record in records:
@@ -587,9 +580,7 @@ def _build_group(
         row = Row(model, dataset, device, backend, frameworks[backend], policy)
         ok = ok_by_row[(backend, policy)]
         ok.sort(key=lambda r: r.get("seed") or 0)
-        row.seeds_failed = sorted(
-            r.get("seed") for r in all_by_row[(backend, policy)] if r.get("status") != "ok"
-        )
+        row.seeds_failed = sorted(r.get("seed") for r in all_by_row[(backend, policy)] if r.get("status") != "ok")
         _aggregate_row(row, ok)
         environ = next((r.get("environ") or {} for r in ok), None)
         if environ is None:

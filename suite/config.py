@@ -141,8 +141,7 @@ class TrainConfig(_Strict):
             raise ValueError("train needs epochs or steps")
         if self.batch_size % self.grad_accumulation:
             raise ValueError(
-                f"batch_size ({self.batch_size}) must be divisible by grad_accumulation "
-                f"({self.grad_accumulation})"
+                f"batch_size ({self.batch_size}) must be divisible by grad_accumulation ({self.grad_accumulation})"
             )
         return self
 
@@ -232,9 +231,7 @@ class SuiteConfig(_Strict):
         return seeds
 
     def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[
-            :12
-        ]
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
 
 
 # ---------------------------------------------------------------- loading
@@ -366,9 +363,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 node = node[int(part)]
                 continue
             if not isinstance(node, dict):
-                raise ConfigError(
-                    f"--set {'.'.join(path)}: {'.'.join(path[:i]) or 'top level'} is not a mapping"
-                )
+                raise ConfigError(f"--set {'.'.join(path)}: {'.'.join(path[:i]) or 'top level'} is not a mapping")
             child = node.get(part)
             if not isinstance(child, dict | list):
                 # Expand `models` shorthand and absent sections so nested keys can be set.
@@ -386,9 +381,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def default_config_text() -> str:
-    """The embedded default config: ``configs/default.yaml``, installed as ``suite.configs``."""
+    """The embedded default config: ``configs/default.yaml``, installed as ``precision_suite.configs``."""
     try:
-        return resources.files("suite.configs").joinpath("default.yaml").read_text()
+        return resources.files("precision_suite.configs").joinpath("default.yaml").read_text()
     except ModuleNotFoundError:  # running from a source tree that was never installed
         return (Path(__file__).resolve().parent.parent / "configs" / "default.yaml").read_text()
 

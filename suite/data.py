@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from suite.config import DataConfig
+from precision_suite.config import DataConfig
 
 
 class DataError(ValueError):
@@ -69,13 +68,9 @@ def _moments(x: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarr
     training set never needs a full float64 copy."""
     chunk = max(1, (1 << 22) // max(1, int(np.prod(x.shape[1:]))))
     count = len(x) * int(np.prod([x.shape[a] for a in axes if a != 0]))
-    total = sum(
-        x[i : i + chunk].sum(axis=axes, dtype=np.float64, keepdims=True) for i in range(0, len(x), chunk)
-    )
+    total = sum(x[i : i + chunk].sum(axis=axes, dtype=np.float64, keepdims=True) for i in range(0, len(x), chunk))
     mean = total / count
-    sq = sum(
-        np.square(x[i : i + chunk] - mean).sum(axis=axes, keepdims=True) for i in range(0, len(x), chunk)
-    )
+    sq = sum(np.square(x[i : i + chunk] - mean).sum(axis=axes, keepdims=True) for i in range(0, len(x), chunk))
     return mean, np.sqrt(sq / count)
 
 
@@ -139,8 +134,7 @@ def _check_features(x: np.ndarray, key: str, source: str) -> np.ndarray:
         x = x[:, None, :, :]  # (N, H, W) grayscale → one channel
     if x.ndim not in (2, 4):
         raise DataError(
-            f"{source}: {key} has shape {x.shape}; expected images (N, C, H, W) or (N, H, W), "
-            "or vectors (N, F)"
+            f"{source}: {key} has shape {x.shape}; expected images (N, C, H, W) or (N, H, W), or vectors (N, F)"
         )
     # Square images with 1, 3 or 4 values on the last axis are almost surely channels-last;
     # read as (N, C, H, W) they would train, badly, on scrambled pixels.
@@ -153,8 +147,7 @@ def _check_features(x: np.ndarray, key: str, source: str) -> np.ndarray:
         bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
         if bad.any():
             raise DataError(
-                f"{source}: {key} has NaN or inf values in {int(bad.sum())} rows "
-                f"(first at row {int(np.argmax(bad))})"
+                f"{source}: {key} has NaN or inf values in {int(bad.sum())} rows (first at row {int(np.argmax(bad))})"
             )
     return x
 
@@ -168,9 +161,7 @@ def _check_labels(y: np.ndarray, key: str, n_rows: int, source: str) -> np.ndarr
             + (" (one-hot labels? use y.argmax(1))" if y.ndim == 2 else "")
         )
     if y.dtype.kind not in "iu":
-        raise DataError(
-            f"{source}: {key} has dtype {y.dtype}; expected integer class labels (e.g. y.astype(np.int64))"
-        )
+        raise DataError(f"{source}: {key} has dtype {y.dtype}; expected integer class labels (e.g. y.astype(np.int64))")
     if len(y) != n_rows:
         x_key = key.replace("y_", "x_")
         raise DataError(f"{source}: {key} has {len(y)} labels but {x_key} has {n_rows} rows")
@@ -230,8 +221,7 @@ def validate_arrays(
             row = int(np.argmax(y >= num_classes))
             why = "" if declared else " (max y_train label + 1: a class never trained on)"
             raise DataError(
-                f"{source}: y_{split} has label {int(y[row])} (row {row}) out of range for "
-                f"{num_classes} classes{why}"
+                f"{source}: y_{split} has label {int(y[row])} (row {row}) out of range for {num_classes} classes{why}"
             )
     return xs["train"], ys["train"], xs["test"], ys["test"], num_classes
 
@@ -264,12 +254,8 @@ def load_npz_dataset(cfg: DataConfig) -> Dataset:
     """A user file with x_train, y_train, x_test, y_test (and optionally num_classes)."""
     path = Path(cfg.path or "").expanduser()
     arrays = _read_npz(path)
-    x_train, y_train, x_test, y_test, k = validate_arrays(
-        arrays, str(path), _npz_num_classes(arrays, str(path))
-    )
-    return _standardise(
-        Dataset("npz", x_train.astype(np.float32), y_train, x_test.astype(np.float32), y_test, k)
-    )
+    x_train, y_train, x_test, y_test, k = validate_arrays(arrays, str(path), _npz_num_classes(arrays, str(path)))
+    return _standardise(Dataset("npz", x_train.astype(np.float32), y_train, x_test.astype(np.float32), y_test, k))
 
 
 # ---------------------------------------------------------------- named datasets
@@ -429,9 +415,7 @@ def _cifar_from_tar(path: Path) -> dict[str, np.ndarray]:
     try:
         with tarfile.open(path, "r:*") as tar:
             members = {
-                Path(m.name).name: m
-                for m in tar.getmembers()
-                if m.isfile() and Path(m.name).parent.name == _CIFAR_DIR
+                Path(m.name).name: m for m in tar.getmembers() if m.isfile() and Path(m.name).parent.name == _CIFAR_DIR
             }
             readers = {
                 name: (lambda m=m: tar.extractfile(m).read())  # type: ignore[union-attr]
@@ -507,14 +491,11 @@ def load_named_dataset(cfg: DataConfig) -> Dataset:
         where = Path(cfg.path).expanduser()
         if not where.exists():
             raise DataError(
-                f"data.path {str(where)!r} does not exist; point it at "
-                f"{_named_forms(spec)}, or a folder holding them"
+                f"data.path {str(where)!r} does not exist; point it at {_named_forms(spec)}, or a folder holding them"
             )
         found = _read_named_source(spec, where)
         if found is None:
-            raise DataError(
-                f"data.path {str(where)!r} holds no {spec.name} data; expected {_named_forms(spec)}"
-            )
+            raise DataError(f"data.path {str(where)!r} holds no {spec.name} data; expected {_named_forms(spec)}")
     else:
         folder = Path(cfg.cache_dir).expanduser() / spec.name
         found = _read_named_source(spec, folder)
@@ -539,9 +520,7 @@ def load_named_dataset(cfg: DataConfig) -> Dataset:
                 )
     arrays, source = found
     x_train, y_train, x_test, y_test, k = validate_arrays(arrays, source, spec.num_classes, spec.image_shape)
-    return _standardise(
-        Dataset(spec.name, x_train.astype(np.float32), y_train, x_test.astype(np.float32), y_test, k)
-    )
+    return _standardise(Dataset(spec.name, x_train.astype(np.float32), y_train, x_test.astype(np.float32), y_test, k))
 
 
 _LOADERS: dict[str, Callable[[DataConfig], Dataset]] = {

@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import TypeAdapter
-
-from suite.config import (
+from precision_suite.config import (
     DataConfig,
     LossScaleConfig,
     ModelConfig,
@@ -16,6 +14,7 @@ from suite.config import (
     SuiteConfig,
     TrainConfig,
 )
+from pydantic import TypeAdapter
 
 _MODEL_ADAPTER: TypeAdapter[Any] = TypeAdapter(ModelConfig)
 
@@ -83,8 +82,8 @@ def job_id(model: str, dataset: str, backend: str, policy: str, seed: int) -> st
 
 def expand_jobs(config: SuiteConfig, device: str) -> list[Job]:
     """Every job of the config, in a stable order. Policies and options are assumed already
-    checked against the registry (``suite.plan.check_config``)."""
-    from backends import get_backend_class
+    checked against the registry (``precision_suite.plan.check_config``)."""
+    from precision_suite.backends import get_backend_class
 
     config_hash = config.config_hash()
     jobs: list[Job] = []
@@ -122,11 +121,10 @@ def expand_jobs(config: SuiteConfig, device: str) -> list[Job]:
 def check_backends(config: SuiteConfig, source: str) -> None:
     """Check the ``backends`` section against the registry before anything runs: known names,
     implemented policies, valid options, settings each backend can express."""
+    from precision_suite.backends import RegistryError, get_backend_class
+    from precision_suite.backends.base import POLICIES
+    from precision_suite.config import ConfigError, _format_error
     from pydantic import ValidationError
-
-    from backends import RegistryError, get_backend_class
-    from backends.base import POLICIES
-    from suite.config import ConfigError, _format_error
 
     section = config.backends
     classes = {}
@@ -139,8 +137,7 @@ def check_backends(config: SuiteConfig, source: str) -> None:
         for name in getattr(section, key):
             if name not in classes:
                 raise ConfigError(
-                    f"{source}: backends.{key}.{name}: backend not in backends.names "
-                    f"({', '.join(section.names)})"
+                    f"{source}: backends.{key}.{name}: backend not in backends.names ({', '.join(section.names)})"
                 )
     for name, policies in section.policies.items():
         cls = classes[name]

@@ -15,14 +15,13 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-
-from backends import get_backend_class
-from backends.base import Backend, DeviceUnavailable
-from suite.data import Dataset, batch_plan, load_dataset
-from suite.jobs import Job
-from suite.measure import WindowTimer, base_environment
-from suite.models import init_weights
-from suite.results import SCHEMA
+from precision_suite.backends import get_backend_class
+from precision_suite.backends.base import Backend, DeviceUnavailable
+from precision_suite.data import Dataset, batch_plan, load_dataset
+from precision_suite.jobs import Job
+from precision_suite.measure import WindowTimer, base_environment
+from precision_suite.models import init_weights
+from precision_suite.results import SCHEMA
 
 ProgressFn = Callable[[int, int], None]
 # Steps whose batch indices a backend stages at once (Backend.prepare_batches).
@@ -32,8 +31,7 @@ PREPARE_BLOCK_STEPS = 1000
 class Diverged(RuntimeError):
     def __init__(self, step: int, patience: int) -> None:
         super().__init__(
-            f"loss non-finite for {patience} consecutive steps from step {step} "
-            "(beyond what loss scaling absorbs)"
+            f"loss non-finite for {patience} consecutive steps from step {step} (beyond what loss scaling absorbs)"
         )
         self.step = step
 
@@ -119,9 +117,7 @@ class _Curves:
         return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def _train(
-    backend: Backend, job: Job, data: Dataset, record: dict[str, Any], progress: ProgressFn | None
-) -> None:
+def _train(backend: Backend, job: Job, data: Dataset, record: dict[str, Any], progress: ProgressFn | None) -> None:
     train = job.train
     plan = batch_plan(len(data.y_train), train.batch_size, job.seed, train.epochs, train.steps)
     total = len(plan)
@@ -151,9 +147,7 @@ def _train(
             if timer.is_open:
                 in_window += 1
             end_of_epoch = i + 1 == total or plan[i + 1][0] != epoch
-            evaluate_now = (
-                end_of_epoch and train.eval_every_epochs and (epoch + 1) % train.eval_every_epochs == 0
-            )
+            evaluate_now = end_of_epoch and train.eval_every_epochs and (epoch + 1) % train.eval_every_epochs == 0
             # A window closes when full, before an evaluation (kept out of timing), at the end of
             # warm-up and of a block, and at the end.
             if in_window == window or evaluate_now or i + 1 in (warmup, total) or (i + 1) % block == 0:

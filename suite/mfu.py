@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from backends.base import POLICY_SPECS
+from precision_suite.backends.base import POLICY_SPECS
 
 # ---------------------------------------------------------------- device peaks
 
@@ -77,7 +77,7 @@ _DTYPE_KEY = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 def peak_dtype(policy: str) -> str:
     """The peak a policy is measured against: its compute dtype, or TF32 where the policy is
-    accelerated by TF32 tensor cores (read from ``backends.base.POLICY_SPECS``)."""
+    accelerated by TF32 tensor cores (read from ``precision_suite.backends.base.POLICY_SPECS``)."""
     if policy not in POLICY_SPECS:
         raise ValueError(f'unknown policy "{policy}"; known: {", ".join(POLICY_SPECS)}')
     spec = POLICY_SPECS[policy]
@@ -100,7 +100,7 @@ def device_peak(device_name: str | None) -> DevicePeak | None:
 
 def _model_config(model: Any) -> Any:
     if isinstance(model, dict):
-        from suite.jobs import _MODEL_ADAPTER
+        from precision_suite.jobs import _MODEL_ADAPTER
 
         return _MODEL_ADAPTER.validate_python(model)
     return model
@@ -110,7 +110,7 @@ def forward_flops_per_sample(model: Any, input_shape: tuple[int, ...], num_class
     """Matmul/conv FLOPs (2 per multiply-accumulate) of one sample's forward pass. ``model`` is
     a model config (or its dict from a record), ``input_shape`` the canonical (C, H, W) or (F,)
     shape without the batch dimension."""
-    from suite.models import MAX_POOL, num_tokens
+    from precision_suite.models import MAX_POOL, num_tokens
 
     cfg = _model_config(model)
     shape = tuple(int(v) for v in input_shape)
@@ -169,7 +169,7 @@ def dataset_shape(data: dict[str, Any]) -> tuple[tuple[int, ...], int] | None:
     if name == "synthetic":
         syn = data.get("synthetic") or {}
         shape = tuple(int(v) for v in syn.get("shape", (1, 8, 8)))
-        if len(shape) == 2:  # as suite.data.load_synthetic_dataset: [H, W] is one channel
+        if len(shape) == 2:  # as precision_suite.data.load_synthetic_dataset: [H, W] is one channel
             shape = (1, *shape)
         return shape, int(syn.get("num_classes", 10))
     return _KNOWN_SHAPES.get(name)
@@ -227,9 +227,7 @@ def record_mfu(
 # ---------------------------------------------------------------- measured ceiling
 
 
-def measure_matmul_tflops(
-    dtype: str = "bfloat16", n: int = 8192, iters: int = 20, tf32: bool = False
-) -> float:
+def measure_matmul_tflops(dtype: str = "bfloat16", n: int = 8192, iters: int = 20, tf32: bool = False) -> float:
     """TFLOP/s of an n×n×n matrix product on the current CUDA device (mean of ``iters`` after
     warm-up, CUDA events): the ceiling a real card sustains, next to the datasheet's. Random
     normal data (zeros run faster on some cards and would flatter the ceiling)."""

@@ -24,7 +24,7 @@ Names, per model kind::
                  head.kernel, head.bias
 
 Every constant that frameworks default differently is fixed here and set explicitly by each
-builder. The computation every builder reproduces, op for op (backends/torch_models.py is the
+builder. The computation every builder reproduces, op for op (backends/torch/models.py is the
 reference):
 
 * mlp: ``dense{i}`` → activation (``MlpConfig.activation``; GELU exact) → dropout; ``head``.
@@ -52,8 +52,7 @@ import math
 from typing import Any
 
 import numpy as np
-
-from suite.config import CnnConfig, MlpConfig, TransformerConfig
+from precision_suite.config import CnnConfig, MlpConfig, TransformerConfig
 
 LAYER_NORM_EPS = 1e-5
 BATCH_NORM_EPS = 1e-5
@@ -122,9 +121,7 @@ def prepare_inputs(model: Any, x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(patches.reshape(n, (h // p) * (w // p), c * p * p))
 
 
-def init_weights(
-    model: Any, input_shape: tuple[int, ...], num_classes: int, seed: int
-) -> dict[str, np.ndarray]:
+def init_weights(model: Any, input_shape: tuple[int, ...], num_classes: int, seed: int) -> dict[str, np.ndarray]:
     """The initial weights of ``model`` for inputs of canonical ``input_shape`` (no batch dim),
     deterministic in ``seed``, in the canonical names and layouts of this module."""
     rng = _rng(seed)

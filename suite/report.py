@@ -19,11 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich import box
-from rich.console import Console
-from rich.table import Table
-
-from suite.compare import (
+from precision_suite.compare import (
     FAIL,
     FAILED,
     NO_BASELINE,
@@ -38,7 +34,10 @@ from suite.compare import (
     _model_name,
     check_exit_code,
 )
-from suite.results import latest_by_job
+from precision_suite.results import latest_by_job
+from rich import box
+from rich.console import Console
+from rich.table import Table
 
 _STYLE = {PASS: "green", FAIL: "red", FAILED: "red", NO_BASELINE: "yellow"}
 _CSS_CLASS = {PASS: "pass", FAIL: "fail", FAILED: "fail", NO_BASELINE: "warn"}
@@ -234,10 +233,7 @@ def render_terminal(comparison: Comparison, console: Console) -> None:
             )
         emulated = [row for row in group.rows if row.emulated]
         for row in emulated:
-            say(
-                f"  [yellow]emulated[/] {row.label}: {_escape_rich(row.emulated_reason)}"
-                " — kept out of speed claims"
-            )
+            say(f"  [yellow]emulated[/] {row.label}: {_escape_rich(row.emulated_reason)} — kept out of speed claims")
         console.print()
     _render_notes(comparison, console)
 
@@ -281,8 +277,7 @@ def print_verdicts(comparison: Comparison, console: Console) -> None:
             label += " (info)"
         style = _STYLE.get(verdict.outcome, "dim") if verdict.enforced else "dim"
         console.print(
-            f"[{style}]{label:<12}[/] {verdict.name:<{width}}  {verdict.subject}: "
-            f"{_escape_rich(verdict.detail)}"
+            f"[{style}]{label:<12}[/] {verdict.name:<{width}}  {verdict.subject}: {_escape_rich(verdict.detail)}"
         )
     _render_notes(comparison, console)
     failures = sum(v.is_failure for v in verdicts)
@@ -451,9 +446,7 @@ def _plot_speed_memory(group: Group) -> Plot | None:
         (
             memory_axes,
             [(r.peak_memory_bytes or 0) / 2**20 for r in rows],
-            lambda r: (
-                "base" if r.is_baseline else f"{r.memory_ratio:.2f}×" if r.memory_ratio is not None else ""
-            ),
+            lambda r: "base" if r.is_baseline else f"{r.memory_ratio:.2f}×" if r.memory_ratio is not None else "",
             "peak memory (MiB)",
         ),
     ):
@@ -548,12 +541,8 @@ def _slug(text: str) -> str:
 
 
 def make_plots(comparison: Comparison, records: list[dict[str, Any]]) -> list[Plot]:
-    ok_records = [
-        r for r in latest_by_job([r for r in records if "job_id" in r]).values() if r.get("status") == "ok"
-    ]
-    by_group: dict[tuple[str, str, str], dict[str, list[dict[str, Any]]]] = defaultdict(
-        lambda: defaultdict(list)
-    )
+    ok_records = [r for r in latest_by_job([r for r in records if "job_id" in r]).values() if r.get("status") == "ok"]
+    by_group: dict[tuple[str, str, str], dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for record in sorted(ok_records, key=lambda r: r.get("seed") or 0):
         key = (_model_name(record), _dataset_name(record), str(record.get("device")))
         by_group[key][f"{record.get('backend')} {record.get('policy')}"].append(record)

@@ -30,7 +30,7 @@ def is_job_failure(record: dict[str, Any], check_pure: bool = False) -> bool:
     if status in NOT_FAILURES:
         return False
     if status == "diverged" and not check_pure:
-        from backends.base import POLICY_SPECS
+        from precision_suite.backends.base import POLICY_SPECS
 
         spec = POLICY_SPECS.get(record.get("policy", ""))
         return not (spec is not None and spec.pure)

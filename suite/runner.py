@@ -25,6 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from precision_suite.backends import get_backend_class
+from precision_suite.config import SuiteConfig
+from precision_suite.jobs import Job, expand_jobs
+from precision_suite.loop import ProgressFn, new_record
+from precision_suite.results import (
+    RESULTS_FILE,
+    append_record,
+    is_job_failure,
+    latest_by_job,
+    read_records,
+)
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -33,18 +44,6 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
-)
-
-from backends import get_backend_class
-from suite.config import SuiteConfig
-from suite.jobs import Job, expand_jobs
-from suite.loop import ProgressFn, new_record
-from suite.results import (
-    RESULTS_FILE,
-    append_record,
-    is_job_failure,
-    latest_by_job,
-    read_records,
 )
 
 CONFIG_FILE = "config.yaml"
@@ -74,13 +73,13 @@ class WorkerDied(RuntimeError):
 
 
 class Worker:
-    """One ``python -m suite.worker`` process and the pipe it answers on."""
+    """One ``python -m precision_suite.worker`` process and the pipe it answers on."""
 
     def __init__(self, log_path: Path, env: dict[str, str]) -> None:
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "suite.worker"],
+            [sys.executable, "-m", "precision_suite.worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -238,9 +237,7 @@ class Executor:
             worker.kill()
             self.workers.pop(job.framework, None)
             where = f" (last report: step {last_step[0]}/{last_step[1]})" if last_step[1] else ""
-            return self._failed(
-                job, "timeout", f"exceeded runner.job_timeout_s={timeout_s:g}s{where}; worker killed"
-            )
+            return self._failed(job, "timeout", f"exceeded runner.job_timeout_s={timeout_s:g}s{where}; worker killed")
         except WorkerDied as exc:
             tail = worker.stderr_tail(since)
             worker.kill()

@@ -1,6 +1,6 @@
 """Worker process: runs jobs sent by the runner, one at a time, and sends back records.
 
-Started as ``python -m suite.worker`` in its own process session (so the runner can kill the
+Started as ``python -m precision_suite.worker`` in its own process session (so the runner can kill the
 whole group on a timeout, and a terminal Ctrl-C reaches only the runner). Protocol: JSON lines.
 The runner writes ``{"type": "job", "job": {...}}`` or ``{"type": "exit"}`` to stdin; the worker
 answers on a private copy of its original stdout with ``{"type": "ready"}``, ``{"type":
@@ -47,9 +47,9 @@ def main() -> int:
     _die_with_parent()
     out = _protocol_stream()
     # Imported after the redirect: importing the loop imports numpy, and jobs import frameworks.
-    from suite.jobs import Job
-    from suite.loop import run_job
-    from suite.results import jsonable
+    from precision_suite.jobs import Job
+    from precision_suite.loop import run_job
+    from precision_suite.results import jsonable
 
     _send(out, {"type": "ready", "pid": os.getpid()})
     for line in sys.stdin:

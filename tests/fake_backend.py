@@ -9,10 +9,16 @@ import time
 from typing import Any
 
 import numpy as np
+from precision_suite.backends.base import (
+    POLICY_SPECS,
+    Availability,
+    Backend,
+    EvalResult,
+    MemoryStats,
+    Telemetry,
+)
+from precision_suite.models import prepare_inputs
 from pydantic import BaseModel, ConfigDict
-
-from backends.base import POLICY_SPECS, Availability, Backend, EvalResult, MemoryStats, Telemetry
-from suite.models import prepare_inputs
 
 
 class FakeOptions(BaseModel):

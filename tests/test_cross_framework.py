@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from precision_suite.backends import get_backend_class
+from precision_suite.config import SuiteConfig
+from precision_suite.data import batch_plan, load_dataset
+from precision_suite.jobs import expand_jobs
+from precision_suite.models import init_weights
 
-from backends import get_backend_class
-from suite.config import SuiteConfig
-from suite.data import batch_plan, load_dataset
-from suite.jobs import expand_jobs
-from suite.models import init_weights
 from tests.conftest import needs_tf, needs_torch
 
 pytestmark = [needs_torch, needs_tf]
@@ -83,10 +83,9 @@ def _assert_same_trajectory(kind: str, train: dict[str, Any], data: Any) -> None
 @pytest.mark.parametrize("kind", KINDS)
 def test_initial_logits_agree(kind, digits):
     import torch
-
-    from backends.keras_models import build_keras_model, to_keras_inputs
-    from backends.torch_models import build_torch_model
-    from suite.models import prepare_inputs
+    from precision_suite.backends.keras.models import build_keras_model, to_keras_inputs
+    from precision_suite.backends.torch.models import build_torch_model
+    from precision_suite.models import prepare_inputs
 
     cfg = SuiteConfig.model_validate({"models": [kind]}).models[0]
     weights = init_weights(cfg, digits.input_shape, digits.num_classes, seed=0)

@@ -4,9 +4,9 @@ enforced verdict passes, and its report.html renders with every plot."""
 from __future__ import annotations
 
 import pytest
+from precision_suite.cli import main
+from precision_suite.results import read_records
 
-from suite.cli import main
-from suite.results import read_records
 from tests.conftest import HAS_TF, HAS_TORCH
 from tests.suite.test_report import assert_renders_in_chromium, needs_chromium
 

@@ -1,4 +1,4 @@
-"""`import backends, suite` and the framework-free commands work with no framework installed."""
+"""`import precision_suite` and the framework-free commands work with no framework installed."""
 
 from __future__ import annotations
 
@@ -28,11 +28,12 @@ def _run(code: str) -> subprocess.CompletedProcess:
 
 def test_imports_and_list_without_frameworks():
     result = _run(
-        "import backends, suite, suite.cli, suite.runner, suite.compare, suite.report, suite.loop\n"
-        "from backends import backend_names, get_backend_class\n"
+        "import precision_suite.backends, precision_suite.cli, precision_suite.runner\n"
+        "import precision_suite.compare, precision_suite.report, precision_suite.loop\n"
+        "from precision_suite.backends import backend_names, get_backend_class\n"
         "for name in backend_names():\n"
         "    print(name, get_backend_class(name).is_available().reason)\n"
-        "sys.exit(suite.cli.main(['list']))\n"
+        "sys.exit(precision_suite.cli.main(['list']))\n"
     )
     assert result.returncode == 0, result.stderr
     assert "torch-amp torch is not installed" in result.stdout
@@ -42,7 +43,8 @@ def test_imports_and_list_without_frameworks():
 def test_run_without_frameworks_records_every_job_unavailable(tmp_path):
     out = tmp_path / "run"
     result = _run(
-        f"import suite.cli; sys.exit(suite.cli.main(['run', 'configs/smoke.yaml', '--out', {str(out)!r}]))"
+        "import precision_suite.cli\n"
+        f"sys.exit(precision_suite.cli.main(['run', 'configs/smoke.yaml', '--out', {str(out)!r}]))"
     )
     assert result.returncode == 0, result.stderr
     records = (out / "results.jsonl").read_text().splitlines()

@@ -10,13 +10,12 @@ import sys
 
 import numpy as np
 import pytest
-
-from backends import backend_names, get_backend_class
-from backends.base import POLICY_SPECS, Backend
-from suite.config import SuiteConfig
-from suite.data import batch_plan, load_dataset
-from suite.jobs import expand_jobs
-from suite.models import init_weights
+from precision_suite.backends import backend_names, get_backend_class
+from precision_suite.backends.base import POLICY_SPECS, Backend
+from precision_suite.config import SuiteConfig
+from precision_suite.data import batch_plan, load_dataset
+from precision_suite.jobs import expand_jobs
+from precision_suite.models import init_weights
 
 STEPS = 4
 _DATA = {}
@@ -80,7 +79,7 @@ def test_class_attributes_and_availability_without_importing_the_framework(name)
         cls.Options.model_validate({"no_such_option": 1})
     # Listing backends must not import any framework (fast, and no import-order conflicts).
     code = (
-        "import sys; from backends import get_backend_class; "
+        "import sys; from precision_suite.backends import get_backend_class; "
         f"get_backend_class({name!r}).is_available(); "
         "print(sorted(m for m in ('torch', 'tensorflow', 'keras', 'jax') if m in sys.modules))"
     )
@@ -132,7 +131,8 @@ def test_state_dict_round_trip_continues_identically(started):
 def test_device_resolution(name):
     """ "auto" is CUDA exactly when the framework sees a GPU; "cuda" without one is unavailable
     (a recorded status), never a silent CPU run."""
-    from backends.base import DeviceUnavailable
+    from precision_suite.backends.base import DeviceUnavailable
+
     from tests.conftest import _cuda_available
 
     cls = get_backend_class(name)

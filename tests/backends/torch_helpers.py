@@ -11,12 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from backends import get_backend_class
-from suite.config import DataConfig, LossScaleConfig, MlpConfig, ParityConfig, RunnerConfig, TrainConfig
-from suite.data import Dataset, batch_plan
-from suite.jobs import Job
-from suite.models import init_weights
+from precision_suite.backends import get_backend_class
+from precision_suite.config import (
+    DataConfig,
+    LossScaleConfig,
+    MlpConfig,
+    ParityConfig,
+    RunnerConfig,
+    TrainConfig,
+)
+from precision_suite.data import Dataset, batch_plan
+from precision_suite.jobs import Job
+from precision_suite.models import init_weights
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -189,7 +195,7 @@ def underflow_control(backend_name: str) -> tuple[dict[str, float], dict[str, fl
     and enabled: final train loss (mean of the last 10 steps) and test accuracy of each.
     Eight layers are not enough: Adam amplifies the few gradients that survive as subnormals,
     and the unscaled run learns part of the way."""
-    from suite.data import load_dataset
+    from precision_suite.data import load_dataset
 
     data = load_dataset(DataConfig())
     out = []

@@ -8,9 +8,9 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from precision_suite.config import load_config
+from precision_suite.jobs import check_backends, expand_jobs
 
-from suite.config import load_config
-from suite.jobs import check_backends, expand_jobs
 from tests.suite.test_mfu import _record
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from tests.suite.helpers import activate, install_entry_points
 def fake_backends(tmp_path, monkeypatch):
     """The fake backends registered through the entry-point group, for this test and its
     worker processes."""
-    from backends import registry
+    from precision_suite.backends import registry
 
     site = tmp_path / "site"
     install_entry_points(

@@ -21,7 +21,7 @@ def install_entry_points(site: Path, dist: str, entries: dict[str, str]) -> None
 def activate(site: Path, monkeypatch) -> None:
     """Make ``site`` (and the tests directory, home of fake_backend) importable here and in
     worker subprocesses, and forget the cached registry."""
-    from backends import registry
+    from precision_suite.backends import registry
 
     paths = [str(site), str(TESTS_DIR)]
     monkeypatch.setenv("PYTHONPATH", ":".join(paths + [p for p in sys.path if p]))
@@ -32,7 +32,7 @@ def activate(site: Path, monkeypatch) -> None:
 
 def run_cli(config, out: Path, *overrides: str) -> int:
     """``precision-suite run CONFIG --out OUT --set O1 --set O2 ...`` in this process."""
-    from suite.cli import main
+    from precision_suite.cli import main
 
     args = ["run", str(config), "--out", str(out)]
     for override in overrides:
@@ -42,6 +42,6 @@ def run_cli(config, out: Path, *overrides: str) -> int:
 
 def read_run(out: Path) -> list[dict]:
     """The valid records of the run in ``out``."""
-    from suite.results import read_records
+    from precision_suite.results import read_records
 
     return read_records(out / "results.jsonl").records

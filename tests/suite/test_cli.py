@@ -6,14 +6,18 @@ import subprocess
 import sys
 
 import pytest
+from precision_suite.cli import main
 
-from suite.cli import main
 from tests.suite.helpers import read_run, run_cli
 
 
 def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "suite.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+        [sys.executable, "-m", "precision_suite.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
     )
 
 
@@ -87,7 +91,8 @@ def test_list_shows_builtin_and_entry_point_backends(fake_backends, capsys, monk
 
 
 def test_duplicate_entry_point_name_is_an_error(fake_backends, tmp_path, monkeypatch):
-    from backends import RegistryError, registry
+    from precision_suite.backends import RegistryError, registry
+
     from tests.suite.helpers import activate, install_entry_points
 
     other = tmp_path / "other-site"
@@ -98,9 +103,7 @@ def test_duplicate_entry_point_name_is_an_error(fake_backends, tmp_path, monkeyp
     registry.cache_clear()
 
 
-def test_missing_tensorflow_makes_tf_keras_unavailable_and_torch_jobs_still_run(
-    tmp_path, monkeypatch, capsys
-):
+def test_missing_tensorflow_makes_tf_keras_unavailable_and_torch_jobs_still_run(tmp_path, monkeypatch, capsys):
     """As if tensorflow were uninstalled: `list` says why, `run` records tf-keras jobs as
     `unavailable` (not failures) and completes the torch jobs."""
     import importlib.util
@@ -135,15 +138,14 @@ def test_missing_tensorflow_makes_tf_keras_unavailable_and_torch_jobs_still_run(
 def test_third_party_backend_installed_with_pip_is_listed_and_runs(tmp_path, monkeypatch, capsys):
     """A throwaway package declaring a backend in the entry-point group, installed by pip: it
     appears in `list` and runs, with no change to suite code."""
-    from backends import registry
+    from precision_suite.backends import registry
+
     from tests.suite.helpers import TESTS_DIR
 
     package = tmp_path / "thirdparty"
     (package / "thirdparty_backend").mkdir(parents=True)
     (package / "thirdparty_backend" / "__init__.py").write_text(
-        "from fake_backend import FakeBackend\n\n\n"
-        "class ThirdPartyBackend(FakeBackend):\n"
-        '    name = "third-party"\n'
+        'from fake_backend import FakeBackend\n\n\nclass ThirdPartyBackend(FakeBackend):\n    name = "third-party"\n'
     )
     (package / "pyproject.toml").write_text(
         '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'

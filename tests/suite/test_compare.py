@@ -1,12 +1,11 @@
-"""Statistics, baselines and verdicts of suite.compare on hand-made records."""
+"""Statistics, baselines and verdicts of precision_suite.compare on hand-made records."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
-
-from suite.compare import (
+from precision_suite.compare import (
     FAIL,
     FAILED,
     NO_BASELINE,
@@ -17,6 +16,7 @@ from suite.compare import (
     mean_ci95,
     speedup_stats,
 )
+
 from tests.suite.fixtures.records import default_run, make_record
 
 # Two-sided 95% Student t quantiles (textbook table values), to check the CI independently of
@@ -201,13 +201,11 @@ def test_a_policy_whose_seeds_all_failed_is_failed():
 
 @pytest.mark.parametrize(("check_pure", "exit_code"), [(False, 0), (True, 1)])
 def test_a_diverged_pure_policy_is_information_unless_check_pure(check_pure, exit_code):
-    from suite.results import is_job_failure
+    from precision_suite.results import is_job_failure
 
     records = [make_record("torch-amp", "fp32", s, check_pure=check_pure) for s in (0, 1)]
     records += [
-        make_record(
-            "torch-manual", "fp16-pure", s, status="diverged", error="loss NaN", check_pure=check_pure
-        )
+        make_record("torch-manual", "fp16-pure", s, status="diverged", error="loss NaN", check_pure=check_pure)
         for s in (0, 1)
     ]
     comparison = compare(records)
@@ -241,9 +239,7 @@ def test_failed_baseline_fails_check_and_leaves_no_baseline():
 
 
 def test_unavailable_jobs_are_listed_not_failures():
-    records = pair(0.95) + [
-        make_record("torch-amp", "tf32", 0, status="unavailable", error="tf32 needs a CUDA device")
-    ]
+    records = pair(0.95) + [make_record("torch-amp", "tf32", 0, status="unavailable", error="tf32 needs a CUDA device")]
     comparison = compare(records)
     assert [n.message for n in comparison.unavailable] == ["tf32 needs a CUDA device"]
     assert not comparison.failed_jobs

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from suite.config import ConfigError, SuiteConfig, load_config
+from precision_suite.config import ConfigError, SuiteConfig, load_config
 
 
 def _error(tmp_path, text: str, overrides: list[str] | None = None) -> str:
@@ -20,7 +19,7 @@ def _error(tmp_path, text: str, overrides: list[str] | None = None) -> str:
 def test_packaged_default_validates_and_matches_configs_dir():
     from pathlib import Path
 
-    from suite.config import default_config_text
+    from precision_suite.config import default_config_text
 
     repo_default = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
     assert default_config_text() == repo_default.read_text()

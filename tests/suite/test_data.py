@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from suite import data as data_mod
-from suite.config import DataConfig, SyntheticConfig
-from suite.data import DataError, batch_plan, load_dataset
+from precision_suite import data as data_mod
+from precision_suite.config import DataConfig, SyntheticConfig
+from precision_suite.data import DataError, batch_plan, load_dataset
 
 
 # ---------------------------------------------------------------- batch plan
@@ -72,9 +71,7 @@ def test_synthetic_is_deterministic_balanced_and_learnable():
 
 @pytest.mark.parametrize(("shape", "expected"), [([20], (20,)), ([6, 6], (1, 6, 6))])
 def test_synthetic_vector_and_grayscale_shapes(shape, expected):
-    ds = load_dataset(
-        DataConfig(name="synthetic", synthetic=SyntheticConfig(shape=shape, train_size=30, test_size=10))
-    )
+    ds = load_dataset(DataConfig(name="synthetic", synthetic=SyntheticConfig(shape=shape, train_size=30, test_size=10)))
     assert ds.input_shape == expected
 
 
@@ -352,9 +349,7 @@ def test_cifar10_pickle_that_would_run_code_is_refused(tmp_path, offline):
     folder.mkdir()
     for name, raw in files.items():
         (folder / name).write_bytes(raw)
-    with pytest.raises(
-        DataError, match=r"test_batch: not a CIFAR-10 python batch \(refusing to load pathlib"
-    ):
+    with pytest.raises(DataError, match=r"test_batch: not a CIFAR-10 python batch \(refusing to load pathlib"):
         load_dataset(DataConfig(name="cifar10", path=str(folder)))
 
 
@@ -381,9 +376,7 @@ def test_named_dataset_download_failure_is_fast_and_clean(tmp_path, monkeypatch)
         raise urllib.error.URLError("Name or service not known")
 
     monkeypatch.setattr(data_mod.urllib.request, "urlopen", unreachable)
-    with pytest.raises(
-        DataError, match=r"download of https://\S+/mnist.npz failed: Name or service not known"
-    ):
+    with pytest.raises(DataError, match=r"download of https://\S+/mnist.npz failed: Name or service not known"):
         load_dataset(DataConfig(name="mnist", cache_dir=str(tmp_path)))
     assert len(calls) == 1 and calls[0][1] <= data_mod.DOWNLOAD_TIMEOUT_S
     assert not list((tmp_path / "mnist").glob("*.part"))
@@ -429,7 +422,5 @@ def test_named_dataset_with_wrong_image_size_is_rejected(tmp_path, offline):
     }
     path = tmp_path / "mnist.npz"
     np.savez(path, **arrays)
-    with pytest.raises(
-        DataError, match=r"mnist.npz: images have shape \(1, 32, 32\); expected \(1, 28, 28\)"
-    ):
+    with pytest.raises(DataError, match=r"mnist.npz: images have shape \(1, 32, 32\); expected \(1, 28, 28\)"):
         load_dataset(DataConfig(name="mnist", path=str(path)))

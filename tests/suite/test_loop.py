@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from precision_suite import loop
+from precision_suite.config import SuiteConfig
+from precision_suite.data import batch_plan, load_dataset
+from precision_suite.jobs import expand_jobs
+from precision_suite.models import init_weights
 
-from suite import loop
-from suite.config import SuiteConfig
-from suite.data import batch_plan, load_dataset
-from suite.jobs import expand_jobs
-from suite.models import init_weights
 from tests.fake_backend import FakeBackend
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from suite.config import CnnConfig, MlpConfig, TransformerConfig
-from suite.mfu import (
+from precision_suite.config import CnnConfig, MlpConfig, TransformerConfig
+from precision_suite.mfu import (
     DEVICE_PEAKS,
     dataset_shape,
     device_peak,
@@ -17,6 +16,7 @@ from suite.mfu import (
     record_mfu,
     train_flops_per_sample,
 )
+
 from tests.conftest import needs_torch
 
 MLP = MlpConfig(hidden=[4])
@@ -188,10 +188,9 @@ def test_record_mfu_without_peak_or_throughput():
 def test_forward_flops_agree_with_torch_flop_counter(model, shape, classes):
     """torch's FlopCounterMode counts the same ops (mm/addmm/bmm/conv) on the real builder."""
     import torch
+    from precision_suite.backends.torch.models import build_torch_model
+    from precision_suite.models import init_weights, prepare_inputs
     from torch.utils.flop_counter import FlopCounterMode
-
-    from backends.torch_models import build_torch_model
-    from suite.models import init_weights, prepare_inputs
 
     module = build_torch_model(model, shape, classes, init_weights(model, shape, classes, 0))
     x = torch.from_numpy(prepare_inputs(model, np.zeros((2, *shape), np.float32)))

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from suite.config import CnnConfig, MlpConfig, TransformerConfig
-from suite.models import init_weights, num_tokens, prepare_inputs
+from precision_suite.config import CnnConfig, MlpConfig, TransformerConfig
+from precision_suite.models import init_weights, num_tokens, prepare_inputs
 
 MODELS = [
     (MlpConfig(hidden=[16, 8]), (1, 8, 8)),
@@ -77,10 +76,7 @@ def test_prepare_inputs_transformer_patch_order_by_hand():
         for row in range(h // p):  # row-major over the patch grid
             for col in range(w // p):
                 patch = [
-                    x[i, ch, row * p + dy, col * p + dx]
-                    for ch in range(c)
-                    for dy in range(p)
-                    for dx in range(p)
+                    x[i, ch, row * p + dy, col * p + dx] for ch in range(c) for dy in range(p) for dx in range(p)
                 ]  # each patch flattened (C, p, p)
                 np.testing.assert_array_equal(tokens[i, t], patch)
                 t += 1

@@ -14,9 +14,9 @@ from collections import Counter
 
 import pytest
 import yaml
+from precision_suite.cli import main
+from precision_suite.results import append_record, read_records
 
-from suite.cli import main
-from suite.results import append_record, read_records
 from tests.suite.helpers import read_run, run_cli
 
 FAKE_JOB_IDS = {f"mlp/digits/fake/{p}/seed{s}" for p in ("fp32", "tf32", "fp16-mixed") for s in (0, 1)}
@@ -24,7 +24,7 @@ FAKE_JOB_IDS = {f"mlp/digits/fake/{p}/seed{s}" for p in ("fp32", "tf32", "fp16-m
 
 def _cli_process(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "suite.cli", *args],
+        [sys.executable, "-m", "precision_suite.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -71,9 +71,7 @@ def test_damaged_line_is_skipped_with_warning_and_resume_reruns_only_that_job(
 
     read = read_records(path)
     assert len(read.records) == len(lines) - 1
-    assert any("line 2" in w for w in read.warnings) and any(
-        f"line {len(lines) + 1}" in w for w in read.warnings
-    )
+    assert any("line 2" in w for w in read.warnings) and any(f"line {len(lines) + 1}" in w for w in read.warnings)
 
     assert main(["run", "--resume", str(out)]) == 0
     assert "line 2: damaged record skipped" in capsys.readouterr().out
@@ -144,7 +142,7 @@ def test_kill_9_of_the_runner_never_loses_or_corrupts_a_record(fake_backends, fa
             kills += 1
         proc.wait(timeout=30)
     final = subprocess.run(
-        [sys.executable, "-m", "suite.cli", "run", "--resume", str(out)],
+        [sys.executable, "-m", "precision_suite.cli", "run", "--resume", str(out)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -10,10 +10,10 @@ import subprocess
 
 import numpy as np
 import pytest
+from precision_suite import report
+from precision_suite.compare import compare
 from rich.console import Console
 
-from suite import report
-from suite.compare import compare
 from tests.suite.fixtures.records import default_run, make_record
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -109,9 +109,7 @@ def test_summary_csv_has_one_row_per_backend_policy(tmp_path):
         rows = list(csv.DictReader(fh))
     keys = [(r["model"], r["dataset"], r["device"], r["backend"], r["policy"]) for r in rows]
     assert len(keys) == len(set(keys)) == len(comparison.rows) == 14
-    bf16 = next(
-        r for r in rows if (r["model"], r["backend"], r["policy"]) == ("cnn", "torch-amp", "bf16-mixed")
-    )
+    bf16 = next(r for r in rows if (r["model"], r["backend"], r["policy"]) == ("cnn", "torch-amp", "bf16-mixed"))
     assert float(bf16["delta_pts"]) == pytest.approx(-0.2)
     assert float(bf16["speedup"]) == pytest.approx(10.05 / 6.05)
     assert bf16["parity"] == "pass" and bf16["compute_dtype"] == "bfloat16"
@@ -197,6 +195,4 @@ def assert_renders_in_chromium(tmp_path, page, n_plots: int) -> None:
 def test_report_html_renders_in_headless_chromium_with_all_plots(tmp_path):
     records = run_records()
     paths = report.write_reports(tmp_path / "out", compare(records), records)
-    assert_renders_in_chromium(
-        tmp_path, tmp_path / "out" / "report.html", sum(p.suffix == ".png" for p in paths)
-    )
+    assert_renders_in_chromium(tmp_path, tmp_path / "out" / "report.html", sum(p.suffix == ".png" for p in paths))

@@ -6,8 +6,8 @@ import json
 from collections import Counter
 
 import pytest
+from precision_suite.cli import main
 
-from suite.cli import main
 from tests.suite.helpers import read_run, run_cli
 
 
@@ -144,7 +144,6 @@ def test_torch_and_keras_jobs_in_one_run_in_either_order(tmp_path, order):
     assert [r["backend"] for r in records] == order
     assert all(r["status"] == "ok" for r in records)
     torch_loss, tf_loss = (
-        next(r for r in records if r["backend"] == b)["curves"]["train_loss"]
-        for b in ("torch-amp", "tf-keras")
+        next(r for r in records if r["backend"] == b)["curves"]["train_loss"] for b in ("torch-amp", "tf-keras")
     )
     assert torch_loss == pytest.approx(tf_loss, rel=1e-4)

@@ -1,7 +1,7 @@
 """Keras 3 models for the framework-neutral model specs of ``suite/models.py``.
 
 Imports keras at module level, so only the tf-keras backend imports it, inside its methods.
-``backends/torch_models.py`` is the reference computation; every constant Keras defaults
+``backends/torch/models.py`` is the reference computation; every constant Keras defaults
 differently is set here explicitly (see ``suite/models.py`` for the op-by-op spec).
 
 Layer names are the canonical name prefixes (``dense0``, ``block1.attn``, ``bn0``, ``pos``...),
@@ -21,8 +21,7 @@ from typing import Any
 import keras
 import numpy as np
 from keras import ops
-
-from suite.models import (
+from precision_suite.models import (
     BATCH_NORM_EPS,
     BATCH_NORM_MOMENTUM,
     GELU_APPROXIMATE,
@@ -47,7 +46,7 @@ def _activation(name: str):
         raise ValueError(f"unknown activation {name!r}; known: {', '.join(table)}") from None
 
 
-class TorchBatchNorm(keras.layers.Layer):
+class TorchStyleBatchNorm(keras.layers.Layer):
     """BatchNorm over the channels-last axis with torch ``BatchNorm2d`` semantics: a training
     batch is normalised with its biased variance, but ``moving_var`` is updated with the
     unbiased one (× n/(n-1)); Keras' BatchNormalization would use the biased one. Computed in
@@ -63,9 +62,7 @@ class TorchBatchNorm(keras.layers.Layer):
         n = input_shape[-1]
 
         def weight(name: str, init: str, trainable: bool) -> keras.Variable:
-            return self.add_weight(
-                shape=(n,), initializer=init, trainable=trainable, name=name, autocast=False
-            )
+            return self.add_weight(shape=(n,), initializer=init, trainable=trainable, name=name, autocast=False)
 
         self.gamma = weight("gamma", "ones", True)
         self.beta = weight("beta", "zeros", True)
@@ -166,14 +163,12 @@ def _cnn(cfg: Any, input_shape: tuple[int, ...], num_classes: int, policy) -> ke
     inputs = keras.Input((h, w, c), name="inputs")  # channels-last: the backend transposes once
     x = inputs
     for i, c_out in enumerate(cfg.channels):
-        x = keras.layers.Conv2D(
-            c_out, cfg.kernel_size, padding="same", use_bias=False, name=f"conv{i}", dtype=policy
-        )(x)
-        x = TorchBatchNorm(BATCH_NORM_EPS, BATCH_NORM_MOMENTUM, name=f"bn{i}", dtype=policy)(x)
+        x = keras.layers.Conv2D(c_out, cfg.kernel_size, padding="same", use_bias=False, name=f"conv{i}", dtype=policy)(
+            x
+        )
+        x = TorchStyleBatchNorm(BATCH_NORM_EPS, BATCH_NORM_MOMENTUM, name=f"bn{i}", dtype=policy)(x)
         x = keras.layers.ReLU(name=f"relu{i}", dtype=policy)(x)
-        x = keras.layers.MaxPooling2D(
-            MAX_POOL, strides=MAX_POOL, padding="valid", name=f"pool{i}", dtype=policy
-        )(x)
+        x = keras.layers.MaxPooling2D(MAX_POOL, strides=MAX_POOL, padding="valid", name=f"pool{i}", dtype=policy)(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap", dtype=policy)(x)
     x = keras.layers.Dense(cfg.dense, activation="relu", name="dense", dtype=policy)(x)
     x = keras.layers.Dropout(cfg.dropout, name="drop", dtype=policy)(x)
@@ -242,7 +237,7 @@ def keras_variable_map(model: keras.Model) -> dict[str, keras.Variable]:
         elif isinstance(layer, keras.layers.LayerNormalization):
             out[f"{layer.name}.gamma"] = layer.gamma
             out[f"{layer.name}.beta"] = layer.beta
-        elif isinstance(layer, TorchBatchNorm):
+        elif isinstance(layer, TorchStyleBatchNorm):
             for var in ("gamma", "beta", "moving_mean", "moving_var"):
                 out[f"{layer.name}.{var}"] = getattr(layer, var)
     return out
@@ -257,8 +252,7 @@ def load_keras_weights(model: keras.Model, weights: dict[str, np.ndarray]) -> No
         value = np.asarray(weights[name], np.float32)
         if tuple(value.shape) != tuple(var.shape):
             raise ValueError(
-                f"weight {name!r}: canonical shape {value.shape} does not fit the Keras shape "
-                f"{tuple(var.shape)}"
+                f"weight {name!r}: canonical shape {value.shape} does not fit the Keras shape {tuple(var.shape)}"
             )
         var.assign(value.astype(var.dtype))
 
@@ -267,8 +261,7 @@ def keras_model_weights(model: keras.Model) -> dict[str, np.ndarray]:
     """The model's weights (BatchNorm moving statistics included) as the canonical dict of
     float32 NumPy arrays."""
     return {
-        name: np.asarray(ops.convert_to_numpy(var.value), np.float32)
-        for name, var in keras_variable_map(model).items()
+        name: np.asarray(ops.convert_to_numpy(var.value), np.float32) for name, var in keras_variable_map(model).items()
     }
 
 
@@ -281,7 +274,7 @@ def build_keras_model(
 ) -> keras.Model:
     """A Keras model for ``model_cfg`` holding exactly ``weights`` (canonical, for canonical
     ``input_shape`` without batch dim), every layer under ``dtype_policy`` but the float32
-    head. It reads ``suite.models.prepare_inputs`` output, channels-last for cnn (see
+    head. It reads ``precision_suite.models.prepare_inputs`` output, channels-last for cnn (see
     ``to_keras_inputs``), and returns float32 logits (N, num_classes)."""
     policy = keras.DTypePolicy(dtype_policy) if isinstance(dtype_policy, str) else dtype_policy
     builders = {"mlp": _mlp, "cnn": _cnn, "transformer": _transformer}
@@ -297,7 +290,7 @@ def build_keras_model(
 def to_keras_inputs(model_cfg: Any, x: np.ndarray) -> np.ndarray:
     """``prepare_inputs`` in the layout the Keras model reads (NHWC for cnn), in NumPy. The
     backend does the same transpose once on the device; this is for tests and ``model.fit``."""
-    from suite.models import prepare_inputs
+    from precision_suite.models import prepare_inputs
 
     prepared = prepare_inputs(model_cfg, x)
     if model_cfg.kind == "cnn":

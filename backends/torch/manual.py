@@ -7,7 +7,7 @@
   working copy, so the working copy always equals ``master.to(half)``.
 * ``-pure``: no master copy; the optimizer updates the half weights themselves (kept to show
   why master weights matter).
-* fp16 scales the loss with the loss-scale state machine of ``backends/loss_scale.py`` run on
+* fp16 scales the loss with the loss-scale state machine of ``backends/reference/loss_scale.py`` run on
   the device: ``torch._amp_foreach_non_finite_check_and_unscale_`` checks every gradient for
   inf/NaN and unscales (by 1/scale computed in float64, as GradScaler does),
   ``torch._amp_update_scale_`` moves the scale. The skip happens on the device too: the fused
@@ -20,9 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from precision_suite.backends.torch.base import TorchBackendBase
 from pydantic import BaseModel, ConfigDict
-
-from backends.torch_common import TorchBackendBase
 
 
 class TorchManualOptions(BaseModel):
@@ -32,7 +31,7 @@ class TorchManualOptions(BaseModel):
 
 
 class DeviceLossScaler:
-    """``backends.loss_scale.LossScaler`` on the device, with GradScaler's kernels."""
+    """``precision_suite.backends.reference.loss_scale.LossScaler`` on the device, with GradScaler's kernels."""
 
     def __init__(self, cfg: Any, device: Any) -> None:
         import torch
@@ -109,8 +108,7 @@ class TorchManualBackend(TorchBackendBase):
 
     def _build(self) -> None:
         import torch
-
-        from backends.torch_common import build_optimizer
+        from precision_suite.backends.torch.base import build_optimizer
 
         half = self.compute_dtype
         self.model.to(half)
@@ -132,9 +130,7 @@ class TorchManualBackend(TorchBackendBase):
         self.optimizer = build_optimizer(self.opt_params, self.job, fused=True)
         ls = self.job.loss_scale
         self.scaler: DeviceLossScaler | NoLossScaler = (
-            DeviceLossScaler(ls, self.device)
-            if self.policy.loss_scaling and ls.enabled
-            else NoLossScaler(self.device)
+            DeviceLossScaler(ls, self.device) if self.policy.loss_scaling and ls.enabled else NoLossScaler(self.device)
         )
 
     def _forward(self, x: Any) -> Any:
@@ -187,14 +183,13 @@ class TorchManualBackend(TorchBackendBase):
         self.telemetry.record(loss_sum, scale_used, found_inf)
 
     def _extra_state(self) -> dict[str, Any]:
-        from backends.torch_common import to_plain
+        from precision_suite.backends.torch.base import to_plain
 
         return {"master": to_plain(self.master), "scaler": self.scaler.state()}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         import torch
-
-        from backends.torch_common import from_plain
+        from precision_suite.backends.torch.base import from_plain
 
         with torch.no_grad():
             for m, saved in zip(self.master, from_plain(state["master"]), strict=True):

@@ -8,16 +8,16 @@ import math
 
 import numpy as np
 import pytest
-
-from suite.config import CnnConfig, MlpConfig, TransformerConfig, load_config
-from suite.data import batch_plan, load_dataset
-from suite.models import (
+from precision_suite.config import CnnConfig, MlpConfig, TransformerConfig, load_config
+from precision_suite.data import batch_plan, load_dataset
+from precision_suite.models import (
     BATCH_NORM_EPS,
     BATCH_NORM_MOMENTUM,
     LAYER_NORM_EPS,
     init_weights,
     prepare_inputs,
 )
+
 from tests.conftest import needs_torch
 
 pytestmark = needs_torch
@@ -94,9 +94,7 @@ def _reference_forward(kind, cfg, w, x, training_bn=False):
         p = f"block{b}."
         h = _layer_norm(x, w[p + "ln1.gamma"], w[p + "ln1.beta"])
         q, k, v = (
-            (h @ w[f"{p}attn.{s}.kernel"] + w[f"{p}attn.{s}.bias"])
-            .reshape(n, t, heads, dh)
-            .transpose(0, 2, 1, 3)
+            (h @ w[f"{p}attn.{s}.kernel"] + w[f"{p}attn.{s}.bias"]).reshape(n, t, heads, dh).transpose(0, 2, 1, 3)
             for s in "qkv"
         )
         scores = (q / math.sqrt(dh)) @ k.transpose(0, 1, 3, 2)
@@ -112,7 +110,7 @@ def _reference_forward(kind, cfg, w, x, training_bn=False):
 
 
 def _build(kind: str, seed: int = 0, perturb: bool = True):
-    from backends.torch_models import build_torch_model
+    from precision_suite.backends.torch.models import build_torch_model
 
     cfg, shape = MODELS[kind]
     weights = init_weights(cfg, shape, 10, seed)
@@ -124,7 +122,7 @@ def _build(kind: str, seed: int = 0, perturb: bool = True):
 # ---------------------------------------------------------------- tests
 @pytest.mark.parametrize("kind", list(MODELS))
 def test_loads_exactly_the_canonical_weights_and_exports_them_back(kind):
-    from backends.torch_models import torch_model_weights
+    from precision_suite.backends.torch.models import torch_model_weights
 
     _, _, weights, module = _build(kind)
     exported = torch_model_weights(module)
@@ -137,8 +135,7 @@ def test_loads_exactly_the_canonical_weights_and_exports_them_back(kind):
 @pytest.mark.parametrize("wrapper", ["compile", "data_parallel"])
 def test_export_and_load_see_through_wrappers(wrapper):
     import torch
-
-    from backends.torch_models import load_canonical_weights, torch_model_weights
+    from precision_suite.backends.torch.models import load_canonical_weights, torch_model_weights
 
     class CompiledLike(torch.nn.Module):
         # What torch.compile returns: the model registered as `_orig_mod` (importing dynamo
@@ -156,8 +153,7 @@ def test_export_and_load_see_through_wrappers(wrapper):
 
 def test_exported_weights_are_copies_not_views_of_the_parameters():
     import torch
-
-    from backends.torch_models import torch_model_weights
+    from precision_suite.backends.torch.models import torch_model_weights
 
     _, _, weights, module = _build("cnn")
     exported = torch_model_weights(module)
@@ -170,9 +166,7 @@ def test_exported_weights_are_copies_not_views_of_the_parameters():
 
 def test_layouts_dense_transposed_and_conv_hwio_to_oihw():
     _, _, w, module = _build("cnn")
-    np.testing.assert_array_equal(
-        module.conv0.weight.detach().numpy(), w["conv0.kernel"].transpose(3, 2, 0, 1)
-    )
+    np.testing.assert_array_equal(module.conv0.weight.detach().numpy(), w["conv0.kernel"].transpose(3, 2, 0, 1))
     np.testing.assert_array_equal(module.dense.weight.detach().numpy(), w["dense.kernel"].T)
     np.testing.assert_array_equal(module.bn1.running_var.numpy(), w["bn1.moving_var"])
     assert module.conv0.bias is None
@@ -221,8 +215,7 @@ def test_batch_norm_training_uses_batch_stats_and_updates_running_var_unbiased()
 @pytest.mark.parametrize("activation", ["relu", "gelu", "tanh", "sigmoid"])
 def test_mlp_activation_is_the_configured_one(activation):
     import torch
-
-    from backends.torch_models import build_torch_model
+    from precision_suite.backends.torch.models import build_torch_model
 
     cfg = MlpConfig(hidden=[8], activation=activation)
     w = _perturbed(init_weights(cfg, (12,), 3, 0))
@@ -241,8 +234,7 @@ def test_mlp_activation_is_the_configured_one(activation):
 
 def test_output_shapes_for_vectors_and_other_image_sizes():
     import torch
-
-    from backends.torch_models import build_torch_model
+    from precision_suite.backends.torch.models import build_torch_model
 
     cases = [
         (MlpConfig(hidden=[5]), (20,)),
@@ -256,7 +248,7 @@ def test_output_shapes_for_vectors_and_other_image_sizes():
 
 
 def test_wrong_weights_are_rejected_by_name():
-    from backends.torch_models import build_torch_model
+    from precision_suite.backends.torch.models import build_torch_model
 
     cfg, shape = MODELS["mlp"]
     w = init_weights(cfg, shape, 10, 0)
@@ -271,8 +263,7 @@ def test_wrong_weights_are_rejected_by_name():
 
 def test_dropout_is_configurable_and_off_by_default():
     import torch
-
-    from backends.torch_models import build_torch_model
+    from precision_suite.backends.torch.models import build_torch_model
 
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32))
     for dropout, expect_equal in ((0.0, True), (0.5, False)):
@@ -287,8 +278,7 @@ def test_dropout_is_configurable_and_off_by_default():
 
 def test_export_from_a_half_module_is_float32_canonical():
     import torch
-
-    from backends.torch_models import torch_model_weights
+    from precision_suite.backends.torch.models import torch_model_weights
 
     _, _, w, module = _build("transformer", perturb=False)
     exported = torch_model_weights(module.to(torch.bfloat16))
@@ -324,8 +314,7 @@ def one_torch_thread():
 def test_default_training_on_digits_reaches_the_target_accuracy(default_digits, one_torch_thread, kind, seed):
     import torch
     import torch.nn.functional as F
-
-    from backends.torch_models import build_torch_model
+    from precision_suite.backends.torch.models import build_torch_model
 
     cfg, ds = default_digits
     model = next(m for m in cfg.models if m.kind == kind)

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from precision_suite.backends.reference.loss_scale import simulate
+from precision_suite.config import CnnConfig, MlpConfig
 
-from backends.loss_scale import simulate
-from suite.config import CnnConfig, MlpConfig
 from tests.conftest import TOLERANCES, needs_torch
 
 pytestmark = needs_torch
@@ -118,7 +118,7 @@ def test_skipped_step_leaves_params_and_optimizer_state_identical(policy, optimi
 
 
 def test_clipping_after_unscale_matches_fp32_clipping():
-    from backends.torch_models import torch_model_weights
+    from precision_suite.backends.torch.models import torch_model_weights
 
     clip = 0.01
     updates = []

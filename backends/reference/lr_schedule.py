@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from suite.config import LrScheduleConfig
+from precision_suite.config import LrScheduleConfig
 
 
 def lr_factor(cfg: LrScheduleConfig, step: int, total_steps: int) -> float:

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from precision_suite.backends.reference.loss_scale import simulate
+from precision_suite.config import MlpConfig
 
-from backends.loss_scale import simulate
-from suite.config import MlpConfig
 from tests.conftest import TOLERANCES, needs_torch
 
 pytestmark = needs_torch
@@ -62,15 +62,14 @@ def test_observed_precision(policy, compute, scaling):
 
 
 def test_tf32_is_unsupported_on_cpu():
-    from backends.torch_amp import TorchAmpBackend
+    from precision_suite.backends.torch.amp import TorchAmpBackend
 
     assert "CUDA" in TorchAmpBackend.unsupported_reason("tf32", "cpu")
 
 
 def test_options_reject_unknown_keys():
+    from precision_suite.backends.torch.amp import TorchAmpBackend
     from pydantic import ValidationError
-
-    from backends.torch_amp import TorchAmpBackend
 
     with pytest.raises(ValidationError):
         TorchAmpBackend.Options.model_validate({"fussed": True})
@@ -152,7 +151,7 @@ def test_lr_schedule_advances_only_on_applied_steps(fused):
 
 
 def _one_clipped_update(policy: str, clip: float) -> np.ndarray:
-    from backends.torch_models import torch_model_weights
+    from precision_suite.backends.torch.models import torch_model_weights
 
     data = tiny_data()
     job = make_job(
@@ -180,7 +179,7 @@ def test_clipping_after_unscale_matches_fp32_clipping():
 
 
 def test_grad_accumulation_matches_full_batch_and_steps_scaler_once():
-    from backends.torch_models import torch_model_weights
+    from precision_suite.backends.torch.models import torch_model_weights
 
     data = tiny_data()
     results = []
@@ -210,9 +209,7 @@ def test_grad_accumulation_matches_full_batch_and_steps_scaler_once():
 
 def test_static_scale_never_moves_but_still_skips():
     data = tiny_data()
-    job = make_job(
-        BACKEND, "fp16-mixed", loss_scale={"dynamic": False, "init_scale": 64.0, "growth_interval": 1}
-    )
+    job = make_job(BACKEND, "fp16-mixed", loss_scale={"dynamic": False, "init_scale": 64.0, "growth_interval": 1})
     backend = make_backend(job, data)
     run(backend, plan(job, data)[:4], inject=OverflowInjector(backend, {2}))
     telemetry = backend.drain_telemetry()

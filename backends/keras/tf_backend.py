@@ -1,7 +1,7 @@
 """``tf-keras``: Keras 3 on TensorFlow, its own mixed precision (``DTypePolicy``) and
 ``LossScaleOptimizer``.
 
-The dtype policy is given to every layer of the job's model (``backends/keras_models.py``), never
+The dtype policy is given to every layer of the job's model (``backends/keras/models.py``), never
 set globally; the classifier head is float32 so logits and loss are float32. Variables are
 float32 under every policy (Keras casts them to the compute dtype inside each layer), so they
 are also what the optimizer updates: there is no separate master copy.
@@ -21,10 +21,10 @@ Loss scaling (fp16-mixed) from ``job.loss_scale``:
   schedule, counts applied steps only); a finite one counts, and the ``growth_interval``-th in a
   row doubles the scale.
 * static: the inner optimizer's ``loss_scale_factor``. Keras would then apply a non-finite
-  gradient; GradScaler (and ``backends/loss_scale.py``) skips it, so the step skips too.
+  gradient; GradScaler (and ``backends/reference/loss_scale.py``) skips it, so the step skips too.
 * disabled, or any other policy: no scaling, scale 1.0, nothing skipped.
 
-Optimizers follow torch's update rules (``backends/keras_optim.py``).
+Optimizers follow torch's update rules (``backends/keras/optim.py``).
 """
 
 from __future__ import annotations
@@ -37,13 +37,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from precision_suite.backends.base import Availability, Backend, EvalResult, MemoryStats, Telemetry
 from pydantic import BaseModel, ConfigDict
 
-from backends.base import Availability, Backend, EvalResult, MemoryStats, Telemetry
-
 if TYPE_CHECKING:
-    from suite.data import Dataset
-    from suite.jobs import Job
+    from precision_suite.data import Dataset
+    from precision_suite.jobs import Job
 
 EVAL_BATCH = 1024
 # Keras' LossScaleOptimizer hard-codes these.
@@ -121,7 +120,7 @@ class TfKerasBackend(Backend):
 
     @classmethod
     def resolve_device(cls, requested: str) -> str:
-        from backends.base import DeviceUnavailable
+        from precision_suite.backends.base import DeviceUnavailable
 
         if requested == "cpu":
             return "cpu"
@@ -158,9 +157,9 @@ class TfKerasBackend(Backend):
         if problem:
             raise ValueError(problem)
         tf, keras = _import_tf()
-        from backends.keras_models import build_keras_model
-        from backends.keras_optim import build_optimizer
-        from suite.models import prepare_inputs
+        from precision_suite.backends.keras.models import build_keras_model
+        from precision_suite.backends.keras.optim import build_optimizer
+        from precision_suite.models import prepare_inputs
 
         self.job = job
         self.options = TfKerasOptions.model_validate(job.options)
@@ -190,9 +189,7 @@ class TfKerasBackend(Backend):
             )
             train = job.train
             total_steps = train.steps or (len(data.y_train) // train.batch_size) * int(train.epochs or 0)
-            inner = build_optimizer(
-                train.optimizer, train.lr_schedule, max(total_steps, 1), train.grad_clip_norm
-            )
+            inner = build_optimizer(train.optimizer, train.lr_schedule, max(total_steps, 1), train.grad_clip_norm)
             ls = job.loss_scale
             if self.loss_mode == "dynamic":
                 self.optimizer = keras.optimizers.LossScaleOptimizer(
@@ -277,10 +274,7 @@ class TfKerasBackend(Backend):
                     loss = self._loss(tf, logits, y[k * micro : (k + 1) * micro])
                     scaled = optimizer.scale_loss(loss / n_micro if n_micro > 1 else loss)
                 micro_grads = tape.gradient(scaled, tvars)
-                if grads is None:
-                    grads = micro_grads
-                else:
-                    grads = [a + b for a, b in zip(grads, micro_grads, strict=True)]
+                grads = micro_grads if grads is None else [a + b for a, b in zip(grads, micro_grads, strict=True)]
                 loss_sum += loss
             if mode == "none":
                 skipped = tf.constant(False)
@@ -317,9 +311,7 @@ class TfKerasBackend(Backend):
                 return step(rows)
 
         jit = self.options.jit_compile
-        self._step_fn = tf.function(
-            placed_step, jit_compile=jit, input_signature=[tf.TensorSpec([batch], tf.int32)]
-        )
+        self._step_fn = tf.function(placed_step, jit_compile=jit, input_signature=[tf.TensorSpec([batch], tf.int32)])
         self._eval_fn = tf.function(evaluate, jit_compile=jit)
         # The traced graph itself: calling it skips tf.function's per-call argument binding and
         # dispatch (about 80 µs a step on a 2-core CPU), which the fixed signature makes moot.
@@ -427,9 +419,8 @@ class TfKerasBackend(Backend):
     def environment(self) -> dict[str, Any]:
         import keras
         import tensorflow as tf
+        from precision_suite.measure import cpu_info
         from tensorflow.python.framework import config as tf_config
-
-        from suite.measure import cpu_info
 
         device_name = cpu_info()["cpu_model"]
         if self.job.device == "cuda":
@@ -454,7 +445,7 @@ class TfKerasBackend(Backend):
 
     # -------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        from backends.keras_models import keras_model_weights, keras_variable_map
+        from precision_suite.backends.keras.models import keras_model_weights, keras_variable_map
 
         canonical = {id(v) for v in keras_variable_map(self.model).values()}
         state: dict[str, Any] = {
@@ -473,7 +464,7 @@ class TfKerasBackend(Backend):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        from backends.keras_models import keras_variable_map, load_keras_weights
+        from precision_suite.backends.keras.models import keras_variable_map, load_keras_weights
 
         load_keras_weights(self.model, state["weights"])
         canonical = {id(v) for v in keras_variable_map(self.model).values()}

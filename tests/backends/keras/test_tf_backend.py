@@ -2,7 +2,7 @@
 custom step vs ``model.fit``, fresh-process resume, policies and the global state they touch.
 
 Also a tiny CLI the resume test runs in a fresh process
-(``python -m tests.backends.test_tf_keras resume SPEC_JSON STATE_IN STATE_OUT``).
+(``python -m tests.backends.keras.test_tf_backend resume SPEC_JSON STATE_IN STATE_OUT``).
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-from backends.loss_scale import simulate
-from backends.tf_keras import TfKerasBackend
-from suite.config import (
+from precision_suite.backends.keras.tf_backend import TfKerasBackend
+from precision_suite.backends.reference.loss_scale import simulate
+from precision_suite.config import (
     DataConfig,
     LossScaleConfig,
     MlpConfig,
@@ -27,9 +26,10 @@ from suite.config import (
     RunnerConfig,
     TrainConfig,
 )
-from suite.data import Dataset, batch_plan, load_dataset
-from suite.jobs import Job
-from suite.models import init_weights
+from precision_suite.data import Dataset, batch_plan, load_dataset
+from precision_suite.jobs import Job
+from precision_suite.models import init_weights
+
 from tests.conftest import TOLERANCES, needs_tf
 
 POISON = 0  # training row made to overflow fp16 (row values 1e6 > fp16 max 65504)
@@ -109,8 +109,9 @@ def assert_states_equal(a: Any, b: Any, path: str = "") -> None:
 # ---------------------------------------------------------------- no TensorFlow needed
 def test_import_and_availability_do_not_import_tensorflow():
     code = (
-        "import sys; from backends.tf_keras import TfKerasBackend; TfKerasBackend.is_available();"
-        "TfKerasBackend.config_problem(__import__('tests.backends.test_tf_keras', "
+        "import sys; from precision_suite.backends.keras.tf_backend import TfKerasBackend;"
+        "TfKerasBackend.is_available();"
+        "TfKerasBackend.config_problem(__import__('tests.backends.keras.test_tf_backend', "
         "fromlist=['make_job']).make_job('fp16-mixed'));"
         "print(sorted(m for m in ('tensorflow', 'keras', 'torch') if m in sys.modules))"
     )
@@ -118,9 +119,7 @@ def test_import_and_availability_do_not_import_tensorflow():
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize(
-    "key, value", [("growth_factor", 3.0), ("backoff_factor", 0.25)], ids=["growth", "backoff"]
-)
+@pytest.mark.parametrize("key, value", [("growth_factor", 3.0), ("backoff_factor", 0.25)], ids=["growth", "backoff"])
 def test_factors_keras_cannot_express_are_rejected_up_front(key, value):
     job = make_job("fp16-mixed", loss_scale={key: value})
     problem = TfKerasBackend.config_problem(job)
@@ -146,16 +145,16 @@ def test_unknown_policy_and_option_are_rejected_naming_the_valid_ones():
 
 @needs_tf
 def test_lr_schedule_is_the_reference_formula():
-    from backends.keras_optim import TorchLrSchedule
-    from suite.config import LrScheduleConfig
-    from suite.schedule import lr_factor
+    from precision_suite.backends.keras.optim import TorchStyleLrSchedule
+    from precision_suite.backends.reference.lr_schedule import lr_factor
+    from precision_suite.config import LrScheduleConfig
 
     for cfg in (
         LrScheduleConfig(name="cosine", warmup_steps=3, min_lr_ratio=0.1),
         LrScheduleConfig(name="step", warmup_steps=2, step_size=4, gamma=0.5),
         LrScheduleConfig(name="constant", warmup_steps=5),
     ):
-        schedule = TorchLrSchedule(0.1, cfg, total_steps=20)
+        schedule = TorchStyleLrSchedule(0.1, cfg, total_steps=20)
         got = [float(schedule(t)) for t in range(22)]
         want = [0.1 * lr_factor(cfg, t, 20) for t in range(22)]
         np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=cfg.name)
@@ -311,9 +310,8 @@ def test_underflow_positive_control_learns_only_with_scaling():
 @needs_tf
 def test_custom_step_matches_model_fit():
     import keras
-
-    from backends.keras_models import build_keras_model, to_keras_inputs
-    from backends.keras_optim import build_optimizer
+    from precision_suite.backends.keras.models import build_keras_model, to_keras_inputs
+    from precision_suite.backends.keras.optim import build_optimizer
 
     data = tiny_data(poison=False)
     job = make_job("fp16-mixed", train={"steps": 8, "batch_size": 16})
@@ -442,7 +440,7 @@ def test_resume_in_a_fresh_process_continues_identically(tmp_path):
         [
             sys.executable,
             "-m",
-            "tests.backends.test_tf_keras",
+            "tests.backends.keras.test_tf_backend",
             "resume",
             json.dumps(RESUME),
             str(state_in),
@@ -491,9 +489,9 @@ def test_gpu_allocator_peak_tf32_off_and_half_compute():
 @needs_tf
 @pytest.mark.slow
 def test_digits_mixed_policies_reach_fp32_accuracy_within_parity_tolerance():
-    from suite.config import load_config
-    from suite.jobs import expand_jobs
-    from suite.loop import run_job
+    from precision_suite.config import load_config
+    from precision_suite.jobs import expand_jobs
+    from precision_suite.loop import run_job
 
     config = load_config(None, ["backends.names=[tf-keras]", "device=cpu"])
     accuracy: dict[tuple[str, str], list[float]] = {}

@@ -8,9 +8,9 @@ import math
 
 import numpy as np
 import pytest
+from precision_suite.config import CnnConfig, MlpConfig, TransformerConfig
+from precision_suite.models import BATCH_NORM_EPS, LAYER_NORM_EPS, init_weights
 
-from suite.config import CnnConfig, MlpConfig, TransformerConfig
-from suite.models import BATCH_NORM_EPS, LAYER_NORM_EPS, init_weights
 from tests.conftest import needs_tf
 
 pytestmark = needs_tf
@@ -25,7 +25,7 @@ MODELS = {
 
 @pytest.fixture(scope="module")
 def km():
-    from backends import keras_models
+    from precision_suite.backends.keras import models as keras_models
 
     return keras_models
 
@@ -71,7 +71,7 @@ def test_layer_norm_epsilon_and_exact_gelu(km):
 
 
 def test_batch_norm_running_variance_is_unbiased_like_torch(km):
-    layer = km.TorchBatchNorm(BATCH_NORM_EPS, 0.1, dtype="float32")
+    layer = km.TorchStyleBatchNorm(BATCH_NORM_EPS, 0.1, dtype="float32")
     x = np.random.default_rng(0).normal(size=(4, 3, 3, 2)).astype(np.float32)
     y = np.asarray(layer(x, training=True))
     flat = x.reshape(-1, 2)

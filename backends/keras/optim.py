@@ -22,12 +22,11 @@ from typing import Any
 
 import keras
 from keras import ops
+from precision_suite.config import LrScheduleConfig, OptimizerConfig
 
-from suite.config import LrScheduleConfig, OptimizerConfig
 
-
-class TorchLrSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """``suite.schedule.lr_factor`` times the base lr, indexed by the optimizer's
+class TorchStyleLrSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """``precision_suite.backends.reference.lr_schedule.lr_factor`` times the base lr, indexed by the optimizer's
     ``iterations``: applied steps only (a loss-scale-skipped step does not advance it, since
     ``LossScaleOptimizer`` does not call the inner ``apply`` then)."""
 
@@ -65,7 +64,7 @@ def _torch_clip(grads: list, max_norm: float) -> list:
     return [g if g is None else g * coef for g in grads]
 
 
-class _TorchClip:
+class TorchStyleClipping:
     """Global-norm clipping as torch's ``clip_grad_norm_`` (``clip_norm`` None: off)."""
 
     clip_norm: float | None
@@ -74,7 +73,7 @@ class _TorchClip:
         return grads if self.clip_norm is None else _torch_clip(grads, self.clip_norm)
 
 
-class TorchSGD(_TorchClip, keras.optimizers.SGD):
+class TorchStyleSGD(TorchStyleClipping, keras.optimizers.SGD):
     """``torch.optim.SGD`` (dampening 0, no Nesterov) with coupled L2 ``weight_decay``."""
 
     def __init__(self, l2: float = 0.0, clip_norm: float | None = None, **kwargs: Any) -> None:
@@ -95,7 +94,7 @@ class TorchSGD(_TorchClip, keras.optimizers.SGD):
         self.assign_sub(variable, lr * g)
 
 
-class TorchAdam(_TorchClip, keras.optimizers.Adam):
+class TorchStyleAdam(TorchStyleClipping, keras.optimizers.Adam):
     """``torch.optim.Adam`` (coupled L2 ``weight_decay``) or, with ``decoupled=True``,
     ``torch.optim.AdamW``."""
 
@@ -156,11 +155,11 @@ def build_optimizer(
     """The Keras optimizer for ``train.optimizer`` with torch's semantics (see module doc)."""
     # A constant lr is a plain float: a schedule object would add ops to every step.
     constant = schedule.name == "constant" and not schedule.warmup_steps
-    lr = float(cfg.lr) if constant else TorchLrSchedule(cfg.lr, schedule, total_steps)
+    lr = float(cfg.lr) if constant else TorchStyleLrSchedule(cfg.lr, schedule, total_steps)
     if cfg.name == "sgd":
-        return TorchSGD(l2=cfg.weight_decay, clip_norm=clip_norm, learning_rate=lr, momentum=cfg.momentum)
+        return TorchStyleSGD(l2=cfg.weight_decay, clip_norm=clip_norm, learning_rate=lr, momentum=cfg.momentum)
     if cfg.name in ("adam", "adamw"):
-        return TorchAdam(
+        return TorchStyleAdam(
             l2=cfg.weight_decay,
             decoupled=cfg.name == "adamw",
             clip_norm=clip_norm,

@@ -1,11 +1,11 @@
 """What the two PyTorch backends share: the policy table, device data, optimizer and lr
 schedule, on-device telemetry, memory accounting, observed precision, environment, checkpoints.
 
-This module does not import torch at module level (``backends.torch_amp`` and
-``backends.torch_manual`` subclass ``TorchBackendBase`` and must stay importable without
+This module does not import torch at module level (``precision_suite.backends.torch.amp`` and
+``precision_suite.backends.torch.manual`` subclass ``TorchBackendBase`` and must stay importable without
 torch); every method imports it where it needs it.
 
-The lr schedule and skipped steps. ``suite/schedule.py``'s formula is indexed by *applied*
+The lr schedule and skipped steps. ``backends/reference/lr_schedule.py``'s formula is indexed by *applied*
 optimizer steps: a step skipped for overflow does not advance it. Where the skip decision is
 made on the device (a fused optimizer given ``found_inf``: torch-manual always, torch-amp with
 ``fused: true``), the lr is a 0-d device tensor every param group points at, filled before each
@@ -24,15 +24,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-
-from backends.base import Backend, EvalResult, MemoryStats, Telemetry, module_available
-from suite.schedule import lr_factor
+from precision_suite.backends.base import Backend, EvalResult, MemoryStats, Telemetry, module_available
+from precision_suite.backends.reference.lr_schedule import lr_factor
 
 if TYPE_CHECKING:
     import torch
-
-    from suite.data import Dataset
-    from suite.jobs import Job
+    from precision_suite.data import Dataset
+    from precision_suite.jobs import Job
 
 
 @dataclass(frozen=True)
@@ -69,7 +67,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def total_plan_steps(job: Job, n_train: int) -> int:
-    """Optimizer steps of the job's batch plan (``suite.data.batch_plan``): the lr schedule's
+    """Optimizer steps of the job's batch plan (``precision_suite.data.batch_plan``): the lr schedule's
     horizon."""
     if job.train.steps is not None:
         return job.train.steps
@@ -131,7 +129,7 @@ def build_optimizer(params: list[Any], job: Job, fused: bool) -> torch.optim.Opt
 
 
 class LrSchedule:
-    """``suite/schedule.py``'s lr by applied optimizer step; see the module docstring."""
+    """``backends/reference/lr_schedule.py``'s lr by applied optimizer step; see the module docstring."""
 
     def __init__(self, optimizer: Any, job: Job, total_steps: int, device: Any, on_device: bool) -> None:
         import torch
@@ -278,7 +276,7 @@ class TorchBackendBase(Backend):
 
     @classmethod
     def resolve_device(cls, requested: str) -> str:
-        from backends.base import DeviceUnavailable
+        from precision_suite.backends.base import DeviceUnavailable
 
         if requested == "cpu":
             return "cpu"
@@ -293,14 +291,11 @@ class TorchBackendBase(Backend):
     # -------------------------------------------------- setup
     def setup(self, job: Job, init_weights: dict[str, np.ndarray], data: Dataset) -> None:
         import torch
-
-        from backends.torch_models import build_torch_model
-        from suite.models import prepare_inputs
+        from precision_suite.backends.torch.models import build_torch_model
+        from precision_suite.models import prepare_inputs
 
         if job.policy not in self.policies:
-            raise ValueError(
-                f'backend {self.name} has no policy "{job.policy}"; it has: {", ".join(self.policies)}'
-            )
+            raise ValueError(f'backend {self.name} has no policy "{job.policy}"; it has: {", ".join(self.policies)}')
         self.job = job
         self.policy = TORCH_POLICIES[job.policy]
         self.options = self.Options.model_validate(job.options)
@@ -323,9 +318,7 @@ class TorchBackendBase(Backend):
         model = build_torch_model(job.model, data.input_shape, data.num_classes, init_weights)
         self.model = model.to(self.device)
         self._build()
-        self.forward_module = (
-            torch.compile(self.model) if getattr(self.options, "compile", False) else self.model
-        )
+        self.forward_module = torch.compile(self.model) if getattr(self.options, "compile", False) else self.model
         self.schedule = LrSchedule(
             self.optimizer,
             job,
@@ -548,9 +541,7 @@ class TorchBackendBase(Backend):
             "applied_steps": self.schedule.applied_steps,
             "skipped_steps": self.telemetry.skipped_steps(),
             "cpu_rng": to_plain(torch.get_rng_state()),
-            "cuda_rng": to_plain(torch.cuda.get_rng_state(self.device))
-            if self.device.type == "cuda"
-            else None,
+            "cuda_rng": to_plain(torch.cuda.get_rng_state(self.device)) if self.device.type == "cuda" else None,
         }
         state.update(self._extra_state())
         return state

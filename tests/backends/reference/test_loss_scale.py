@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from precision_suite.backends.reference.loss_scale import LossScaler, simulate
+from precision_suite.config import LossScaleConfig
 
-from backends.loss_scale import LossScaler, simulate
-from suite.config import LossScaleConfig
 from tests.conftest import needs_torch
 
 

@@ -17,9 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-
-from suite.models import (
+from precision_suite.models import (
     BATCH_NORM_EPS,
     BATCH_NORM_MOMENTUM,
     GELU_APPROXIMATE,
@@ -28,6 +26,7 @@ from suite.models import (
     check_weight_names,
     num_tokens,
 )
+from torch import nn
 
 _GELU = "tanh" if GELU_APPROXIMATE else "none"
 
@@ -48,9 +47,7 @@ def _activation(name: str) -> nn.Module:
 class TorchMlp(nn.Module):
     """dense{i} → activation → dropout, ..., head."""
 
-    def __init__(
-        self, n_in: int, hidden: list[int], activation: str, num_classes: int, dropout: float
-    ) -> None:
+    def __init__(self, n_in: int, hidden: list[int], activation: str, num_classes: int, dropout: float) -> None:
         super().__init__()
         self.num_hidden = len(hidden)
         for i, n_out in enumerate(hidden):
@@ -149,7 +146,7 @@ class TorchBlock(nn.Module):
 
 class TorchTransformer(nn.Module):
     """embed (patch → d) + pos → block{b}... → ln_f → mean over tokens → head.
-    Inputs (N, T, P) from ``suite.models.prepare_inputs``."""
+    Inputs (N, T, P) from ``precision_suite.models.prepare_inputs``."""
 
     def __init__(
         self,
@@ -254,8 +251,8 @@ def build_torch_model(
     weights: dict[str, np.ndarray],
 ) -> nn.Module:
     """An fp32 CPU module for ``model_cfg`` holding exactly ``weights`` (from
-    ``suite.models.init_weights`` for the same canonical ``input_shape``, no batch dim). It reads
-    ``suite.models.prepare_inputs`` output and returns logits (N, num_classes)."""
+    ``precision_suite.models.init_weights`` for the same canonical ``input_shape``, no batch dim). It reads
+    ``precision_suite.models.prepare_inputs`` output and returns logits (N, num_classes)."""
     kind = model_cfg.kind
     if kind == "mlp":
         module: nn.Module = TorchMlp(

@@ -14,16 +14,15 @@ is clipped to NaN and then skipped by ``scaler.step``: never applied); ``scaler.
 Host syncs: with ``fused: false`` GradScaler's ``step`` itself reads ``found_inf`` with
 ``.item()`` on fp16 (torch's design); ``fused: true`` hands ``found_inf`` to the fused optimizer
 kernel, which skips on the device, and this backend then adds no sync at all (see
-``backends/torch_common.py`` for how the lr schedule follows applied steps either way).
+``backends/torch/base.py`` for how the lr schedule follows applied steps either way).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from precision_suite.backends.torch.base import TorchBackendBase
 from pydantic import BaseModel, ConfigDict
-
-from backends.torch_common import TorchBackendBase
 
 
 class TorchAmpOptions(BaseModel):
@@ -65,7 +64,7 @@ class TorchAmpBackend(TorchBackendBase):
         self.autocast_enabled = self.policy.compute_dtype != "float32"
 
     def _make_optimizer(self) -> Any:
-        from backends.torch_common import build_optimizer
+        from precision_suite.backends.torch.base import build_optimizer
 
         return build_optimizer(self.opt_params, self.job, fused=self._fused)
 

@@ -70,7 +70,7 @@ class LossScaler:
 
     @classmethod
     def from_config(cls, cfg: Any, enabled: bool = True) -> LossScaler:
-        """From a ``suite.config.LossScaleConfig``; ``enabled=False`` for a policy that does not
+        """From a ``precision_suite.config.LossScaleConfig``; ``enabled=False`` for a policy that does not
         scale (anything but fp16), whatever the config says."""
         return cls(
             init_scale=cfg.init_scale,

@@ -1,0 +1,1 @@
+"""Framework-free references every backend is tested against: the loss-scale state machine and the lr schedule."""

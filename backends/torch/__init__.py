@@ -1,0 +1,1 @@
+"""PyTorch backends: torch-amp, torch-manual, their shared base, models and optimizers."""
