@@ -33,12 +33,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class PolicySpec:
-    """What a framework-neutral policy means (DESIGN.md, "Precision policies")."""
+    """What a framework-neutral policy means (docs/architecture.md, "Precision policies").
+    Frameworks keep only what is truly theirs beside it (e.g. the Keras ``DTypePolicy`` name)."""
 
     compute_dtype: str  # dtype of matmul outputs where the policy applies
     master_dtype: str  # dtype of the weights the optimizer updates
-    loss_scaling: bool  # whether the policy uses a loss scaler by default
+    loss_scaling: bool  # whether the policy scales the loss (settings from the loss_scale section)
     accelerated_by: str | None  # the hardware feature that makes it fast: float16, bfloat16, tf32
+    tf32: bool = False  # TF32 matmul/conv allowed (set explicitly, on or off, for every policy)
     cuda_only: bool = False
 
     @property
@@ -46,17 +48,31 @@ class PolicySpec:
         """Half weights with no fp32 master copy (shown for information, not held to parity)."""
         return self.master_dtype != "float32"
 
+    @property
+    def master_weights(self) -> bool:
+        """The optimizer updates an fp32 copy of the weights."""
+        return not self.pure
+
+    def loss_scaling_mode(self, enabled: bool, dynamic: bool) -> str:
+        """``"dynamic"``, ``"static"`` or ``"none"`` for the loss_scale section's ``enabled`` and
+        ``dynamic``: the one derivation every backend, the reference scaler and the comparison use."""
+        if not (self.loss_scaling and enabled):
+            return "none"
+        return "dynamic" if dynamic else "static"
+
 
 # The one table every backend and the comparison read; no if-chains over policy names elsewhere.
 POLICY_SPECS: dict[str, PolicySpec] = {
     "fp32": PolicySpec("float32", "float32", False, None),
-    "tf32": PolicySpec("float32", "float32", False, "tf32", cuda_only=True),
+    "tf32": PolicySpec("float32", "float32", False, "tf32", tf32=True, cuda_only=True),
     "fp16-mixed": PolicySpec("float16", "float32", True, "float16"),
     "bf16-mixed": PolicySpec("bfloat16", "float32", False, "bfloat16"),
     "fp16-pure": PolicySpec("float16", "float16", True, "float16"),
     "bf16-pure": PolicySpec("bfloat16", "bfloat16", False, "bfloat16"),
 }
 POLICIES: tuple[str, ...] = tuple(POLICY_SPECS)
+# Rows per forward pass when evaluating, the same in every backend.
+EVAL_BATCH = 1024
 # Policies that only mean something on CUDA devices.
 CUDA_ONLY_POLICIES: frozenset[str] = frozenset(p for p, s in POLICY_SPECS.items() if s.cuda_only)
 
@@ -134,9 +150,21 @@ class Backend(ABC):
     @classmethod
     def resolve_device(cls, requested: str) -> str:
         """The device a job asking for ``requested`` ("auto", "cpu" or "cuda") runs on: "auto"
-        means CUDA when the framework sees a GPU. Runs in the worker, so it may import the
-        framework. Raises ``DeviceUnavailable`` when "cuda" is asked for and there is none."""
-        return "cpu" if requested == "auto" else requested
+        means CUDA when the framework sees a GPU (``sees_cuda``). Runs in the worker. Raises
+        ``DeviceUnavailable`` when "cuda" is asked for and there is none."""
+        if requested == "cpu":
+            return "cpu"
+        if cls.sees_cuda():
+            return "cuda"
+        if requested == "cuda":
+            raise DeviceUnavailable(f"device cuda: {cls.framework} sees no CUDA device")
+        return "cpu"
+
+    @classmethod
+    def sees_cuda(cls) -> bool:
+        """Whether the framework sees a CUDA device. Runs in the worker, so it may import the
+        framework. Default: no (a CPU-only backend)."""
+        return False
 
     @classmethod
     def config_problem(cls, job: Job) -> str | None:

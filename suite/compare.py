@@ -280,12 +280,10 @@ def emulation(policy: str, device: str, environ: dict[str, Any]) -> str:
 
 def _expected_loss_scaling(policy: str, config: dict[str, Any]) -> str:
     spec = POLICY_SPECS.get(policy)
-    if spec is None or not spec.loss_scaling:
+    if spec is None:
         return "none"
     loss_scale = config.get("loss_scale") or {}
-    if not loss_scale.get("enabled", True):
-        return "none"
-    return "dynamic" if loss_scale.get("dynamic", True) else "static"
+    return spec.loss_scaling_mode(loss_scale.get("enabled", True), loss_scale.get("dynamic", True))
 
 
 def _precision_problems(record: dict[str, Any]) -> list[str]:

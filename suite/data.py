@@ -542,6 +542,11 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     return loader(cfg)
 
 
+def plan_steps(n_train: int, batch_size: int, epochs: int | None, steps: int | None) -> int:
+    """Optimizer steps in the batch plan (``batch_plan``): the lr schedule's horizon."""
+    return steps if steps is not None else (n_train // batch_size) * int(epochs or 0)
+
+
 def batch_plan(
     n_train: int, batch_size: int, seed: int, epochs: int | None, steps: int | None
 ) -> list[tuple[int, np.ndarray]]:
@@ -552,7 +557,7 @@ def batch_plan(
     per_epoch = n_train // batch_size
     if per_epoch == 0:
         raise DataError(f"batch_size {batch_size} is larger than the training set ({n_train})")
-    total = steps if steps is not None else per_epoch * int(epochs or 0)
+    total = plan_steps(n_train, batch_size, epochs, steps)
     rng = np.random.default_rng([seed, 0xBA7C])
     plan: list[tuple[int, np.ndarray]] = []
     epoch = 0

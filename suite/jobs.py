@@ -38,6 +38,13 @@ class Job:
     parity: ParityConfig
     config_hash: str = ""
 
+    @property
+    def loss_scaling_mode(self) -> str:
+        """``"dynamic"``, ``"static"`` or ``"none"``: the policy's scaling under ``loss_scale``."""
+        from precision_suite.backends.base import POLICY_SPECS
+
+        return POLICY_SPECS[self.policy].loss_scaling_mode(self.loss_scale.enabled, self.loss_scale.dynamic)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "job_id": self.job_id,

@@ -1,6 +1,6 @@
 """Measurement: timing windows closed by a device sync, and the environment of a record.
 
-Timing rules (DESIGN.md): warm-up steps are excluded and reported apart; a timing window
+Timing rules (docs/architecture.md, "Measurement rules"): warm-up steps are excluded and reported apart; a timing window
 closes with ``backend.synchronize()``; per-step times are window means (no per-step sync);
 evaluation and telemetry reads happen outside the timed windows.
 """

@@ -52,7 +52,7 @@ WORKER_START_TIMEOUT_S = 300.0
 
 
 def worker_environment(config: SuiteConfig) -> dict[str, str]:
-    """The same thread count for every framework (DESIGN.md measurement rules)."""
+    """The same thread count for every framework (docs/architecture.md, "Measurement rules")."""
     threads = str(config.runner.threads or os.cpu_count() or 1)
     env = dict(os.environ)
     env.update(

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-# One table of tolerances keyed by dtype (CONVENTIONS.md). A test needing another states
+# One table of tolerances keyed by dtype. A test needing another states
 # both rtol and atol.
 TOLERANCES: dict[str, dict[str, float]] = {
     "float32": {"rtol": 1e-6, "atol": 1e-6},

@@ -22,33 +22,25 @@ from typing import Any
 
 import keras
 from keras import ops
+from precision_suite.backends.reference.lr_schedule import lr_table
 from precision_suite.config import LrScheduleConfig, OptimizerConfig
 
 
 class TorchStyleLrSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """``precision_suite.backends.reference.lr_schedule.lr_factor`` times the base lr, indexed by the optimizer's
-    ``iterations``: applied steps only (a loss-scale-skipped step does not advance it, since
+    """The reference schedule (``backends/reference/lr_schedule.py``, the one formula) as a table
+    of per-step lrs computed in double precision, indexed by the optimizer's ``iterations``:
+    applied steps only (a loss-scale-skipped step does not advance it, since
     ``LossScaleOptimizer`` does not call the inner ``apply`` then)."""
 
     def __init__(self, base_lr: float, cfg: LrScheduleConfig, total_steps: int) -> None:
         self.base_lr = float(base_lr)
         self.cfg = cfg
         self.total_steps = int(total_steps)
+        self.table = lr_table(self.base_lr, cfg, self.total_steps)
 
     def __call__(self, step):
-        cfg = self.cfg
-        t = ops.cast(step, "float32")
-        if cfg.name == "constant":
-            factor = ops.ones_like(t)
-        elif cfg.name == "step":
-            factor = ops.power(cfg.gamma, ops.floor((t - cfg.warmup_steps) / cfg.step_size))
-        else:
-            span = float(max(self.total_steps - cfg.warmup_steps, 1))
-            progress = ops.clip((t - cfg.warmup_steps) / span, 0.0, 1.0)
-            factor = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + ops.cos(math.pi * progress))
-        if cfg.warmup_steps:
-            factor = ops.where(t < cfg.warmup_steps, (t + 1) / cfg.warmup_steps, factor)
-        return self.base_lr * factor
+        last = len(self.table) - 1
+        return ops.take(ops.convert_to_tensor(self.table, "float32"), ops.minimum(ops.cast(step, "int32"), last))
 
     def get_config(self) -> dict[str, Any]:
         return {

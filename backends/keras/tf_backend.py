@@ -33,38 +33,34 @@ import importlib.metadata
 import importlib.util
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from precision_suite.backends.base import Availability, Backend, EvalResult, MemoryStats, Telemetry
+from precision_suite.backends.base import (
+    EVAL_BATCH,
+    POLICY_SPECS,
+    Availability,
+    Backend,
+    EvalResult,
+    MemoryStats,
+    Telemetry,
+)
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from precision_suite.data import Dataset
     from precision_suite.jobs import Job
 
-EVAL_BATCH = 1024
 # Keras' LossScaleOptimizer hard-codes these.
 KERAS_GROWTH_FACTOR = 2.0
 KERAS_BACKOFF_FACTOR = 0.5
 
-
-@dataclass(frozen=True)
-class KerasPolicy:
-    """What a policy means in Keras."""
-
-    dtype_policy: str  # keras.DTypePolicy name
-    tf32: bool  # TensorFloat-32 execution allowed
-    loss_scaling: bool  # fp16: scaled per job.loss_scale
-
-
-# The one table this backend reads.
-KERAS_POLICIES: dict[str, KerasPolicy] = {
-    "fp32": KerasPolicy("float32", tf32=False, loss_scaling=False),
-    "tf32": KerasPolicy("float32", tf32=True, loss_scaling=False),
-    "fp16-mixed": KerasPolicy("mixed_float16", tf32=False, loss_scaling=True),
-    "bf16-mixed": KerasPolicy("mixed_bfloat16", tf32=False, loss_scaling=False),
+# The only Keras-specific part of a policy: its DTypePolicy name (the rest is POLICY_SPECS).
+KERAS_DTYPE_POLICIES: dict[str, str] = {
+    "fp32": "float32",
+    "tf32": "float32",
+    "fp16-mixed": "mixed_float16",
+    "bf16-mixed": "mixed_bfloat16",
 }
 
 
@@ -96,16 +92,10 @@ def _import_tf() -> tuple[Any, Any]:
     return tf, keras
 
 
-def _loss_mode(job: Job) -> str:
-    if not (KERAS_POLICIES[job.policy].loss_scaling and job.loss_scale.enabled):
-        return "none"
-    return "dynamic" if job.loss_scale.dynamic else "static"
-
-
 class TfKerasBackend(Backend):
     name = "tf-keras"
     framework = "tensorflow"
-    policies = tuple(KERAS_POLICIES)
+    policies = tuple(KERAS_DTYPE_POLICIES)
     Options = TfKerasOptions
 
     @staticmethod
@@ -119,25 +109,17 @@ class TfKerasBackend(Backend):
         return Availability(True)
 
     @classmethod
-    def resolve_device(cls, requested: str) -> str:
-        from precision_suite.backends.base import DeviceUnavailable
-
-        if requested == "cpu":
-            return "cpu"
+    def sees_cuda(cls) -> bool:
         tf, _ = _import_tf()
-        if tf.config.list_physical_devices("GPU"):
-            return "cuda"
-        if requested == "cuda":
-            raise DeviceUnavailable("device cuda: TensorFlow sees no GPU")
-        return "cpu"
+        return bool(tf.config.list_physical_devices("GPU"))
 
     @classmethod
     def config_problem(cls, job: Job) -> str | None:
         """Why this backend cannot run ``job`` as configured (one line), or None."""
-        if job.policy not in KERAS_POLICIES:
-            return f'backend tf-keras has no policy "{job.policy}"; it has: {", ".join(KERAS_POLICIES)}'
+        if job.policy not in KERAS_DTYPE_POLICIES:
+            return f'backend tf-keras has no policy "{job.policy}"; it has: {", ".join(KERAS_DTYPE_POLICIES)}'
         ls = job.loss_scale
-        if _loss_mode(job) == "dynamic":
+        if job.loss_scaling_mode == "dynamic":
             for key, value, fixed in (
                 ("growth_factor", ls.growth_factor, KERAS_GROWTH_FACTOR),
                 ("backoff_factor", ls.backoff_factor, KERAS_BACKOFF_FACTOR),
@@ -159,12 +141,13 @@ class TfKerasBackend(Backend):
         tf, keras = _import_tf()
         from precision_suite.backends.keras.models import build_keras_model
         from precision_suite.backends.keras.optim import build_optimizer
+        from precision_suite.data import plan_steps
         from precision_suite.models import prepare_inputs
 
         self.job = job
         self.options = TfKerasOptions.model_validate(job.options)
-        self.policy = KERAS_POLICIES[job.policy]
-        self.loss_mode = _loss_mode(job)
+        self.policy = POLICY_SPECS[job.policy]
+        self.loss_mode = job.loss_scaling_mode
         self._device = "/GPU:0" if job.device == "cuda" else "/CPU:0"
         self._configure_runtime(tf)
         keras.utils.set_random_seed(job.seed)
@@ -185,11 +168,11 @@ class TfKerasBackend(Backend):
                 data.input_shape,
                 data.num_classes,
                 init_weights,
-                keras.DTypePolicy(self.policy.dtype_policy),
+                keras.DTypePolicy(KERAS_DTYPE_POLICIES[job.policy]),
             )
             train = job.train
-            total_steps = train.steps or (len(data.y_train) // train.batch_size) * int(train.epochs or 0)
-            inner = build_optimizer(train.optimizer, train.lr_schedule, max(total_steps, 1), train.grad_clip_norm)
+            total_steps = plan_steps(len(data.y_train), train.batch_size, train.epochs, train.steps)
+            inner = build_optimizer(train.optimizer, train.lr_schedule, total_steps, train.grad_clip_norm)
             ls = job.loss_scale
             if self.loss_mode == "dynamic":
                 self.optimizer = keras.optimizers.LossScaleOptimizer(

@@ -25,3 +25,10 @@ def lr_factor(cfg: LrScheduleConfig, step: int, total_steps: int) -> float:
     span = max(total_steps - cfg.warmup_steps, 1)
     progress = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def lr_table(base_lr: float, cfg: LrScheduleConfig, total_steps: int) -> list[float]:
+    """The lr of every applied step ``0 .. total_steps - 1`` (at least one), as Python floats:
+    what every backend indexes, so the formula lives only here."""
+    horizon = max(int(total_steps), 1)
+    return [base_lr * lr_factor(cfg, t, horizon) for t in range(horizon)]

@@ -45,7 +45,8 @@ class TorchAmpBackend(TorchBackendBase):
         import torch
 
         ls = self.job.loss_scale
-        self.scaling = self.policy.loss_scaling and ls.enabled
+        mode = self.job.loss_scaling_mode
+        self.scaling = mode != "none"
         self.scaler = torch.amp.GradScaler(
             self.device.type,
             init_scale=ls.init_scale,
@@ -55,9 +56,7 @@ class TorchAmpBackend(TorchBackendBase):
             enabled=self.scaling,
         )
         self._static_scale = (
-            torch.full((), ls.init_scale, dtype=torch.float32, device=self.device)
-            if self.scaling and not ls.dynamic
-            else None
+            torch.full((), ls.init_scale, dtype=torch.float32, device=self.device) if mode == "static" else None
         )
         self.opt_params = list(self.model.parameters())
         self.optimizer = self._make_optimizer()

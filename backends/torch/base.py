@@ -1,4 +1,4 @@
-"""What the two PyTorch backends share: the policy table, device data, optimizer and lr
+"""What the two PyTorch backends share: device data, optimizer and lr
 schedule, on-device telemetry, memory accounting, observed precision, environment, checkpoints.
 
 This module does not import torch at module level (``precision_suite.backends.torch.amp`` and
@@ -18,42 +18,27 @@ and the lr is a Python float; that adds no sync of our own.
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from precision_suite.backends.base import Backend, EvalResult, MemoryStats, Telemetry, module_available
-from precision_suite.backends.reference.lr_schedule import lr_factor
+from precision_suite.backends.base import (
+    EVAL_BATCH,
+    POLICY_SPECS,
+    Backend,
+    EvalResult,
+    MemoryStats,
+    Telemetry,
+    module_available,
+)
+from precision_suite.backends.reference.lr_schedule import lr_table
+from precision_suite.data import plan_steps
+from precision_suite.measure import cpu_info
 
 if TYPE_CHECKING:
     import torch
     from precision_suite.data import Dataset
     from precision_suite.jobs import Job
-
-
-@dataclass(frozen=True)
-class TorchPolicy:
-    """What a policy means in PyTorch."""
-
-    compute_dtype: str  # dtype matmuls run in (numpy-style name)
-    tf32: bool  # TF32 matmul/conv allowed
-    loss_scaling: bool  # gradients scaled (fp16 only); settings from job.loss_scale
-    master_weights: bool  # an fp32 copy is what the optimizer updates (torch-manual)
-
-
-# The one table every torch backend reads; a backend's `policies` picks its subset.
-TORCH_POLICIES: dict[str, TorchPolicy] = {
-    "fp32": TorchPolicy("float32", tf32=False, loss_scaling=False, master_weights=True),
-    "tf32": TorchPolicy("float32", tf32=True, loss_scaling=False, master_weights=True),
-    "fp16-mixed": TorchPolicy("float16", tf32=False, loss_scaling=True, master_weights=True),
-    "bf16-mixed": TorchPolicy("bfloat16", tf32=False, loss_scaling=False, master_weights=True),
-    "fp16-pure": TorchPolicy("float16", tf32=False, loss_scaling=True, master_weights=False),
-    "bf16-pure": TorchPolicy("bfloat16", tf32=False, loss_scaling=False, master_weights=False),
-}
-
-EVAL_BATCH = 1024
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -64,14 +49,6 @@ def torch_dtype(name: str) -> torch.dtype:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def total_plan_steps(job: Job, n_train: int) -> int:
-    """Optimizer steps of the job's batch plan (``precision_suite.data.batch_plan``): the lr schedule's
-    horizon."""
-    if job.train.steps is not None:
-        return job.train.steps
-    return (n_train // job.train.batch_size) * int(job.train.epochs or 0)
 
 
 # ---------------------------------------------------------------- numpy <-> torch for checkpoints
@@ -136,10 +113,7 @@ class LrSchedule:
 
         self.optimizer = optimizer
         self.on_device = on_device
-        horizon = max(total_steps, 1)
-        self.table_host = [
-            job.train.optimizer.lr * lr_factor(job.train.lr_schedule, t, horizon) for t in range(horizon)
-        ]
+        self.table_host = lr_table(job.train.optimizer.lr, job.train.lr_schedule, total_steps)
         self.constant = len(set(self.table_host)) == 1
         if on_device:
             self.table = torch.tensor(self.table_host, dtype=torch.float32, device=device)
@@ -251,17 +225,6 @@ def tensor_bytes(tensors: Any) -> int:
     return total
 
 
-def cpu_model_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 # ---------------------------------------------------------------- the shared base class
 class TorchBackendBase(Backend):
     """Shared machinery; subclasses implement ``_build`` (model/optimizer/scaler),
@@ -275,18 +238,10 @@ class TorchBackendBase(Backend):
         return module_available("torch")
 
     @classmethod
-    def resolve_device(cls, requested: str) -> str:
-        from precision_suite.backends.base import DeviceUnavailable
-
-        if requested == "cpu":
-            return "cpu"
+    def sees_cuda(cls) -> bool:
         import torch
 
-        if torch.cuda.is_available():
-            return "cuda"
-        if requested == "cuda":
-            raise DeviceUnavailable("device cuda: torch sees no CUDA device")
-        return "cpu"
+        return torch.cuda.is_available()
 
     # -------------------------------------------------- setup
     def setup(self, job: Job, init_weights: dict[str, np.ndarray], data: Dataset) -> None:
@@ -297,7 +252,7 @@ class TorchBackendBase(Backend):
         if job.policy not in self.policies:
             raise ValueError(f'backend {self.name} has no policy "{job.policy}"; it has: {", ".join(self.policies)}')
         self.job = job
-        self.policy = TORCH_POLICIES[job.policy]
+        self.policy = POLICY_SPECS[job.policy]
         self.options = self.Options.model_validate(job.options)
         self.device = torch.device(job.device)
         self.compute_dtype = torch_dtype(self.policy.compute_dtype)
@@ -322,7 +277,7 @@ class TorchBackendBase(Backend):
         self.schedule = LrSchedule(
             self.optimizer,
             job,
-            total_plan_steps(job, len(data.x_train)),
+            plan_steps(len(data.x_train), job.train.batch_size, job.train.epochs, job.train.steps),
             self.device,
             on_device=self._fused,
         )
@@ -510,7 +465,7 @@ class TorchBackendBase(Backend):
         cuda = self.device.type == "cuda"
         return {
             "torch_version": torch.__version__,
-            "device_name": torch.cuda.get_device_name(self.device) if cuda else cpu_model_name(),
+            "device_name": torch.cuda.get_device_name(self.device) if cuda else cpu_info()["cpu_model"],
             "cuda_version": torch.version.cuda,
             "cudnn_version": torch.backends.cudnn.version() if cuda else None,
             "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,

@@ -130,7 +130,7 @@ class TorchManualBackend(TorchBackendBase):
         self.optimizer = build_optimizer(self.opt_params, self.job, fused=True)
         ls = self.job.loss_scale
         self.scaler: DeviceLossScaler | NoLossScaler = (
-            DeviceLossScaler(ls, self.device) if self.policy.loss_scaling and ls.enabled else NoLossScaler(self.device)
+            NoLossScaler(self.device) if self.job.loss_scaling_mode == "none" else DeviceLossScaler(ls, self.device)
         )
 
     def _forward(self, x: Any) -> Any:

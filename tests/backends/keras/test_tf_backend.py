@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 import subprocess
 import sys
@@ -156,8 +157,9 @@ def test_lr_schedule_is_the_reference_formula():
     ):
         schedule = TorchStyleLrSchedule(0.1, cfg, total_steps=20)
         got = [float(schedule(t)) for t in range(22)]
-        want = [0.1 * lr_factor(cfg, t, 20) for t in range(22)]
-        np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=cfg.name)
+        want = [0.1 * lr_factor(cfg, t, 20) for t in range(20)]
+        # Past the plan's last step the lr stays at the last step's, as in the torch backends.
+        np.testing.assert_allclose(got, want + [want[-1]] * 2, rtol=1e-6, err_msg=cfg.name)
 
 
 # ---------------------------------------------------------------- policies and global state
@@ -297,8 +299,17 @@ def _sigmoid_stack(enabled: bool, steps: int) -> tuple[float, float]:
 
 @needs_tf
 def test_underflow_positive_control_learns_only_with_scaling():
-    unscaled_loss, unscaled_accuracy = _sigmoid_stack(enabled=False, steps=400)
-    scaled_loss, scaled_accuracy = _sigmoid_stack(enabled=True, steps=400)
+    # In a fresh process with TF's oneDNN ops off (TF reads TF_ENABLE_ONEDNN_OPTS at import): on
+    # CPUs with AVX512_FP16 oneDNN's native fp16 kernels keep even the scaled run at ln 10
+    # (measured: 2.307 vs 1.946 with them off), which tests those kernels, not the loss scaler.
+    code = (
+        "import json; from tests.backends.keras.test_tf_backend import _sigmoid_stack; "
+        "print(json.dumps([_sigmoid_stack(enabled=e, steps=400) for e in (False, True)]))"
+    )
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (unscaled_loss, unscaled_accuracy), (scaled_loss, scaled_accuracy) = json.loads(result.stdout.splitlines()[-1])
     # Without scaling it does not learn (loss stays at ln 10, accuracy at chance); with it, it does.
     assert unscaled_loss > math.log(10) - 0.01
     assert unscaled_accuracy < 0.15
