@@ -92,7 +92,7 @@ def suite_config(threads: int | None, *overrides: str) -> Any:
 def make_job(backend: str, model_name: str, policy: str, args: argparse.Namespace) -> Any:
     """The job a default run would give this backend/model/policy (seed 0), device resolved."""
     from precision_suite.backends import get_backend_class
-    from precision_suite.jobs import expand_jobs
+    from precision_suite.plan import expand_jobs
 
     config = suite_config(
         args.threads,

@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load_run_config(args: argparse.Namespace):
     from precision_suite.config import load_config
-    from precision_suite.jobs import check_backends
+    from precision_suite.plan import check_backends
     from precision_suite.runner import CONFIG_FILE
 
     path = args.config

@@ -292,7 +292,7 @@ def _key_text(part: Any) -> str:
     return text
 
 
-def _format_error(error: dict[str, Any], source: str) -> str:
+def format_error(error: dict[str, Any], source: str) -> str:
     path = ".".join(_key_text(p) for p in error["loc"] if not str(p).startswith("function-"))
     # Drop pydantic's union-branch labels like `mlp` in `models.0.mlp.hidden`.
     msg = error["msg"]
@@ -342,7 +342,7 @@ def validate(raw: Any, source: str) -> SuiteConfig:
     try:
         return SuiteConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc.errors()[0], source)) from None
+        raise ConfigError(format_error(exc.errors()[0], source)) from None
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

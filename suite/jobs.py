@@ -1,4 +1,5 @@
-"""The job matrix: backend × policy × model × dataset × seed, one resolved job each."""
+"""One job: everything a training run needs, self-contained so it can cross a process
+boundary. Expanding a config into jobs is ``precision_suite.plan``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from precision_suite.config import (
     ModelConfig,
     ParityConfig,
     RunnerConfig,
-    SuiteConfig,
     TrainConfig,
 )
 from pydantic import TypeAdapter
@@ -85,86 +85,3 @@ class Job:
 
 def job_id(model: str, dataset: str, backend: str, policy: str, seed: int) -> str:
     return f"{model}/{dataset}/{backend}/{policy}/seed{seed}"
-
-
-def expand_jobs(config: SuiteConfig, device: str) -> list[Job]:
-    """Every job of the config, in a stable order. Policies and options are assumed already
-    checked against the registry (``precision_suite.plan.check_config``)."""
-    from precision_suite.backends import get_backend_class
-
-    config_hash = config.config_hash()
-    jobs: list[Job] = []
-    resolved = {}
-    for name in config.backends.names:
-        cls = get_backend_class(name)
-        options = cls.Options.model_validate(config.backends.options.get(name, {}))
-        resolved[name] = (cls, config.backends.policies.get(name, list(cls.policies)), options)
-    for model in config.models:
-        for name in config.backends.names:
-            cls, policies, options = resolved[name]
-            for policy in policies:
-                for seed in config.seeds:
-                    jobs.append(
-                        Job(
-                            job_id=job_id(model.name, config.data.name, name, policy, seed),
-                            backend=name,
-                            framework=cls.framework,
-                            policy=policy,
-                            model=model,
-                            data=config.data,
-                            seed=seed,
-                            device=device,
-                            train=config.train,
-                            loss_scale=config.loss_scale,
-                            options=options.model_dump(mode="json"),
-                            runner=config.runner,
-                            parity=config.parity,
-                            config_hash=config_hash,
-                        )
-                    )
-    return jobs
-
-
-def check_backends(config: SuiteConfig, source: str) -> None:
-    """Check the ``backends`` section against the registry before anything runs: known names,
-    implemented policies, valid options, settings each backend can express."""
-    from precision_suite.backends import RegistryError, get_backend_class
-    from precision_suite.backends.base import POLICIES
-    from precision_suite.config import ConfigError, _format_error
-    from pydantic import ValidationError
-
-    section = config.backends
-    classes = {}
-    for i, name in enumerate(section.names):
-        try:
-            classes[name] = get_backend_class(name)
-        except RegistryError as exc:
-            raise ConfigError(f"{source}: backends.names.{i}: {exc}") from None
-    for key in ("policies", "options"):
-        for name in getattr(section, key):
-            if name not in classes:
-                raise ConfigError(
-                    f"{source}: backends.{key}.{name}: backend not in backends.names ({', '.join(section.names)})"
-                )
-    for name, policies in section.policies.items():
-        cls = classes[name]
-        if not policies:
-            raise ConfigError(f"{source}: backends.policies.{name}: expected at least one policy")
-        for j, policy in enumerate(policies):
-            if policy not in cls.policies:
-                what = "is not implemented by" if policy in POLICIES else "is not a policy of"
-                raise ConfigError(
-                    f'{source}: backends.policies.{name}.{j}: policy "{policy}" {what} {name}; '
-                    f"it has: {', '.join(cls.policies)}"
-                )
-    for name, options in section.options.items():
-        try:
-            classes[name].Options.model_validate(options)
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            error["loc"] = ("backends", "options", name, *error["loc"])
-            raise ConfigError(_format_error(error, source)) from None
-    for job in expand_jobs(config, config.device):
-        problem = classes[job.backend].config_problem(job)
-        if problem:
-            raise ConfigError(f"{source}: {job.backend} ({job.policy}): {problem}")

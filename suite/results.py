@@ -11,8 +11,11 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 SCHEMA = "precision-suite/result/v1"
 RESULTS_FILE = "results.jsonl"
@@ -20,6 +23,115 @@ RESULTS_FILE = "results.jsonl"
 STATUSES = ("ok", "diverged", "oom", "crashed", "timeout", "unavailable", "error")
 # Statuses that mean the job could not produce a result for reasons that are not failures.
 NOT_FAILURES = frozenset({"ok", "unavailable"})
+# Statuses of a job that ran and failed (exit code 3, subject to ``is_job_failure``).
+FAILURE_STATUSES = frozenset(STATUSES) - NOT_FAILURES
+
+
+class Outcome(str, Enum):
+    """The outcome of a verdict. A ``str`` so records and reports compare and print it as text."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"  # neither equivalent nor different yet: more seeds needed
+    FAILED = "failed"  # every seed of the policy failed to produce a result
+    NO_BASELINE = "no baseline"
+    NOT_COMPARABLE = "n/a"
+    INFO = "info"  # a headline whose only failure is information-only
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Record(dict):
+    """One result record (a line of ``results.jsonl``): still the mapping that is written as
+    JSON, with typed accessors so the comparison and reports never dig through nested dicts."""
+
+    @property
+    def job_id(self) -> str:
+        return str(self.get("job_id"))
+
+    @property
+    def backend(self) -> str:
+        return str(self.get("backend"))
+
+    @property
+    def policy(self) -> str:
+        return str(self.get("policy", ""))
+
+    @property
+    def seed(self) -> Any:
+        return self.get("seed")
+
+    @property
+    def device(self) -> str:
+        return str(self.get("device"))
+
+    @property
+    def status(self) -> str:
+        return str(self.get("status"))
+
+    @property
+    def error(self) -> str | None:
+        return self.get("error")
+
+    @property
+    def ok(self) -> bool:
+        return self.get("status") == "ok"
+
+    @property
+    def model_name(self) -> str:
+        model = self.get("model")
+        return str(model.get("name", "?")) if isinstance(model, dict) else str(model)
+
+    @property
+    def dataset_name(self) -> str:
+        dataset = self.get("dataset")
+        return str(dataset.get("name", "?")) if isinstance(dataset, dict) else str(dataset)
+
+    @property
+    def framework(self) -> str:
+        if self.get("framework"):
+            return str(self["framework"])
+        return next(iter(self.environ.get("framework_versions") or {}), "unknown")
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.get("metrics") or {}
+
+    @property
+    def curves(self) -> dict[str, Any]:
+        return self.get("curves") or {}
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.get("config") or {}
+
+    @property
+    def environ(self) -> dict[str, Any]:
+        return self.get("environ") or {}
+
+    @property
+    def observed(self) -> dict[str, Any]:
+        return self.get("observed") or {}
+
+    def metric(self, key: str) -> float | None:
+        """A metric as a finite float, or None when it is missing, not a number or not finite."""
+        value = self.metrics.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        return float(value) if math.isfinite(value) else None
+
+    def curve(self, key: str = "train_loss") -> np.ndarray | None:
+        """A per-step curve as float64 (missing values NaN), or None when it is absent."""
+        values = self.curves.get(key)
+        if not values:
+            return None
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+    def setting(self, section: str, key: str, default: Any = None) -> Any:
+        """``config[section][key]`` of the resolved config the job ran with."""
+        value = (self.config.get(section) or {}).get(key)
+        return default if value is None else value
 
 
 def is_job_failure(record: dict[str, Any], check_pure: bool = False) -> bool:
@@ -71,7 +183,7 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
 
 @dataclass
 class ReadResult:
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -93,7 +205,7 @@ def read_records(path: Path) -> ReadResult:
             if not isinstance(record, dict) or "job_id" not in record or "status" not in record:
                 out.warnings.append(f"{path}: line {number}: not a result record, skipped")
                 continue
-            out.records.append(record)
+            out.records.append(Record(record))
     return out
 
 

@@ -27,8 +27,9 @@ from typing import Any
 import yaml
 from precision_suite.backends import get_backend_class
 from precision_suite.config import SuiteConfig
-from precision_suite.jobs import Job, expand_jobs
+from precision_suite.jobs import Job
 from precision_suite.loop import ProgressFn, new_record
+from precision_suite.plan import expand_jobs
 from precision_suite.results import (
     RESULTS_FILE,
     append_record,

@@ -12,10 +12,13 @@ import numpy as np
 import pytest
 from precision_suite.backends import backend_names, get_backend_class
 from precision_suite.backends.base import POLICY_SPECS, Backend
-from precision_suite.config import SuiteConfig
+from precision_suite.config import MlpConfig, SuiteConfig
 from precision_suite.data import batch_plan, load_dataset
-from precision_suite.jobs import expand_jobs
 from precision_suite.models import init_weights
+from precision_suite.plan import expand_jobs
+
+from tests.helpers.backends import POISON, assert_states_equal, make_backend, make_job, tiny_data
+from tests.helpers.marks import TOLERANCES
 
 STEPS = 4
 _DATA = {}
@@ -133,7 +136,7 @@ def test_device_resolution(name):
     (a recorded status), never a silent CPU run."""
     from precision_suite.backends.base import DeviceUnavailable
 
-    from tests.conftest import _cuda_available
+    from tests.helpers.marks import cuda_available
 
     cls = get_backend_class(name)
     available = cls.is_available()
@@ -141,9 +144,98 @@ def test_device_resolution(name):
         pytest.skip(f"{name}: {available.reason}")
     assert cls.resolve_device("cpu") == "cpu"
     if name.startswith("torch"):
-        assert cls.resolve_device("auto") == ("cuda" if _cuda_available() else "cpu")
+        assert cls.resolve_device("auto") == ("cuda" if cuda_available() else "cpu")
     if cls.resolve_device("auto") == "cpu":
         with pytest.raises(DeviceUnavailable):
             cls.resolve_device("cuda")
     else:
         assert cls.resolve_device("cuda") == "cuda"
+
+
+def _available_class(name: str) -> type[Backend]:
+    cls = get_backend_class(name)
+    available = cls.is_available()
+    if not available.ok:
+        pytest.skip(f"{name}: {available.reason}")
+    return cls
+
+
+def _rows(job, data, poisoned_steps: frozenset[int] = frozenset()) -> list[np.ndarray]:
+    """The job's batch plan; the poisoned row (fp16 overflow) only on ``poisoned_steps``."""
+    out = []
+    for i, (_, rows) in enumerate(batch_plan(len(data.y_train), job.train.batch_size, 0, None, job.train.steps)):
+        rows = np.where(rows == POISON, 1, rows)
+        if i in poisoned_steps:
+            rows[0] = POISON
+        out.append(rows)
+    return out
+
+
+@pytest.mark.parametrize("name", backend_names())
+def test_grad_accumulation_matches_full_batch_and_steps_the_scaler_once(name):
+    """``grad_accumulation: 4`` is one optimizer step on the same rows as the full batch (equal
+    within the compute dtype's tolerance), and a loss scaler steps once per optimizer step."""
+    cls = _available_class(name)
+    policy = "fp32" if "fp32" in _cpu_policies(cls) else _cpu_policies(cls)[0]
+    data = tiny_data()
+    losses = []
+    for accumulation in (1, 4):
+        job = make_job(
+            name,
+            policy,
+            model=MlpConfig(hidden=[16]),
+            train={"steps": 3, "grad_accumulation": accumulation, "optimizer": {"name": "sgd", "lr": 0.5}},
+        )
+        backend = make_backend(job, data)
+        for rows in _rows(job, data):
+            backend.train_step(rows)
+        losses.append(backend.drain_telemetry().loss)
+        backend.teardown()
+    np.testing.assert_allclose(losses[1], losses[0], **TOLERANCES[POLICY_SPECS[policy].compute_dtype])
+
+    if "fp16-mixed" not in _cpu_policies(cls):
+        return
+    job = make_job(
+        name, "fp16-mixed", train={"grad_accumulation": 4}, loss_scale={"init_scale": 8.0, "growth_interval": 2}
+    )
+    backend = make_backend(job, data)
+    if backend.observed_precision()["loss_scaling"] == "none":
+        pytest.skip(f"{name} does not scale the loss")
+    for rows in _rows(job, data)[:4]:
+        backend.train_step(rows)
+    assert backend.drain_telemetry().loss_scale.tolist() == [8.0, 8.0, 16.0, 16.0]
+    backend.teardown()
+
+
+@pytest.mark.parametrize("name", backend_names())
+def test_overflow_step_is_skipped_and_leaves_the_state_untouched(name):
+    """An fp16 overflow (a row of 1e6 in the batch) skips the step: weights, optimizer state
+    and lr schedule unchanged, the scale backed off, the next step applied."""
+    cls = _available_class(name)
+    if "fp16-mixed" not in _cpu_policies(cls):
+        pytest.skip(f"{name} has no fp16-mixed policy")
+    data = tiny_data(poison=True)
+    job = make_job(name, "fp16-mixed", train={"steps": 3}, loss_scale={"init_scale": 1024.0})
+    backend = make_backend(job, data)
+    if backend.observed_precision()["loss_scaling"] == "none":
+        pytest.skip(f"{name} does not scale the loss")
+    rows = _rows(job, data, frozenset({1}))
+    backend.train_step(rows[0])
+    try:
+        before = backend.state_dict()
+    except NotImplementedError:
+        before = None
+    backend.train_step(rows[1])
+    if before is not None:
+        after = backend.state_dict()
+        # The weights (each backend's own key); optimizer state and schedule are checked per
+        # backend, where the layout of the state is known.
+        weights = [key for key in ("model", "weights", "master") if key in before]
+        assert weights, f"{name}: no weights in state_dict keys {sorted(before)}"
+        for key in weights:
+            assert_states_equal(before[key], after[key], key)
+    backend.train_step(rows[2])
+    telemetry = backend.drain_telemetry()
+    assert telemetry.skipped.tolist() == [False, True, False]
+    assert telemetry.loss_scale.tolist() == [1024.0, 1024.0, 512.0]
+    backend.teardown()

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from precision_suite.config import load_config
-from precision_suite.jobs import check_backends, expand_jobs
+from precision_suite.plan import check_backends, expand_jobs
 
-from tests.suite.test_mfu import _record
+from tests.helpers.records import mfu_record
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "gpu-throughput.yaml"
@@ -75,7 +75,7 @@ def test_throughput_table_speedups_and_mfu():
     name = "NVIDIA H100 80GB HBM3"
 
     def rec(policy: str, sps: float | None, compile_: bool = False, status: str = "ok") -> dict:
-        r = _record(policy, name, sps)
+        r = mfu_record(policy, name, sps)
         r.update(model="mlp", backend="torch-amp", status=status, error=None if sps else "OOM at step 3")
         r["config"]["options"] = {"compile": compile_}
         r["metrics"]["peak_memory_bytes"] = 2 * 2**30

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.suite.helpers import activate, install_entry_points
+from tests.helpers.cli import activate, install_entry_points
 
 
 @pytest.fixture
@@ -16,8 +16,8 @@ def fake_backends(tmp_path, monkeypatch):
         site,
         "fake_backends",
         {
-            "fake": "fake_backend:FakeBackend",
-            "fake-missing": "fake_backend:MissingFrameworkBackend",
+            "fake": "tests.helpers.fake_backend:FakeBackend",
+            "fake-missing": "tests.helpers.fake_backend:MissingFrameworkBackend",
         },
     )
     activate(site, monkeypatch)

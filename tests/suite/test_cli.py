@@ -8,7 +8,7 @@ import sys
 import pytest
 from precision_suite.cli import main
 
-from tests.suite.helpers import read_run, run_cli
+from tests.helpers.cli import read_run, run_cli
 
 
 def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -93,7 +93,7 @@ def test_list_shows_builtin_and_entry_point_backends(fake_backends, capsys, monk
 def test_duplicate_entry_point_name_is_an_error(fake_backends, tmp_path, monkeypatch):
     from precision_suite.backends import RegistryError, registry
 
-    from tests.suite.helpers import activate, install_entry_points
+    from tests.helpers.cli import activate, install_entry_points
 
     other = tmp_path / "other-site"
     install_entry_points(other, "clashing", {"torch-amp": "elsewhere:Backend"})
@@ -140,12 +140,13 @@ def test_third_party_backend_installed_with_pip_is_listed_and_runs(tmp_path, mon
     appears in `list` and runs, with no change to suite code."""
     from precision_suite.backends import registry
 
-    from tests.suite.helpers import TESTS_DIR
+    from tests.helpers.cli import REPO_ROOT
 
     package = tmp_path / "thirdparty"
     (package / "thirdparty_backend").mkdir(parents=True)
     (package / "thirdparty_backend" / "__init__.py").write_text(
-        'from fake_backend import FakeBackend\n\n\nclass ThirdPartyBackend(FakeBackend):\n    name = "third-party"\n'
+        "from tests.helpers.fake_backend import FakeBackend\n\n\n"
+        'class ThirdPartyBackend(FakeBackend):\n    name = "third-party"\n'
     )
     (package / "pyproject.toml").write_text(
         '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
@@ -171,8 +172,8 @@ def test_third_party_backend_installed_with_pip_is_listed_and_runs(tmp_path, mon
         capture_output=True,
         timeout=300,
     )
-    monkeypatch.setenv("PYTHONPATH", f"{site}:{TESTS_DIR}:{':'.join(p for p in sys.path if p)}")
-    monkeypatch.syspath_prepend(str(TESTS_DIR))
+    monkeypatch.setenv("PYTHONPATH", f"{site}:{REPO_ROOT}:{':'.join(p for p in sys.path if p)}")
+    monkeypatch.syspath_prepend(str(REPO_ROOT))
     monkeypatch.syspath_prepend(str(site))
     registry.cache_clear()
     try:

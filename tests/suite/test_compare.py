@@ -17,7 +17,7 @@ from precision_suite.compare import (
     speedup_stats,
 )
 
-from tests.suite.fixtures.records import default_run, make_record
+from tests.helpers.records import default_run, make_record
 
 # Two-sided 95% Student t quantiles (textbook table values), to check the CI independently of
 # the SciPy call the code makes.

@@ -11,7 +11,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from precision_suite.config import ConfigError, default_config_text, parse_yaml, validate
-from precision_suite.jobs import check_backends
+from precision_suite.plan import check_backends
 
 BASE = yaml.safe_load(default_config_text())
 

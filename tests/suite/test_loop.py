@@ -7,10 +7,10 @@ import pytest
 from precision_suite import loop
 from precision_suite.config import SuiteConfig
 from precision_suite.data import batch_plan, load_dataset
-from precision_suite.jobs import expand_jobs
 from precision_suite.models import init_weights
+from precision_suite.plan import expand_jobs
 
-from tests.fake_backend import FakeBackend
+from tests.helpers.fake_backend import FakeBackend
 
 
 class RecordingBackend(FakeBackend):

@@ -17,7 +17,8 @@ from precision_suite.mfu import (
     train_flops_per_sample,
 )
 
-from tests.conftest import needs_torch
+from tests.helpers.marks import needs_torch
+from tests.helpers.records import mfu_record
 
 MLP = MlpConfig(hidden=[4])
 CNN = CnnConfig(channels=[2, 3], kernel_size=3, dense=5)
@@ -136,20 +137,8 @@ def test_dataset_shape_from_config():
     assert dataset_shape({"name": "npz", "path": "x.npz"}) is None
 
 
-def _record(policy: str, device_name: str, samples_per_s: float | None) -> dict:
-    return {
-        "policy": policy,
-        "config": {
-            "model": MLP.model_dump(mode="json"),
-            "data": {"name": "synthetic", "synthetic": {"shape": [6], "num_classes": 3}},
-        },
-        "environ": {"device_name": device_name},
-        "metrics": {"samples_per_s": samples_per_s},
-    }
-
-
 def test_record_mfu_end_to_end():
-    out = record_mfu(_record("bf16-mixed", "NVIDIA H100 80GB HBM3", 1e9), measured_peak_tflops=800.0)
+    out = record_mfu(mfu_record("bf16-mixed", "NVIDIA H100 80GB HBM3", 1e9), measured_peak_tflops=800.0)
     flops = 3 * 72
     assert out["model_tflop_per_sample"] == pytest.approx(flops / 1e12)
     assert out["achieved_tflops"] == pytest.approx(flops * 1e9 / 1e12)
@@ -160,12 +149,12 @@ def test_record_mfu_end_to_end():
 
 
 def test_record_mfu_without_peak_or_throughput():
-    cpu = record_mfu(_record("fp32", "Some CPU", 100.0))
+    cpu = record_mfu(mfu_record("fp32", "Some CPU", 100.0))
     assert cpu["achieved_tflops"] > 0 and "mfu" not in cpu
     # V100 has no bf16 tensor cores: no peak to divide by, rather than a wrong one.
-    assert "mfu" not in record_mfu(_record("bf16-mixed", "Tesla V100-SXM2-16GB", 100.0))
-    assert record_mfu(_record("fp32", "NVIDIA A100", None)) is None
-    npz = _record("fp32", "NVIDIA A100", 10.0)
+    assert "mfu" not in record_mfu(mfu_record("bf16-mixed", "Tesla V100-SXM2-16GB", 100.0))
+    assert record_mfu(mfu_record("fp32", "NVIDIA A100", None)) is None
+    npz = mfu_record("fp32", "NVIDIA A100", 10.0)
     npz["config"]["data"] = {"name": "npz", "path": "x.npz"}
     assert record_mfu(npz) is None
     npz["metrics"].update(input_shape=[6], num_classes=3)

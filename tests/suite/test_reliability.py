@@ -17,7 +17,7 @@ import yaml
 from precision_suite.cli import main
 from precision_suite.results import append_record, read_records
 
-from tests.suite.helpers import read_run, run_cli
+from tests.helpers.cli import read_run, run_cli
 
 FAKE_JOB_IDS = {f"mlp/digits/fake/{p}/seed{s}" for p in ("fp32", "tf32", "fp16-mixed") for s in (0, 1)}
 

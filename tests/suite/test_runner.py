@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from precision_suite.cli import main
 
-from tests.suite.helpers import read_run, run_cli
+from tests.helpers.cli import read_run, run_cli
 
 
 def test_run_writes_one_ok_record_per_job(fake_backends, fake_config, tmp_path):
@@ -128,7 +128,7 @@ def test_per_job_isolation_uses_a_fresh_process_per_job(fake_backends, fake_conf
 def test_torch_and_keras_jobs_in_one_run_in_either_order(tmp_path, order):
     """Each framework runs in its own worker process, so their import-order conflicts cannot
     arise; the fp32 runs of both agree (cross-framework verdict)."""
-    from tests.conftest import HAS_TF, HAS_TORCH
+    from tests.helpers.marks import HAS_TF, HAS_TORCH
 
     if not (HAS_TF and HAS_TORCH):
         pytest.skip("needs both torch and tensorflow")

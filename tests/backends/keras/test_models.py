@@ -11,7 +11,7 @@ import pytest
 from precision_suite.config import CnnConfig, MlpConfig, TransformerConfig
 from precision_suite.models import BATCH_NORM_EPS, LAYER_NORM_EPS, init_weights
 
-from tests.conftest import needs_tf
+from tests.helpers.marks import needs_tf
 
 pytestmark = needs_tf
 

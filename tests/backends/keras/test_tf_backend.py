@@ -2,7 +2,7 @@
 custom step vs ``model.fit``, fresh-process resume, policies and the global state they touch.
 
 Also a tiny CLI the resume test runs in a fresh process
-(``python -m tests.backends.keras.test_tf_backend resume SPEC_JSON STATE_IN STATE_OUT``).
+(``python -m tests.helpers.keras resume SPEC_JSON STATE_IN STATE_OUT``).
 """
 
 from __future__ import annotations
@@ -13,98 +13,17 @@ import os
 import pickle
 import subprocess
 import sys
-from typing import Any
 
 import numpy as np
 import pytest
 from precision_suite.backends.keras.tf_backend import TfKerasBackend
 from precision_suite.backends.reference.loss_scale import simulate
-from precision_suite.config import (
-    DataConfig,
-    LossScaleConfig,
-    MlpConfig,
-    ParityConfig,
-    RunnerConfig,
-    TrainConfig,
-)
-from precision_suite.data import Dataset, batch_plan, load_dataset
-from precision_suite.jobs import Job
+from precision_suite.data import batch_plan
 from precision_suite.models import init_weights
 
-from tests.conftest import TOLERANCES, needs_tf
-
-POISON = 0  # training row made to overflow fp16 (row values 1e6 > fp16 max 65504)
-
-
-def tiny_data(poison: bool = True) -> Dataset:
-    """A learnable 10-class problem on (1, 4, 4) images; row ``POISON`` overflows fp16."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((256, 1, 4, 4)).astype(np.float32)
-    y = (x.reshape(len(x), -1) @ rng.standard_normal((16, 10))).argmax(1).astype(np.int64)
-    if poison:
-        x[POISON] = 1e6
-    return Dataset("tiny", x[:192], y[:192], x[192:], y[192:], 10)
-
-
-def make_job(
-    policy: str,
-    *,
-    model: Any = None,
-    train: dict[str, Any] | None = None,
-    loss_scale: dict[str, Any] | None = None,
-    options: dict[str, Any] | None = None,
-) -> Job:
-    train_cfg: dict[str, Any] = {"steps": 8, "batch_size": 16, "optimizer": {"name": "adam"}}
-    train_cfg.update(train or {})
-    return Job(
-        job_id=f"test/tf-keras/{policy}",
-        backend="tf-keras",
-        framework="tensorflow",
-        policy=policy,
-        model=model or MlpConfig(hidden=[16]),
-        data=DataConfig(),
-        seed=0,
-        device="cpu",
-        train=TrainConfig.model_validate(train_cfg),
-        loss_scale=LossScaleConfig.model_validate(loss_scale or {}),
-        options=options or {},
-        runner=RunnerConfig(),
-        parity=ParityConfig(),
-    )
-
-
-def make_backend(job: Job, data: Dataset) -> TfKerasBackend:
-    backend = TfKerasBackend()
-    backend.setup(job, init_weights(job.model, data.input_shape, data.num_classes, job.seed), data)
-    return backend
-
-
-def rows_of(job: Job, data: Dataset, overflow: set[int] = frozenset()) -> list[np.ndarray]:
-    """The job's batch plan with the poisoned row swapped in on the ``overflow`` steps (and
-    kept out of every other step)."""
-    plan = batch_plan(len(data.y_train), job.train.batch_size, 0, None, job.train.steps)
-    out = []
-    for i, (_, rows) in enumerate(plan):
-        rows = np.where(rows == POISON, 1, rows)
-        if i in overflow:
-            rows[0] = POISON
-        out.append(rows)
-    return out
-
-
-def assert_states_equal(a: Any, b: Any, path: str = "") -> None:
-    if isinstance(a, dict):
-        assert set(a) == set(b), path
-        for key in a:
-            assert_states_equal(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_states_equal(x, y, f"{path}[{i}]")
-    elif isinstance(a, np.ndarray):
-        assert np.array_equal(a, b, equal_nan=True), f"{path}: values differ"
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"
+from tests.helpers.backends import assert_states_equal, make_backend, tiny_data
+from tests.helpers.keras import RESUME, make_job, resume_job, rows_of
+from tests.helpers.marks import TOLERANCES, needs_tf
 
 
 # ---------------------------------------------------------------- no TensorFlow needed
@@ -112,7 +31,7 @@ def test_import_and_availability_do_not_import_tensorflow():
     code = (
         "import sys; from precision_suite.backends.keras.tf_backend import TfKerasBackend;"
         "TfKerasBackend.is_available();"
-        "TfKerasBackend.config_problem(__import__('tests.backends.keras.test_tf_backend', "
+        "TfKerasBackend.config_problem(__import__('tests.helpers.keras', "
         "fromlist=['make_job']).make_job('fp16-mixed'));"
         "print(sorted(m for m in ('tensorflow', 'keras', 'torch') if m in sys.modules))"
     )
@@ -127,7 +46,7 @@ def test_factors_keras_cannot_express_are_rejected_up_front(key, value):
     assert problem is not None and f"loss_scale.{key}" in problem
     assert "LossScaleOptimizer" in problem and "\n" not in problem
     with pytest.raises(ValueError, match=f"loss_scale.{key}"):
-        TfKerasBackend().setup(job, {}, tiny_data())
+        TfKerasBackend().setup(job, {}, tiny_data(poison=True))
     # Where Keras does not scale dynamically the factors mean nothing: no complaint.
     assert TfKerasBackend.config_problem(make_job("bf16-mixed", loss_scale={key: value})) is None
     static = make_job("fp16-mixed", loss_scale={key: value, "dynamic": False})
@@ -174,7 +93,7 @@ def test_observed_precision_and_global_state(policy, compute, scaling):
     from tensorflow.python.framework import config as tf_config
 
     tf.config.experimental.enable_tensor_float_32_execution(True)
-    backend = make_backend(make_job(policy), tiny_data())
+    backend = make_backend(make_job(policy), tiny_data(poison=True))
     try:
         observed = backend.observed_precision()
         assert observed["compute_dtype"] == compute
@@ -205,7 +124,7 @@ def test_observed_precision_and_global_state(policy, compute, scaling):
 @needs_tf
 def test_loss_scale_settings_are_mapped_and_recorded():
     ls = {"init_scale": 1024.0, "growth_interval": 7}
-    backend = make_backend(make_job("fp16-mixed", loss_scale=ls), tiny_data())
+    backend = make_backend(make_job("fp16-mixed", loss_scale=ls), tiny_data(poison=True))
     try:
         assert backend.optimizer.initial_scale == 1024.0
         assert backend.optimizer.dynamic_growth_steps == 7
@@ -213,11 +132,11 @@ def test_loss_scale_settings_are_mapped_and_recorded():
         assert recorded["initial_scale"] == 1024.0 and recorded["dynamic_growth_steps"] == 7
     finally:
         backend.teardown()
-    static = make_backend(make_job("fp16-mixed", loss_scale={**ls, "dynamic": False}), tiny_data())
+    static = make_backend(make_job("fp16-mixed", loss_scale={**ls, "dynamic": False}), tiny_data(poison=True))
     assert static.optimizer.loss_scale_factor == 1024.0
     assert static.observed_precision()["loss_scaling"] == "static"
     static.teardown()
-    off = make_backend(make_job("fp16-mixed", loss_scale={"enabled": False}), tiny_data())
+    off = make_backend(make_job("fp16-mixed", loss_scale={"enabled": False}), tiny_data(poison=True))
     assert off.optimizer.loss_scale_factor is None
     assert off.observed_precision()["loss_scaling"] == "none"
     off.teardown()
@@ -228,7 +147,7 @@ def test_loss_scale_settings_are_mapped_and_recorded():
 def test_scale_trajectory_skips_and_growth_match_the_reference():
     overflow = {1, 2, 6, 7, 8}
     ls = {"init_scale": 256.0, "growth_interval": 3}
-    data = tiny_data()
+    data = tiny_data(poison=True)
     job = make_job("fp16-mixed", train={"steps": 14, "grad_clip_norm": 1.0}, loss_scale=ls)
     backend = make_backend(job, data)
     rows = rows_of(job, data, overflow)
@@ -259,7 +178,7 @@ def test_scale_trajectory_skips_and_growth_match_the_reference():
 
 @needs_tf
 def test_static_scale_never_moves_but_still_skips_overflow():
-    data = tiny_data()
+    data = tiny_data(poison=True)
     job = make_job("fp16-mixed", train={"steps": 4}, loss_scale={"dynamic": False})
     backend = make_backend(job, data)
     rows = rows_of(job, data, {2})
@@ -278,33 +197,14 @@ def test_static_scale_never_moves_but_still_skips_overflow():
     backend.teardown()
 
 
-def _sigmoid_stack(enabled: bool, steps: int) -> tuple[float, float]:
-    """fp16-mixed on a 9-layer sigmoid stack, whose backward shrinks gradients ~4x per layer until
-    fp16 flushes them to zero: (mean loss of the last 10 steps, test accuracy)."""
-    data = load_dataset(DataConfig())
-    job = make_job(
-        "fp16-mixed",
-        model=MlpConfig(hidden=[32] * 9, activation="sigmoid"),
-        train={"steps": steps, "batch_size": 64, "optimizer": {"name": "adam", "lr": 1e-2}},
-        loss_scale={"enabled": enabled},
-    )
-    backend = make_backend(job, data)
-    for _, rows in batch_plan(len(data.y_train), 64, 0, None, steps):
-        backend.train_step(rows)
-    loss = float(backend.drain_telemetry().loss[-10:].mean())
-    accuracy = backend.evaluate().test_accuracy
-    backend.teardown()
-    return loss, accuracy
-
-
 @needs_tf
 def test_underflow_positive_control_learns_only_with_scaling():
     # In a fresh process with TF's oneDNN ops off (TF reads TF_ENABLE_ONEDNN_OPTS at import): on
     # CPUs with AVX512_FP16 oneDNN's native fp16 kernels keep even the scaled run at ln 10
     # (measured: 2.307 vs 1.946 with them off), which tests those kernels, not the loss scaler.
     code = (
-        "import json; from tests.backends.keras.test_tf_backend import _sigmoid_stack; "
-        "print(json.dumps([_sigmoid_stack(enabled=e, steps=400) for e in (False, True)]))"
+        "import json; from tests.helpers.keras import sigmoid_stack; "
+        "print(json.dumps([sigmoid_stack(enabled=e, steps=400) for e in (False, True)]))"
     )
     env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
@@ -396,42 +296,12 @@ def test_grad_accumulation_jit_and_prepared_batches_agree():
 
 
 # ---------------------------------------------------------------- resume in a fresh process
-RESUME = {
-    "policy": "fp16-mixed",
-    "loss_scale": {"init_scale": 1024.0, "growth_interval": 3},
-    "overflow": [1],
-    "k": 4,
-    "n": 8,
-}
-
-
-def _resume_job(spec: dict) -> Job:
-    return make_job(
-        spec["policy"],
-        train={"steps": spec["n"], "grad_clip_norm": 1.0},
-        loss_scale=spec["loss_scale"],
-    )
-
-
-def resume_in_this_process(spec: dict, state_path: str, out_path: str) -> None:
-    data = tiny_data()
-    job = _resume_job(spec)
-    backend = make_backend(job, data)
-    with open(state_path, "rb") as f:
-        backend.load_state_dict(pickle.load(f))
-    for batch in rows_of(job, data, set(spec["overflow"]))[spec["k"] :]:
-        backend.train_step(batch)
-    result = {"state": backend.state_dict(), "telemetry": backend.drain_telemetry().loss}
-    with open(out_path, "wb") as f:
-        pickle.dump(result, f)
-
-
 @needs_tf
 def test_resume_in_a_fresh_process_continues_identically(tmp_path):
     # growth_interval 3 with an overflow at step 1: clean steps 2, 3, 4 grow the scale after
     # step 4, so the checkpoint at k=4 sits just before a growth event.
-    data = tiny_data()
-    job = _resume_job(RESUME)
+    data = tiny_data(poison=True)
+    job = resume_job(RESUME)
     backend = make_backend(job, data)
     rows = rows_of(job, data, set(RESUME["overflow"]))
     for batch in rows[: RESUME["k"]]:
@@ -451,7 +321,7 @@ def test_resume_in_a_fresh_process_continues_identically(tmp_path):
         [
             sys.executable,
             "-m",
-            "tests.backends.keras.test_tf_backend",
+            "tests.helpers.keras",
             "resume",
             json.dumps(RESUME),
             str(state_in),
@@ -501,8 +371,8 @@ def test_gpu_allocator_peak_tf32_off_and_half_compute():
 @pytest.mark.slow
 def test_digits_mixed_policies_reach_fp32_accuracy_within_parity_tolerance():
     from precision_suite.config import load_config
-    from precision_suite.jobs import expand_jobs
     from precision_suite.loop import run_job
+    from precision_suite.plan import expand_jobs
 
     config = load_config(None, ["backends.names=[tf-keras]", "device=cpu"])
     accuracy: dict[tuple[str, str], list[float]] = {}
@@ -515,8 +385,3 @@ def test_digits_mixed_policies_reach_fp32_accuracy_within_parity_tolerance():
         baseline = np.mean(accuracy[(model, "fp32")])
         assert len(values) == len(config.seeds)
         assert abs(np.mean(values) - baseline) <= tolerance, (model, policy, values, baseline)
-
-
-if __name__ == "__main__":
-    if sys.argv[1] == "resume":
-        resume_in_this_process(json.loads(sys.argv[2]), sys.argv[3], sys.argv[4])

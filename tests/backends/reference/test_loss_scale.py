@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from precision_suite.backends.reference.loss_scale import LossScaler, simulate
 from precision_suite.config import LossScaleConfig
 
-from tests.conftest import needs_torch
+from tests.helpers.marks import needs_torch
 
 
 def test_grows_after_exactly_growth_interval_finite_steps():

@@ -9,12 +9,12 @@ import pytest
 from precision_suite.backends.reference.loss_scale import simulate
 from precision_suite.config import MlpConfig
 
-from tests.conftest import TOLERANCES, needs_torch
+from tests.helpers.marks import TOLERANCES, needs_torch
 
 pytestmark = needs_torch
 
 if True:  # imported after the skip marker so collection works without torch
-    from tests.backends.torch_helpers import (
+    from tests.helpers.torch import (
         OverflowInjector,
         assert_resume_matches_uninterrupted,
         assert_states_equal,
@@ -178,35 +178,6 @@ def test_clipping_after_unscale_matches_fp32_clipping():
     np.testing.assert_allclose(update16, update32, rtol=1e-2, atol=2e-5)
 
 
-def test_grad_accumulation_matches_full_batch_and_steps_scaler_once():
-    from precision_suite.backends.torch.models import torch_model_weights
-
-    data = tiny_data()
-    results = []
-    for accumulation in (1, 4):
-        job = make_job(
-            BACKEND,
-            "fp32",
-            model=MlpConfig(hidden=[16]),
-            train={"grad_accumulation": accumulation, "optimizer": {"name": "sgd", "lr": 0.5}},
-        )
-        backend = make_backend(job, data)
-        run(backend, plan(job, data)[:2])
-        results.append(torch_model_weights(backend.model))
-    for key in results[0]:
-        np.testing.assert_allclose(results[0][key], results[1][key], rtol=1e-5, atol=1e-6)
-
-    job = make_job(
-        BACKEND,
-        "fp16-mixed",
-        train={"grad_accumulation": 4},
-        loss_scale={"init_scale": 8.0, "growth_interval": 2},
-    )
-    backend = make_backend(job, data)
-    run(backend, plan(job, data)[:4])
-    assert backend.drain_telemetry().loss_scale.tolist() == [8.0, 8.0, 16.0, 16.0]
-
-
 def test_static_scale_never_moves_but_still_skips():
     data = tiny_data()
     job = make_job(BACKEND, "fp16-mixed", loss_scale={"dynamic": False, "init_scale": 64.0, "growth_interval": 1})
@@ -256,7 +227,7 @@ def test_resume_in_new_process_is_bit_identical(tmp_path, policy):
 
 
 def test_underflow_positive_control():
-    from tests.backends.torch_helpers import underflow_control
+    from tests.helpers.torch import underflow_control
 
     unscaled, scaled = underflow_control(BACKEND)
     # Without scaling it does not learn: the loss stays at ln 10 (uniform predictions) and the

@@ -18,7 +18,7 @@ from precision_suite.models import (
     prepare_inputs,
 )
 
-from tests.conftest import needs_torch
+from tests.helpers.marks import needs_torch
 
 pytestmark = needs_torch
 

@@ -7,8 +7,8 @@ import pytest
 from precision_suite.cli import main
 from precision_suite.results import read_records
 
-from tests.conftest import HAS_TF, HAS_TORCH
-from tests.suite.test_report import assert_renders_in_chromium, needs_chromium
+from tests.helpers.marks import HAS_TF, HAS_TORCH
+from tests.helpers.render import assert_renders_in_chromium, needs_chromium
 
 
 @pytest.mark.slow

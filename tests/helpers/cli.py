@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-TESTS_DIR = Path(__file__).resolve().parent.parent
+# The repository root: ``tests.helpers.fake_backend`` is importable from there.
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def install_entry_points(site: Path, dist: str, entries: dict[str, str]) -> None:
@@ -19,11 +20,11 @@ def install_entry_points(site: Path, dist: str, entries: dict[str, str]) -> None
 
 
 def activate(site: Path, monkeypatch) -> None:
-    """Make ``site`` (and the tests directory, home of fake_backend) importable here and in
+    """Make ``site`` (and the repository root, home of ``tests.helpers.fake_backend``) importable here and in
     worker subprocesses, and forget the cached registry."""
     from precision_suite.backends import registry
 
-    paths = [str(site), str(TESTS_DIR)]
+    paths = [str(site), str(REPO_ROOT)]
     monkeypatch.setenv("PYTHONPATH", ":".join(paths + [p for p in sys.path if p]))
     for p in reversed(paths):
         monkeypatch.syspath_prepend(p)

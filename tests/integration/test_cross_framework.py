@@ -15,10 +15,10 @@ import pytest
 from precision_suite.backends import get_backend_class
 from precision_suite.config import SuiteConfig
 from precision_suite.data import batch_plan, load_dataset
-from precision_suite.jobs import expand_jobs
 from precision_suite.models import init_weights
+from precision_suite.plan import expand_jobs
 
-from tests.conftest import needs_tf, needs_torch
+from tests.helpers.marks import needs_tf, needs_torch
 
 pytestmark = [needs_torch, needs_tf]
 

@@ -1,5 +1,5 @@
-"""Shared helpers of the PyTorch backend tests; also a tiny CLI the resume test runs in a
-fresh process (``python -m tests.backends.torch_helpers resume SPEC_JSON``)."""
+"""Helpers of the PyTorch backend tests; also a tiny CLI the resume test runs in a fresh
+process (``python -m tests.helpers.torch resume SPEC_JSON``)."""
 
 from __future__ import annotations
 
@@ -10,73 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from precision_suite.backends import get_backend_class
-from precision_suite.config import (
-    DataConfig,
-    LossScaleConfig,
-    MlpConfig,
-    ParityConfig,
-    RunnerConfig,
-    TrainConfig,
-)
-from precision_suite.data import Dataset, batch_plan
+from precision_suite.config import DataConfig, MlpConfig
+from precision_suite.data import Dataset
 from precision_suite.jobs import Job
-from precision_suite.models import init_weights
+
+from tests.helpers.backends import assert_states_equal, make_backend, make_job, plan, run, tiny_data
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def tiny_data(n_train: int = 192, n_test: int = 64, seed: int = 0) -> Dataset:
-    """A learnable 10-class problem on (1, 4, 4) images: the label is the argmax of a fixed
-    linear map of the pixels."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n_train + n_test, 1, 4, 4)).astype(np.float32)
-    y = (x.reshape(len(x), -1) @ rng.standard_normal((16, 10))).argmax(1).astype(np.int64)
-    return Dataset("tiny", x[:n_train], y[:n_train], x[n_train:], y[n_train:], 10)
-
-
-def make_job(
-    backend: str,
-    policy: str,
-    *,
-    model: Any = None,
-    train: dict[str, Any] | None = None,
-    loss_scale: dict[str, Any] | None = None,
-    options: dict[str, Any] | None = None,
-    device: str = "cpu",
-    seed: int = 0,
-) -> Job:
-    train_cfg = {"steps": 8, "batch_size": 16, "optimizer": {"name": "adam", "lr": 1e-2}}
-    train_cfg.update(train or {})
-    return Job(
-        job_id=f"test/{backend}/{policy}",
-        backend=backend,
-        framework="torch",
-        policy=policy,
-        model=model or MlpConfig(hidden=[16], dropout=0.1),
-        data=None,  # type: ignore[arg-type]
-        seed=seed,
-        device=device,
-        train=TrainConfig.model_validate(train_cfg),
-        loss_scale=LossScaleConfig.model_validate(loss_scale or {}),
-        options=options or {},
-        runner=RunnerConfig(),
-        parity=ParityConfig(),
-    )
-
-
-def make_backend(job: Job, data: Dataset, weights: dict[str, np.ndarray] | None = None) -> Any:
-    backend = get_backend_class(job.backend)()
-    if weights is None:
-        weights = init_weights(job.model, data.input_shape, data.num_classes, job.seed)
-    backend.setup(job, weights, data)
-    return backend
-
-
-def plan(job: Job, data: Dataset) -> list[np.ndarray]:
-    steps = batch_plan(len(data.x_train), job.train.batch_size, job.seed, job.train.epochs, job.train.steps)
-    return [rows for _, rows in steps]
 
 
 class OverflowInjector:
@@ -93,30 +33,6 @@ class OverflowInjector:
 
     def before(self, step: int) -> None:
         self.flag.fill_(float("inf") if step in self.steps else 0.0)
-
-
-def run(backend: Any, rows: list[np.ndarray], start: int = 0, inject: Any = None) -> None:
-    for i, batch in enumerate(rows, start=start):
-        if inject is not None:
-            inject.before(i)
-        backend.train_step(batch)
-
-
-def assert_states_equal(a: dict[str, Any], b: dict[str, Any], path: str = "") -> None:
-    """Bit-for-bit equality of two nested plain/numpy states."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), f"{path}: keys {set(a)} != {set(b)}"
-        for key in a:
-            assert_states_equal(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), f"{path}: lengths differ"
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_states_equal(x, y, f"{path}[{i}]")
-    elif isinstance(a, np.ndarray):
-        assert a.dtype == b.dtype and a.shape == b.shape, f"{path}: {a.dtype}{a.shape}"
-        assert np.array_equal(a, b, equal_nan=True), f"{path}: values differ"
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"
 
 
 def resume_spec(backend: str, policy: str, loss_scale: dict, overflow: list[int], k: int, n: int) -> dict:
@@ -169,7 +85,7 @@ def assert_resume_matches_uninterrupted(tmp_path: Path, spec: dict) -> None:
         [
             sys.executable,
             "-m",
-            "tests.backends.torch_helpers",
+            "tests.helpers.torch",
             "resume",
             json.dumps(spec),
             str(state_path),

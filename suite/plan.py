@@ -1,0 +1,86 @@
+"""Planning: the job matrix (backend × policy × model × dataset × seed) of a config, and the
+check of its ``backends`` section against the registry before anything runs."""
+
+from __future__ import annotations
+
+from precision_suite.backends import RegistryError, get_backend_class
+from precision_suite.backends.base import POLICIES
+from precision_suite.config import ConfigError, SuiteConfig, format_error
+from precision_suite.jobs import Job, job_id
+from pydantic import ValidationError
+
+
+def expand_jobs(config: SuiteConfig, device: str) -> list[Job]:
+    """Every job of the config, in a stable order. Policies and options are assumed already
+    checked against the registry (``check_backends``)."""
+    config_hash = config.config_hash()
+    jobs: list[Job] = []
+    resolved = {}
+    for name in config.backends.names:
+        cls = get_backend_class(name)
+        options = cls.Options.model_validate(config.backends.options.get(name, {}))
+        resolved[name] = (cls, config.backends.policies.get(name, list(cls.policies)), options)
+    for model in config.models:
+        for name in config.backends.names:
+            cls, policies, options = resolved[name]
+            for policy in policies:
+                for seed in config.seeds:
+                    jobs.append(
+                        Job(
+                            job_id=job_id(model.name, config.data.name, name, policy, seed),
+                            backend=name,
+                            framework=cls.framework,
+                            policy=policy,
+                            model=model,
+                            data=config.data,
+                            seed=seed,
+                            device=device,
+                            train=config.train,
+                            loss_scale=config.loss_scale,
+                            options=options.model_dump(mode="json"),
+                            runner=config.runner,
+                            parity=config.parity,
+                            config_hash=config_hash,
+                        )
+                    )
+    return jobs
+
+
+def check_backends(config: SuiteConfig, source: str) -> None:
+    """Check the ``backends`` section against the registry before anything runs: known names,
+    implemented policies, valid options, settings each backend can express."""
+    section = config.backends
+    classes = {}
+    for i, name in enumerate(section.names):
+        try:
+            classes[name] = get_backend_class(name)
+        except RegistryError as exc:
+            raise ConfigError(f"{source}: backends.names.{i}: {exc}") from None
+    for key in ("policies", "options"):
+        for name in getattr(section, key):
+            if name not in classes:
+                raise ConfigError(
+                    f"{source}: backends.{key}.{name}: backend not in backends.names ({', '.join(section.names)})"
+                )
+    for name, policies in section.policies.items():
+        cls = classes[name]
+        if not policies:
+            raise ConfigError(f"{source}: backends.policies.{name}: expected at least one policy")
+        for j, policy in enumerate(policies):
+            if policy not in cls.policies:
+                what = "is not implemented by" if policy in POLICIES else "is not a policy of"
+                raise ConfigError(
+                    f'{source}: backends.policies.{name}.{j}: policy "{policy}" {what} {name}; '
+                    f"it has: {', '.join(cls.policies)}"
+                )
+    for name, options in section.options.items():
+        try:
+            classes[name].Options.model_validate(options)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            error["loc"] = ("backends", "options", name, *error["loc"])
+            raise ConfigError(format_error(error, source)) from None
+    for job in expand_jobs(config, config.device):
+        problem = classes[job.backend].config_problem(job)
+        if problem:
+            raise ConfigError(f"{source}: {job.backend} ({job.policy}): {problem}")
