@@ -131,10 +131,10 @@ def test_kill_9_of_the_runner_never_loses_or_corrupts_a_record(fake_backends, fa
     expected = {f"mlp/digits/fake/{p}/seed{s}" for p in ("fp32", "fp16-mixed") for s in range(4)}
     unavailable = {f"mlp/digits/fake/tf32/seed{s}" for s in range(4)}
     kills = 0
-    first = True
     while kills < 50:
-        args = ["run", str(fake_config), "--out", str(out)] if first else ["run", "--resume", str(out)]
-        first = False
+        # A kill before the run wrote its config.yaml leaves nothing to resume: start it again.
+        started = (out / "config.yaml").exists()
+        args = ["run", "--resume", str(out)] if started else ["run", str(fake_config), "--out", str(out)]
         proc = _cli_process(args)
         time.sleep(rng.uniform(0.0, 1.2))
         if proc.poll() is None:
