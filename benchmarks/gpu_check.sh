@@ -109,7 +109,7 @@ rm -rf "$OUT_DIR/eager" "$OUT_DIR/compiled"
 common=(
     --set "backends.names=[torch-amp]"
     --set "train.steps=$STEPS"
-    --set "train.warmup_steps=10"
+    --set "train.timing_warmup_steps=10"
     --set "train.timing_window_steps=10"
     --set "data.synthetic.train_size=2048"
     --set "device=$DEVICE"

@@ -109,7 +109,9 @@ def round_job(job: Any, steps: int) -> Any:
     """The same job trained for ``steps`` steps with no warm-up (the harness warmed it)."""
     # No per-epoch evaluation: the hand loop has none, and an evaluation between steps slows
     # the next steps (caches refilled), which is the cost of evaluating, not of the harness.
-    train = job.train.model_copy(update={"steps": steps, "epochs": None, "warmup_steps": 0, "eval_every_epochs": 0})
+    train = job.train.model_copy(
+        update={"steps": steps, "epochs": None, "timing_warmup_steps": 0, "eval_every_epochs": 0}
+    )
     return dataclasses.replace(job, train=train)
 
 

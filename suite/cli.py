@@ -82,6 +82,8 @@ def _load_run_config(args: argparse.Namespace):
         if not path.exists():
             raise UsageError(f"--resume {args.resume}: no {CONFIG_FILE} there (not a run directory)")
     config = load_config(path, args.overrides)
+    for notice in config.notices:
+        print(f"warning: {notice}", file=sys.stderr)
     check_backends(config, str(path or "default.yaml"))
     # The data is checked here, once, so a missing or malformed file is a usage error before
     # any job starts rather than the same failure recorded for every job.

@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -127,7 +128,9 @@ class TrainConfig(_Strict):
     lr_schedule: LrScheduleConfig = LrScheduleConfig()
     grad_clip_norm: PositiveFloat | None = None
     grad_accumulation: PositiveInt = 1
-    warmup_steps: NonNegInt = 5
+    # Steps kept out of timing (compilation, autotuning, scaler warm-up); not the lr warm-up,
+    # which is lr_schedule.warmup_steps.
+    timing_warmup_steps: NonNegInt = 5
     timing_window_steps: PositiveInt = 50
     # Test accuracy every N epochs for the curves (0: only at the end). Outside timed windows.
     eval_every_epochs: NonNegInt = 1
@@ -202,6 +205,12 @@ class SuiteConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     parity: ParityConfig = ParityConfig()
     runner: RunnerConfig = RunnerConfig()
+    # What loading said besides errors (deprecated keys); not part of the config itself.
+    _notices: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def notices(self) -> list[str]:
+        return self._notices
 
     @field_validator("models", mode="before")
     @classmethod
@@ -334,15 +343,40 @@ def format_error(error: dict[str, Any], source: str) -> str:
     return f"{source}: {path}: expected {expected}, got {got}"
 
 
+# Keys renamed in a release, still read for one more with a notice: old path → new key.
+RENAMED_KEYS: dict[tuple[str, ...], str] = {
+    ("train", "warmup_steps"): "timing_warmup_steps",  # confused with lr_schedule.warmup_steps
+}
+
+
+def _apply_renames(raw: dict[str, Any], source: str) -> list[str]:
+    notices = []
+    for (*parents, old), new in RENAMED_KEYS.items():
+        section = raw
+        for key in parents:
+            section = section.get(key) if isinstance(section, dict) else None
+        if not isinstance(section, dict) or old not in section:
+            continue
+        dotted = ".".join(parents)
+        if new in section:
+            raise ConfigError(f"{source}: {dotted}.{old}: renamed to {dotted}.{new}; give only {dotted}.{new}")
+        section[new] = section.pop(old)
+        notices.append(f"{source}: {dotted}.{old} is deprecated and will be removed; use {dotted}.{new}")
+    return notices
+
+
 def validate(raw: Any, source: str) -> SuiteConfig:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {_describe(raw)}")
+    notices = _apply_renames(raw, source)
     try:
-        return SuiteConfig.model_validate(raw)
+        config = SuiteConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_error(exc.errors()[0], source)) from None
+    config.notices.extend(notices)
+    return config
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -121,7 +121,7 @@ def _train(backend: Backend, job: Job, data: Dataset, record: dict[str, Any], pr
     train = job.train
     plan = batch_plan(len(data.y_train), train.batch_size, job.seed, train.epochs, train.steps)
     total = len(plan)
-    warmup = min(train.warmup_steps, total)
+    warmup = min(train.timing_warmup_steps, total)
     timer = WindowTimer(backend.synchronize)
     curves = _Curves()
     window = train.timing_window_steps

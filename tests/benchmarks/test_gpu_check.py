@@ -36,7 +36,7 @@ def test_gpu_check_overrides_validate(compile_):
     overrides = [
         "backends.names=[torch-amp]",
         "train.steps=40",
-        "train.warmup_steps=10",
+        "train.timing_warmup_steps=10",
         "train.timing_window_steps=10",
         "data.synthetic.train_size=2048",
         "device=cuda",

@@ -30,7 +30,7 @@ models:
   - kind: mlp
     hidden: [16]
 data: {name: digits}
-train: {steps: 12, batch_size: 32, warmup_steps: 2, timing_window_steps: 4}
+train: {steps: 12, batch_size: 32, timing_warmup_steps: 2, timing_window_steps: 4}
 backends:
   names: [fake]
 seeds: [0, 1]

@@ -90,3 +90,17 @@ def test_epochs_and_steps():
     assert SuiteConfig.model_validate({"train": {"steps": 5}}).train.epochs is None
     with pytest.raises(ValueError):
         SuiteConfig.model_validate({"train": {"epochs": None}})
+
+
+def test_renamed_timing_warmup_key_still_reads_with_a_notice(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("train: {steps: 4, warmup_steps: 2}\n")
+    config = load_config(path)
+    assert config.train.timing_warmup_steps == 2
+    assert config.train.lr_schedule.warmup_steps == 0, "the lr warm-up is another knob"
+    assert config.notices == [
+        f"{path}: train.warmup_steps is deprecated and will be removed; use train.timing_warmup_steps"
+    ]
+    assert load_config(None).notices == []
+    with pytest.raises(ConfigError, match="give only train.timing_warmup_steps"):
+        load_config(path, ["train.timing_warmup_steps=3"])

@@ -40,7 +40,7 @@ def _run(monkeypatch, **train):
     config = SuiteConfig.model_validate(
         {
             "models": [{"kind": "mlp", "hidden": [8]}],
-            "train": {"batch_size": 64, "warmup_steps": 3, **train},
+            "train": {"batch_size": 64, "timing_warmup_steps": 3, **train},
             "backends": {"names": ["torch-amp"], "policies": {"torch-amp": ["fp32"]}},
             "seeds": [0],
         }
