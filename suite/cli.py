@@ -138,11 +138,13 @@ def _report(out_dir: Path, console: Console, tolerance: float | None, write: boo
     if not records:
         raise UsageError(f"{path}: no valid records")
     from precision_suite import compare, report
+    from precision_suite.outputs import write_ci_files
 
     comparison = compare.compare(records, tolerance_pts=tolerance)
     if write:
         report.render_terminal(comparison, console)
         paths = report.write_reports(out_dir, comparison, records)
+        paths[3:3] = write_ci_files(out_dir, comparison, records)
         console.print("reports: " + ", ".join(str(p) for p in paths), soft_wrap=True)
     else:
         report.print_verdicts(comparison, console)

@@ -1,0 +1,42 @@
+"""A finished run directory, read once: its records (newest per job) and their comparison."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from precision_suite.compare import Comparison, compare
+from precision_suite.results import RESULTS_FILE, latest_by_job, read_records
+
+
+class RunDirError(Exception):
+    """A directory that is not a readable run (the user's input): one line, exit 2."""
+
+
+@dataclass
+class RunDir:
+    path: Path
+    records: list[dict[str, Any]]  # the newest record of each job
+    warnings: list[str]  # damaged lines skipped while reading
+    comparison: Comparison
+
+
+def load_run(path: Path | str, tolerance_pts: float | None = None) -> RunDir:
+    path = Path(path)
+    results = path / RESULTS_FILE
+    if not results.exists():
+        raise RunDirError(f"{results}: no such file (is {path} a run directory?)")
+    read = read_records(results)
+    records = list(latest_by_job(read.records).values())
+    if not records:
+        raise RunDirError(f"{results}: no valid records")
+    return RunDir(path, records, read.warnings, compare(records, tolerance_pts=tolerance_pts))
+
+
+def versions(environ: dict[str, Any]) -> dict[str, str]:
+    """Software versions a record's environment names (``torch_version``, ``python``, ...)."""
+    out = {"python": environ.get("python"), "numpy": environ.get("numpy")}
+    out.update({key.removesuffix("_version"): value for key, value in environ.items() if key.endswith("_version")})
+    out.update(environ.get("framework_versions") or {})
+    return {key: str(value) for key, value in out.items() if value is not None}
