@@ -18,6 +18,7 @@ import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -68,7 +69,23 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PTS",
         help="parity tolerance in accuracy points (default: the run's parity.tolerance_pts)",
     )
+    _add_output_commands(sub)
     return parser
+
+
+def _add_output_commands(sub: Any) -> None:
+    export = sub.add_parser("export", help="export DIR's jobs to TensorBoard, MLflow or W&B (offline)")
+    export.add_argument("dir")
+    export.add_argument("--to", required=True, choices=["tensorboard", "mlflow", "wandb"])
+    export.add_argument("--out", help="where to write (default: DIR/tensorboard, DIR/mlruns, DIR/wandb)")
+
+    diff = sub.add_parser("diff", help="compare two runs of the same config row by row; exit 1 on a regression")
+    diff.add_argument("old_dir", metavar="OLD_DIR")
+    diff.add_argument("new_dir", metavar="NEW_DIR")
+    diff.add_argument("--out", help="where to write diff.md and diff.html (default: NEW_DIR)")
+
+    advise = sub.add_parser("advise", help="which precision policy to use, from DIR's measurements")
+    advise.add_argument("dir")
 
 
 def _load_run_config(args: argparse.Namespace):
@@ -162,6 +179,35 @@ def cmd_check(args: argparse.Namespace, console: Console) -> int:
     return _report(Path(args.dir), console, tolerance=args.tolerance, write=False)
 
 
+def cmd_export(args: argparse.Namespace, console: Console) -> int:
+    from precision_suite.outputs.export import export_run
+
+    target, count = export_run(args.dir, args.to, args.out)
+    console.print(f"exported {count} run(s) to {args.to}: {target}", soft_wrap=True, highlight=False)
+    return EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace, console: Console) -> int:
+    from precision_suite.outputs.diff import diff_runs, summary_lines, write_diff_reports
+    from precision_suite.outputs.rundir import load_run
+
+    result = diff_runs(load_run(args.old_dir), load_run(args.new_dir))
+    paths = write_diff_reports(result, Path(args.out or args.new_dir))
+    for line in summary_lines(result):
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
+    console.print("diff reports: " + ", ".join(str(p) for p in paths), soft_wrap=True, highlight=False)
+    return EXIT_VERDICT if result.exit_code else EXIT_OK
+
+
+def cmd_advise(args: argparse.Namespace, console: Console) -> int:
+    from precision_suite.outputs.advise import advise, render_text
+    from precision_suite.outputs.rundir import load_run
+
+    run = load_run(args.dir)
+    console.print(render_text(advise(run), run.comparison), soft_wrap=True, highlight=False, markup=False)
+    return EXIT_OK
+
+
 def devices_seen() -> list[str]:
     """Devices visible without importing a framework: the CPU, and NVIDIA GPUs if any."""
     from precision_suite.measure import cpu_info
@@ -199,13 +245,22 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "check": cmd_check}
+COMMANDS = {
+    "run": cmd_run,
+    "list": cmd_list,
+    "report": cmd_report,
+    "check": cmd_check,
+    "export": cmd_export,
+    "diff": cmd_diff,
+    "advise": cmd_advise,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     from precision_suite.backends import RegistryError
     from precision_suite.config import ConfigError
     from precision_suite.data import DataError
+    from precision_suite.outputs.rundir import RunDirError
 
     args = _parser().parse_args(argv)
     console = Console()
@@ -215,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     err = Console(stderr=True)
     try:
         return COMMANDS[args.command](args, console)
-    except (ConfigError, UsageError, RegistryError, DataError) as exc:
+    except (ConfigError, UsageError, RegistryError, DataError, RunDirError) as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from precision_suite.compare import Comparison, Group, Row
-from precision_suite.outputs.rundir import versions
+from precision_suite.outputs.rundir import ok_records_by_row, row_key, versions
 from precision_suite.results import jsonable
 
 BENCHMARK_FILE = "benchmark.json"
@@ -159,17 +159,13 @@ def _extra_info(group: Group, row: Row) -> dict[str, Any]:
 
 
 def benchmark_document(comparison: Comparison, records: list[dict[str, Any]]) -> dict[str, Any]:
-    ok_records: dict[tuple[str, str, str, str, str], list[dict[str, Any]]] = {}
-    for record in records:
-        if record.get("status") == "ok":
-            key = tuple(str(record.get(k)) for k in ("model", "dataset", "device", "backend", "policy"))
-            ok_records.setdefault(key, []).append(record)  # type: ignore[arg-type]
+    ok_records = ok_records_by_row(records)
     benchmarks = []
     for group in comparison.groups:
         for row in group.rows:
             rounds: list[float] = []
             window_steps: list[int] = []
-            for record in ok_records.get((row.model, row.dataset, row.device, row.backend, row.policy), []):
+            for record in ok_records.get(row_key(row), []):
                 times, steps = window_times(record)
                 rounds += times
                 window_steps += steps

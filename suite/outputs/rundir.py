@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from precision_suite.compare import Comparison, compare
+from precision_suite.compare import Comparison, Row, compare, dataset_name, model_name
 from precision_suite.results import RESULTS_FILE, latest_by_job, read_records
 
 
@@ -40,3 +40,34 @@ def versions(environ: dict[str, Any]) -> dict[str, str]:
     out.update({key.removesuffix("_version"): value for key, value in environ.items() if key.endswith("_version")})
     out.update(environ.get("framework_versions") or {})
     return {key: str(value) for key, value in out.items() if value is not None}
+
+
+RowKey = tuple[str, str, str, str, str]  # model, dataset, device, backend, policy
+
+
+def row_key(row: Row) -> RowKey:
+    return (row.model, row.dataset, row.device, row.backend, row.policy)
+
+
+def baseline_key(row: Row) -> RowKey | None:
+    """The key of the row's fp32 baseline (``Row.baseline`` is "backend policy")."""
+    if row.baseline is None:
+        return None
+    backend, policy = row.baseline.split(" ", 1)
+    return (row.model, row.dataset, row.device, backend, policy)
+
+
+def ok_records_by_row(records: list[dict[str, Any]]) -> dict[RowKey, list[dict[str, Any]]]:
+    """The ``ok`` records of each row, keyed as ``row_key`` keys a comparison row."""
+    out: dict[RowKey, list[dict[str, Any]]] = {}
+    for record in records:
+        if record.get("status") == "ok":
+            key = (
+                model_name(record),
+                dataset_name(record),
+                str(record.get("device")),
+                str(record.get("backend")),
+                str(record.get("policy")),
+            )
+            out.setdefault(key, []).append(record)
+    return out
