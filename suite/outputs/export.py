@@ -42,6 +42,7 @@ OFFLINE_ENV: dict[str, dict[str, str]] = {
         "WANDB_DISABLE_GIT": "true",
         "WANDB_DISABLE_CODE": "true",
         "WANDB_CONSOLE": "off",
+        "WANDB_ERROR_REPORTING": "false",
     },
 }
 
