@@ -75,6 +75,7 @@ class Advice:
     framework: str
     choice: Candidate | None
     avoid: list[Candidate]
+    alternatives: list[Candidate] = field(default_factory=list)  # also qualify, but slower than the choice
 
     def settings(self) -> list[tuple[str, str]]:
         if self.choice is None:
@@ -96,13 +97,15 @@ def _fmt(value: Interval, unit: str = "×") -> str:
 def memory_saving_text(ratio: Interval) -> str:
     if ratio.estimate is None:
         return "memory saving n/a"
-    saving = 100 * (1 - ratio.estimate)
+    # A ratio above 1 is a cost, said as one rather than as a negative saving.
+    sign, what = (1, "memory saving") if ratio.estimate <= 1 else (-1, "memory cost")
+    value = sign * 100 * (1 - ratio.estimate)
     if not ratio.defined:
-        return f"memory saving {saving:.0f}%"
-    low, high = 100 * (1 - ratio.high), 100 * (1 - ratio.low)  # type: ignore[operator]
+        return f"{what} {value:.0f}%"
+    low, high = sorted(sign * 100 * (1 - r) for r in (ratio.low, ratio.high))  # type: ignore[operator]
     if abs(high - low) < 0.05:
-        return f"memory saving {saving:.0f}% (the same in every seed)"
-    return f"memory saving {saving:.0f}% (95% CI {low:.0f}–{high:.0f}%)"
+        return f"{what} {value:.0f}% (the same in every seed)"
+    return f"{what} {value:.0f}% (95% CI {low:.0f}–{high:.0f}%)"
 
 
 def why_not(row: Row, speedup: Interval, check_pure: bool) -> list[str]:
@@ -149,8 +152,9 @@ def advise_group(group: Group, records: dict, check_pure: bool) -> list[Advice]:
             candidates.append(Candidate(row, speedup, memory, why_not(row, speedup, check_pure)))
         eligible = [c for c in candidates if not c.reasons]
         choice = max(eligible, key=lambda c: c.speedup.estimate or 0.0) if eligible else None
-        avoid = [c for c in candidates if c is not choice]
-        out.append(Advice(group.key, group.device_name, framework, choice, avoid))
+        avoid = [c for c in candidates if c.reasons]
+        alternatives = [c for c in eligible if c is not choice]
+        out.append(Advice(group.key, group.device_name, framework, choice, avoid, alternatives))
     return out
 
 
@@ -178,6 +182,8 @@ def render_text(advice: list[Advice], comparison: Comparison) -> str:
             for tool, setting in item.settings():
                 body = setting.replace("\n", "\n    ")
                 lines.append(f"  {tool}:" + (f"\n    {body}" if "\n" in setting else f" {setting}"))
+        for c in item.alternatives:
+            lines.append(f"  also at parity and faster: {c.row.label} {_fmt(c.speedup)}, {memory_saving_text(c.memory_ratio)}")
         for c in item.avoid:
             lines.append(f"  avoid {c.row.label}: " + "; ".join(c.reasons))
         lines.append("")

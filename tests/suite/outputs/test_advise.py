@@ -28,8 +28,10 @@ def test_fastest_pass_policy_per_framework_with_its_settings(write_run):
     assert "emulated: CPU has no avx512_fp16 / amx_fp16" in reasons["torch-amp fp16-mixed"]
     assert "no fp32 master copy" in reasons["torch-manual bf16-pure"]
     assert "parity FAIL" in reasons["torch-manual bf16-pure"]
+    assert [c.row.label for c in torch.alternatives] == ["torch-manual bf16-mixed"]  # qualifies, slower
     text = render_text(list(advice.values()), run.comparison)
     assert "use bf16-mixed (torch-amp): 1.66× (95% CI" in text and "memory saving 20% (the same in every seed)" in text
+    assert "also at parity and faster: torch-manual bf16-mixed 1.53× (95% CI 1.51–1.55), memory cost 20%" in text
 
 
 def test_fp16_with_loss_scaling_gets_the_gradscaler_snippet_on_hardware_that_has_fp16(write_run):
