@@ -86,12 +86,8 @@ class Advice:
         return [(tool, table[tool].replace("{device}", device)) for tool in tools if tool in table]
 
 
-def _fmt(value: Interval, unit: str = "×") -> str:
-    if value.estimate is None:
-        return "n/a"
-    if not value.defined:
-        return f"{value.estimate:.2f}{unit} (no interval)"
-    return f"{value.estimate:.2f}{unit} (95% CI {value.low:.2f}–{value.high:.2f})"
+def _fmt(value: Interval) -> str:
+    return value.format("×", ci="95% CI ", undefined=" (no interval)")
 
 
 def memory_saving_text(ratio: Interval) -> str:
@@ -183,7 +179,9 @@ def render_text(advice: list[Advice], comparison: Comparison) -> str:
                 body = setting.replace("\n", "\n    ")
                 lines.append(f"  {tool}:" + (f"\n    {body}" if "\n" in setting else f" {setting}"))
         for c in item.alternatives:
-            lines.append(f"  also at parity and faster: {c.row.label} {_fmt(c.speedup)}, {memory_saving_text(c.memory_ratio)}")
+            lines.append(
+                f"  also at parity and faster: {c.row.label} {_fmt(c.speedup)}, {memory_saving_text(c.memory_ratio)}"
+            )
         for c in item.avoid:
             lines.append(f"  avoid {c.row.label}: " + "; ".join(c.reasons))
         lines.append("")

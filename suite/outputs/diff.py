@@ -183,7 +183,10 @@ def _verdict_map(row: Row) -> dict[str, Verdict]:
 
 
 def diff_row(
-    old_row: Row, new_row: Row, old_records: dict[Any, list[dict[str, Any]]], new_records: dict[Any, list[dict[str, Any]]]
+    old_row: Row,
+    new_row: Row,
+    old_records: dict[Any, list[dict[str, Any]]],
+    new_records: dict[Any, list[dict[str, Any]]],
 ) -> RowDiff:
     out = RowDiff(f"{old_row.model}/{old_row.dataset}/{old_row.device}", old_row.label)
     old_ok, new_ok = old_records.get(row_key(old_row), []), new_records.get(row_key(new_row), [])
@@ -223,19 +226,20 @@ def diff_row(
         new_speed = speedup_interval(new_records.get(new_base, []), new_ok)
         changed = new_speed.below(old_speed) or new_speed.above(old_speed)
         emulated = old_row.emulated or new_row.emulated
-        note = f"OLD {_fmt_interval(old_speed, '×')}; NEW {_fmt_interval(new_speed, '×')}"
+        note = f"OLD {old_speed.format('×')}; NEW {new_speed.format('×')}"
         if emulated:
             note += "; emulated: no speed claim"
         delta = Interval(
-            None if old_speed.estimate is None or new_speed.estimate is None else new_speed.estimate / old_speed.estimate
+            None
+            if old_speed.estimate is None or new_speed.estimate is None
+            else new_speed.estimate / old_speed.estimate
         )
         out.changes.append(
             Change("speedup", "×", old_speed.estimate, new_speed.estimate, delta, changed and not emulated, note)
         )
         if not emulated and new_speed.below(old_speed):
             out.regressions.append(
-                f"speedup regressed beyond its interval: {_fmt_interval(old_speed, '×')} → "
-                f"{_fmt_interval(new_speed, '×')}"
+                f"speedup regressed beyond its interval: {old_speed.format('×')} → {new_speed.format('×')}"
             )
 
     old_verdicts, new_verdicts = _verdict_map(old_row), _verdict_map(new_row)
@@ -266,14 +270,6 @@ def diff_runs(old: RunDir, new: RunDir) -> RunDiff:
 
 
 # --- rendering -----------------------------------------------------------------------------------
-
-
-def _fmt_interval(value: Interval, unit: str = "") -> str:
-    if value.estimate is None:
-        return "n/a"
-    if not value.defined:
-        return f"{value.estimate:.2f}{unit}"
-    return f"{value.estimate:.2f}{unit} ({value.low:.2f}–{value.high:.2f})"
 
 
 def _fmt_value(value: float | None, unit: str) -> str:
@@ -329,7 +325,9 @@ def summary_lines(result: RunDiff) -> list[str]:
         lines.append(f"REGRESSED ({len(result.regressions)}):")
         lines += [f"- {text}" for text in result.regressions]
     else:
-        lines.append("No regression: no verdict that passed in OLD fails in NEW, no speedup regressed beyond its interval.")
+        lines.append(
+            "No regression: no verdict that passed in OLD fails in NEW, no speedup regressed beyond its interval."
+        )
     changed = [f"{row.subject} {c.quantity}" for row in result.rows for c in row.changes if c.beyond_noise]
     lines.append(
         ("Changes beyond noise: " + ", ".join(changed)) if changed else "No change beyond noise in any compared row."

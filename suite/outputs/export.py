@@ -164,7 +164,9 @@ def job_series(record: dict[str, Any]) -> JobSeries:
         "time/step_time_ms",
         [
             (end - 1, ms)
-            for end, ms in zip(curves.get("window_end_step") or [], curves.get("window_step_time_ms") or [], strict=False)
+            for end, ms in zip(
+                curves.get("window_end_step") or [], curves.get("window_step_time_ms") or [], strict=False
+            )
         ],
     )
     metrics = record.get("metrics") or {}
@@ -244,6 +246,9 @@ def write_wandb(jobs: list[JobSeries], out: Path, experiment: str) -> None:
                 run.summary[name] = value
         finally:
             run.finish()
+    # Stops W&B's service process: every offline file is complete when export returns, and no
+    # helper process outlives the command.
+    wandb.teardown()
 
 
 WRITERS = {"tensorboard": write_tensorboard, "mlflow": write_mlflow, "wandb": write_wandb}

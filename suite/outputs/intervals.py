@@ -45,6 +45,15 @@ class Interval:
     def above(self, other: Interval) -> bool:
         return other.below(self)
 
+    def format(self, unit: str = "", ci: str = "", undefined: str = "") -> str:
+        """``1.66× (95% CI 1.63–1.68)`` with ``ci="95% CI "``; ``undefined`` follows an
+        estimate that has no interval."""
+        if self.estimate is None:
+            return "n/a"
+        if not self.defined:
+            return f"{self.estimate:.2f}{unit}{undefined}"
+        return f"{self.estimate:.2f}{unit} ({ci}{self.low:.2f}–{self.high:.2f})"
+
 
 def metric(record: dict[str, Any], key: str) -> float | None:
     value = (record.get("metrics") or {}).get(key)

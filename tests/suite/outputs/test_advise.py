@@ -59,7 +59,10 @@ def test_stay_with_fp32_when_nothing_is_faster_beyond_noise_and_at_parity(write_
     (avoid,) = item.avoid
     assert any(r.startswith("noisy: speedup") and "straddles 1.0" in r for r in avoid.reasons)
     assert main(["advise", str(path)]) == 0
-    assert "stay with fp32: no policy is both faster than fp32 beyond noise and at parity (PASS)" in capsys.readouterr().out
+    assert (
+        "stay with fp32: no policy is both faster than fp32 beyond noise and at parity (PASS)"
+        in capsys.readouterr().out
+    )
 
 
 def test_inconclusive_parity_is_not_a_recommendation(write_run):

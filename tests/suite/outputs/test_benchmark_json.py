@@ -60,8 +60,12 @@ def test_document_loads_with_pytest_benchmarks_reader(tmp_path):
     bf16 = by_name["torch-amp[bf16-mixed]"]
     assert bf16["group"] == "mlp/digits/cpu" and bf16["fullname"] == "mlp/digits/cpu::torch-amp[bf16-mixed]"
     assert bf16["rounds"] == 10 and bf16["iterations"] == 4  # 5 windows × 2 seeds
-    windows = [v / 1e3 for r in records if r["job_id"].startswith("mlp/digits/torch-amp/bf16-mixed/")
-               for v in r["curves"]["window_step_time_ms"]]
+    windows = [
+        v / 1e3
+        for r in records
+        if r["job_id"].startswith("mlp/digits/torch-amp/bf16-mixed/")
+        for v in r["curves"]["window_step_time_ms"]
+    ]
     assert bf16["data"] == windows and bf16["median"] == pytest.approx(float(np.median(windows)))
     info = bf16["extra_info"]
     assert info["speedup"] == pytest.approx((10.0 + 10.1) / (6.0 + 6.1))
@@ -85,7 +89,10 @@ def test_pytest_benchmark_compare_reads_two_runs(tmp_path):
     b = write_benchmark_json(tmp_path / "b", comparison, records)
     out = subprocess.run(
         [sys.executable, "-m", "pytest_benchmark", "compare", str(a), str(b), "--group-by=group"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
     assert "benchmark 'mlp/digits/cpu': 14 tests" in out.stdout

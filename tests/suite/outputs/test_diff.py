@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from precision_suite.cli import main
@@ -10,6 +9,21 @@ from precision_suite.outputs.rundir import RunDirError, load_run
 
 from tests.suite.fixtures.records import default_run, make_record
 from tests.suite.helpers import read_run, run_cli
+
+
+def _default_run_with(backend: str, policy: str, **changes) -> list[dict]:
+    """default_run() with one row's records made again with ``changes`` (callables of the seed
+    for per-seed values)."""
+    out = []
+    for r in default_run():
+        if (r["backend"], r["policy"]) != (backend, policy):
+            out.append(r)
+            continue
+        seed = r["seed"]
+        kwargs = {"accuracy": r["metrics"]["test_accuracy"], "step_ms": r["metrics"]["step_time_ms_p50"]}
+        kwargs.update({k: v(seed) if callable(v) else v for k, v in changes.items()})
+        out.append(make_record(backend, policy, seed, **kwargs))
+    return out
 
 
 def _rows(result):
@@ -29,19 +43,14 @@ def test_two_identical_runs_show_no_change_and_exit_0(write_run, capsys):
 
 
 def test_broken_candidate_fails_parity_and_exits_1_naming_the_row(write_run, capsys):
-    broken = [
-        make_record("torch-amp", "bf16-mixed", r["seed"], accuracy=0.90 + 0.002 * r["seed"], step_ms=6.0 + 0.1 * r["seed"],
-                    memory=800_000, loss_offset=0.3)
-        if (r["backend"], r["policy"]) == ("torch-amp", "bf16-mixed") else r
-        for r in default_run()
-    ]
+    broken = _default_run_with(
+        "torch-amp", "bf16-mixed", accuracy=lambda s: 0.90 + 0.002 * s, memory=800_000, loss_offset=0.3
+    )
     old, new = write_run("old", default_run()), write_run("new", broken)
     result = diff_runs(load_run(old), load_run(new))
     assert result.exit_code == 1
     assert result.regressions == [
-        "mlp/digits/cpu torch-amp bf16-mixed: parity PASS → FAIL: Δ −5.00 pt vs torch-amp fp32 (tolerance ±1 pt)".replace(
-            "−", "-"
-        )
+        "mlp/digits/cpu torch-amp bf16-mixed: parity PASS → FAIL: Δ -5.00 pt vs torch-amp fp32 (tolerance ±1 pt)"
     ]
     row = _rows(result)["mlp/digits/cpu torch-amp bf16-mixed"]
     accuracy = next(c for c in row.changes if c.quantity == "accuracy")
@@ -57,12 +66,7 @@ def test_broken_candidate_fails_parity_and_exits_1_naming_the_row(write_run, cap
 
 
 def test_speedup_regression_beyond_its_interval_exits_1(write_run):
-    slower = [
-        make_record("torch-amp", "bf16-mixed", r["seed"], accuracy=r["metrics"]["test_accuracy"],
-                    step_ms=9.0 + 0.1 * r["seed"], memory=800_000)
-        if (r["backend"], r["policy"]) == ("torch-amp", "bf16-mixed") else r
-        for r in default_run()
-    ]
+    slower = _default_run_with("torch-amp", "bf16-mixed", step_ms=lambda s: 9.0 + 0.1 * s, memory=800_000)
     result = diff_runs(load_run(write_run("old", default_run())), load_run(write_run("new", slower)))
     assert result.exit_code == 1
     (regression,) = result.regressions
@@ -71,12 +75,7 @@ def test_speedup_regression_beyond_its_interval_exits_1(write_run):
 
 def test_an_emulated_speedup_is_never_a_regression(write_run):
     # fp16 on this CPU is emulated: its "speedup" moving is not a claim either way.
-    slower = [
-        make_record("torch-amp", "fp16-mixed", r["seed"], accuracy=r["metrics"]["test_accuracy"], step_ms=200.0 + r["seed"],
-                    memory=800_000, skipped=3)
-        if (r["backend"], r["policy"]) == ("torch-amp", "fp16-mixed") else r
-        for r in default_run()
-    ]
+    slower = _default_run_with("torch-amp", "fp16-mixed", step_ms=lambda s: 200.0 + s, memory=800_000, skipped=3)
     result = diff_runs(load_run(write_run("old", default_run())), load_run(write_run("new", slower)))
     assert result.exit_code == 0
     speed = next(c for c in _rows(result)["mlp/digits/cpu torch-amp fp16-mixed"].changes if c.quantity == "speedup")
@@ -130,8 +129,10 @@ def test_speedup_interval_coverage_and_false_regression_rate():
     def run():
         load = rng.lognormal(0, 0.2, 3)
         base = [{"seed": s, "metrics": {"step_time_ms_p50": 10 * load[s] * rng.lognormal(0, 0.03)}} for s in range(3)]
-        cand = [{"seed": s, "metrics": {"step_time_ms_p50": 10 / true_speedup * load[s] * rng.lognormal(0, 0.03)}}
-                for s in range(3)]
+        cand = [
+            {"seed": s, "metrics": {"step_time_ms_p50": 10 / true_speedup * load[s] * rng.lognormal(0, 0.03)}}
+            for s in range(3)
+        ]
         return speedup_interval(base, cand)
 
     intervals = [run() for _ in range(trials)]

@@ -5,7 +5,6 @@ import importlib.util
 import os
 import socket
 import struct
-import time
 
 import pytest
 from precision_suite.cli import main
@@ -14,8 +13,11 @@ from precision_suite.outputs.export import export_run, job_series, lr_curve
 from tests.suite.fixtures.records import make_record
 
 # The training loop's curves as they appear in a record; values chosen so each scalar is distinct.
-WINDOWS = {"window_end_step": [6, 10, 14, 18, 20], "window_steps": [4, 4, 4, 4, 2],
-           "window_step_time_ms": [10.5, 10.25, 9.75, 10.0, 11.0]}
+WINDOWS = {
+    "window_end_step": [6, 10, 14, 18, 20],
+    "window_steps": [4, 4, 4, 4, 2],
+    "window_step_time_ms": [10.5, 10.25, 9.75, 10.0, 11.0],
+}
 
 
 def _records() -> list[dict]:
@@ -27,7 +29,8 @@ def _records() -> list[dict]:
     for record in records[:2]:
         record["curves"].update(WINDOWS, epoch=[s // 10 for s in range(20)], eval_epoch=[0, 1])
         record["config"]["train"].update(
-            steps=20, optimizer={"name": "sgd", "lr": 0.1},
+            steps=20,
+            optimizer={"name": "sgd", "lr": 0.1},
             lr_schedule={"name": "cosine", "warmup_steps": 2, "min_lr_ratio": 0.0},
         )
     return records
@@ -93,9 +96,7 @@ def _read_events(path: str) -> list:
 def test_tensorboard_scalars_read_back_equal_the_records_curves(write_run, no_network, capsys):
     records = _records()
     run = write_run("run", records)
-    started = time.perf_counter()
     assert main(["export", str(run), "--to", "tensorboard"]) == 0
-    assert time.perf_counter() - started < 5
     assert "exported 2 run(s) to tensorboard" in capsys.readouterr().out
     folders = sorted(os.listdir(run / "tensorboard"))
     assert folders == ["mlp_digits_torch-amp_fp16-mixed_seed0", "mlp_digits_torch-amp_fp32_seed0"]
@@ -110,13 +111,16 @@ def test_tensorboard_scalars_read_back_equal_the_records_curves(write_run, no_ne
             if value.HasField("simple_value"):
                 scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
     curves = record["curves"]
-    assert scalars["train/loss"] == [(s, pytest.approx(v, rel=1e-6)) for s, v in zip(curves["step"], curves["train_loss"])]
-    assert scalars["train/loss_scale"] == list(zip(curves["step"], curves["loss_scale"]))
+    assert scalars["train/loss"] == [
+        (s, pytest.approx(v, rel=1e-6)) for s, v in zip(curves["step"], curves["train_loss"], strict=True)
+    ]
+    assert scalars["train/loss_scale"] == list(zip(curves["step"], curves["loss_scale"], strict=True))
     assert [v for _, v in scalars["train/skipped_steps"]] == [min(s + 1, 3) for s in range(20)]
     assert [v for _, v in scalars["train/lr"]] == pytest.approx(lr_curve(record), rel=1e-6)
     assert scalars["test/accuracy"] == [(9, pytest.approx(0.90)), (19, pytest.approx(0.95))]
-    assert scalars["time/step_time_ms"] == [(e - 1, v) for e, v in zip(WINDOWS["window_end_step"],
-                                                                     WINDOWS["window_step_time_ms"])]
+    assert scalars["time/step_time_ms"] == [
+        (e - 1, v) for e, v in zip(WINDOWS["window_end_step"], WINDOWS["window_step_time_ms"], strict=True)
+    ]
     assert scalars["final/test_accuracy"] == [(19, pytest.approx(0.95))]
     assert "hparams" in plugins  # backend/policy/... for TensorBoard's HParams tab
 
@@ -127,9 +131,8 @@ def test_mlflow_runs_read_back_through_the_client(write_run, no_network, monkeyp
         monkeypatch.delenv(key, raising=False)
     records = _records()
     run = write_run("run", records)
-    started = time.perf_counter()
     target, count = export_run(run, "mlflow")
-    assert time.perf_counter() - started < 5 and count == 2 and target == run / "mlruns"
+    assert count == 2 and target == run / "mlruns"
     assert os.environ["MLFLOW_ALLOW_FILE_STORE"] == "true" and os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
     from mlflow.tracking import MlflowClient
 
@@ -142,7 +145,7 @@ def test_mlflow_runs_read_back_through_the_client(write_run, no_network, monkeyp
     assert fp16.data.params["seed"] == "0" and fp16.data.params["device"] == "cpu"
     history = client.get_metric_history(fp16.info.run_id, "train/loss")
     assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == list(
-        zip(records[1]["curves"]["step"], records[1]["curves"]["train_loss"])
+        zip(records[1]["curves"]["step"], records[1]["curves"]["train_loss"], strict=True)
     )
     accuracy = client.get_metric_history(fp16.info.run_id, "test/accuracy")
     assert sorted((m.step, m.value) for m in accuracy) == [(9, pytest.approx(0.90)), (19, 0.95)]
@@ -179,9 +182,7 @@ def test_wandb_offline_run_folders_hold_the_curves(write_run, no_network, monkey
         monkeypatch.delenv(key, raising=False)
     records = _records()
     run = write_run("run", records)
-    started = time.perf_counter()
     target, count = export_run(run, "wandb")
-    elapsed = time.perf_counter() - started
     assert os.environ["WANDB_MODE"] == "offline" and count == 2
     folders = sorted(glob.glob(str(target / "wandb" / "offline-run-*")))
     assert len(folders) == 2  # offline-run-*: nothing was synced
@@ -197,13 +198,13 @@ def test_wandb_offline_run_folders_hold_the_curves(write_run, no_network, monkey
             elif kind == "history":
                 history.append({i.key or "/".join(i.nested_key): i.value_json for i in record.history.item})
         by_name[name] = (history, config)
+    assert set(by_name) == {"mlp/digits/torch-amp/fp32/seed0", "mlp/digits/torch-amp/fp16-mixed/seed0"}, by_name
     history, config = by_name["mlp/digits/torch-amp/fp16-mixed/seed0"]
     assert config["policy"] == '"fp16-mixed"' and config["version/torch"] == '"9.9.9"'
     losses = [float(h["train/loss"]) for h in history if "train/loss" in h]
     assert losses == pytest.approx(records[1]["curves"]["train_loss"])
     assert [int(h["_step"]) for h in history] == list(range(20))
     assert [float(h["test/accuracy"]) for h in history if "test/accuracy" in h] == pytest.approx([0.90, 0.95])
-    assert elapsed < 10  # the W&B service process starts once per export (~1-2 s unloaded)
 
 
 def test_a_missing_tracker_is_one_line_naming_the_extra(write_run, monkeypatch, capsys):
