@@ -10,7 +10,8 @@ GitHub, GitLab and Azure read the same subset): ``testsuites`` > one ``testsuite
 - an INCONCLUSIVE verdict (and one with no baseline, or not comparable) is ``skipped`` with
   the reason: nothing was shown either way;
 - an ``unavailable`` job is ``skipped`` with its reason; a crashed / timed-out / oom / error /
-  diverged job is an ``error`` with its message.
+  diverged job is an ``error`` with its message — except a ``-pure`` policy diverging, which
+  the run treats as information (exit code and ``check`` alike): ``skipped``, saying so.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from precision_suite.compare import PASS, Comparison, JobNote, Verdict
+from precision_suite.results import is_job_failure
 
 JUNIT_FILE = "junit.xml"
 SUITES_NAME = "precision-suite"
@@ -99,9 +101,16 @@ def build_suites(comparison: Comparison, records: list[dict[str, Any]]) -> list[
         for row in group.rows:
             suite.cases.extend(verdict_case(group.key, v) for v in row.verdicts)
         suite.cases.extend(verdict_case(group.key, v) for v in group.verdicts)
+    by_id = {str(r.get("job_id")): r for r in records}
     notes: dict[str, list[Case]] = defaultdict(list)
     for note in comparison.failed_jobs:
-        notes[f"{note.model}/{note.dataset}/{note.device}"].append(job_case(note, "error", wall_s.get(note.job_id)))
+        record = by_id.get(note.job_id, {"status": note.status})
+        # A -pure policy diverging is information (it does not fail the run), so not a CI error.
+        failure = is_job_failure(record, comparison.check_pure)
+        case = job_case(note, "error" if failure else "skipped", wall_s.get(note.job_id))
+        if not failure:
+            case.message = f"information only, not checked: {case.message}"
+        notes[f"{note.model}/{note.dataset}/{note.device}"].append(case)
     for note in comparison.unavailable:
         notes[f"{note.model}/{note.dataset}/{note.device}"].append(job_case(note, "skipped", wall_s.get(note.job_id)))
     for key, cases in notes.items():

@@ -73,3 +73,20 @@ def test_a_schema_violation_would_be_caught():
     bad = '<testsuites><testsuite name="x" tests="1"><testcase name="y"/></testsuite></testsuites>'
     with pytest.raises(xmlschema.XMLSchemaValidationError):
         xmlschema.XMLSchema(str(SCHEMA)).validate(bad)
+
+
+def test_a_diverged_pure_policy_is_information_not_a_ci_error():
+    records = default_run(seeds=(0,))
+    records += [
+        make_record("torch-manual", "fp16-pure", 0, status="diverged", error="loss non-finite from step 2"),
+        make_record("torch-amp", "bf16-mixed", 1, status="diverged", error="loss non-finite from step 7"),
+    ]
+    comparison = compare(records)
+    text = junit_xml(comparison, records)
+    xmlschema.XMLSchema(str(SCHEMA)).validate(text)
+    cases = {c.get("name"): c for c in _parse(text).iter("testcase")}
+    pure = cases["mlp/digits/cpu torch-manual fp16-pure seed 0 [job]"]
+    assert pure.find("error") is None
+    assert pure.find("skipped").get("message").startswith("information only, not checked: diverged")
+    mixed = cases["mlp/digits/cpu torch-amp bf16-mixed seed 1 [job]"].find("error")
+    assert mixed.get("message") == "diverged: loss non-finite from step 7"
