@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from precision_suite.compare import FAILED, PASS, Row, Verdict
 from precision_suite.outputs.intervals import Interval, metric, paired_change, speedup_interval
-from precision_suite.outputs.rundir import RunDir, RunDirError, baseline_key, ok_records_by_row, row_key
+from precision_suite.outputs.rundir import RunDir, RunDirError, baseline_key, ok_records_by_row, row_key, versions
 
 # Job-config keys that say how a job was run, not what it trained: free to differ.
 RUN_ONLY_KEYS = ("job_id", "runner", "config_hash")
@@ -67,6 +67,7 @@ class RunDiff:
     only_old: list[str]
     only_new: list[str]
     noted_differences: list[str]
+    environment_differences: list[str] = field(default_factory=list)
 
     @property
     def regressions(self) -> list[str]:
@@ -260,13 +261,33 @@ def diff_row(
     return out
 
 
+def _environment(records: list[dict[str, Any]]) -> dict[str, str]:
+    """Software versions and hardware, from the first ok record that names each."""
+    out: dict[str, str] = {}
+    for record in records:
+        environ = record.get("environ") or {}
+        if record.get("status") != "ok" or not environ:
+            continue
+        facts = {**versions(environ), "device_name": environ.get("device_name"), "cpu_model": environ.get("cpu_model")}
+        for key, value in facts.items():
+            if value is not None:
+                out.setdefault(key, str(value))
+    return out
+
+
+def environment_differences(old: RunDir, new: RunDir) -> list[str]:
+    """What changed about the machine and software between the runs (often the diff's point)."""
+    a, b = _environment(old.records), _environment(new.records)
+    return [f"{key}: {a[key]} vs {b[key]}" for key in sorted(set(a) & set(b)) if a[key] != b[key]]
+
+
 def diff_runs(old: RunDir, new: RunDir) -> RunDiff:
     only_old, only_new, noted = check_comparable(old, new)
     old_rows = {row_key(r): r for r in old.comparison.rows}
     new_rows = {row_key(r): r for r in new.comparison.rows}
     old_records, new_records = ok_records_by_row(old.records), ok_records_by_row(new.records)
     rows = [diff_row(old_rows[k], new_rows[k], old_records, new_records) for k in old_rows if k in new_rows]
-    return RunDiff(old.path, new.path, rows, only_old, only_new, noted)
+    return RunDiff(old.path, new.path, rows, only_old, only_new, noted, environment_differences(old, new))
 
 
 # --- rendering -----------------------------------------------------------------------------------
@@ -332,6 +353,8 @@ def summary_lines(result: RunDiff) -> list[str]:
     lines.append(
         ("Changes beyond noise: " + ", ".join(changed)) if changed else "No change beyond noise in any compared row."
     )
+    if result.environment_differences:
+        lines.append("Environment differs: " + "; ".join(result.environment_differences))
     if result.noted_differences:
         lines.append("Backend options differ (compared anyway): " + "; ".join(result.noted_differences))
     if result.only_old:

@@ -82,6 +82,19 @@ def test_an_emulated_speedup_is_never_a_regression(write_run):
     assert not speed.beyond_noise and "emulated" in speed.note
 
 
+def test_a_framework_upgrade_is_named_and_compared(write_run, capsys):
+    upgraded = default_run()
+    for record in upgraded:
+        if record["framework"] == "torch":
+            record["environ"]["framework_versions"] = {"torch": "10.0.0"}
+    old, new = write_run("old", default_run()), write_run("new", upgraded)
+    result = diff_runs(load_run(old), load_run(new))
+    assert result.environment_differences == ["torch: 9.9.9 vs 10.0.0"]
+    assert result.exit_code == 0
+    assert main(["diff", str(old), str(new)]) == 0
+    assert "Environment differs: torch: 9.9.9 vs 10.0.0" in capsys.readouterr().out
+
+
 def test_runs_of_different_configs_are_refused_naming_the_keys(write_run, capsys):
     other = default_run()
     for record in other:
