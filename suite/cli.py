@@ -18,8 +18,10 @@ import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 EXIT_OK, EXIT_VERDICT, EXIT_USAGE, EXIT_JOBS_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -68,7 +70,23 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PTS",
         help="parity tolerance in accuracy points (default: the run's parity.tolerance_pts)",
     )
+    _add_output_commands(sub)
     return parser
+
+
+def _add_output_commands(sub: Any) -> None:
+    export = sub.add_parser("export", help="export DIR's jobs to TensorBoard, MLflow or W&B (offline)")
+    export.add_argument("dir")
+    export.add_argument("--to", required=True, choices=["tensorboard", "mlflow", "wandb"])
+    export.add_argument("--out", help="where to write (default: DIR/tensorboard, DIR/mlruns, DIR/wandb)")
+
+    diff = sub.add_parser("diff", help="compare two runs of the same config row by row; exit 1 on a regression")
+    diff.add_argument("old_dir", metavar="OLD_DIR")
+    diff.add_argument("new_dir", metavar="NEW_DIR")
+    diff.add_argument("--out", help="where to write diff.md and diff.html (default: NEW_DIR)")
+
+    advise = sub.add_parser("advise", help="which precision policy to use, from DIR's measurements")
+    advise.add_argument("dir")
 
 
 def _load_run_config(args: argparse.Namespace):
@@ -140,11 +158,13 @@ def _report(out_dir: Path, console: Console, tolerance: float | None, write: boo
     if not records:
         raise UsageError(f"{path}: no valid records")
     from precision_suite import compare, report
+    from precision_suite.outputs import write_ci_files
 
     comparison = compare.compare(records, tolerance_pts=tolerance)
     if write:
         report.render_terminal(comparison, console)
         paths = report.write_reports(out_dir, comparison, records)
+        paths[3:3] = write_ci_files(out_dir, comparison, records)
         console.print("reports: " + ", ".join(str(p) for p in paths), soft_wrap=True)
     else:
         report.print_verdicts(comparison, console)
@@ -160,6 +180,35 @@ def cmd_check(args: argparse.Namespace, console: Console) -> int:
     if args.tolerance is not None and not args.tolerance >= 0:
         raise UsageError(f"--tolerance: expected a number of points >= 0, got {args.tolerance}")
     return _report(Path(args.dir), console, tolerance=args.tolerance, write=False)
+
+
+def cmd_export(args: argparse.Namespace, console: Console) -> int:
+    from precision_suite.outputs.export import export_run
+
+    target, count = export_run(args.dir, args.to, args.out)
+    console.print(f"exported {count} run(s) to {args.to}: {target}", soft_wrap=True, highlight=False)
+    return EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace, console: Console) -> int:
+    from precision_suite.outputs.diff import diff_runs, summary_lines, write_diff_reports
+    from precision_suite.outputs.rundir import load_run
+
+    result = diff_runs(load_run(args.old_dir), load_run(args.new_dir))
+    paths = write_diff_reports(result, Path(args.out or args.new_dir))
+    for line in summary_lines(result):
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
+    console.print("diff reports: " + ", ".join(str(p) for p in paths), soft_wrap=True, highlight=False)
+    return EXIT_VERDICT if result.exit_code else EXIT_OK
+
+
+def cmd_advise(args: argparse.Namespace, console: Console) -> int:
+    from precision_suite.outputs.advise import advise, render_text
+    from precision_suite.outputs.rundir import load_run
+
+    run = load_run(args.dir)
+    console.print(render_text(advise(run), run.comparison), soft_wrap=True, highlight=False, markup=False)
+    return EXIT_OK
 
 
 def devices_seen() -> list[str]:
@@ -199,13 +248,22 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "check": cmd_check}
+COMMANDS = {
+    "run": cmd_run,
+    "list": cmd_list,
+    "report": cmd_report,
+    "check": cmd_check,
+    "export": cmd_export,
+    "diff": cmd_diff,
+    "advise": cmd_advise,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     from precision_suite.backends import RegistryError
     from precision_suite.config import ConfigError
     from precision_suite.data import DataError
+    from precision_suite.outputs.rundir import RunDirError
 
     args = _parser().parse_args(argv)
     console = Console()
@@ -215,8 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     err = Console(stderr=True)
     try:
         return COMMANDS[args.command](args, console)
-    except (ConfigError, UsageError, RegistryError, DataError) as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    except (ConfigError, UsageError, RegistryError, DataError, RunDirError) as exc:
+        # Escaped: a message may hold brackets rich would take for markup (".[mlflow]").
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return EXIT_USAGE
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -422,6 +422,10 @@ def _dataset_name(record: dict[str, Any]) -> str:
     return str(dataset)
 
 
+# Public: the outputs (diff, advice, benchmark.json) key records the way rows are keyed.
+model_name, dataset_name = _model_name, _dataset_name
+
+
 def _framework(record: dict[str, Any]) -> str:
     if record.get("framework"):
         return str(record["framework"])

@@ -130,6 +130,7 @@ def _train(backend: Backend, job: Job, data: Dataset, record: dict[str, Any], pr
     block = window * max(1, PREPARE_BLOCK_STEPS // window)
     drained_upto = 0
     in_window = 0
+    window_end_step: list[int] = []
     warmup_s = 0.0
     backend.synchronize()
     t0 = time.perf_counter()
@@ -151,6 +152,8 @@ def _train(backend: Backend, job: Job, data: Dataset, record: dict[str, Any], pr
             # A window closes when full, before an evaluation (kept out of timing), at the end of
             # warm-up and of a block, and at the end.
             if in_window == window or evaluate_now or i + 1 in (warmup, total) or (i + 1) % block == 0:
+                if in_window:
+                    window_end_step.append(i + 1)
                 timer.close(in_window)
                 in_window = 0
                 curves.absorb(backend, drained_upto, train.divergence_patience)
@@ -162,6 +165,15 @@ def _train(backend: Backend, job: Job, data: Dataset, record: dict[str, Any], pr
                     curves.eval_epoch.append(epoch)
     finally:
         record["curves"] = _curves_dict(curves)
+        # The timed windows themselves (not only their percentiles), for step-time statistics
+        # downstream (benchmark.json, run-to-run diff) and step-time curves (export).
+        record["curves"].update(
+            {
+                "window_end_step": window_end_step[: len(timer.window_steps)],
+                "window_steps": list(timer.window_steps),
+                "window_step_time_ms": [s * 1e3 for s in timer.window_step_s],
+            }
+        )
         record["metrics"].update(
             {
                 "warmup_s": warmup_s,

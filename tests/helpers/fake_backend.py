@@ -30,6 +30,8 @@ class FakeOptions(BaseModel):
     nan_from_step: int | None = None  # loss becomes NaN from this step on
     raise_at_step: int | None = None  # raise RuntimeError at this step
     fault_seeds: list[int] | None = None  # the faults apply only to these seeds (None: all)
+    fault_policies: list[str] | None = None  # ... and only to these policies (None: all)
+    lr_factor: float = 1.0  # a deliberately wrong learning rate (a broken candidate)
     step_sleep_s: float = 0.0
     oom_above_batch: int | None = None  # raise MemoryError in setup when batch_size is larger
 
@@ -47,7 +49,9 @@ class FakeBackend(Backend):
     def setup(self, job: Any, init_weights: dict[str, np.ndarray], data: Any) -> None:
         self.job = job
         self.options = FakeOptions.model_validate(job.options)
-        faulty = self.options.fault_seeds is None or job.seed in self.options.fault_seeds
+        faulty = (self.options.fault_seeds is None or job.seed in self.options.fault_seeds) and (
+            self.options.fault_policies is None or job.policy in self.options.fault_policies
+        )
         self.faults = self.options if faulty else FakeOptions()
         if self.faults.oom_above_batch is not None and job.train.batch_size > self.faults.oom_above_batch:
             raise MemoryError(f"fake allocator: out of memory at batch size {job.train.batch_size}")
@@ -59,7 +63,7 @@ class FakeBackend(Backend):
         self.compute_dtype = np.dtype(POLICY_SPECS[job.policy].compute_dtype)
         rng = np.random.default_rng(job.seed)
         self.w = rng.standard_normal((self.x.shape[1], data.num_classes)).astype(np.float32) * 0.01
-        self.lr = job.train.optimizer.lr * 10
+        self.lr = job.train.optimizer.lr * 10 * self.faults.lr_factor
         self.step = 0
         self.losses: list[float] = []
 

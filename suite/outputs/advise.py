@@ -1,0 +1,194 @@
+"""``precision-suite advise DIR``: from the run's measurements only, which precision policy to
+use per (model, dataset, device) and framework, and the one line that applies it in the tools
+users already use.
+
+A policy is recommended only when its parity verdict is PASS (not merely "not FAIL": an
+inconclusive one is not evidence), its precision was observed active, its hardware is not
+emulating it, and it is faster than fp32 beyond noise (the lower end of the speedup's 95 %
+interval above 1). Among those, the fastest. Every other policy is listed with why not. When
+none qualifies, the advice is to stay with fp32, said plainly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from precision_suite.compare import PASS, Comparison, Group, Row
+from precision_suite.outputs.intervals import Interval, ratio_interval, speedup_interval
+from precision_suite.outputs.rundir import RunDir, baseline_key, ok_records_by_row, row_key
+
+_TORCH_TOOLS = ("Lightning", "accelerate", "PyTorch")
+_KERAS_TOOLS = ("Keras",)
+# Which tools' settings apply to a framework's result (a Keras result holds for any Keras backend).
+TOOLS_BY_FRAMEWORK = {"torch": _TORCH_TOOLS, "tensorflow": _KERAS_TOOLS, "jax": _KERAS_TOOLS, "keras": _KERAS_TOOLS}
+
+_AUTOCAST = 'with torch.autocast(device_type="{device}", dtype=torch.{dtype}):\n    loss = loss_fn(model(x), y)\n'
+# The one table of how each tool spells a policy; "{device}" is the run's device type.
+SETTINGS: dict[str, dict[str, str]] = {
+    "bf16-mixed": {
+        "Lightning": 'L.Trainer(precision="bf16-mixed")',
+        "accelerate": 'Accelerator(mixed_precision="bf16")',
+        "Keras": 'keras.mixed_precision.set_global_policy("mixed_bfloat16")',
+        "PyTorch": _AUTOCAST.format(device="{device}", dtype="bfloat16") + "loss.backward()\noptimizer.step()",
+    },
+    "fp16-mixed": {
+        "Lightning": 'L.Trainer(precision="16-mixed")',
+        "accelerate": 'Accelerator(mixed_precision="fp16")',
+        "Keras": 'keras.mixed_precision.set_global_policy("mixed_float16")',
+        "PyTorch": 'scaler = torch.amp.GradScaler("{device}")\n'
+        + _AUTOCAST.format(device="{device}", dtype="float16")
+        + "scaler.scale(loss).backward()\nscaler.step(optimizer)\nscaler.update()",
+    },
+    "tf32": {
+        "Lightning": 'torch.set_float32_matmul_precision("high")  # Lightning has no precision flag for TF32',
+        "accelerate": 'torch.set_float32_matmul_precision("high")',
+        "Keras": "tf.config.experimental.enable_tensor_float_32_execution(True)",
+        "PyTorch": "torch.backends.cuda.matmul.allow_tf32 = True\ntorch.backends.cudnn.allow_tf32 = True",
+    },
+    "bf16-pure": {
+        "Lightning": 'L.Trainer(precision="bf16-true")',
+        "accelerate": "model = model.to(torch.bfloat16)  # accelerate has no pure-bf16 switch",
+        "Keras": 'keras.mixed_precision.set_global_policy("bfloat16")',
+        "PyTorch": "model = model.to(torch.bfloat16)",
+    },
+    "fp16-pure": {
+        "Lightning": 'L.Trainer(precision="16-true")',
+        "accelerate": "model = model.to(torch.float16)  # accelerate has no pure-fp16 switch",
+        "Keras": 'keras.mixed_precision.set_global_policy("float16")',
+        "PyTorch": "model = model.to(torch.float16)",
+    },
+}
+
+
+@dataclass
+class Candidate:
+    row: Row
+    speedup: Interval
+    memory_ratio: Interval  # policy / fp32 peak memory
+    reasons: list[str] = field(default_factory=list)  # why not; empty = eligible
+
+
+@dataclass
+class Advice:
+    group: str
+    device_name: str
+    framework: str
+    choice: Candidate | None
+    avoid: list[Candidate]
+    alternatives: list[Candidate] = field(default_factory=list)  # also qualify, but slower than the choice
+
+    def settings(self) -> list[tuple[str, str]]:
+        if self.choice is None:
+            return []
+        device = "cuda" if self.choice.row.device.startswith("cuda") else "cpu"
+        table = SETTINGS.get(self.choice.row.policy, {})
+        tools = TOOLS_BY_FRAMEWORK.get(self.framework, tuple(table))
+        return [(tool, table[tool].replace("{device}", device)) for tool in tools if tool in table]
+
+
+def _fmt(value: Interval) -> str:
+    return value.format("×", ci="95% CI ", undefined=" (no interval)")
+
+
+def memory_saving_text(ratio: Interval) -> str:
+    if ratio.estimate is None:
+        return "memory saving n/a"
+    # A ratio above 1 is a cost, said as one rather than as a negative saving.
+    sign, what = (1, "memory saving") if ratio.estimate <= 1 else (-1, "memory cost")
+    value = sign * 100 * (1 - ratio.estimate)
+    if not ratio.defined:
+        return f"{what} {value:.0f}%"
+    low, high = sorted(sign * 100 * (1 - r) for r in (ratio.low, ratio.high))  # type: ignore[operator]
+    if abs(high - low) < 0.05:
+        return f"{what} {value:.0f}% (the same in every seed)"
+    return f"{what} {value:.0f}% (95% CI {low:.0f}–{high:.0f}%)"
+
+
+def why_not(row: Row, speedup: Interval, check_pure: bool) -> list[str]:
+    reasons = []
+    status = row.verdict("status")
+    if row.all_failed:
+        return [f"failed: {status.detail if status else 'no seed produced a result'}"]
+    parity = row.verdict("parity")
+    if parity is None:
+        reasons.append("no parity verdict")
+    elif parity.outcome != PASS:
+        reasons.append(f"parity {parity.outcome.upper()}: {parity.detail}")
+    if row.is_pure and not check_pure:
+        reasons.append("half-precision weights with no fp32 master copy (shown for information, not held to parity)")
+    precision = row.verdict("precision-active")
+    if precision is not None and precision.outcome != PASS:
+        reasons.append(f"precision-active {precision.outcome.upper()}: {precision.detail}")
+    if row.seeds_failed:
+        reasons.append(f"{len(row.seeds_failed)} seed(s) failed")
+    if row.emulated:
+        reasons.append(f"emulated: {row.emulated_reason}, so no speed claim")
+    elif speedup.estimate is None:
+        reasons.append("no speed measurement")
+    elif not speedup.defined:
+        reasons.append(f"speed {speedup.estimate:.2f}× without an interval (one seed, no timed windows)")
+    elif speedup.low <= 1 <= speedup.high:  # type: ignore[operator]
+        reasons.append(f"noisy: speedup {_fmt(speedup)} straddles 1.0, not faster beyond noise")
+    elif speedup.high < 1:  # type: ignore[operator]
+        reasons.append(f"slower: {_fmt(speedup)}")
+    return reasons
+
+
+def advise_group(group: Group, records: dict, check_pure: bool) -> list[Advice]:
+    out = []
+    for framework in dict.fromkeys(row.framework for row in group.rows):
+        candidates = []
+        for row in group.rows:
+            if row.framework != framework or row.is_baseline:
+                continue
+            base = records.get(baseline_key(row), []) if row.baseline else []
+            own = records.get(row_key(row), [])
+            speedup = speedup_interval(base, own)
+            memory = ratio_interval(base, own, "peak_memory_bytes")
+            candidates.append(Candidate(row, speedup, memory, why_not(row, speedup, check_pure)))
+        eligible = [c for c in candidates if not c.reasons]
+        choice = max(eligible, key=lambda c: c.speedup.estimate or 0.0) if eligible else None
+        avoid = [c for c in candidates if c.reasons]
+        alternatives = [c for c in eligible if c is not choice]
+        out.append(Advice(group.key, group.device_name, framework, choice, avoid, alternatives))
+    return out
+
+
+def advise(run: RunDir) -> list[Advice]:
+    records = ok_records_by_row(run.records)
+    return [a for g in run.comparison.groups for a in advise_group(g, records, run.comparison.check_pure)]
+
+
+def render_text(advice: list[Advice], comparison: Comparison) -> str:
+    lines = []
+    for item in advice:
+        where = f"{item.group}" + (f" ({item.device_name})" if item.device_name else "")
+        lines.append(f"## {where} · {item.framework}")
+        if item.choice is None:
+            lines.append(
+                "stay with fp32: no policy is both faster than fp32 beyond noise and at parity (PASS) "
+                "on this model and device."
+            )
+        else:
+            c = item.choice
+            lines.append(
+                f"use {c.row.policy} ({c.row.backend}): {_fmt(c.speedup)} faster than fp32, "
+                f"{memory_saving_text(c.memory_ratio)}, accuracy Δ {c.row.delta_pts:+.2f} pt, parity PASS."
+            )
+            for tool, setting in item.settings():
+                body = setting.replace("\n", "\n    ")
+                lines.append(f"  {tool}:" + (f"\n    {body}" if "\n" in setting else f" {setting}"))
+        for c in item.alternatives:
+            lines.append(
+                f"  also at parity and faster: {c.row.label} {_fmt(c.speedup)}, {memory_saving_text(c.memory_ratio)}"
+            )
+        for c in item.avoid:
+            lines.append(f"  avoid {c.row.label}: " + "; ".join(c.reasons))
+        lines.append("")
+    tolerance = comparison.tolerance_pts
+    if tolerance is not None:
+        lines.append(
+            f"parity: accuracy within ±{tolerance:g} pt of fp32 of the same framework; speedups vs fp32 of "
+            "the same framework with 95% intervals over seeds (timed windows with one seed)."
+        )
+    return "\n".join(lines).rstrip() + "\n"

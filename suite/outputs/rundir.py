@@ -1,0 +1,73 @@
+"""A finished run directory, read once: its records (newest per job) and their comparison."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from precision_suite.compare import Comparison, Row, compare, dataset_name, model_name
+from precision_suite.results import RESULTS_FILE, latest_by_job, read_records
+
+
+class RunDirError(Exception):
+    """A directory that is not a readable run (the user's input): one line, exit 2."""
+
+
+@dataclass
+class RunDir:
+    path: Path
+    records: list[dict[str, Any]]  # the newest record of each job
+    warnings: list[str]  # damaged lines skipped while reading
+    comparison: Comparison
+
+
+def load_run(path: Path | str, tolerance_pts: float | None = None) -> RunDir:
+    path = Path(path)
+    results = path / RESULTS_FILE
+    if not results.exists():
+        raise RunDirError(f"{results}: no such file (is {path} a run directory?)")
+    read = read_records(results)
+    records = list(latest_by_job(read.records).values())
+    if not records:
+        raise RunDirError(f"{results}: no valid records")
+    return RunDir(path, records, read.warnings, compare(records, tolerance_pts=tolerance_pts))
+
+
+def versions(environ: dict[str, Any]) -> dict[str, str]:
+    """Software versions a record's environment names (``torch_version``, ``python``, ...)."""
+    out = {"python": environ.get("python"), "numpy": environ.get("numpy")}
+    out.update({key.removesuffix("_version"): value for key, value in environ.items() if key.endswith("_version")})
+    out.update(environ.get("framework_versions") or {})
+    return {key: str(value) for key, value in out.items() if value is not None}
+
+
+RowKey = tuple[str, str, str, str, str]  # model, dataset, device, backend, policy
+
+
+def row_key(row: Row) -> RowKey:
+    return (row.model, row.dataset, row.device, row.backend, row.policy)
+
+
+def baseline_key(row: Row) -> RowKey | None:
+    """The key of the row's fp32 baseline (``Row.baseline`` is "backend policy")."""
+    if row.baseline is None:
+        return None
+    backend, policy = row.baseline.split(" ", 1)
+    return (row.model, row.dataset, row.device, backend, policy)
+
+
+def ok_records_by_row(records: list[dict[str, Any]]) -> dict[RowKey, list[dict[str, Any]]]:
+    """The ``ok`` records of each row, keyed as ``row_key`` keys a comparison row."""
+    out: dict[RowKey, list[dict[str, Any]]] = {}
+    for record in records:
+        if record.get("status") == "ok":
+            key = (
+                model_name(record),
+                dataset_name(record),
+                str(record.get("device")),
+                str(record.get("backend")),
+                str(record.get("policy")),
+            )
+            out.setdefault(key, []).append(record)
+    return out
