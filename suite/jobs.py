@@ -37,6 +37,9 @@ class Job:
     runner: RunnerConfig
     parity: ParityConfig
     config_hash: str = ""
+    # A timed job measures speed: on a cluster it has its node to itself (no other suite job
+    # runs there meanwhile). Accuracy-only jobs may share a node, one per device.
+    timed: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +57,7 @@ class Job:
             "runner": self.runner.model_dump(mode="json"),
             "parity": self.parity.model_dump(mode="json"),
             "config_hash": self.config_hash,
+            "timed": self.timed,
         }
 
     @classmethod
@@ -73,6 +77,7 @@ class Job:
             runner=RunnerConfig.model_validate(raw["runner"]),
             parity=ParityConfig.model_validate(raw["parity"]),
             config_hash=raw.get("config_hash", ""),
+            timed=raw.get("timed", True),
         )
 
 
@@ -113,6 +118,7 @@ def expand_jobs(config: SuiteConfig, device: str) -> list[Job]:
                             runner=config.runner,
                             parity=config.parity,
                             config_hash=config_hash,
+                            timed=not config.runner.accuracy_only,
                         )
                     )
     return jobs
