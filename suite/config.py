@@ -205,6 +205,15 @@ class RayConfig(_Strict):
             raise ValueError(f'expected null, "auto" or "host:port" (the head\'s GCS address), got {value!r}')
         return value
 
+    @model_validator(mode="after")
+    def _local_sizes_only_for_a_private_instance(self) -> RayConfig:
+        if self.address is not None and (self.num_cpus is not None or self.num_gpus is not None):
+            raise ValueError(
+                "num_cpus and num_gpus size the private instance (address null); "
+                "a cluster's nodes declare their own with ray start --num-cpus/--num-gpus"
+            )
+        return self
+
 
 class RunnerConfig(_Strict):
     isolation: Literal["per-framework", "per-job"] = "per-framework"

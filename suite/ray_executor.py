@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import socket
 import sys
 import tempfile
 import time
@@ -53,6 +54,7 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 # Only records travel through the object store: the private instance keeps it small.
 LOCAL_OBJECT_STORE_BYTES = 128 * 2**20
 POLL_S = 0.5
+CONNECT_PROBE_TIMEOUT_S = 10.0
 # A task's own worker timeout, beyond the driver's: the driver cancels first; this only frees the
 # node if the driver is gone.
 TASK_TIMEOUT_BACKSTOP_S = 60.0
@@ -110,6 +112,13 @@ def start_local_instance(num_cpus: int | None = None, num_gpus: int | None = Non
 
 def connect(address: str) -> None:
     """Join the cluster at ``address`` ("auto" or the head's "host:port") as its driver."""
+    if address != "auto":
+        # Ray keeps retrying an address nothing listens on for minutes: look first.
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_PROBE_TIMEOUT_S).close()
+        except OSError as exc:
+            raise ConfigError(f"runner.ray.address: no Ray cluster answers at {address} ({exc})") from None
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     kwargs: dict[str, Any] = {}
     if is_loopback(address):
