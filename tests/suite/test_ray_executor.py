@@ -80,6 +80,12 @@ def _wait_for_idle(ray, timeout_s: float = RESOURCES_BACK_TIMEOUT_S) -> dict[str
         time.sleep(0.2)
 
 
+def run_fake_on_ray(config: Path, out: Path, *overrides: str) -> tuple[int, list[dict]]:
+    """The fake backend's fp32 jobs of ``config`` on Ray: the exit code and the records."""
+    code = run_cli(config, out, RAY, "backends.policies.fake=[fp32]", *overrides)
+    return code, read_run(out)
+
+
 def _spans_overlap(a: dict, b: dict) -> bool:
     pa, pb = a["placement"], b["placement"]
     return (
@@ -130,17 +136,13 @@ def test_every_node_is_on_the_loopback_interface(ray_instance):
 def test_gpus_are_assigned_one_per_job_never_shared_and_records_stream_in_completion_order(
     ray_instance, fake_backends, fake_config, tmp_path
 ):
-    out = tmp_path / "run"
-    code = run_cli(
+    code, records = run_fake_on_ray(
         fake_config,
-        out,
-        RAY,
+        tmp_path / "run",
         *PACKED_ON_GPUS,
-        "backends.policies.fake=[fp32]",
         # seed 0 (submitted first) is slow: seed 1, started beside it, is written before it.
         "backends.options.fake={step_sleep_s: 0.25, sleep_seeds: [0]}",
     )
-    records = read_run(out)
     assert code == 0
     assert [r["seed"] for r in records] == [1, 0]
     assert all(r["status"] == "ok" for r in records)
@@ -189,14 +191,10 @@ def test_a_dead_task_is_crashed_with_the_ray_error_and_resume_reruns_only_it(
     ray_instance, fake_backends, fake_config, tmp_path
 ):
     out = tmp_path / "run"
-    code = run_cli(
-        fake_config,
-        out,
-        RAY,
-        "backends.policies.fake=[fp32]",
-        "backends.options.fake={kill_parent_at_step: 2, fault_seeds: [0]}",
+    code, records = run_fake_on_ray(
+        fake_config, out, "backends.options.fake={kill_parent_at_step: 2, fault_seeds: [0]}"
     )
-    by_seed = {r["seed"]: r for r in read_run(out)}
+    by_seed = {r["seed"]: r for r in records}
     assert code == 3
     assert by_seed[1]["status"] == "ok"
     crashed = by_seed[0]
@@ -212,18 +210,10 @@ def test_a_dead_task_is_crashed_with_the_ray_error_and_resume_reruns_only_it(
 
 @needs_ray
 def test_a_job_past_its_timeout_is_cancelled_and_recorded_timeout(ray_instance, fake_backends, fake_config, tmp_path):
-    out = tmp_path / "run"
     started = time.monotonic()
-    code = run_cli(
-        fake_config,
-        out,
-        RAY,
-        "seeds=[0]",
-        "backends.policies.fake=[fp32]",
-        "runner.job_timeout_s=4",
-        "backends.options.fake={hang_at_step: 5}",
+    code, (record,) = run_fake_on_ray(
+        fake_config, tmp_path / "run", "seeds=[0]", "runner.job_timeout_s=4", "backends.options.fake={hang_at_step: 5}"
     )
-    (record,) = read_run(out)
     assert code == 3
     assert record["status"] == "timeout"
     assert "runner.job_timeout_s=4s" in record["error"] and "Ray task cancelled" in record["error"]
