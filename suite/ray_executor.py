@@ -358,18 +358,20 @@ class RayExecutor:
             ready, _ = self.ray.wait(list(self.outstanding), num_returns=1, timeout=POLL_S)
             for ref in ready:
                 yield self._record(ref, self.outstanding.pop(ref))
-            self._watch(progress)
+            for out in self._watch(progress):
+                yield self._timeout_record(out)
 
-    def _watch(self, progress: JobProgressFn) -> None:
-        """Progress reports, and the timeout of every running job."""
+    def _watch(self, progress: JobProgressFn) -> list[_Outstanding]:
+        """Progress reports, and the timeout of every running job. Returns the cancelled jobs
+        whose tasks never reported back: their records are written anyway; Ray owns the rest."""
         board = self.ray.get(self._board.snapshot.remote())
         now = time.monotonic()
         timeout_s = self.config.runner.job_timeout_s
+        given_up = []
         for ref, out in list(self.outstanding.items()):
             if out.cancelled_at is not None:
                 if now - out.cancelled_at > CANCEL_WAIT_S:
-                    # Cancelled but never reported back: write the record; the task is Ray's now.
-                    del self.outstanding[ref]
+                    given_up.append(self.outstanding.pop(ref))
                 continue
             state = board.get(out.job.job_id)
             if state is None:
@@ -385,6 +387,14 @@ class RayExecutor:
                 out.timeout_message = f"exceeded runner.job_timeout_s={timeout_s:g}s{where}; Ray task cancelled"
                 out.cancelled_at = now
                 self.ray.cancel(ref, force=True)
+        return given_up
+
+    def _timeout_record(self, out: _Outstanding) -> dict[str, Any]:
+        self._board.finished.remote(out.job.job_id)
+        record = failed_record(out.job, "timeout", out.timeout_message or "timeout")
+        if out.placement is not None:
+            record["placement"] = out.placement
+        return record
 
     def _record(self, ref: Any, out: _Outstanding) -> dict[str, Any]:
         exceptions = self.ray.exceptions
@@ -393,10 +403,10 @@ class RayExecutor:
         except exceptions.RayError as exc:
             # A task that died never said it finished: take it off the board, or it would count
             # as running beside every later job on its node.
-            self._board.finished.remote(out.job.job_id)
             if out.timeout_message is not None:
-                record = failed_record(out.job, "timeout", out.timeout_message)
-            elif isinstance(exc, exceptions.OutOfMemoryError):
+                return self._timeout_record(out)
+            self._board.finished.remote(out.job.job_id)
+            if isinstance(exc, exceptions.OutOfMemoryError):
                 record = failed_record(out.job, "oom", f"Ray killed the task: {one_line(exc)}")
             else:
                 cause = getattr(exc, "cause", None)
