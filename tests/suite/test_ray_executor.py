@@ -122,6 +122,29 @@ def test_an_address_nothing_answers_at_is_a_config_error_not_a_hang():
         connect(f"127.0.0.1:{port}")
 
 
+def test_job_resources_whole_gpus_per_replica_and_the_timing_slot(fake_backends, fake_config):
+    from precision_suite.config import load_config
+    from precision_suite.jobs import expand_jobs
+    from precision_suite.ray_executor import SHARED_SLOT, JobResources
+
+    (job,) = expand_jobs(load_config(fake_config, ["seeds=[0]", "backends.policies.fake=[fp32]"]), "cuda")
+    assert JobResources.of(job, 2, cluster_has_gpus=True) == JobResources(2, 1, 1.0)
+    # A data-parallel job (distributed.world_size, read if the job has it): N GPUs, N times the CPUs.
+    replicated = dataclasses.replace(job)
+    replicated.distributed = type("Distributed", (), {"world_size": 4})()
+    assert JobResources.of(replicated, 2, cluster_has_gpus=True) == JobResources(8, 4, 1.0)
+    untimed = dataclasses.replace(job, timed=False)
+    assert JobResources.of(untimed, 1, cluster_has_gpus=True).timing_slot == SHARED_SLOT
+    on_auto = dataclasses.replace(job, device="auto")
+    assert JobResources.of(on_auto, 1, cluster_has_gpus=True).num_gpus == 1
+    assert JobResources.of(on_auto, 1, cluster_has_gpus=False).num_gpus == 0
+    assert JobResources.of(dataclasses.replace(job, device="cpu"), 1, cluster_has_gpus=True).num_gpus == 0
+    node = {"CPU": 8.0, "GPU": 4.0, "timing_slot": 1.0}
+    assert JobResources(8, 4, 1.0).fits(node)
+    assert not JobResources(8, 4, 1.0).fits({**node, "GPU": 2.0})
+    assert not JobResources(1, 0, SHARED_SLOT).fits({"CPU": 8.0})  # a node without a timing slot
+
+
 # --- in-process instance ----------------------------------------------------------------------
 
 
