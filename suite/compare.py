@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from precision_suite.backends.base import POLICY_SPECS
+from precision_suite.placement import speed_comparable
 from precision_suite.results import is_job_failure, latest_by_job
 
 BASELINE_POLICY = "fp32"
@@ -642,7 +643,10 @@ def _attach_baseline(row: Row, group: Group, ok_by_row: dict[tuple[str, str], li
         for r in ok_by_row[(row.backend, row.policy)]
         if (v := _metric(r, "step_time_ms_p50")) is not None
     }
-    row.speedup, row.speedup_min, row.speedup_max = speedup_stats(base_ms, row_ms)
+    # Step times are only set against each other when every one had its node to itself and
+    # all ran on one device model (a cluster may mix GPU models and pack accuracy-only jobs).
+    if speed_comparable(ok_by_row[(base.backend, base.policy)] + ok_by_row[(row.backend, row.policy)]):
+        row.speedup, row.speedup_min, row.speedup_max = speedup_stats(base_ms, row_ms)
     # Allocator peaks and CPU accountings measure different things: no ratio across sources.
     if (
         row.peak_memory_bytes

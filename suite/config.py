@@ -186,6 +186,38 @@ class ParityConfig(_Strict):
     cross_framework_steps: PositiveInt = 100
 
 
+class RayConfig(_Strict):
+    """``runner.executor: ray``: where the cluster is and what each job reserves on it."""
+
+    # null: a private Ray instance on this machine, on the loopback interface only; "auto": the
+    # cluster `ray start` runs on this machine; "host:port": that cluster's head (GCS) address.
+    address: str | None = None
+    # CPUs one job reserves (times its world size); also its thread count unless runner.threads.
+    num_cpus_per_job: PositiveInt = 1
+    # The private instance only (address null): CPUs and GPUs it offers (null: what Ray detects).
+    num_cpus: PositiveInt | None = None
+    num_gpus: NonNegInt | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None or value == "auto":
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f'expected null, "auto" or "host:port" (the head\'s GCS address), got {value!r}')
+        return value
+
+    @model_validator(mode="after")
+    def _local_sizes_only_for_a_private_instance(self) -> RayConfig:
+        if self.address is not None and (self.num_cpus is not None or self.num_gpus is not None):
+            raise ValueError(
+                "num_cpus and num_gpus size the private instance (address null); "
+                "a cluster's nodes declare their own with ray start --num-cpus/--num-gpus"
+            )
+        return self
+
+
 class RunnerConfig(_Strict):
     isolation: Literal["per-framework", "per-job"] = "per-framework"
     job_timeout_s: PositiveFloat = 600.0
@@ -193,6 +225,12 @@ class RunnerConfig(_Strict):
     threads: PositiveInt | None = None
     deterministic: bool = True
     oom_retry_half_batch: bool = False
+    # Where jobs run: one at a time on this machine, or fanned out over a Ray cluster.
+    executor: Literal["local", "ray"] = "local"
+    ray: RayConfig = RayConfig()
+    # Training jobs claim no speed: on Ray they then pack densely (one per device) instead of
+    # taking their node's timing slot, and their step times are never used for a speedup.
+    accuracy_only: bool = False
 
 
 class SuiteConfig(_Strict):

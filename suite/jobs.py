@@ -37,6 +37,9 @@ class Job:
     runner: RunnerConfig
     parity: ParityConfig
     config_hash: str = ""
+    # A timed job measures speed: on a cluster it has its node to itself (no other suite job
+    # runs there meanwhile). Accuracy-only jobs may share a node, one per device.
+    timed: bool = True
 
     @property
     def loss_scaling_mode(self) -> str:
@@ -61,6 +64,7 @@ class Job:
             "runner": self.runner.model_dump(mode="json"),
             "parity": self.parity.model_dump(mode="json"),
             "config_hash": self.config_hash,
+            "timed": self.timed,
         }
 
     @classmethod
@@ -80,6 +84,7 @@ class Job:
             runner=RunnerConfig.model_validate(raw["runner"]),
             parity=ParityConfig.model_validate(raw["parity"]),
             config_hash=raw.get("config_hash", ""),
+            timed=raw.get("timed", True),
         )
 
 

@@ -41,6 +41,7 @@ def expand_jobs(config: SuiteConfig, device: str) -> list[Job]:
                             runner=config.runner,
                             parity=config.parity,
                             config_hash=config_hash,
+                            timed=not config.runner.accuracy_only,
                         )
                     )
     return jobs

@@ -5,8 +5,10 @@ its own process session. By default one worker per framework is reused across jo
 and start-up cost paid once; frameworks never share a process, so their import-order conflicts
 cannot arise); ``runner.isolation: per-job`` starts a fresh process for every job.
 
-The dispatch goes through ``Executor``: local worker processes today; a distributed engine
-plugs in at the same seam.
+The dispatch goes through an executor: ``Executor`` runs jobs one at a time in local worker
+processes; ``runner.executor: ray`` fans them out over a Ray cluster
+(``precision_suite.ray_executor``). Both take a list of jobs and stream records back as jobs
+finish; the runner is the only writer of results.jsonl.
 """
 
 from __future__ import annotations
@@ -20,15 +22,17 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from precision_suite.backends import get_backend_class
 from precision_suite.config import SuiteConfig
 from precision_suite.jobs import Job
 from precision_suite.loop import ProgressFn, new_record
+from precision_suite.placement import local_placement
 from precision_suite.plan import expand_jobs
 from precision_suite.results import (
     RESULTS_FILE,
@@ -50,6 +54,9 @@ from rich.progress import (
 CONFIG_FILE = "config.yaml"
 STDERR_TAIL_LINES = 15
 WORKER_START_TIMEOUT_S = 300.0
+
+# Progress of one job of a batch: (job, step, total steps).
+JobProgressFn = Callable[[Job, int, int], None]
 
 
 def worker_environment(config: SuiteConfig) -> dict[str, str]:
@@ -200,31 +207,54 @@ class RunSummary:
     warnings: list[str] = field(default_factory=list)
 
 
+class JobExecutor(Protocol):
+    """The seam between the runner and where jobs run. ``run_jobs`` may be called more than once
+    (jobs can be added in rounds); ``kill_all`` stops everything outstanding (Ctrl-C)."""
+
+    warnings: list[str]
+
+    def run_jobs(self, jobs: list[Job], progress: JobProgressFn) -> Iterator[dict[str, Any]]: ...
+
+    def kill_all(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Executor:
     """Local executor: jobs one at a time (timings must not share the machine), each in the
     worker of its framework."""
 
-    def __init__(self, config: SuiteConfig, out_dir: Path) -> None:
+    def __init__(self, config: SuiteConfig, out_dir: Path, log_dir: Path | None = None) -> None:
         self.config = config
         self.out_dir = out_dir
+        self.log_dir = log_dir or out_dir / "logs"
         self.env = worker_environment(config)
         self.workers: dict[str, Worker] = {}
+        self.warnings: list[str] = []
 
     def _worker(self, framework: str) -> Worker:
         worker = self.workers.get(framework)
         if worker is None or not worker.alive:
-            log = self.out_dir / "logs" / f"worker-{framework}.log"
+            log = self.log_dir / f"worker-{framework}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
             worker = Worker(log, self.env)
             self.workers[framework] = worker
         return worker
+
+    def run_jobs(self, jobs: list[Job], progress: JobProgressFn) -> Iterator[dict[str, Any]]:
+        """Run ``jobs`` in order and yield each one's record as it finishes."""
+        for job in jobs:
+            started_at = time.time()
+            record = self.run(job, lambda step, total, job=job: progress(job, step, total))
+            record["placement"] = local_placement(job.timed, started_at, time.time()).to_dict()
+            yield record
 
     def run(self, job: Job, progress: ProgressFn) -> dict[str, Any]:
         timeout_s = self.config.runner.job_timeout_s
         try:
             worker = self._worker(job.framework)
         except WorkerDied as exc:
-            return self._failed(job, "crashed", str(exc))
+            return failed_record(job, "crashed", str(exc))
         since = worker.log_offset()
         last_step = [0, 0]
 
@@ -238,24 +268,18 @@ class Executor:
             worker.kill()
             self.workers.pop(job.framework, None)
             where = f" (last report: step {last_step[0]}/{last_step[1]})" if last_step[1] else ""
-            return self._failed(job, "timeout", f"exceeded runner.job_timeout_s={timeout_s:g}s{where}; worker killed")
+            return failed_record(job, "timeout", f"exceeded runner.job_timeout_s={timeout_s:g}s{where}; worker killed")
         except WorkerDied as exc:
             tail = worker.stderr_tail(since)
             worker.kill()
             self.workers.pop(job.framework, None)
             where = f" at step {last_step[0]}/{last_step[1]}" if last_step[1] else ""
-            record = self._failed(job, "crashed", f"{exc}{where}")
+            record = failed_record(job, "crashed", f"{exc}{where}")
             record["stderr_tail"] = tail
             return record
         if self.config.runner.isolation == "per-job":
             worker.stop()
             self.workers.pop(job.framework, None)
-        return record
-
-    @staticmethod
-    def _failed(job: Job, status: str, message: str) -> dict[str, Any]:
-        record = new_record(job)
-        record.update(status=status, error=message)
         return record
 
     def close(self) -> None:
@@ -267,6 +291,22 @@ class Executor:
         for worker in self.workers.values():
             worker.kill()
         self.workers.clear()
+
+
+def failed_record(job: Job, status: str, message: str) -> dict[str, Any]:
+    """The record of a job that produced no result of its own (it never ran, or its worker died)."""
+    record = new_record(job)
+    record.update(status=status, error=message)
+    return record
+
+
+def make_executor(config: SuiteConfig, out_dir: Path) -> JobExecutor:
+    """The executor ``runner.executor`` names; raises ConfigError when it cannot be used."""
+    if config.runner.executor == "ray":
+        from precision_suite.ray_executor import RayExecutor
+
+        return RayExecutor(config, out_dir)
+    return Executor(config, out_dir)
 
 
 def save_config(config: SuiteConfig, out_dir: Path) -> None:
@@ -289,6 +329,7 @@ def _status_line(record: dict[str, Any]) -> str:
 
 
 def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool = False) -> RunSummary:
+    executor = make_executor(config, out_dir)  # before anything is written: may be a config error
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / RESULTS_FILE
     jobs = expand_jobs(config, config.device)
@@ -305,7 +346,6 @@ def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool
     # Backends whose framework is missing never start a worker: their jobs are recorded
     # `unavailable` with the reason.
     availability = {name: get_backend_class(name).is_available() for name in config.backends.names}
-    executor = Executor(config, out_dir)
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -320,38 +360,54 @@ def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool
     try:
         with progress:
             task = progress.add_task("starting", total=len(pending))
+
+            def on_step(job: Job, step: int, total: int) -> None:
+                progress.update(task, description=f"{job.job_id}  step {step}/{total}")
+
+            def write(record: dict[str, Any], final: bool = True) -> None:
+                append_record(results_path, record)
+                progress.console.print(_status_line(record), highlight=False, soft_wrap=True)
+                if final:
+                    summary.statuses[record["status"]] += 1
+                    summary.failed += is_job_failure(record, config.parity.check_pure)
+                    progress.advance(task)
+
+            batch = []
             for job in pending:
-                progress.update(task, description=job.job_id)
                 available = availability[job.backend]
-                if not available.ok:
-                    record = Executor._failed(job, "unavailable", available.reason)
+                if available.ok:
+                    batch.append(job)
                 else:
-
-                    def on_step(step: int, total: int, job: Job = job) -> None:
-                        progress.update(task, description=f"{job.job_id}  step {step}/{total}")
-
-                    record = executor.run(job, on_step)
-                    retry = _half_batch_retry(config, job, record)
-                    if retry is not None:
-                        append_record(results_path, record)
-                        progress.console.print(_status_line(record), highlight=False, soft_wrap=True)
-                        record = executor.run(retry, on_step)
+                    write(failed_record(job, "unavailable", available.reason))
+            # Jobs go to the executor in rounds: the matrix, then the half-batch retries of the
+            # jobs that ran out of memory (each retried once).
+            retried: dict[str, Job] = {}
+            while batch:
+                by_id = {job.job_id: job for job in batch}
+                next_batch = []
+                for record in executor.run_jobs(batch, on_step):
+                    job = by_id[record["job_id"]]
+                    original = retried.get(job.job_id)
+                    if original is not None:
                         record["retry"] = {
                             "after": "oom",
-                            "batch_size": retry.train.batch_size,
-                            "original_batch_size": job.train.batch_size,
+                            "batch_size": job.train.batch_size,
+                            "original_batch_size": original.train.batch_size,
                         }
-                append_record(results_path, record)
-                summary.statuses[record["status"]] += 1
-                summary.failed += is_job_failure(record, config.parity.check_pure)
-                progress.console.print(_status_line(record), highlight=False, soft_wrap=True)
-                progress.advance(task)
+                    elif (retry := _half_batch_retry(config, job, record)) is not None:
+                        write(record, final=False)
+                        retried[job.job_id] = job
+                        next_batch.append(retry)
+                        continue
+                    write(record)
+                batch = next_batch
     except KeyboardInterrupt:
         summary.interrupted = True
         executor.kill_all()
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
         executor.close()
+    summary.warnings.extend(executor.warnings)
     return summary
 
 

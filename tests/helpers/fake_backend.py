@@ -34,6 +34,10 @@ class FakeOptions(BaseModel):
     lr_factor: float = 1.0  # a deliberately wrong learning rate (a broken candidate)
     step_sleep_s: float = 0.0
     oom_above_batch: int | None = None  # raise MemoryError in setup when batch_size is larger
+    # SIGKILL the worker's parent at this step: a Ray task's process (never use it locally:
+    # the parent there is the runner)
+    kill_parent_at_step: int | None = None
+    sleep_seeds: list[int] | None = None  # step_sleep_s applies only to these seeds (None: all)
 
 
 class FakeBackend(Backend):
@@ -89,7 +93,11 @@ class FakeBackend(Backend):
             raise MemoryError("fake allocator: out of memory")
         if f.raise_at_step == step:
             raise RuntimeError("injected failure")
-        if self.options.step_sleep_s:
+        if f.kill_parent_at_step == step:
+            os.kill(os.getppid(), signal.SIGKILL)
+            time.sleep(60)  # until the parent's death takes this worker with it
+        sleeps = self.options.sleep_seeds is None or self.job.seed in self.options.sleep_seeds
+        if self.options.step_sleep_s and sleeps:
             time.sleep(self.options.step_sleep_s)
         loss, grad, _ = self._loss_grad(self.x[batch_indices], self.y[batch_indices])
         if f.nan_from_step is not None and step >= f.nan_from_step:

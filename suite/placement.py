@@ -1,0 +1,115 @@
+"""Where a job ran, and whether its timing had the node to itself.
+
+Every record carries a ``placement``: the node, the GPUs the job was given (name and UUID), its
+``CUDA_VISIBLE_DEVICES``, and how many timed jobs (and jobs of any kind) of the run shared the
+node while it ran. Step times are only compared between records whose timing was exclusive and
+that ran on the same device model (``speed_comparable``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+NVIDIA_SMI_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: str
+    uuid: str
+    name: str
+
+
+@dataclass
+class Placement:
+    executor: str  # "local" or "ray"
+    node_id: str  # the Ray node id; the host name for the local executor
+    hostname: str
+    timed: bool  # the job's timing claimed its node (Job.timed)
+    cuda_visible_devices: str | None  # as the job's worker saw it (None: unset)
+    gpus: list[GpuInfo] = field(default_factory=list)  # the GPUs the worker could see
+    node_ip: str | None = None
+    gpu_ids: list[str] = field(default_factory=list)  # Ray's assignment
+    # Most jobs of this run on the node at one time while this one ran, itself included.
+    concurrent_timed_jobs_on_node: int = 0
+    concurrent_jobs_on_node: int = 1
+    started_at: float | None = None  # unix time on the node
+    finished_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@cache
+def visible_gpus(cuda_visible_devices: str | None) -> tuple[GpuInfo, ...]:
+    """Name and UUID of each GPU a process with this ``CUDA_VISIBLE_DEVICES`` can use, from
+    ``nvidia-smi`` (no framework import); empty without NVIDIA GPUs. An entry may be an index
+    (``nvidia-smi``'s numbering, which is what Ray assigns) or a UUID (or its prefix)."""
+    if cuda_visible_devices == "" or shutil.which("nvidia-smi") is None:
+        return ()
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index,uuid,name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=NVIDIA_SMI_TIMEOUT_S,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    gpus = []
+    for line in out.stdout.splitlines():
+        parts = [p.strip() for p in line.split(",", 2)]
+        if len(parts) == 3:
+            gpus.append(GpuInfo(*parts))
+    if cuda_visible_devices is None:
+        return tuple(gpus)
+    wanted = [w.strip() for w in cuda_visible_devices.split(",") if w.strip()]
+    return tuple(g for w in wanted for g in gpus if w == g.index or (w.startswith("GPU-") and g.uuid.startswith(w)))
+
+
+def local_placement(timed: bool, started_at: float, finished_at: float) -> Placement:
+    """The local executor runs one job at a time: nothing else of the run shares the node."""
+    cuda_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return Placement(
+        executor="local",
+        node_id=platform.node(),
+        hostname=platform.node(),
+        timed=timed,
+        cuda_visible_devices=cuda_visible,
+        gpus=list(visible_gpus(cuda_visible)),
+        concurrent_timed_jobs_on_node=int(timed),
+        concurrent_jobs_on_node=1,
+        started_at=started_at,
+        finished_at=finished_at,
+    )
+
+
+def device_model(record: dict[str, Any]) -> str | None:
+    """The device model a record ran on: the backend's device name, else the first GPU's name."""
+    name = (record.get("environ") or {}).get("device_name")
+    if name:
+        return str(name)
+    gpus = (record.get("placement") or {}).get("gpus") or []
+    return str(gpus[0].get("name")) if gpus else None
+
+
+def timing_exclusive(record: dict[str, Any]) -> bool:
+    """Whether a record's step times were measured with no other job of the run beside it.
+    Records written before placements existed ran one at a time (the local executor)."""
+    placement = record.get("placement")
+    if not placement:
+        return True
+    return bool(placement.get("timed")) and placement.get("concurrent_jobs_on_node", 1) <= 1
+
+
+def speed_comparable(records: list[dict[str, Any]]) -> bool:
+    """Whether the step times of these records (a baseline's and a candidate's) may be set
+    against each other: every one timed with the node to itself, all on one device model."""
+    return all(timing_exclusive(r) for r in records) and len({device_model(r) for r in records}) <= 1
