@@ -8,6 +8,7 @@ import pytest
 from precision_suite.compare import (
     FAIL,
     FAILED,
+    INCONCLUSIVE,
     NO_BASELINE,
     PASS,
     check_exit_code,
@@ -159,12 +160,17 @@ def test_pure_policy_is_information_unless_check_pure():
 # --- edge cases -----------------------------------------------------------------------------
 
 
-def test_one_seed_has_no_ci_but_still_a_verdict():
+def test_one_seed_has_no_ci_and_is_always_inconclusive():
     comparison = compare(pair(0.948, seeds=(0,)))
     row = row_of(comparison, "torch-amp", "bf16-mixed")
     assert row.accuracy_ci95 is None
     assert row.accuracy_mean == pytest.approx(0.948)
-    assert row.verdict("parity").outcome == PASS
+    parity = row.verdict("parity")
+    # One seed says nothing about seed-to-seed spread, however close it is, or however far.
+    assert parity.outcome == INCONCLUSIVE and parity.equivalence.seeds_suggested == 3
+    far = row_of(compare(pair(0.80, seeds=(0,))), "torch-amp", "bf16-mixed").verdict("parity")
+    assert far.outcome == INCONCLUSIVE
+    assert check_exit_code(comparison) == 0 and check_exit_code(comparison, strict=True) == 1
 
 
 def test_a_failed_seed_is_excluded_and_listed():
@@ -360,7 +366,7 @@ def test_cross_framework_fails_when_a_step_differs():
 def test_cross_framework_checks_accuracy_and_length():
     records = pair(0.95) + [make_record("tf-keras", "fp32", s, accuracy=0.93) for s in (0, 1, 2)]
     [verdict] = compare(records).groups[0].verdicts
-    assert verdict.outcome == FAIL and "accuracy differs by -2.00 pt" in verdict.detail
+    assert verdict.outcome == FAIL and "accuracy Δ -2.00 pt" in verdict.detail
     records = pair(0.95) + [make_record("tf-keras", "fp32", s, steps=19) for s in (0, 1, 2)]
     [verdict] = compare(records).groups[0].verdicts
     assert verdict.outcome == FAIL and "20 vs 19 steps" in verdict.detail
