@@ -437,21 +437,23 @@ def _cross_framework_verdicts(
             if a.shape != b.shape:
                 problems.append(f"seed {seed}: {a.size} vs {b.size} steps")
                 continue
-            perturbed = [
-                (row, _curve(noise_floor[key]))
-                for row in (reference, other)
-                if (key := (row.backend, row.policy, seed)) in noise_floor
+            # (unperturbed, perturbed) curve of each framework with a noise-floor run of this seed
+            own_pairs = [
+                (curve, nudged)
+                for row, curve in ((reference, a), (other, b))
+                if (record := noise_floor.get((row.backend, row.policy, seed))) is not None
+                and (nudged := _curve(record)) is not None
             ]
-            perturbed = [(row, c) for row, c in perturbed if c is not None]
             rel = relative_difference(a, b)
-            if not perturbed:
+            if not own_pairs:
                 agree_upto, window = min(steps, rel.size), None
             else:
                 floors += 1
-                own = {"ref": a, "other": b}
-                selfs = [relative_difference(own["ref" if row is reference else "other"], c) for row, c in perturbed]
+                selfs = [relative_difference(curve, nudged) for curve, nudged in own_pairs]
                 length = min(s.size for s in selfs)
-                seed_horizons = [h for row, c in perturbed if (h := divergence_horizon(own["ref" if row is reference else "other"], c, rtol)) is not None]
+                seed_horizons = [
+                    h for curve, nudged in own_pairs if (h := divergence_horizon(curve, nudged, rtol)) is not None
+                ]
                 horizon = min(seed_horizons) if seed_horizons else None
                 if horizon is not None:
                     horizons.append(horizon)
@@ -716,9 +718,8 @@ def _build_group(
         if not row.is_baseline:
             base = labels.get(row.baseline or "")
             base_records = ok_by_row[(base.backend, base.policy)] if base is not None else []
-            row.verdicts.append(
-                _parity_verdict(row, ok_by_row[(row.backend, row.policy)], base_records, tolerance_pts, check_pure, looks)
-            )
+            records_of_row = ok_by_row[(row.backend, row.policy)]
+            row.verdicts.append(_parity_verdict(row, records_of_row, base_records, tolerance_pts, check_pure, looks))
         row.verdicts.append(_precision_verdict(row, ok_by_row[(row.backend, row.policy)]))
 
     group.verdicts = _cross_framework_verdicts(group, ok_by_row, noise_floor or {}, rtol, cf_steps, looks)

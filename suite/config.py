@@ -179,8 +179,27 @@ class ParityConfig(_Strict):
     tolerance_pts: Annotated[float, Field(ge=0)] = 1.0
     check_pure: bool = False
     cross_framework_rtol: PositiveFloat = 1e-3
-    # Per-step losses are compared over this many first steps (see compare.py for why).
+    # Per-step losses are compared over at most this many first steps (see compare.py for why);
+    # the one-ulp noise-floor runs last this long.
     cross_framework_steps: PositiveInt = 100
+    # Measure the run's own chaos for the cross-framework verdict: one short extra fp32 run per
+    # framework and seed with every initial weight nudged by one ulp (only when two or more
+    # frameworks run fp32).
+    noise_floor_runs: bool = True
+
+
+class SeedRange(_Strict):
+    """Seeds on demand: start with seeds 0..min-1, add seeds (0..max-1) for the rows whose
+    verdict is still INCONCLUSIVE at each look of ``precision_suite.stats.look_schedule``."""
+
+    min: Annotated[int, Field(ge=2, strict=True)] = 3
+    max: PositiveInt = 10
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SeedRange:
+        if self.max < self.min:
+            raise ValueError(f"seeds.max ({self.max}) must be >= seeds.min ({self.min})")
+        return self
 
 
 class RunnerConfig(_Strict):
@@ -198,7 +217,8 @@ class SuiteConfig(_Strict):
     train: TrainConfig = TrainConfig()
     backends: BackendsConfig = BackendsConfig()
     loss_scale: LossScaleConfig = LossScaleConfig()
-    seeds: list[NonNegInt] = [0, 1, 2]
+    # A list of seeds (one look), or {min, max}: seeds on demand (SeedRange).
+    seeds: list[NonNegInt] | SeedRange = [0, 1, 2]
     device: Literal["auto", "cpu", "cuda"] = "auto"
     parity: ParityConfig = ParityConfig()
     runner: RunnerConfig = RunnerConfig()
@@ -223,12 +243,28 @@ class SuiteConfig(_Strict):
 
     @field_validator("seeds")
     @classmethod
-    def _seeds(cls, seeds: list[int]) -> list[int]:
+    def _seeds(cls, seeds: list[int] | SeedRange) -> list[int] | SeedRange:
+        if isinstance(seeds, SeedRange):
+            return seeds
         if not seeds:
             raise ValueError("at least one seed is needed")
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"duplicate seeds in {seeds}")
         return seeds
+
+    def seed_looks(self) -> tuple[int, ...]:
+        """The seed counts at which verdicts are looked at: one look for a list."""
+        from precision_suite.stats import look_schedule
+
+        if isinstance(self.seeds, SeedRange):
+            return look_schedule(self.seeds.min, self.seeds.max)
+        return (len(self.seeds),)
+
+    def seeds_at_look(self, look: int) -> list[int]:
+        """The seeds a row has once look ``look`` (0-based) is reached."""
+        if isinstance(self.seeds, SeedRange):
+            return list(range(self.seed_looks()[look]))
+        return list(self.seeds)
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]

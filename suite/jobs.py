@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from precision_suite.config import (
@@ -37,6 +37,13 @@ class Job:
     runner: RunnerConfig
     parity: ParityConfig
     config_hash: str = ""
+    # The seed counts at which the run looks at its verdicts (SuiteConfig.seed_looks): the
+    # comparison tests each look at α / len(seed_looks).
+    seed_looks: tuple[int, ...] = ()
+    # A noise-floor run: every initial weight moved this many ulps toward +inf, training stopped
+    # after ``stop_after_steps`` (the schedule still spans the full run).
+    perturb_ulp: int = 0
+    stop_after_steps: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +61,9 @@ class Job:
             "runner": self.runner.model_dump(mode="json"),
             "parity": self.parity.model_dump(mode="json"),
             "config_hash": self.config_hash,
+            "seed_looks": list(self.seed_looks),
+            "perturb_ulp": self.perturb_ulp,
+            "stop_after_steps": self.stop_after_steps,
         }
 
     @classmethod
@@ -73,6 +83,9 @@ class Job:
             runner=RunnerConfig.model_validate(raw["runner"]),
             parity=ParityConfig.model_validate(raw["parity"]),
             config_hash=raw.get("config_hash", ""),
+            seed_looks=tuple(raw.get("seed_looks") or ()),
+            perturb_ulp=raw.get("perturb_ulp", 0),
+            stop_after_steps=raw.get("stop_after_steps"),
         )
 
 
@@ -80,9 +93,10 @@ def job_id(model: str, dataset: str, backend: str, policy: str, seed: int) -> st
     return f"{model}/{dataset}/{backend}/{policy}/seed{seed}"
 
 
-def expand_jobs(config: SuiteConfig, device: str) -> list[Job]:
-    """Every job of the config, in a stable order. Policies and options are assumed already
-    checked against the registry (``precision_suite.plan.check_config``)."""
+def expand_jobs(config: SuiteConfig, device: str, seeds: list[int] | None = None) -> list[Job]:
+    """Every job of the config (of ``seeds``; default: those of the first look), in a stable
+    order, then the noise-floor runs. Policies and options are assumed already checked against
+    the registry (``precision_suite.plan.check_config``)."""
     from precision_suite.backends import get_backend_class
 
     config_hash = config.config_hash()
@@ -96,7 +110,7 @@ def expand_jobs(config: SuiteConfig, device: str) -> list[Job]:
         for name in config.backends.names:
             cls, policies, options = resolved[name]
             for policy in policies:
-                for seed in config.seeds:
+                for seed in config.seeds_at_look(0) if seeds is None else seeds:
                     jobs.append(
                         Job(
                             job_id=job_id(model.name, config.data.name, name, policy, seed),
@@ -113,9 +127,27 @@ def expand_jobs(config: SuiteConfig, device: str) -> list[Job]:
                             runner=config.runner,
                             parity=config.parity,
                             config_hash=config_hash,
+                            seed_looks=config.seed_looks(),
                         )
                     )
-    return jobs
+    return jobs + noise_floor_jobs(config, jobs)
+
+
+def noise_floor_jobs(config: SuiteConfig, jobs: list[Job]) -> list[Job]:
+    """For each fp32 job, when two or more frameworks run fp32: the same job with every initial
+    weight one ulp up, stopped after ``parity.cross_framework_steps`` steps."""
+    fp32 = [job for job in jobs if job.policy == "fp32" and not job.perturb_ulp]
+    if not config.parity.noise_floor_runs or len({job.framework for job in fp32}) < 2:
+        return []
+    return [
+        replace(
+            job,
+            job_id=f"{job.job_id}/ulp+1",
+            perturb_ulp=1,
+            stop_after_steps=config.parity.cross_framework_steps,
+        )
+        for job in fp32
+    ]
 
 
 def check_backends(config: SuiteConfig, source: str) -> None:

@@ -36,6 +36,7 @@ from precision_suite.results import (
     latest_by_job,
     read_records,
 )
+from precision_suite.sequential import jobs_on_demand
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -319,7 +320,16 @@ def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool
     try:
         with progress:
             task = progress.add_task("starting", total=len(pending))
-            for job in pending:
+
+            def more_seeds(added: list[Job]) -> None:
+                summary.total_jobs += len(added)
+                progress.update(task, total=progress.tasks[task].total + len(added))
+                if added:
+                    progress.console.print(f"more seeds for undecided verdicts: {len(added)} job(s)", highlight=False)
+
+            for job in jobs_on_demand(
+                config, config.device, pending, results_path, lambda j: j.job_id in done, more_seeds
+            ):
                 progress.update(task, description=job.job_id)
                 available = availability[job.backend]
                 if not available.ok:

@@ -170,7 +170,6 @@ class Equivalence:
         return 1 - 2 * self.alpha
 
 
-
 def equivalence(
     candidate: dict[int, float],
     baseline: dict[int, float],
@@ -190,7 +189,9 @@ def equivalence(
     unpaired = unpaired_interval(cand_pts, base_pts, alpha)
     gain = None
     if paired is not None:
-        same_seeds = unpaired_interval([100.0 * candidate[s] for s in shared], [100.0 * baseline[s] for s in shared], alpha)
+        same_seeds = unpaired_interval(
+            [100.0 * candidate[s] for s in shared], [100.0 * baseline[s] for s in shared], alpha
+        )
         if same_seeds is not None and same_seeds.width > 0:
             gain = paired.width / same_seeds.width
     chosen = paired if paired is not None else unpaired
