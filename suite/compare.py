@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from precision_suite.backends.base import POLICY_SPECS
 from precision_suite.results import is_job_failure, is_noise_floor_run, latest_by_job
-from precision_suite.stats import FAIL, INCONCLUSIVE, PASS, Equivalence, describe, equivalence
+from precision_suite.stats import FAIL, INCONCLUSIVE, PASS, Equivalence, describe, equivalence, t_quantile
 
 BASELINE_POLICY = "fp32"
 
@@ -208,10 +208,8 @@ def mean_ci95(values: list[float]) -> tuple[float | None, float | None]:
     mean = float(np.mean(finite))
     if len(finite) < 2:
         return mean, None
-    from scipy.stats import t as student_t
-
     sem = float(np.std(finite, ddof=1)) / math.sqrt(len(finite))
-    return mean, float(student_t.ppf(0.975, len(finite) - 1)) * sem
+    return mean, t_quantile(0.975, len(finite) - 1) * sem
 
 
 def speedup_stats(
