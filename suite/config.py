@@ -82,6 +82,9 @@ class SyntheticConfig(_Strict):
     num_classes: Annotated[int, Field(ge=2, strict=True)] = 10
     train_size: PositiveInt = 2048
     test_size: PositiveInt = 512
+    # Fraction of labels (train and test) replaced by a uniformly random class: a noisy task
+    # whose accuracy varies from seed to seed, like many real benchmarks.
+    label_noise: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
 class DataConfig(_Strict):

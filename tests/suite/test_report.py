@@ -82,6 +82,7 @@ def test_write_reports_files(tmp_path):
         "loss_scale",
         "speed_memory",
         "accuracy",
+        "equivalence",
     }
     assert all(p.read_bytes().startswith(PNG_MAGIC) for p in pngs)
 
