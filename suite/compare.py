@@ -465,7 +465,7 @@ def _cross_framework_verdicts(
                 step = int(np.argmax(bad))
                 problems.append(
                     f"seed {seed}: step {step} differs by {head[step]:.2e} relative "
-                    f"(> {rtol:g}; {int(bad.sum())} of {bad.size} steps before the horizon)"
+                    f"(> {rtol:g}; {int(bad.sum())} of the {bad.size} steps held to it)"
                 )
             if window is not None:
                 lo, hi = window

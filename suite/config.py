@@ -214,6 +214,15 @@ class RunnerConfig(_Strict):
     oom_retry_half_batch: bool = False
 
 
+class DebugConfig(_Strict):
+    """Deliberate faults, to prove that a check catches what it should (a canary for CI)."""
+
+    # "backend/policy" → factor on train.optimizer.lr for that row only, e.g.
+    # {torch-amp/bf16-mixed: 10}: a broken candidate whose parity verdict must FAIL. Recorded in
+    # the job's config like any setting.
+    lr_scale: dict[str, PositiveFloat] = {}
+
+
 class SuiteConfig(_Strict):
     models: list[ModelConfig] = [MlpConfig(), CnnConfig(), TransformerConfig()]
     data: DataConfig = DataConfig()
@@ -225,6 +234,7 @@ class SuiteConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     parity: ParityConfig = ParityConfig()
     runner: RunnerConfig = RunnerConfig()
+    debug: DebugConfig = DebugConfig()
 
     @field_validator("models", mode="before")
     @classmethod

@@ -110,6 +110,10 @@ def expand_jobs(config: SuiteConfig, device: str, seeds: list[int] | None = None
         for name in config.backends.names:
             cls, policies, options = resolved[name]
             for policy in policies:
+                train = config.train
+                if (scale := config.debug.lr_scale.get(f"{name}/{policy}")) is not None:
+                    optimizer = train.optimizer.model_copy(update={"lr": train.optimizer.lr * scale})
+                    train = train.model_copy(update={"optimizer": optimizer})
                 for seed in config.seeds_at_look(0) if seeds is None else seeds:
                     jobs.append(
                         Job(
@@ -121,7 +125,7 @@ def expand_jobs(config: SuiteConfig, device: str, seeds: list[int] | None = None
                             data=config.data,
                             seed=seed,
                             device=device,
-                            train=config.train,
+                            train=train,
                             loss_scale=config.loss_scale,
                             options=options.model_dump(mode="json"),
                             runner=config.runner,
@@ -189,6 +193,14 @@ def check_backends(config: SuiteConfig, source: str) -> None:
             error = exc.errors()[0]
             error["loc"] = ("backends", "options", name, *error["loc"])
             raise ConfigError(_format_error(error, source)) from None
+    rows = {
+        f"{name}/{policy}" for name in section.names for policy in section.policies.get(name, classes[name].policies)
+    }
+    for key in config.debug.lr_scale:
+        if key not in rows:
+            raise ConfigError(
+                f"{source}: debug.lr_scale.{key}: not a backend/policy of this run; it has: {', '.join(sorted(rows))}"
+            )
     for job in expand_jobs(config, config.device):
         problem = classes[job.backend].config_problem(job)
         if problem:
