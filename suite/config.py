@@ -254,6 +254,19 @@ class SuiteConfig(_Strict):
             raise ValueError(f"model names must be unique, got {names}")
         return models
 
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seed_range(cls, value: Any) -> Any:
+        # A mapping is a SeedRange; validated here so its errors name its keys (the union would
+        # report that it is not a list).
+        if not isinstance(value, dict):
+            return value
+        try:
+            return SeedRange.model_validate(value)
+        except ValidationError as exc:
+            text = _format_error(exc.errors()[0], "seeds").removeprefix("seeds: ")
+            raise ValueError(text.removeprefix("(top level): ")) from None
+
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, seeds: list[int] | SeedRange) -> list[int] | SeedRange:
