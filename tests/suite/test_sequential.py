@@ -22,7 +22,7 @@ def test_seeds_accept_a_list_or_min_max():
         validate({"seeds": {"min": 3, "max": 2}}, "x.yaml")
     with pytest.raises(ConfigError, match="x.yaml: seeds: min: expected a number >= 2, got 1"):
         validate({"seeds": {"min": 1, "max": 5}}, "x.yaml")
-    with pytest.raises(ConfigError, match="x.yaml: seeds: maxx: unknown key \"maxx\""):
+    with pytest.raises(ConfigError, match='x.yaml: seeds: maxx: unknown key "maxx"'):
         validate({"seeds": {"min": 3, "maxx": 5}}, "x.yaml")
     assert load_config(None, ["seeds={min: 2, max: 4}"]).seed_looks() == (2, 4)
 

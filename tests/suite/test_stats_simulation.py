@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -32,7 +32,7 @@ TOLERANCE_PTS = 1.0
 BASE_ACCURACY = 0.67
 
 
-@lru_cache(maxsize=None)
+@cache
 def simulate(
     delta_pts: float,
     paired_std_pts: float = PAIRED_STD_PTS,
