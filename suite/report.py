@@ -619,7 +619,7 @@ def _plot_forest(comparison: Comparison, group: Group) -> Plot | None:
     if not entries:
         return None
     colours = {PASS: "#137333", FAIL: "#c5221f", INCONCLUSIVE: "#b06000"}
-    figure = _new_figure(7, 0.9 + 0.35 * len(entries))
+    figure = _new_figure(7, 1.4 + 0.35 * len(entries))
     axes = figure.add_subplot()
     tol = group.tolerance_pts
     axes.axvspan(-tol, tol, color="#137333", alpha=0.08, label=f"±{tol:g} pt tolerance")
@@ -635,10 +635,12 @@ def _plot_forest(comparison: Comparison, group: Group) -> Plot | None:
         [f"{label} ({v.name}, {v.outcome.upper()})" for label, v in reversed(entries)],
         fontsize=7,
     )
-    axes.set_xlabel("Δ accuracy vs baseline, pt (bar: the verdict's CI, 90% at one look)")
+    reach = max([tol] + [max(abs(v.equivalence.interval.low), abs(v.equivalence.interval.high)) for _, v in entries])
+    axes.set_xlim(-1.15 * reach, 1.15 * reach)
+    axes.set_xlabel("Δ accuracy vs baseline, pt (bar: the verdict's CI)", fontsize=8)
     axes.set_title(f"Equivalence — {group.key}", fontsize=9)
     axes.grid(True, axis="x", alpha=0.3)
-    axes.legend(fontsize=7, loc="lower right")
+    axes.legend(fontsize=7, loc="best")
     return Plot(f"equivalence_{_slug(group.key)}", f"Equivalence (Δ, CI, ±tolerance) — {group.key}", _png(figure))
 
 
