@@ -33,6 +33,7 @@ from precision_suite.results import (
     RESULTS_FILE,
     append_record,
     is_job_failure,
+    is_noise_floor_run,
     latest_by_job,
     read_records,
 )
@@ -279,6 +280,8 @@ def save_config(config: SuiteConfig, out_dir: Path) -> None:
 def _status_line(record: dict[str, Any]) -> str:
     status = record["status"]
     metrics = record.get("metrics") or {}
+    if status == "ok" and is_noise_floor_run(record):
+        return f"[green]ok[/] {record['job_id']}  [dim](noise floor: fp32 one ulp off, short; not a result)[/]"
     if status == "ok":
         acc = metrics.get("test_accuracy")
         ms = metrics.get("step_time_ms_p50")
