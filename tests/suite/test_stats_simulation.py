@@ -113,11 +113,13 @@ def test_at_the_tolerance_edge_false_pass_stays_at_alpha_only_with_the_correctio
     α / looks per look keeps the whole procedure at α. Low noise, so looks often decide."""
     low_noise = {"paired_std_pts": 0.3, "seed_std_pts": 0.3}
     looks = look_schedule(3, 10)
-    one_look = simulate(TOLERANCE_PTS, looks=(3,), rng_seed=2, **low_noise)
-    naive = simulate(TOLERANCE_PTS, looks=looks, corrected=False, rng_seed=2, **low_noise)
-    corrected = simulate(TOLERANCE_PTS, looks=looks, rng_seed=2, **low_noise)
+    # 1,000 runs each (Monte Carlo SE of a 5 % rate: 0.7 pt), to keep the test quick.
+    runs = 1000
+    one_look = simulate(TOLERANCE_PTS, looks=(3,), runs=runs, rng_seed=2, **low_noise)
+    naive = simulate(TOLERANCE_PTS, looks=looks, corrected=False, runs=runs, rng_seed=2, **low_noise)
+    corrected = simulate(TOLERANCE_PTS, looks=looks, runs=runs, rng_seed=2, **low_noise)
     print(f"\nΔ=tol one look {one_look}\nnaive {naive}\ncorrected {corrected}")
-    assert one_look[PASS] <= 0.05 + 3 * 0.0049  # exactly α in theory: allow 3 Monte Carlo SE
+    assert one_look[PASS] <= 0.05 + 3 * 0.0069  # exactly α in theory: allow 3 Monte Carlo SE
     assert naive[PASS] > 0.08  # the price of looking without paying for it
     assert corrected[PASS] <= 0.05
     # And a FAIL at the edge is as wrong as a PASS (|Δ| ≤ tol is not "a loss beyond tol").
