@@ -79,3 +79,14 @@ def test_a_broken_candidate_fails_with_seeds_on_demand(fake_backends, fake_confi
 def test_debug_lr_scale_names_a_row_of_the_run(fake_backends, fake_config, tmp_path):
     code = main(["run", str(fake_config), "--out", str(tmp_path / "r"), "--set", "debug.lr_scale={fake/bf16-pure: 10}"])
     assert code == 2
+
+
+def test_resume_with_more_seeds_runs_only_the_new_ones(fake_backends, fake_config, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(fake_config, out, "backends.policies.fake=[fp32, fp16-mixed]") == 0
+    first = {r["job_id"] for r in read_run(out)}
+    assert main(["run", "--resume", str(out), "--set", "seeds=[0, 1, 2]"]) == 0
+    records = read_run(out)
+    # Every finished job kept and not run again; only seed 2 is new.
+    assert len(records) == len({r["job_id"] for r in records}) == len(first) + 2
+    assert {r["job_id"] for r in records} - first == {"mlp/digits/fake/fp32/seed2", "mlp/digits/fake/fp16-mixed/seed2"}
