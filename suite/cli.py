@@ -2,7 +2,8 @@
 
 Exit codes:
   0    everything ran and every verdict passed
-  1    a verdict failed (parity, cross-framework or precision-active)
+  1    a verdict failed (parity, cross-framework or precision-active); with `check --strict`,
+       also a verdict that is INCONCLUSIVE (more seeds needed)
   2    bad config or usage (nothing was run)
   3    some jobs failed (crashed, timeout, oom, diverged, error); `unavailable` is not a failure,
        nor is a -pure policy diverging (information) unless parity.check_pure
@@ -69,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         metavar="PTS",
         help="parity tolerance in accuracy points (default: the run's parity.tolerance_pts)",
+    )
+    check.add_argument(
+        "--strict",
+        action="store_true",
+        help="also exit 1 when a verdict is INCONCLUSIVE (more seeds needed), not only on FAIL",
     )
     _add_output_commands(sub)
     return parser
@@ -145,7 +151,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     return EXIT_JOBS_FAILED if summary.failed else code
 
 
-def _report(out_dir: Path, console: Console, tolerance: float | None, write: bool = True) -> int:
+def _report(out_dir: Path, console: Console, tolerance: float | None, write: bool = True, strict: bool = False) -> int:
     from precision_suite.results import RESULTS_FILE, latest_by_job, read_records
 
     path = out_dir / RESULTS_FILE
@@ -161,14 +167,15 @@ def _report(out_dir: Path, console: Console, tolerance: float | None, write: boo
     from precision_suite.outputs import write_ci_files
 
     comparison = compare.compare(records, tolerance_pts=tolerance)
+    comparison.run_dir = str(out_dir)
     if write:
         report.render_terminal(comparison, console)
         paths = report.write_reports(out_dir, comparison, records)
         paths[3:3] = write_ci_files(out_dir, comparison, records)
         console.print("reports: " + ", ".join(str(p) for p in paths), soft_wrap=True)
     else:
-        report.print_verdicts(comparison, console)
-    return compare.check_exit_code(comparison)
+        report.print_verdicts(comparison, console, strict=strict)
+    return compare.check_exit_code(comparison, strict=strict)
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
@@ -179,7 +186,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
 def cmd_check(args: argparse.Namespace, console: Console) -> int:
     if args.tolerance is not None and not args.tolerance >= 0:
         raise UsageError(f"--tolerance: expected a number of points >= 0, got {args.tolerance}")
-    return _report(Path(args.dir), console, tolerance=args.tolerance, write=False)
+    return _report(Path(args.dir), console, tolerance=args.tolerance, write=False, strict=args.strict)
 
 
 def cmd_export(args: argparse.Namespace, console: Console) -> int:

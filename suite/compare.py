@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 from precision_suite.backends.base import POLICY_SPECS
 from precision_suite.placement import speed_comparable
-from precision_suite.results import is_job_failure, latest_by_job
+from precision_suite.results import is_job_failure, is_noise_floor_run, latest_by_job
+from precision_suite.stats import FAIL, INCONCLUSIVE, PASS, Equivalence, describe, equivalence, t_quantile
 
 BASELINE_POLICY = "fp32"
 
-# Outcomes of a verdict. Only FAIL and FAILED of an enforced verdict make `check` exit 1.
-PASS = "pass"
-FAIL = "fail"
+# Outcomes of a verdict: PASS, FAIL and INCONCLUSIVE (precision_suite.stats) and these. Only
+# FAIL and FAILED of an enforced verdict make `check` exit 1; `check --strict` adds INCONCLUSIVE.
 FAILED = "failed"  # every seed of the policy failed to produce a result
 NO_BASELINE = "no baseline"
 NOT_COMPARABLE = "n/a"
@@ -40,6 +40,9 @@ _CUDA_MIN_CAPABILITY: dict[str, float] = {"float16": 5.3, "bfloat16": 8.0, "tf32
 _DEFAULT_TOLERANCE_PTS = 1.0
 _DEFAULT_CROSS_FRAMEWORK_RTOL = 1e-3
 _DEFAULT_CROSS_FRAMEWORK_STEPS = 100
+# Per-step cross-framework agreement is required over at least this many first steps, however
+# early the run's own divergence horizon comes.
+MIN_AGREEMENT_STEPS = 10
 
 
 @dataclass
@@ -49,13 +52,23 @@ class Verdict:
 
     name: str  # parity | cross-framework | precision-active | status
     subject: str  # e.g. "mlp/digits/cpu torch-amp bf16-mixed"
-    outcome: str  # pass | fail | failed | no baseline | n/a
+    outcome: str  # pass | fail | inconclusive | failed | no baseline | n/a
     detail: str
     enforced: bool = True
+    # The accuracy equivalence test behind a parity / cross-framework verdict.
+    equivalence: Equivalence | None = None
+    # cross-framework: the first step at which fp32 with its initial weights nudged by one ulp
+    # departs from fp32 by more than the rtol (the run's own chaos); None when it never did
+    # within the noise-floor run, or when no such run was made.
+    divergence_horizon: int | None = None
 
     @property
     def is_failure(self) -> bool:
         return self.enforced and self.outcome in (FAIL, FAILED)
+
+    @property
+    def is_inconclusive(self) -> bool:
+        return self.enforced and self.outcome == INCONCLUSIVE
 
 
 @dataclass
@@ -115,7 +128,7 @@ class Row:
     def overall(self) -> str:
         """The row's worst outcome, for one verdict cell."""
         outcomes = [v.outcome for v in self.verdicts if v.enforced]
-        for outcome in (FAILED, FAIL, NO_BASELINE, PASS):
+        for outcome in (FAILED, FAIL, INCONCLUSIVE, NO_BASELINE, PASS):
             if outcome in outcomes:
                 return outcome
         return NOT_COMPARABLE
@@ -168,6 +181,7 @@ class Comparison:
     tolerance_pts: float | None  # None when groups use different recorded tolerances
     check_pure: bool
     cross_framework_rtol: float
+    run_dir: str | None = None  # where the records came from, for the commands a report suggests
 
     @property
     def rows(self) -> list[Row]:
@@ -195,10 +209,8 @@ def mean_ci95(values: list[float]) -> tuple[float | None, float | None]:
     mean = float(np.mean(finite))
     if len(finite) < 2:
         return mean, None
-    from scipy.stats import t as student_t
-
     sem = float(np.std(finite, ddof=1)) / math.sqrt(len(finite))
-    return mean, float(student_t.ppf(0.975, len(finite) - 1)) * sem
+    return mean, t_quantile(0.975, len(finite) - 1) * sem
 
 
 def speedup_stats(
@@ -321,14 +333,30 @@ def _precision_verdict(row: Row, records: list[dict[str, Any]]) -> Verdict:
     return Verdict("precision-active", row.subject, PASS, f"observed compute {dtype}")
 
 
-def _parity_verdict(row: Row, tolerance_pts: float, check_pure: bool) -> Verdict:
+def accuracy_by_seed(records: list[dict[str, Any]]) -> dict[int, float]:
+    return {r.get("seed"): v for r in records if (v := _metric(r, "test_accuracy")) is not None}
+
+
+def seed_looks(records: list[dict[str, Any]]) -> int:
+    """How many looks the run's seed plan has (``Job.seed_looks``; 1 for a fixed list)."""
+    return max((len((r.get("config") or {}).get("seed_looks") or [0]) for r in records), default=1)
+
+
+def _parity_verdict(
+    row: Row,
+    records: list[dict[str, Any]],
+    base_records: list[dict[str, Any]],
+    tolerance_pts: float,
+    check_pure: bool,
+    looks: int,
+) -> Verdict:
     enforced = check_pure or not row.is_pure
     note = "" if enforced else " (information: -pure policies are not checked)"
-    if row.delta_pts is None:
+    if row.baseline is None:
         return Verdict("parity", row.subject, NO_BASELINE, f"no fp32 baseline of {row.framework}{note}")
-    outcome = PASS if abs(row.delta_pts) <= tolerance_pts + 1e-9 else FAIL
-    detail = f"Δ {row.delta_pts:+.2f} pt vs {row.baseline} (tolerance ±{tolerance_pts:g} pt){note}"
-    return Verdict("parity", row.subject, outcome, detail, enforced=enforced)
+    eq = equivalence(accuracy_by_seed(records), accuracy_by_seed(base_records), tolerance_pts, looks)
+    detail = f"{describe(eq)} vs {row.baseline}{note}"
+    return Verdict("parity", row.subject, eq.outcome, detail, enforced=enforced, equivalence=eq)
 
 
 def _curve(record: dict[str, Any]) -> np.ndarray | None:
@@ -338,15 +366,43 @@ def _curve(record: dict[str, Any]) -> np.ndarray | None:
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
+def relative_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a − b| / max(|a|, |b|) per step over the common length; 0 where both are equal, NaN
+    where either is not finite (a NaN never counts as agreement)."""
+    n = min(a.size, b.size)
+    a, b = a[:n], b[:n]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = np.abs(a - b) / np.maximum(np.abs(a), np.abs(b))
+    return np.where(a == b, 0.0, rel)
+
+
+def divergence_horizon(curve: np.ndarray, perturbed: np.ndarray, rtol: float) -> int | None:
+    """The first step at which ``perturbed`` departs from ``curve`` by more than ``rtol``
+    relative; None when it never does over their common length."""
+    bad = ~(relative_difference(curve, perturbed) <= rtol)
+    return int(np.argmax(bad)) if bad.any() else None
+
+
 def _cross_framework_verdicts(
-    group: Group, by_row: dict[tuple[str, str], list[dict[str, Any]]], rtol: float, steps: int
+    group: Group,
+    by_row: dict[tuple[str, str], list[dict[str, Any]]],
+    noise_floor: dict[tuple[str, str, int], dict[str, Any]],
+    rtol: float,
+    steps: int,
+    looks: int,
 ) -> list[Verdict]:
-    """fp32 of each framework against the fp32 of the reference framework (torch when present):
-    per-step train loss within ``rtol`` at each of the first ``steps`` steps for each shared seed,
-    and accuracy within the parity tolerance. Only where both frameworks have an fp32 result.
-    Curves are compared over a prefix because rounding differences, however small, are amplified
-    chaotically by long training (a max-pool tie flips, a ReLU crosses zero); the prefix is where
-    a real mismatch of model, data or optimizer shows and rounding cannot."""
+    """fp32 of each framework against the fp32 of the reference framework (torch when present),
+    for each shared seed, where both frameworks have an fp32 result.
+
+    Training is chaotic: however small, rounding differences grow until two runs decorrelate,
+    so agreement "for the first N steps" is only a fair demand up to where the run disagrees
+    with *itself*. The noise-floor runs measure that: each framework's fp32, same seed, every
+    initial weight nudged by one ulp. Its divergence horizon is the first step where that
+    curve departs from the unperturbed one by more than ``rtol``. Cross-framework losses must
+    agree within ``rtol`` at every step up to the horizon (and at least ``MIN_AGREEMENT_STEPS``);
+    past it, the median cross-framework divergence over the rest of the noise-floor run must
+    be no larger than the median self divergence. Without noise-floor runs, the first ``steps``
+    steps are held to ``rtol``. Accuracy: the equivalence test of parity, paired per seed."""
     fp32_rows = {}
     for row in group.rows:
         if row.policy == BASELINE_POLICY and row.seeds_ok and row.framework not in fp32_rows:
@@ -366,43 +422,88 @@ def _cross_framework_verdicts(
             verdicts.append(Verdict("cross-framework", subject, NOT_COMPARABLE, "no seed ran in both"))
             continue
         problems = []
+        notes = []
         worst = 0.0
+        horizons: list[int] = []
+        floors = 0
         for seed in shared:
             a, b = _curve(ref_records[seed]), _curve(other_records[seed])
-            if a is not None and b is not None and a.shape == b.shape:
-                a, b = a[:steps], b[:steps]
             if a is None or b is None:
                 problems.append(f"seed {seed}: train-loss curve not recorded")
                 continue
             if a.shape != b.shape:
                 problems.append(f"seed {seed}: {a.size} vs {b.size} steps")
                 continue
-            with np.errstate(invalid="ignore", divide="ignore"):
-                rel = np.abs(a - b) / np.maximum(np.abs(a), np.abs(b))
-            rel = np.where((a == b), 0.0, rel)  # 0/0 where both losses are exactly zero
-            bad = ~(rel <= rtol)  # NaN counts as a disagreement
-            if rel.size:
-                worst = max(worst, float(np.nanmax(rel)) if np.isfinite(rel).any() else math.inf)
+            # (unperturbed, perturbed) curve of each framework with a noise-floor run of this seed
+            own_pairs = [
+                (curve, nudged)
+                for row, curve in ((reference, a), (other, b))
+                if (record := noise_floor.get((row.backend, row.policy, seed))) is not None
+                and (nudged := _curve(record)) is not None
+            ]
+            rel = relative_difference(a, b)
+            if not own_pairs:
+                agree_upto, window = min(steps, rel.size), None
+            else:
+                floors += 1
+                selfs = [relative_difference(curve, nudged) for curve, nudged in own_pairs]
+                length = min(s.size for s in selfs)
+                seed_horizons = [
+                    h for curve, nudged in own_pairs if (h := divergence_horizon(curve, nudged, rtol)) is not None
+                ]
+                horizon = min(seed_horizons) if seed_horizons else None
+                if horizon is not None:
+                    horizons.append(horizon)
+                agree_upto = min(rel.size, max(MIN_AGREEMENT_STEPS, length if horizon is None else horizon))
+                window = (agree_upto, length) if length > agree_upto else None
+            head = rel[:agree_upto]
+            bad = ~(head <= rtol)  # NaN counts as a disagreement
+            if head.size:
+                worst = max(worst, float(np.nanmax(head)) if np.isfinite(head).any() else math.inf)
             if bad.any():
                 step = int(np.argmax(bad))
                 problems.append(
-                    f"seed {seed}: step {step} differs by {rel[step]:.2e} relative "
-                    f"(> {rtol:g}; {int(bad.sum())} of {bad.size} steps)"
+                    f"seed {seed}: step {step} differs by {head[step]:.2e} relative "
+                    f"(> {rtol:g}; {int(bad.sum())} of the {bad.size} steps held to it)"
                 )
-        acc_delta = None
-        if reference.accuracy_mean is not None and other.accuracy_mean is not None:
-            acc_delta = 100 * (other.accuracy_mean - reference.accuracy_mean)
-            if abs(acc_delta) > group.tolerance_pts + 1e-9:
-                problems.append(f"accuracy differs by {acc_delta:+.2f} pt (> ±{group.tolerance_pts:g})")
-        if problems:
-            verdicts.append(Verdict("cross-framework", subject, FAIL, "; ".join(problems)))
+            if window is not None:
+                lo, hi = window
+                cross_median = float(np.nanmedian(rel[lo:hi])) if np.isfinite(rel[lo:hi]).any() else math.inf
+                self_median = max(float(np.nanmedian(s[lo:hi])) for s in selfs)
+                if not cross_median <= self_median:
+                    problems.append(
+                        f"seed {seed}: past the horizon (steps {lo}–{hi - 1}) frameworks differ by "
+                        f"{cross_median:.2e} median relative, more than fp32 differs from itself "
+                        f"({self_median:.2e})"
+                    )
+                else:
+                    notes.append(f"seed {seed}: steps {lo}–{hi - 1} {cross_median:.1e} ≤ self {self_median:.1e}")
+        eq = equivalence(
+            accuracy_by_seed(list(other_records.values())),
+            accuracy_by_seed(list(ref_records.values())),
+            group.tolerance_pts,
+            looks,
+        )
+        if eq.outcome == FAIL:
+            problems.append(f"accuracy {describe(eq)}")
+        horizon = min(horizons) if horizons else None
+        if floors:
+            where = f"divergence horizon step {horizon}" if horizon is not None else "no self-divergence"
+            scope = f"up to the horizon ({where}, one-ulp noise-floor runs of {floors} seed(s))"
         else:
-            acc = f", accuracy Δ {acc_delta:+.2f} pt" if acc_delta is not None else ""
+            scope = f"over the first {steps} steps (no noise-floor run)"
+        if problems:
+            outcome, detail = FAIL, "; ".join(problems) + f" [{scope}]"
+        else:
+            outcome = eq.outcome
             detail = (
-                f"{len(shared)} seed(s): per-step loss within {worst:.1e} relative (≤ {rtol:g}) "
-                f"over the first {steps} steps{acc}"
+                f"{len(shared)} seed(s): per-step loss within {worst:.1e} relative (≤ {rtol:g}) {scope}"
+                + (f"; past it {'; '.join(notes)}" if notes else "")
+                + f"; accuracy {describe(eq)}"
             )
-            verdicts.append(Verdict("cross-framework", subject, PASS, detail))
+        verdicts.append(
+            Verdict("cross-framework", subject, outcome, detail, equivalence=eq, divergence_horizon=horizon)
+        )
     return verdicts
 
 
@@ -488,6 +589,10 @@ def compare(
     records of the same job are superseded by the newest.
     """
     records = list(latest_by_job([r for r in records if "job_id" in r]).values())
+    # One-ulp noise-floor runs measure the run's own chaos for the cross-framework verdict; they
+    # are no result of their own (short, perturbed) and stay out of every statistic.
+    noise_floor = [r for r in records if is_noise_floor_run(r)]
+    records = [r for r in records if not is_noise_floor_run(r)]
     unavailable = [_note(r) for r in records if r.get("status") == "unavailable"]
     failed_jobs = [_note(r) for r in records if r.get("status") in FAILURE_STATUSES]
     # An unknown status is not ok and not known-harmless: treat it as a failure, saying so.
@@ -529,6 +634,12 @@ def compare(
             check_pure,
             cross_framework_rtol,
             cross_framework_steps,
+            noise_floor={
+                (str(r.get("backend")), str(r.get("policy")), r.get("seed")): r
+                for r in noise_floor
+                if r.get("status") == "ok"
+                and (_model_name(r), _dataset_name(r), str(r.get("device"))) == (model, dataset, device)
+            },
         )
         groups.append(group)
         headlines.extend(_headlines(group))
@@ -553,6 +664,7 @@ def _build_group(
     check_pure: bool,
     rtol: float,
     cf_steps: int,
+    noise_floor: dict[tuple[str, str, int], dict[str, Any]] | None = None,
 ) -> Group:
     ok_by_row: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     all_by_row: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -592,6 +704,8 @@ def _build_group(
         row.emulated = bool(row.emulated_reason)
         group.rows.append(row)
 
+    looks = seed_looks(records)
+    labels = {row.label: row for row in group.rows}
     for row in group.rows:
         _attach_baseline(row, group, ok_by_row)
         if row.all_failed:
@@ -603,10 +717,13 @@ def _build_group(
             row.verdicts.append(Verdict("status", row.subject, FAILED, detail, enforced=enforced))
             continue
         if not row.is_baseline:
-            row.verdicts.append(_parity_verdict(row, tolerance_pts, check_pure))
+            base = labels.get(row.baseline or "")
+            base_records = ok_by_row[(base.backend, base.policy)] if base is not None else []
+            records_of_row = ok_by_row[(row.backend, row.policy)]
+            row.verdicts.append(_parity_verdict(row, records_of_row, base_records, tolerance_pts, check_pure, looks))
         row.verdicts.append(_precision_verdict(row, ok_by_row[(row.backend, row.policy)]))
 
-    group.verdicts = _cross_framework_verdicts(group, ok_by_row, rtol, cf_steps)
+    group.verdicts = _cross_framework_verdicts(group, ok_by_row, noise_floor or {}, rtol, cf_steps, looks)
     return group
 
 
@@ -688,7 +805,7 @@ def _headlines(group: Group) -> list[Headline]:
             parts.append(format_speed(row))
             if row.delta_pts is not None:
                 parts.append(f"{row.delta_pts:+.1f} pt".replace("-", "−"))
-        if parity is not None and parity.outcome in (PASS, FAIL):
+        if parity is not None and parity.outcome in (PASS, FAIL, INCONCLUSIVE):
             suffix = "" if parity.enforced else " (info)"
             parts.append(f"parity {parity.outcome.upper()}{suffix}")
         if precision is not None and precision.outcome == FAIL:
@@ -706,6 +823,7 @@ def _headlines(group: Group) -> list[Headline]:
     return out
 
 
-def check_exit_code(comparison: Comparison) -> int:
-    """1 if any enforced verdict fails (a failed policy included), else 0."""
-    return 1 if any(v.is_failure for v in comparison.verdicts) else 0
+def check_exit_code(comparison: Comparison, strict: bool = False) -> int:
+    """1 if any enforced verdict fails (a failed policy included), or with ``strict`` is
+    INCONCLUSIVE; else 0."""
+    return 1 if any(v.is_failure or (strict and v.is_inconclusive) for v in comparison.verdicts) else 0

@@ -83,6 +83,9 @@ class SyntheticConfig(_Strict):
     num_classes: Annotated[int, Field(ge=2, strict=True)] = 10
     train_size: PositiveInt = 2048
     test_size: PositiveInt = 512
+    # Fraction of labels (train and test) replaced by a uniformly random class: a noisy task
+    # whose accuracy varies from seed to seed, like many real benchmarks.
+    label_noise: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
 class DataConfig(_Strict):
@@ -182,8 +185,27 @@ class ParityConfig(_Strict):
     tolerance_pts: Annotated[float, Field(ge=0)] = 1.0
     check_pure: bool = False
     cross_framework_rtol: PositiveFloat = 1e-3
-    # Per-step losses are compared over this many first steps (see compare.py for why).
+    # Per-step losses are compared over at most this many first steps (see compare.py for why);
+    # the one-ulp noise-floor runs last this long.
     cross_framework_steps: PositiveInt = 100
+    # Measure the run's own chaos for the cross-framework verdict: one short extra fp32 run per
+    # framework and seed with every initial weight nudged by one ulp (only when two or more
+    # frameworks run fp32).
+    noise_floor_runs: bool = True
+
+
+class SeedRange(_Strict):
+    """Seeds on demand: start with seeds 0..min-1, add seeds (0..max-1) for the rows whose
+    verdict is still INCONCLUSIVE at each look of ``precision_suite.stats.look_schedule``."""
+
+    min: Annotated[int, Field(ge=2, strict=True)] = 3
+    max: PositiveInt = 10
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SeedRange:
+        if self.max < self.min:
+            raise ValueError(f"seeds.max ({self.max}) must be >= seeds.min ({self.min})")
+        return self
 
 
 class RayConfig(_Strict):
@@ -233,16 +255,27 @@ class RunnerConfig(_Strict):
     accuracy_only: bool = False
 
 
+class DebugConfig(_Strict):
+    """Deliberate faults, to prove that a check catches what it should (a canary for CI)."""
+
+    # "backend/policy" → factor on train.optimizer.lr for that row only, e.g.
+    # {torch-amp/bf16-mixed: 10}: a broken candidate whose parity verdict must FAIL. Recorded in
+    # the job's config like any setting.
+    lr_scale: dict[str, PositiveFloat] = {}
+
+
 class SuiteConfig(_Strict):
     models: list[ModelConfig] = [MlpConfig(), CnnConfig(), TransformerConfig()]
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     backends: BackendsConfig = BackendsConfig()
     loss_scale: LossScaleConfig = LossScaleConfig()
-    seeds: list[NonNegInt] = [0, 1, 2]
+    # A list of seeds (one look), or {min, max}: seeds on demand (SeedRange).
+    seeds: list[NonNegInt] | SeedRange = [0, 1, 2]
     device: Literal["auto", "cpu", "cuda"] = "auto"
     parity: ParityConfig = ParityConfig()
     runner: RunnerConfig = RunnerConfig()
+    debug: DebugConfig = DebugConfig()
     # What loading said besides errors (deprecated keys); not part of the config itself.
     _notices: list[str] = PrivateAttr(default_factory=list)
 
@@ -268,14 +301,43 @@ class SuiteConfig(_Strict):
             raise ValueError(f"model names must be unique, got {names}")
         return models
 
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seed_range(cls, value: Any) -> Any:
+        # A mapping is a SeedRange; validated here so its errors name its keys (the union would
+        # report that it is not a list).
+        if not isinstance(value, dict):
+            return value
+        try:
+            return SeedRange.model_validate(value)
+        except ValidationError as exc:
+            text = format_error(exc.errors()[0], "seeds").removeprefix("seeds: ")
+            raise ValueError(text.removeprefix("(top level): ")) from None
+
     @field_validator("seeds")
     @classmethod
-    def _seeds(cls, seeds: list[int]) -> list[int]:
+    def _seeds(cls, seeds: list[int] | SeedRange) -> list[int] | SeedRange:
+        if isinstance(seeds, SeedRange):
+            return seeds
         if not seeds:
             raise ValueError("at least one seed is needed")
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"duplicate seeds in {seeds}")
         return seeds
+
+    def seed_looks(self) -> tuple[int, ...]:
+        """The seed counts at which verdicts are looked at: one look for a list."""
+        from precision_suite.stats import look_schedule
+
+        if isinstance(self.seeds, SeedRange):
+            return look_schedule(self.seeds.min, self.seeds.max)
+        return (len(self.seeds),)
+
+    def seeds_at_look(self, look: int) -> list[int]:
+        """The seeds a row has once look ``look`` (0-based) is reached."""
+        if isinstance(self.seeds, SeedRange):
+            return list(range(self.seed_looks()[look]))
+        return list(self.seeds)
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]

@@ -121,6 +121,10 @@ def load_synthetic_dataset(cfg: DataConfig) -> Dataset:
 
     x_train, y_train = draw(syn.train_size)
     x_test, y_test = draw(syn.test_size)
+    if syn.label_noise:
+        for y in (y_train, y_test):
+            noisy = rng.random(len(y)) < syn.label_noise
+            y[noisy] = rng.integers(0, k, int(noisy.sum()))
     return _standardise(Dataset("synthetic", x_train, y_train, x_test, y_test, k))
 
 

@@ -41,6 +41,14 @@ class Job:
     # runs there meanwhile). Accuracy-only jobs may share a node, one per device.
     timed: bool = True
 
+    # The seed counts at which the run looks at its verdicts (SuiteConfig.seed_looks): the
+    # comparison tests each look at α / len(seed_looks).
+    seed_looks: tuple[int, ...] = ()
+    # A noise-floor run: every initial weight moved this many ulps toward +inf, training stopped
+    # after ``stop_after_steps`` (the schedule still spans the full run).
+    perturb_ulp: int = 0
+    stop_after_steps: int | None = None
+
     @property
     def loss_scaling_mode(self) -> str:
         """``"dynamic"``, ``"static"`` or ``"none"``: the policy's scaling under ``loss_scale``."""
@@ -65,6 +73,9 @@ class Job:
             "parity": self.parity.model_dump(mode="json"),
             "config_hash": self.config_hash,
             "timed": self.timed,
+            "seed_looks": list(self.seed_looks),
+            "perturb_ulp": self.perturb_ulp,
+            "stop_after_steps": self.stop_after_steps,
         }
 
     @classmethod
@@ -85,6 +96,9 @@ class Job:
             parity=ParityConfig.model_validate(raw["parity"]),
             config_hash=raw.get("config_hash", ""),
             timed=raw.get("timed", True),
+            seed_looks=tuple(raw.get("seed_looks") or ()),
+            perturb_ulp=raw.get("perturb_ulp", 0),
+            stop_after_steps=raw.get("stop_after_steps"),
         )
 
 

@@ -20,7 +20,7 @@ from precision_suite.backends.base import Backend, DeviceUnavailable
 from precision_suite.data import Dataset, batch_plan, load_dataset
 from precision_suite.jobs import Job
 from precision_suite.measure import WindowTimer, base_environment
-from precision_suite.models import init_weights
+from precision_suite.models import init_weights, perturb_weights
 from precision_suite.results import SCHEMA
 
 ProgressFn = Callable[[int, int], None]
@@ -120,6 +120,8 @@ class _Curves:
 def _train(backend: Backend, job: Job, data: Dataset, record: dict[str, Any], progress: ProgressFn | None) -> None:
     train = job.train
     plan = batch_plan(len(data.y_train), train.batch_size, job.seed, train.epochs, train.steps)
+    if job.stop_after_steps:
+        plan = plan[: job.stop_after_steps]
     total = len(plan)
     warmup = min(train.timing_warmup_steps, total)
     timer = WindowTimer(backend.synchronize)
@@ -234,6 +236,8 @@ def run_job(job: Job, progress: ProgressFn | None = None) -> dict[str, Any]:
             return record
         data = cached_dataset(job)
         weights = init_weights(job.model, data.input_shape, data.num_classes, job.seed)
+        if job.perturb_ulp:
+            weights = perturb_weights(weights, job.perturb_ulp)
         backend = cls()
         backend.setup(job, weights, data)
         record["environ"].update(backend.environment())

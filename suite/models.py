@@ -178,3 +178,15 @@ def check_weight_names(expected: Any, weights: dict[str, np.ndarray], what: str)
         raise ValueError(
             f"weights do not fit the {what}: missing {missing or 'none'}, unexpected {unexpected or 'none'}"
         )
+
+
+def perturb_weights(weights: dict[str, np.ndarray], ulps: int) -> dict[str, np.ndarray]:
+    """Every value moved ``ulps`` floats toward +inf (``np.nextafter``): the smallest change a
+    float32 run can see, used to measure how fast training amplifies rounding (its chaos)."""
+    out = {}
+    for name, value in weights.items():
+        moved = value
+        for _ in range(ulps):
+            moved = np.nextafter(moved, np.asarray(np.inf, dtype=moved.dtype))
+        out[name] = moved.astype(value.dtype, copy=False)
+    return out

@@ -3,6 +3,8 @@ check of its ``backends`` section against the registry before anything runs."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from precision_suite.backends import RegistryError, get_backend_class
 from precision_suite.backends.base import POLICIES
 from precision_suite.config import ConfigError, SuiteConfig, format_error
@@ -10,9 +12,10 @@ from precision_suite.jobs import Job, job_id
 from pydantic import ValidationError
 
 
-def expand_jobs(config: SuiteConfig, device: str) -> list[Job]:
-    """Every job of the config, in a stable order. Policies and options are assumed already
-    checked against the registry (``check_backends``)."""
+def expand_jobs(config: SuiteConfig, device: str, seeds: list[int] | None = None) -> list[Job]:
+    """Every job of the config (of ``seeds``; default: those of the first look), in a stable
+    order, then the noise-floor runs. Policies and options are assumed already checked against
+    the registry (``check_backends``)."""
     config_hash = config.config_hash()
     jobs: list[Job] = []
     resolved = {}
@@ -24,7 +27,11 @@ def expand_jobs(config: SuiteConfig, device: str) -> list[Job]:
         for name in config.backends.names:
             cls, policies, options = resolved[name]
             for policy in policies:
-                for seed in config.seeds:
+                train = config.train
+                if (scale := config.debug.lr_scale.get(f"{name}/{policy}")) is not None:
+                    optimizer = train.optimizer.model_copy(update={"lr": train.optimizer.lr * scale})
+                    train = train.model_copy(update={"optimizer": optimizer})
+                for seed in config.seeds_at_look(0) if seeds is None else seeds:
                     jobs.append(
                         Job(
                             job_id=job_id(model.name, config.data.name, name, policy, seed),
@@ -35,16 +42,34 @@ def expand_jobs(config: SuiteConfig, device: str) -> list[Job]:
                             data=config.data,
                             seed=seed,
                             device=device,
-                            train=config.train,
+                            train=train,
                             loss_scale=config.loss_scale,
                             options=options.model_dump(mode="json"),
                             runner=config.runner,
                             parity=config.parity,
                             config_hash=config_hash,
                             timed=not config.runner.accuracy_only,
+                            seed_looks=config.seed_looks(),
                         )
                     )
-    return jobs
+    return jobs + noise_floor_jobs(config, jobs)
+
+
+def noise_floor_jobs(config: SuiteConfig, jobs: list[Job]) -> list[Job]:
+    """For each fp32 job, when two or more frameworks run fp32: the same job with every initial
+    weight one ulp up, stopped after ``parity.cross_framework_steps`` steps."""
+    fp32 = [job for job in jobs if job.policy == "fp32" and not job.perturb_ulp]
+    if not config.parity.noise_floor_runs or len({job.framework for job in fp32}) < 2:
+        return []
+    return [
+        replace(
+            job,
+            job_id=f"{job.job_id}/ulp+1",
+            perturb_ulp=1,
+            stop_after_steps=config.parity.cross_framework_steps,
+        )
+        for job in fp32
+    ]
 
 
 def check_backends(config: SuiteConfig, source: str) -> None:
@@ -81,6 +106,14 @@ def check_backends(config: SuiteConfig, source: str) -> None:
             error = exc.errors()[0]
             error["loc"] = ("backends", "options", name, *error["loc"])
             raise ConfigError(format_error(error, source)) from None
+    rows = {
+        f"{name}/{policy}" for name in section.names for policy in section.policies.get(name, classes[name].policies)
+    }
+    for key in config.debug.lr_scale:
+        if key not in rows:
+            raise ConfigError(
+                f"{source}: debug.lr_scale.{key}: not a backend/policy of this run; it has: {', '.join(sorted(rows))}"
+            )
     for job in expand_jobs(config, config.device):
         problem = classes[job.backend].config_problem(job)
         if problem:

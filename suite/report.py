@@ -22,6 +22,7 @@ import numpy as np
 from precision_suite.compare import (
     FAIL,
     FAILED,
+    INCONCLUSIVE,
     NO_BASELINE,
     PASS,
     Comparison,
@@ -34,13 +35,14 @@ from precision_suite.compare import (
     _model_name,
     check_exit_code,
 )
-from precision_suite.results import latest_by_job
+from precision_suite.results import is_noise_floor_run, latest_by_job
+from precision_suite.stats import MAX_SUGGESTED_SEEDS
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-_STYLE = {PASS: "green", FAIL: "red", FAILED: "red", NO_BASELINE: "yellow"}
-_CSS_CLASS = {PASS: "pass", FAIL: "fail", FAILED: "fail", NO_BASELINE: "warn"}
+_STYLE = {PASS: "green", FAIL: "red", FAILED: "red", NO_BASELINE: "yellow", INCONCLUSIVE: "bold yellow"}
+_CSS_CLASS = {PASS: "pass", FAIL: "fail", FAILED: "fail", NO_BASELINE: "warn", INCONCLUSIVE: "warn"}
 _FRAMEWORK_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
 
 SUMMARY_COLUMNS = [
@@ -164,6 +166,62 @@ def verdict_cells(row: Row) -> list[tuple[str, str]]:
     return cells
 
 
+# --- verdict statistics ----------------------------------------------------------------------
+
+
+def seeds_advice(verdict: Verdict, run_dir: str | None) -> str:
+    """For an INCONCLUSIVE equivalence verdict: how many seeds would likely decide it and the
+    command that adds them (``--resume`` reuses every finished job); "" otherwise."""
+    eq = verdict.equivalence
+    if verdict.outcome != INCONCLUSIVE or eq is None:
+        return ""
+    where = run_dir or "DIR"
+    n_now = min(eq.n_candidate, eq.n_baseline)
+    if eq.seeds_suggested is None:
+        return (
+            f"more than {MAX_SUGGESTED_SEEDS} seeds: the difference sits on the tolerance edge "
+            "(widen parity.tolerance_pts or accept the uncertainty)"
+        )
+    if n_now < 2:
+        seeds = "[" + ", ".join(map(str, range(eq.seeds_suggested))) + "]"
+    else:
+        seeds = f"{{min: {n_now}, max: {eq.seeds_suggested}}}"
+    return (
+        f"~{eq.seeds_suggested} seeds would likely decide it: "
+        f"precision-suite run --resume {where} --set 'seeds={seeds}'"
+    )
+
+
+def equivalence_rows(comparison: Comparison, group: Group) -> list[tuple[str, Verdict]]:
+    """(label, verdict) of every verdict of ``group`` with an equivalence test, rows first."""
+    out = [(row.label, v) for row in group.rows for v in row.verdicts if v.equivalence is not None]
+    out += [(v.subject.split(" ", 1)[-1], v) for v in group.verdicts if v.equivalence is not None]
+    return out
+
+
+_EQUIVALENCE_HEADER = ["verdict", "subject", "Δ pt", "CI", "tolerance", "outcome", "pairing", "more seeds"]
+
+
+def _equivalence_cells(label: str, verdict: Verdict, run_dir: str | None) -> list[str]:
+    eq = verdict.equivalence
+    assert eq is not None
+    interval = eq.interval
+    outcome = verdict.outcome.upper() + ("" if verdict.enforced else " (info)")
+    return [
+        verdict.name,
+        label,
+        "—" if interval is None else _minus(f"{interval.mean:+.2f}"),
+        "— (1 seed)"
+        if interval is None
+        else _minus(f"{100 * eq.ci_level:.4g}% [{interval.low:+.2f}, {interval.high:+.2f}]")
+        + f" {eq.method} n={interval.n}",
+        f"±{eq.tolerance_pts:g}",
+        outcome,
+        "—" if eq.pairing_gain is None else f"×{eq.pairing_gain:.2f}",
+        seeds_advice(verdict, run_dir) or "—",
+    ]
+
+
 # --- terminal --------------------------------------------------------------------------------
 
 
@@ -225,12 +283,25 @@ def render_terminal(comparison: Comparison, console: Console) -> None:
             if headline.group == group.key:
                 text = _escape_rich(headline.text)
                 say("  " + _rich_outcome("●", headline.outcome) + " " + text)
+        for row in group.rows:
+            parity = row.verdict("parity")
+            if parity is not None and parity.equivalence is not None:
+                label = parity.outcome.upper() + ("" if parity.enforced else " (info)")
+                say(
+                    "  "
+                    + _rich_outcome(f"parity {label}", parity.outcome if parity.enforced else "info")
+                    + f" {row.label}: {_escape_rich(parity.detail)}"
+                )
+                if advice := seeds_advice(parity, comparison.run_dir):
+                    say(f"    [yellow]{_escape_rich(advice)}[/]")
         for verdict in group.verdicts:
             say(
                 "  "
                 + _rich_outcome(f"cross-framework {verdict.outcome.upper()}", verdict.outcome)
                 + f" {verdict.subject.split(' ', 1)[-1]}: {_escape_rich(verdict.detail)}"
             )
+            if advice := seeds_advice(verdict, comparison.run_dir):
+                say(f"    [yellow]{_escape_rich(advice)}[/]")
         emulated = [row for row in group.rows if row.emulated]
         for row in emulated:
             say(f"  [yellow]emulated[/] {row.label}: {_escape_rich(row.emulated_reason)} — kept out of speed claims")
@@ -267,8 +338,8 @@ def _render_notes(comparison: Comparison, console: Console) -> None:
             say(f"  [red]{note.status}[/] {note.job_id}: {_escape_rich(note.message)}")
 
 
-def print_verdicts(comparison: Comparison, console: Console) -> None:
-    """Every verdict on one line, then the count and what `check` will exit with."""
+def print_verdicts(comparison: Comparison, console: Console, strict: bool = False) -> None:
+    """Every verdict on one line, then the count and what `check` (``--strict``) will exit with."""
     verdicts = comparison.verdicts
     width = max((len(v.name) for v in verdicts), default=0)
     for verdict in verdicts:
@@ -279,14 +350,19 @@ def print_verdicts(comparison: Comparison, console: Console) -> None:
         console.print(
             f"[{style}]{label:<12}[/] {verdict.name:<{width}}  {verdict.subject}: {_escape_rich(verdict.detail)}"
         )
+        if advice := seeds_advice(verdict, comparison.run_dir):
+            console.print(f"{'':<12} {'':<{width}}  [yellow]{_escape_rich(advice)}[/]")
     _render_notes(comparison, console)
     failures = sum(v.is_failure for v in verdicts)
     passes = sum(v.outcome == PASS and v.enforced for v in verdicts)
-    code = check_exit_code(comparison)
+    undecided = sum(v.is_inconclusive for v in verdicts)
+    code = check_exit_code(comparison, strict=strict)
     colour = "red" if code else "green"
+    why = " (--strict: inconclusive fails)" if strict and undecided else ""
     console.print(
-        f"[bold {colour}]{'FAIL' if code else 'PASS'}[/]: {passes} passed, {failures} failed, "
-        f"{len(verdicts) - passes - failures} informational or without baseline"
+        f"[bold {colour}]{'FAIL' if code else 'PASS'}[/]{why}: {passes} passed, {failures} failed, "
+        f"{undecided} inconclusive (more seeds needed; fail only with --strict), "
+        f"{len(verdicts) - passes - failures - undecided} informational or without baseline"
     )
 
 
@@ -536,12 +612,48 @@ def _plot_accuracy(group: Group) -> Plot | None:
     return Plot(f"accuracy_{_slug(group.key)}", f"Accuracy — {group.key}", _png(figure))
 
 
+def _plot_forest(comparison: Comparison, group: Group) -> Plot | None:
+    """One line per equivalence verdict: the interval of Δ the verdict was read from, against
+    the ±tolerance band; colour = outcome."""
+    entries = [(label, v) for label, v in equivalence_rows(comparison, group) if v.equivalence.interval is not None]
+    if not entries:
+        return None
+    colours = {PASS: "#137333", FAIL: "#c5221f", INCONCLUSIVE: "#b06000"}
+    figure = _new_figure(7, 1.4 + 0.35 * len(entries))
+    axes = figure.add_subplot()
+    tol = group.tolerance_pts
+    axes.axvspan(-tol, tol, color="#137333", alpha=0.08, label=f"±{tol:g} pt tolerance")
+    axes.axvline(0, color="grey", linewidth=0.8)
+    for y, (_, verdict) in enumerate(reversed(entries)):
+        eq = verdict.equivalence
+        interval = eq.interval
+        colour = colours.get(verdict.outcome, "grey") if verdict.enforced else "grey"
+        axes.plot([interval.low, interval.high], [y, y], color=colour, linewidth=2.5, solid_capstyle="butt")
+        axes.plot(interval.mean, y, "o", color=colour, markersize=5)
+    axes.set_yticks(
+        range(len(entries)),
+        [f"{label} ({v.name}, {v.outcome.upper()})" for label, v in reversed(entries)],
+        fontsize=7,
+    )
+    reach = max([tol] + [max(abs(v.equivalence.interval.low), abs(v.equivalence.interval.high)) for _, v in entries])
+    axes.set_xlim(-1.15 * reach, 1.15 * reach)
+    axes.set_xlabel("Δ accuracy vs baseline, pt (bar: the verdict's CI)", fontsize=8)
+    axes.set_title(f"Equivalence — {group.key}", fontsize=9)
+    axes.grid(True, axis="x", alpha=0.3)
+    axes.legend(fontsize=7, loc="best")
+    return Plot(f"equivalence_{_slug(group.key)}", f"Equivalence (Δ, CI, ±tolerance) — {group.key}", _png(figure))
+
+
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
 
 
 def make_plots(comparison: Comparison, records: list[dict[str, Any]]) -> list[Plot]:
-    ok_records = [r for r in latest_by_job([r for r in records if "job_id" in r]).values() if r.get("status") == "ok"]
+    ok_records = [
+        r
+        for r in latest_by_job([r for r in records if "job_id" in r]).values()
+        if r.get("status") == "ok" and not is_noise_floor_run(r)
+    ]
     by_group: dict[tuple[str, str, str], dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for record in sorted(ok_records, key=lambda r: r.get("seed") or 0):
         key = (_model_name(record), _dataset_name(record), str(record.get("device")))
@@ -554,6 +666,7 @@ def make_plots(comparison: Comparison, records: list[dict[str, Any]]) -> list[Pl
             _plot_loss_scale(group, by_row),
             _plot_speed_memory(group),
             _plot_accuracy(group),
+            _plot_forest(comparison, group),
         ):
             if plot is not None:
                 plots.append(plot)
@@ -680,9 +793,11 @@ def _table_cells(row: Row) -> list[str]:
 def _overall_line(comparison: Comparison) -> tuple[str, str]:
     code = check_exit_code(comparison)
     failures = sum(v.is_failure for v in comparison.verdicts)
+    undecided = sum(v.is_inconclusive for v in comparison.verdicts)
+    also = f"; {undecided} INCONCLUSIVE (more seeds needed; fails only `check --strict`)" if undecided else ""
     if code:
-        return FAIL, f"check FAILS: {failures} verdict(s) failed"
-    return PASS, f"check passes: {len(comparison.verdicts)} verdict(s), none failed"
+        return FAIL, f"check FAILS: {failures} verdict(s) failed{also}"
+    return PASS, f"check passes: {len(comparison.verdicts)} verdict(s), none failed{also}"
 
 
 def _md_escape(text: str) -> str:
@@ -703,9 +818,10 @@ def _notes_lines(title: str, notes: list[JobNote]) -> list[str]:
     return lines + [""]
 
 
-def _verdict_text(verdict: Verdict) -> str:
+def _verdict_text(verdict: Verdict, run_dir: str | None = None) -> str:
     label = verdict.outcome.upper() + ("" if verdict.enforced else " (info)")
-    return f"{label} {verdict.name} — {verdict.subject}: {verdict.detail}"
+    advice = seeds_advice(verdict, run_dir)
+    return f"{label} {verdict.name} — {verdict.subject}: {verdict.detail}" + (f" — {advice}" if advice else "")
 
 
 def render_markdown(comparison: Comparison, records: list[dict[str, Any]], plots: list[Plot]) -> str:
@@ -723,6 +839,12 @@ def render_markdown(comparison: Comparison, records: list[dict[str, Any]], plots
         lines.append("")
         rows = [_table_cells(r) + [" ".join(t for t, _ in verdict_cells(r))] for r in group.rows]
         lines += _md_table(_TABLE_HEADER, rows)
+        equivalences = equivalence_rows(comparison, group)
+        if equivalences:
+            lines += ["", "Equivalence tests (TOST: PASS = CI inside ±tolerance, FAIL = CI outside it):", ""]
+            lines += _md_table(
+                _EQUIVALENCE_HEADER, [_equivalence_cells(label, v, comparison.run_dir) for label, v in equivalences]
+            )
         lines += [
             "",
             f"Tolerance ±{group.tolerance_pts:g} pt. Speedup = fp32 step time (p50) / step time "
@@ -733,7 +855,7 @@ def render_markdown(comparison: Comparison, records: list[dict[str, Any]], plots
             if plot.name.endswith(_slug(group.key)):
                 lines += [f"![{plot.title}](plots/{plot.name}.png)", ""]
     lines += ["## Verdicts", ""]
-    lines += [f"- {_md_escape(_verdict_text(v))}" for v in comparison.verdicts] + [""]
+    lines += [f"- {_md_escape(_verdict_text(v, comparison.run_dir))}" for v in comparison.verdicts] + [""]
     lines += _notes_lines("Failed jobs", comparison.failed_jobs)
     lines += _notes_lines("Unavailable jobs (not failures)", comparison.unavailable)
     header, env_rows = environment_table(records)
@@ -797,6 +919,15 @@ def render_html(comparison: Comparison, records: list[dict[str, Any]], plots: li
             verdicts = " ".join(_html_outcome(t, o) for t, o in verdict_cells(row))
             rows.append(_table_cells(row) + [verdicts])
         body.append(_html_table(_TABLE_HEADER, rows, raw_last=True))
+        equivalences = equivalence_rows(comparison, group)
+        if equivalences:
+            body.append("<p>Equivalence tests (TOST: PASS = CI inside ±tolerance, FAIL = CI outside it):</p>")
+            body.append(
+                _html_table(
+                    _EQUIVALENCE_HEADER,
+                    [_equivalence_cells(label, v, comparison.run_dir) for label, v in equivalences],
+                )
+            )
         body.append(
             f"<p class='info'>Tolerance ±{group.tolerance_pts:g} pt. Speedup = fp32 step time "
             "(p50) / step time (p50), same framework; range over seeds in parentheses.</p>"
@@ -812,7 +943,7 @@ def render_html(comparison: Comparison, records: list[dict[str, Any]], plots: li
     body.append("<h2>Verdicts</h2><ul>")
     for verdict in comparison.verdicts:
         outcome_key = verdict.outcome if verdict.enforced else "info"
-        body.append(f"<li>{_html_outcome(_verdict_text(verdict), outcome_key)}</li>")
+        body.append(f"<li>{_html_outcome(_verdict_text(verdict, comparison.run_dir), outcome_key)}</li>")
     body.append("</ul>")
     for title, notes in (
         ("Failed jobs", comparison.failed_jobs),

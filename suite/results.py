@@ -149,6 +149,12 @@ def is_job_failure(record: dict[str, Any], check_pure: bool = False) -> bool:
     return True
 
 
+def is_noise_floor_run(record: dict[str, Any]) -> bool:
+    """A short fp32 run with its initial weights nudged by one ulp (``Job.perturb_ulp``): it
+    measures the run's own chaos for the cross-framework verdict and is no result of its own."""
+    return bool((record.get("config") or {}).get("perturb_ulp"))
+
+
 def jsonable(value: Any) -> Any:
     # JSON has no NaN/inf; a non-finite metric is written as null rather than invalid JSON.
     if isinstance(value, float) and not math.isfinite(value):

@@ -38,9 +38,11 @@ from precision_suite.results import (
     RESULTS_FILE,
     append_record,
     is_job_failure,
+    is_noise_floor_run,
     latest_by_job,
     read_records,
 )
+from precision_suite.sequential import rounds_on_demand
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -319,6 +321,8 @@ def save_config(config: SuiteConfig, out_dir: Path) -> None:
 def _status_line(record: dict[str, Any]) -> str:
     status = record["status"]
     metrics = record.get("metrics") or {}
+    if status == "ok" and is_noise_floor_run(record):
+        return f"[green]ok[/] {record['job_id']}  [dim](noise floor: fp32 one ulp off, short; not a result)[/]"
     if status == "ok":
         acc = metrics.get("test_accuracy")
         ms = metrics.get("step_time_ms_p50")
@@ -372,35 +376,17 @@ def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool
                     summary.failed += is_job_failure(record, config.parity.check_pure)
                     progress.advance(task)
 
-            batch = []
-            for job in pending:
-                available = availability[job.backend]
-                if available.ok:
-                    batch.append(job)
-                else:
-                    write(failed_record(job, "unavailable", available.reason))
-            # Jobs go to the executor in rounds: the matrix, then the half-batch retries of the
-            # jobs that ran out of memory (each retried once).
-            retried: dict[str, Job] = {}
-            while batch:
-                by_id = {job.job_id: job for job in batch}
-                next_batch = []
-                for record in executor.run_jobs(batch, on_step):
-                    job = by_id[record["job_id"]]
-                    original = retried.get(job.job_id)
-                    if original is not None:
-                        record["retry"] = {
-                            "after": "oom",
-                            "batch_size": job.train.batch_size,
-                            "original_batch_size": original.train.batch_size,
-                        }
-                    elif (retry := _half_batch_retry(config, job, record)) is not None:
-                        write(record, final=False)
-                        retried[job.job_id] = job
-                        next_batch.append(retry)
-                        continue
-                    write(record)
-                batch = next_batch
+            def more_seeds(added: list[Job]) -> None:
+                summary.total_jobs += len(added)
+                progress.update(task, total=progress.tasks[task].total + len(added))
+                if added:
+                    progress.console.print(f"more seeds for undecided verdicts: {len(added)} job(s)", highlight=False)
+
+            # Round by round: the matrix, then (seeds on demand) the jobs of each later look.
+            for round_jobs in rounds_on_demand(
+                config, config.device, pending, results_path, lambda j: j.job_id in done, more_seeds
+            ):
+                _run_round(config, executor, round_jobs, availability, write, on_step)
     except KeyboardInterrupt:
         summary.interrupted = True
         executor.kill_all()
@@ -409,6 +395,46 @@ def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool
         executor.close()
     summary.warnings.extend(executor.warnings)
     return summary
+
+
+def _run_round(
+    config: SuiteConfig,
+    executor: JobExecutor,
+    jobs: list[Job],
+    availability: dict[str, Any],
+    write: Callable[..., None],
+    on_step: JobProgressFn,
+) -> None:
+    """Run ``jobs`` to the end, writing each record as it comes: jobs whose framework is missing
+    are recorded ``unavailable``; the rest go to the executor in batches — the jobs, then the
+    half-batch retries of those that ran out of memory (each retried once)."""
+    batch = []
+    for job in jobs:
+        available = availability[job.backend]
+        if available.ok:
+            batch.append(job)
+        else:
+            write(failed_record(job, "unavailable", available.reason))
+    retried: dict[str, Job] = {}
+    while batch:
+        by_id = {job.job_id: job for job in batch}
+        next_batch = []
+        for record in executor.run_jobs(batch, on_step):
+            job = by_id[record["job_id"]]
+            original = retried.get(job.job_id)
+            if original is not None:
+                record["retry"] = {
+                    "after": "oom",
+                    "batch_size": job.train.batch_size,
+                    "original_batch_size": original.train.batch_size,
+                }
+            elif (retry := _half_batch_retry(config, job, record)) is not None:
+                write(record, final=False)
+                retried[job.job_id] = job
+                next_batch.append(retry)
+                continue
+            write(record)
+        batch = next_batch
 
 
 def _half_batch_retry(config: SuiteConfig, job: Job, record: dict[str, Any]) -> Job | None:

@@ -50,6 +50,12 @@ class FakeBackend(Backend):
     def is_available() -> Availability:
         return Availability(True)
 
+    @classmethod
+    def sees_cuda(cls) -> bool:
+        # NumPy runs anywhere: it "sees" whatever GPUs the process was given (Ray sets
+        # CUDA_VISIBLE_DEVICES from logical GPUs), so GPU placement is testable without one.
+        return bool(os.environ.get("CUDA_VISIBLE_DEVICES"))
+
     def setup(self, job: Any, init_weights: dict[str, np.ndarray], data: Any) -> None:
         self.job = job
         self.options = FakeOptions.model_validate(job.options)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 from precision_suite.compare import (
     FAIL,
     FAILED,
+    INCONCLUSIVE,
     NO_BASELINE,
     PASS,
     check_exit_code,
@@ -159,12 +161,17 @@ def test_pure_policy_is_information_unless_check_pure():
 # --- edge cases -----------------------------------------------------------------------------
 
 
-def test_one_seed_has_no_ci_but_still_a_verdict():
+def test_one_seed_has_no_ci_and_is_always_inconclusive():
     comparison = compare(pair(0.948, seeds=(0,)))
     row = row_of(comparison, "torch-amp", "bf16-mixed")
     assert row.accuracy_ci95 is None
     assert row.accuracy_mean == pytest.approx(0.948)
-    assert row.verdict("parity").outcome == PASS
+    parity = row.verdict("parity")
+    # One seed says nothing about seed-to-seed spread, however close it is, or however far.
+    assert parity.outcome == INCONCLUSIVE and parity.equivalence.seeds_suggested == 3
+    far = row_of(compare(pair(0.80, seeds=(0,))), "torch-amp", "bf16-mixed").verdict("parity")
+    assert far.outcome == INCONCLUSIVE
+    assert check_exit_code(comparison) == 0 and check_exit_code(comparison, strict=True) == 1
 
 
 def test_a_failed_seed_is_excluded_and_listed():
@@ -360,7 +367,7 @@ def test_cross_framework_fails_when_a_step_differs():
 def test_cross_framework_checks_accuracy_and_length():
     records = pair(0.95) + [make_record("tf-keras", "fp32", s, accuracy=0.93) for s in (0, 1, 2)]
     [verdict] = compare(records).groups[0].verdicts
-    assert verdict.outcome == FAIL and "accuracy differs by -2.00 pt" in verdict.detail
+    assert verdict.outcome == FAIL and "accuracy Δ -2.00 pt" in verdict.detail
     records = pair(0.95) + [make_record("tf-keras", "fp32", s, steps=19) for s in (0, 1, 2)]
     [verdict] = compare(records).groups[0].verdicts
     assert verdict.outcome == FAIL and "20 vs 19 steps" in verdict.detail
@@ -369,3 +376,89 @@ def test_cross_framework_checks_accuracy_and_length():
 def test_cross_framework_only_when_both_fp32_exist():
     records = pair(0.95) + [make_record("tf-keras", "bf16-mixed", 0)]
     assert compare(records).groups[0].verdicts == []
+
+
+# --- chaos-aware cross-framework -------------------------------------------------------------
+
+
+def _chaotic(record, growth_from: float, factor: float = 1.0, steps_scale: float = 2.0):
+    """The record's loss curve with a relative deviation growing like a chaotic run's:
+    ``growth_from · 2^(t / steps_scale) · factor``."""
+    out = copy.deepcopy(record)
+    loss = out["curves"]["train_loss"]
+    out["curves"]["train_loss"] = [v * (1 + factor * growth_from * 2 ** (t / steps_scale)) for t, v in enumerate(loss)]
+    return out
+
+
+def _noise_floor(record, growth_from: float):
+    out = _chaotic(record, growth_from)
+    out["job_id"] += "/ulp+1"
+    out["config"]["perturb_ulp"] = 1
+    out["metrics"]["test_accuracy"] = 0.10  # a short run: must never count as a result
+    return out
+
+
+def chaos_records(cross_factor: float, steps: int = 60):
+    """torch and keras fp32 over 3 seeds; the keras curve departs from torch's like a chaotic
+    run; each framework's one-ulp run departs from its own curve from 1e-7 (rtol 1e-3 is
+    crossed at step 27)."""
+    records = []
+    for seed in (0, 1, 2):
+        torch_rec = make_record("torch-amp", "fp32", seed, steps=steps)
+        keras_rec = _chaotic(make_record("tf-keras", "fp32", seed, steps=steps), 1e-7, cross_factor)
+        records += [torch_rec, keras_rec, _noise_floor(torch_rec, 1e-7), _noise_floor(keras_rec, 1e-7)]
+    return records
+
+
+def test_cross_framework_holds_steps_to_the_rtol_only_up_to_the_runs_own_divergence_horizon():
+    records = chaos_records(cross_factor=0.5)
+    [verdict] = compare(records).groups[0].verdicts
+    assert verdict.outcome == PASS, verdict.detail
+    assert verdict.divergence_horizon == 27 and "divergence horizon step 27" in verdict.detail
+    # The same curves held to the fixed first 100 steps (no noise-floor runs) fail at step 29.
+    plain = [r for r in records if not r["job_id"].endswith("ulp+1")]
+    [fixed] = compare(plain).groups[0].verdicts
+    assert fixed.outcome == FAIL and "step 29" in fixed.detail and fixed.divergence_horizon is None
+    # The noise-floor runs are no result: not a row, not in any mean.
+    comparison = compare(records)
+    assert len(comparison.rows) == 2
+    assert all(r.accuracy_mean == pytest.approx(0.95) for r in comparison.rows)
+
+
+def test_cross_framework_fails_a_mismatch_before_the_horizon_and_within_the_first_ten_steps():
+    records = chaos_records(cross_factor=0.5)
+    early = next(r for r in records if r["backend"] == "tf-keras" and r["seed"] == 1 and "ulp" not in r["job_id"])
+    early["curves"]["train_loss"][5] *= 1.01
+    [verdict] = compare(records).groups[0].verdicts
+    assert verdict.outcome == FAIL and "seed 1: step 5" in verdict.detail
+    # A horizon at step 1 (a wildly chaotic run) still holds the first 10 steps.
+    records = chaos_records(cross_factor=0.5)
+    for record in records:
+        if record["job_id"].endswith("ulp+1"):
+            record["curves"]["train_loss"] = [v * 1.1 for v in record["curves"]["train_loss"]]
+    early = next(r for r in records if r["backend"] == "tf-keras" and r["seed"] == 0 and "ulp" not in r["job_id"])
+    early["curves"]["train_loss"][8] *= 1.01
+    [verdict] = compare(records).groups[0].verdicts
+    assert verdict.outcome == FAIL and "seed 0: step 8" in verdict.detail
+
+
+def test_cross_framework_fails_when_frameworks_drift_apart_faster_than_the_run_drifts_from_itself():
+    [verdict] = compare(chaos_records(cross_factor=30.0)).groups[0].verdicts
+    # Crossing the rtol 10 steps before the run's own horizon (27) is a failure.
+    assert verdict.outcome == FAIL and "seed 0: step 17 " in verdict.detail
+    records = chaos_records(cross_factor=0.5)
+    for record in records:
+        if record["backend"] == "tf-keras" and "ulp" not in record["job_id"]:
+            loss = record["curves"]["train_loss"]
+            record["curves"]["train_loss"] = loss[:30] + [v * 1.5 for v in loss[30:]]
+    [verdict] = compare(records).groups[0].verdicts
+    assert verdict.outcome == FAIL and "past the horizon" in verdict.detail
+
+
+def test_cross_framework_accuracy_is_an_equivalence_test():
+    records = pair(0.95, seeds=(0, 1, 2))
+    noisy = [0.955, 0.94, 0.962]  # -ish: within ±1 pt on average but spread too wide to tell
+    records += [make_record("tf-keras", "fp32", s, accuracy=noisy[s]) for s in (0, 1, 2)]
+    [verdict] = compare(records).groups[0].verdicts
+    assert verdict.outcome == INCONCLUSIVE and verdict.equivalence.seeds_suggested > 3
+    assert check_exit_code(compare(records)) == 0

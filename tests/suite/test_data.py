@@ -69,6 +69,19 @@ def test_synthetic_is_deterministic_balanced_and_learnable():
     np.testing.assert_allclose(ds.x_train.mean((0, 2, 3)), 0, atol=1e-5)
 
 
+def test_synthetic_label_noise_replaces_that_fraction_of_labels_and_nothing_else():
+    clean = SyntheticConfig(shape=[40], num_classes=10, train_size=4000, test_size=2000)
+    noisy = clean.model_copy(update={"label_noise": 0.2})
+    a = load_dataset(DataConfig(name="synthetic", synthetic=clean))
+    b = load_dataset(DataConfig(name="synthetic", synthetic=noisy))
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    changed = (a.y_train != b.y_train).mean()
+    # 20 % redrawn uniformly: 9 in 10 of those land on another class.
+    assert 0.16 < changed < 0.20
+    assert (a.y_test != b.y_test).mean() > 0.15
+    np.testing.assert_array_equal(b.y_test, load_dataset(DataConfig(name="synthetic", synthetic=noisy)).y_test)
+
+
 @pytest.mark.parametrize(("shape", "expected"), [([20], (20,)), ([6, 6], (1, 6, 6))])
 def test_synthetic_vector_and_grayscale_shapes(shape, expected):
     ds = load_dataset(DataConfig(name="synthetic", synthetic=SyntheticConfig(shape=shape, train_size=30, test_size=10)))

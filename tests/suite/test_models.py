@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from precision_suite.config import CnnConfig, MlpConfig, TransformerConfig
-from precision_suite.models import init_weights, num_tokens, prepare_inputs
+from precision_suite.models import init_weights, num_tokens, perturb_weights, prepare_inputs
 
 MODELS = [
     (MlpConfig(hidden=[16, 8]), (1, 8, 8)),
@@ -96,3 +96,13 @@ def test_num_tokens_and_its_errors():
 def test_cnn_that_pools_below_one_pixel_is_rejected():
     with pytest.raises(ValueError, match="pools a 4x4 image below 1x1"):
         init_weights(CnnConfig(channels=[2, 2, 2]), (1, 4, 4), 10, 0)
+
+
+def test_perturb_weights_moves_every_value_one_float32_ulp_up():
+    weights = init_weights(MlpConfig(hidden=[16]), (1, 8, 8), 10, seed=0)
+    moved = perturb_weights(weights, 1)
+    for name, value in weights.items():
+        assert moved[name].dtype == np.float32
+        assert (moved[name] > value).all()
+        np.testing.assert_array_equal(moved[name], np.nextafter(value, np.float32(np.inf)))
+    assert not np.shares_memory(moved["head.kernel"], weights["head.kernel"])

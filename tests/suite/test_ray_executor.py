@@ -268,7 +268,7 @@ def test_ctrl_c_cancels_outstanding_jobs_and_keeps_finished_records(ray_instance
     summary = run_suite(config, out, InterruptAfterFirstRecord(file=open(os.devnull, "w")))
     assert summary.interrupted
     (kept,) = read_run(out)
-    assert kept["seed"] == 0 and kept["status"] == "ok"
+    assert kept["seed"] == 0 and kept["status"] == "ok", (kept["status"], kept.get("error"))
     free = _wait_for_idle(ray_instance)
     assert free.get("GPU") == 2 and free.get("timing_slot") == 1, f"the hanging job was not cancelled: {free}"
 
@@ -291,6 +291,7 @@ def test_records_match_the_local_executor(ray_instance, fake_backends, fake_conf
         record = json.loads(json.dumps(record))
         for key in TIMING_METRICS:
             record["metrics"].pop(key, None)
+        record["curves"].pop("window_step_time_ms", None)  # measured times, not content
         record["config"].pop("runner")
         record["config"].pop("config_hash")  # hashes the runner section too
         record.pop("placement")

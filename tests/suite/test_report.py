@@ -57,8 +57,8 @@ def test_terminal_marks_a_failing_policy():
 
 def test_print_verdicts_lists_each_verdict_and_the_outcome():
     failing = compare(
-        [make_record("torch-amp", "fp32", 0, accuracy=0.95)]
-        + [make_record("torch-amp", "fp16-mixed", 0, accuracy=0.90)]
+        [make_record("torch-amp", "fp32", s, accuracy=0.95) for s in (0, 1)]
+        + [make_record("torch-amp", "fp16-mixed", s, accuracy=0.90) for s in (0, 1)]
     )
     text = terminal_text(report.print_verdicts, failing)
     assert re.search(r"FAIL\s+parity\s+mlp/digits/cpu torch-amp fp16-mixed", text)
@@ -80,6 +80,7 @@ def test_write_reports_files(tmp_path):
         "loss_scale",
         "speed_memory",
         "accuracy",
+        "equivalence",
     }
     assert all(p.read_bytes().startswith(PNG_MAGIC) for p in pngs)
 
