@@ -15,8 +15,9 @@
   optimizer kernel receives ``found_inf`` and leaves parameters and state untouched, so
   ``train_step`` never syncs with the host. Where the fused kernel is wrong for the parameters
   (``backends/torch/optim.py`` probes it: torch 2.13's CPU SGD on half weights), the non-fused
-  optimizer runs and the skip flag is read on the host, as GradScaler does. Static scale (``dynamic: false``) never updates;
-  ``enabled: false`` or a bf16 policy uses a no-op scaler with the same methods.
+  optimizer runs and the skip flag is read on the host, as GradScaler does. Static scale
+  (``dynamic: false``) never updates; ``enabled: false`` or a bf16 policy uses a no-op scaler
+  with the same methods.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ class TorchManualBackend(TorchBackendBase):
 
     def _build(self) -> None:
         import torch
+
         half = self.compute_dtype
         # The exact fp32 initial weights, taken before any cast: the master copy starts from
         # them (as torch-amp's and Keras' weights do), and the working copy is made from it.

@@ -119,7 +119,16 @@ def assert_states_equal(a: dict[str, Any], b: dict[str, Any], path: str = "") ->
         assert a == b, f"{path}: {a!r} != {b!r}"
 
 
-def resume_spec(backend: str, policy: str, loss_scale: dict, overflow: list[int], k: int, n: int) -> dict:
+def resume_spec(
+    backend: str,
+    policy: str,
+    loss_scale: dict,
+    overflow: list[int],
+    k: int,
+    n: int,
+    train: dict[str, Any] | None = None,
+) -> dict:
+    """``train``: overrides of the job's train section (e.g. another optimizer)."""
     return {
         "backend": backend,
         "policy": policy,
@@ -127,6 +136,7 @@ def resume_spec(backend: str, policy: str, loss_scale: dict, overflow: list[int]
         "overflow": overflow,
         "k": k,
         "n": n,
+        "train": train or {},
     }
 
 
@@ -134,7 +144,7 @@ def job_of(spec: dict) -> Job:
     return make_job(
         spec["backend"],
         spec["policy"],
-        train={"steps": spec["n"], "grad_clip_norm": 1.0},
+        train={"steps": spec["n"], "grad_clip_norm": 1.0, **spec["train"]},
         loss_scale=spec["loss_scale"],
     )
 
