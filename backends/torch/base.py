@@ -7,10 +7,13 @@ torch); every method imports it where it needs it.
 
 The lr schedule and skipped steps. ``backends/reference/lr_schedule.py``'s formula is indexed by *applied*
 optimizer steps: a step skipped for overflow does not advance it. Where the skip decision is
-made on the device (a fused optimizer given ``found_inf``: torch-manual always, torch-amp with
-``fused: true``), the lr is a 0-d device tensor every param group points at, filled before each
-step from a precomputed device table indexed by an on-device applied-step counter; the counter
-advances by ``found_inf == 0``. No value crosses to the host. Where torch decides on the host
+made on the device (a fused optimizer given ``found_inf``: torch-manual and torch-amp with
+``fused: true``, where ``backends/torch/optim.py`` finds the kernel right), an on-device counter
+advances by ``found_inf == 0``; a non-constant lr is then a 0-d device tensor every param group
+points at, filled before each step from a precomputed device table indexed by that counter.
+No value crosses to the host. The table is float64 where the kernel takes it, so the lr is
+exactly the configured double (a float32 table made 1e-3 into 1.0000000475e-3); a constant lr
+stays the Python float, on any device. Where torch decides on the host
 (``GradScaler.step`` with a non-fused optimizer reads ``found_inf`` with ``.item()`` and calls
 ``optimizer.step()`` only for a clean step), a step post-hook counts the calls that really ran
 and the lr is a Python float; that adds no sync of our own.
