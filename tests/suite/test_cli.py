@@ -47,18 +47,15 @@ def test_bad_input_exits_2_with_one_line_and_no_traceback(tmp_path, args, expect
     assert not (tmp_path / "run").exists(), "nothing may run on a bad config"
 
 
+def _smoke_run(out, *overrides: str) -> subprocess.CompletedProcess:
+    """``precision-suite run configs/smoke.yaml --out OUT --set O1 ...`` in a subprocess."""
+    sets = [arg for override in overrides for arg in ("--set", override)]
+    return _cli("run", "configs/smoke.yaml", "--out", str(out), *sets)
+
+
 def test_missing_data_file_exits_2_before_any_job(tmp_path):
     out = tmp_path / "run"
-    result = _cli(
-        "run",
-        "configs/smoke.yaml",
-        "--out",
-        str(out),
-        "--set",
-        "data.name=npz",
-        "--set",
-        f"data.path={tmp_path / 'nope.npz'}",
-    )
+    result = _smoke_run(out, "data.name=npz", f"data.path={tmp_path / 'nope.npz'}")
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: configs/smoke.yaml: data: {tmp_path / 'nope.npz'}: no such file"
     assert not out.exists()
@@ -213,7 +210,7 @@ def test_internal_crash_has_its_own_exit_code(monkeypatch, capsys):
 def test_unwritable_out_dir_is_a_usage_error_without_traceback(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    result = _cli("run", "configs/smoke.yaml", "--out", str(blocker / "run"))
+    result = _smoke_run(blocker / "run")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip() == f"error: {blocker / 'run'}: Not a directory"
@@ -222,16 +219,7 @@ def test_unwritable_out_dir_is_a_usage_error_without_traceback(tmp_path):
 @pytest.mark.parametrize("model", ["cnn", "transformer"])
 def test_model_that_cannot_take_the_data_shape_exits_2_before_any_job(tmp_path, model):
     out = tmp_path / "run"
-    result = _cli(
-        "run",
-        "configs/smoke.yaml",
-        "--out",
-        str(out),
-        "--set",
-        f"models=[{model}]",
-        "--set",
-        "data={name: synthetic, synthetic: {shape: [64]}}",
-    )
+    result = _smoke_run(out, f"models=[{model}]", "data={name: synthetic, synthetic: {shape: [64]}}")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip() == (
