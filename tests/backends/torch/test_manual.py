@@ -257,8 +257,9 @@ def test_pure_sgd_trains_on_cpu(policy, momentum):
     assert all(p.dtype == half for p in backend.working)  # an mlp has no fp32 norm parameters
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
-def test_fused_probe_agrees_with_a_direct_check_of_the_kernel(dtype):
+def test_fused_probe_agrees_with_a_direct_check_of_the_kernel(dtype, device):
     """The probe's verdict on the fused SGD kernel equals what the issue's reproduction shows
     (an SGD step that changes almost every weight), whatever the torch version."""
     import torch
@@ -267,13 +268,13 @@ def test_fused_probe_agrees_with_a_direct_check_of_the_kernel(dtype):
 
     torch_dtype = getattr(torch, dtype)
     gen = torch.Generator().manual_seed(0)
-    p = torch.randn(128, 64, generator=gen).to(torch_dtype).requires_grad_()
+    p = torch.randn(128, 64, generator=gen).to(torch_dtype).to(device).requires_grad_()
     p0 = p.detach().clone()
     opt = torch.optim.SGD([p], lr=0.05, momentum=0.9, fused=True)
-    p.grad = torch.randn(128, 64, generator=gen).to(torch_dtype)
+    p.grad = torch.randn(128, 64, generator=gen).to(torch_dtype).to(device)
     opt.step()
     kernel_right = float((p.detach() != p0).float().mean()) > 0.9
-    ok, reason = fused_kernel_ok(OptimizerConfig(name="sgd", momentum=0.9, lr=0.05), torch_dtype, "cpu")
+    ok, reason = fused_kernel_ok(OptimizerConfig(name="sgd", momentum=0.9, lr=0.05), torch_dtype, device)
     assert ok == kernel_right, reason
 
 
