@@ -7,6 +7,8 @@ Exit codes:
   2    bad config or usage (nothing was run)
   3    some jobs failed (crashed, timeout, oom, diverged, error); `unavailable` is not a failure,
        nor is a -pure policy diverging (information) unless parity.check_pure
+  4    internal error: precision-suite itself crashed (a bug; the traceback is printed to
+       report it); never used for bad input
   130  interrupted (Ctrl-C); finished records are kept, `--resume DIR` continues
 """
 
@@ -25,7 +27,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-EXIT_OK, EXIT_VERDICT, EXIT_USAGE, EXIT_JOBS_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_VERDICT, EXIT_USAGE, EXIT_JOBS_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 
 class UsageError(Exception):
@@ -114,9 +116,19 @@ def _load_run_config(args: argparse.Namespace):
     from precision_suite.data import DataError, load_dataset
 
     try:
-        load_dataset(config.data)
+        data = load_dataset(config.data)
     except DataError as exc:
         raise UsageError(f"{path or 'default.yaml'}: data: {exc}") from None
+    from precision_suite.models import init_weights
+
+    for i, model in enumerate(config.models):
+        try:  # the shape checks every job would otherwise fail on, once, before any job
+            init_weights(model, data.input_shape, data.num_classes, seed=0)
+        except ValueError as exc:
+            raise UsageError(
+                f"{path or 'default.yaml'}: models.{i} ({model.name}) does not fit data {config.data.name} "
+                f"(rows of shape {data.input_shape}): {exc}"
+            ) from None
     return config
 
 
@@ -287,6 +299,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return EXIT_INTERRUPTED
+    except OSError as exc:
+        if exc.filename is None:
+            return _internal_error(exc, err)
+        # A file or folder the user named (or --out) that cannot be read or written.
+        err.print(f"[red]error:[/] {exc.filename}: {exc.strerror or exc}", highlight=False, soft_wrap=True)
+        return EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001 - the one place a crash of the suite itself lands
+        return _internal_error(exc, err)
+
+
+def _internal_error(exc: BaseException, err: Console) -> int:
+    """A bug in precision-suite: not a failed verdict (1), not bad input (2); its own code,
+    with the traceback (for the bug report) and one line saying so."""
+    import traceback
+
+    traceback.print_exception(exc, file=sys.stderr)
+    err.print(
+        f"[red]internal error[/] (a bug in precision-suite; please report it with the traceback above): "
+        f"{type(exc).__name__}: {exc}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -383,6 +383,16 @@ def divergence_horizon(curve: np.ndarray, perturbed: np.ndarray, rtol: float) ->
     return int(np.argmax(bad)) if bad.any() else None
 
 
+def _optimizer_rules(records: Any) -> str:
+    """Whose optimizer update rules a row's jobs ran: the backend option ``optimizer_rules``
+    where the backend has one (tf-keras), else torch's (every built-in backend's default)."""
+    for record in records:
+        options = (record.get("config") or {}).get("options") or {}
+        if options.get("optimizer_rules"):
+            return str(options["optimizer_rules"])
+    return "torch"
+
+
 def _cross_framework_verdicts(
     group: Group,
     by_row: dict[tuple[str, str], list[dict[str, Any]]],
@@ -417,6 +427,16 @@ def _cross_framework_verdicts(
         subject = f"{group.key} {reference.label} vs {other.label}"
         ref_records = {r["seed"]: r for r in by_row[(reference.backend, reference.policy)]}
         other_records = {r["seed"]: r for r in by_row[(other.backend, other.policy)]}
+        rules = (_optimizer_rules(ref_records.values()), _optimizer_rules(other_records.values()))
+        if rules[0] != rules[1]:
+            # e.g. tf-keras with optimizer_rules: keras (stock Keras Adam places ε differently):
+            # the curves are not meant to agree, so neither agreement nor failure is claimed.
+            detail = (
+                f"different optimizer rules ({reference.label}: {rules[0]}, {other.label}: {rules[1]}); "
+                "per-step losses are not expected to match"
+            )
+            verdicts.append(Verdict("cross-framework", subject, NOT_COMPARABLE, detail))
+            continue
         shared = sorted(set(ref_records) & set(other_records))
         if not shared:
             verdicts.append(Verdict("cross-framework", subject, NOT_COMPARABLE, "no seed ran in both"))

@@ -539,7 +539,20 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {_describe(raw)}")
+    if path is not None:
+        # A relative data.path in a file means "next to this file", as in every config tool.
+        _resolve_data_path(raw, Path(path).parent)
     if overrides:
         raw = apply_overrides(raw, overrides)
         source = f"{source} (with --set)"
+        _resolve_data_path(raw, Path.cwd())  # typed on the command line: relative to the cwd
     return validate(raw, source)
+
+
+def _resolve_data_path(raw: dict[str, Any], base: Path) -> None:
+    """Make a relative ``data.path`` absolute against ``base`` (in place), so the resolved
+    config a run saves and its workers read means the same file from any directory."""
+    data = raw.get("data")
+    value = data.get("path") if isinstance(data, dict) else None
+    if isinstance(value, str) and value and not value.startswith("~") and not Path(value).is_absolute():
+        data["path"] = str((base / value).absolute())

@@ -22,6 +22,7 @@ import struct
 import tarfile
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,11 @@ def load_synthetic_dataset(cfg: DataConfig) -> Dataset:
 
 
 # ---------------------------------------------------------------- validation
+def _count(n: int, noun: str) -> str:
+    """``1 row``, ``3 rows``, ``2 classes``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('s') else 's'}"
+
+
 def _check_features(x: np.ndarray, key: str, source: str) -> np.ndarray:
     if x.size == 0:
         raise DataError(f"{source}: {key} is empty (shape {x.shape})")
@@ -151,7 +157,8 @@ def _check_features(x: np.ndarray, key: str, source: str) -> np.ndarray:
         bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
         if bad.any():
             raise DataError(
-                f"{source}: {key} has NaN or inf values in {int(bad.sum())} rows (first at row {int(np.argmax(bad))})"
+                f"{source}: {key} has NaN or inf values in {_count(int(bad.sum()), 'row')} "
+                f"(first at row {int(np.argmax(bad))})"
             )
     return x
 
@@ -168,14 +175,37 @@ def _check_labels(y: np.ndarray, key: str, n_rows: int, source: str) -> np.ndarr
         raise DataError(f"{source}: {key} has dtype {y.dtype}; expected integer class labels (e.g. y.astype(np.int64))")
     if len(y) != n_rows:
         x_key = key.replace("y_", "x_")
-        raise DataError(f"{source}: {key} has {len(y)} labels but {x_key} has {n_rows} rows")
+        raise DataError(f"{source}: {key} has {_count(len(y), 'label')} but {x_key} has {_count(n_rows, 'row')}")
     if len(y) and y.min() < 0:
         row = int(np.argmax(y < 0))
         raise DataError(
             f"{source}: {key} has negative label {int(y[row])} (row {row}); labels must be "
             "class indices 0..num_classes-1"
         )
+    if len(y) and y.max() > np.iinfo(np.int64).max:
+        # Checked before the cast: a uint64 label >= 2^63 would become negative in int64.
+        row = int(np.argmax(y > np.iinfo(np.int64).max))
+        raise DataError(
+            f"{source}: {key} has label {int(y[row])} (row {row}), beyond any class index; labels must be "
+            "class indices 0..num_classes-1"
+        )
     return y.astype(np.int64)
+
+
+def _inferred_num_classes(y_train: np.ndarray, source: str) -> int:
+    """max(y_train) + 1, unless that is implausible for the data: more classes than training
+    rows, or most classes with no training row (a sentinel label like 2147483647 or a stray 999
+    would otherwise build a huge head, or run out of memory on the one-hot)."""
+    num_classes = int(y_train.max()) + 1
+    present = len(np.unique(y_train))
+    if num_classes > len(y_train) or present < num_classes / 2:
+        raise DataError(
+            f"{source}: y_train's largest label is {num_classes - 1}, so the inferred class count would be "
+            f"{num_classes}, but only {_count(present, 'class')} occur in {_count(len(y_train), 'training row')}; "
+            "fix the stray labels, or, if you mean it, declare num_classes in the file "
+            "(np.savez(path, ..., num_classes=K))"
+        )
+    return num_classes
 
 
 def validate_arrays(
@@ -216,7 +246,7 @@ def validate_arrays(
         )
     declared = num_classes is not None
     if num_classes is None:
-        num_classes = int(ys["train"].max()) + 1
+        num_classes = _inferred_num_classes(ys["train"], source)
     if num_classes < 2:
         raise DataError(f"{source}: y_train has a single class; need at least two")
     for split in ("train", "test"):
@@ -230,19 +260,50 @@ def validate_arrays(
     return xs["train"], ys["train"], xs["test"], ys["test"], num_classes
 
 
+_NPZ_HOWTO = "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+
+
+def _what_file_is(head: bytes) -> str:
+    """What a file that is not an .npz archive looks like, from its first bytes."""
+    if not head:
+        return "an empty file"
+    if head.startswith(b"\x93NUMPY"):
+        return "a single .npy array (np.save), not an .npz archive"
+    if head.startswith(b"\x80"):
+        return "a Python pickle, not an .npz archive"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"not an .npz archive (a zip of .npy arrays); it starts with bytes {head[:8]!r}"
+    first_line = text.splitlines()[0] if text.splitlines() else text
+    kind = "a CSV text file" if "," in first_line or "\t" in first_line else "a text file"
+    shown = first_line if len(first_line) <= 40 else first_line[:37] + "..."
+    return f"{kind} (first line {shown!r}), not an .npz archive"
+
+
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; expected an .npz file written by {_NPZ_HOWTO}")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    if not head.startswith(b"PK"):  # every zip archive (so every .npz) starts with "PK"
+        raise DataError(f"{path}: is {_what_file_is(head)}; write one with {_NPZ_HOWTO}")
+    member = None
+    try:
         with np.load(path, allow_pickle=False) as npz:
-            if not hasattr(npz, "files"):
-                raise DataError(f"{path}: is a single .npy array, not an .npz archive")
-            return {key: npz[key] for key in npz.files}
-    except DataError:
-        raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            arrays = {}
+            for member in npz.files:
+                arrays[member] = npz[member]
+            return arrays
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{path}: not a readable .npz file ({reason})") from None
+        where = f"member {member!r}: " if member is not None else ""
+        raise DataError(f"{path}: not a readable .npz file ({where}{reason})") from None
 
 
 def _npz_num_classes(arrays: dict[str, np.ndarray], source: str) -> int | None:

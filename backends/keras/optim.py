@@ -138,6 +138,12 @@ class TorchStyleAdam(TorchStyleClipping, keras.optimizers.Adam):
         return terms
 
 
+def _learning_rate(cfg: OptimizerConfig, schedule: LrScheduleConfig, total_steps: int) -> Any:
+    # A constant lr is a plain float: a schedule object would add ops to every step.
+    constant = schedule.name == "constant" and not schedule.warmup_steps
+    return float(cfg.lr) if constant else TorchStyleLrSchedule(cfg.lr, schedule, total_steps)
+
+
 def build_optimizer(
     cfg: OptimizerConfig,
     schedule: LrScheduleConfig,
@@ -145,9 +151,7 @@ def build_optimizer(
     clip_norm: float | None,
 ) -> keras.optimizers.Optimizer:
     """The Keras optimizer for ``train.optimizer`` with torch's semantics (see module doc)."""
-    # A constant lr is a plain float: a schedule object would add ops to every step.
-    constant = schedule.name == "constant" and not schedule.warmup_steps
-    lr = float(cfg.lr) if constant else TorchStyleLrSchedule(cfg.lr, schedule, total_steps)
+    lr = _learning_rate(cfg, schedule, total_steps)
     if cfg.name == "sgd":
         return TorchStyleSGD(l2=cfg.weight_decay, clip_norm=clip_norm, learning_rate=lr, momentum=cfg.momentum)
     if cfg.name in ("adam", "adamw"):
@@ -161,3 +165,33 @@ def build_optimizer(
             epsilon=cfg.eps,
         )
     raise ValueError(f"train.optimizer.name: unknown optimizer {cfg.name!r}; known: sgd, adam, adamw")
+
+
+def build_stock_optimizer(
+    cfg: OptimizerConfig,
+    schedule: LrScheduleConfig,
+    total_steps: int,
+    clip_norm: float | None,
+) -> keras.optimizers.Optimizer:
+    """Keras' own ``SGD`` / ``Adam`` / ``AdamW`` with the config's hyperparameters: what a Keras
+    user's ``model.fit`` runs (``optimizer_rules: keras``). Keras' formulas throughout: momentum
+    as a velocity, ε added to sqrt(v) before bias correction, decoupled ``weight_decay`` for all
+    three, ``global_clipnorm`` clipping. The lr schedule is still the suite's (it is not an
+    optimizer rule)."""
+    common: dict[str, Any] = {
+        "learning_rate": _learning_rate(cfg, schedule, total_steps),
+        "global_clipnorm": clip_norm,
+        "weight_decay": cfg.weight_decay or None,
+    }
+    if cfg.name == "sgd":
+        return keras.optimizers.SGD(momentum=cfg.momentum, **common)
+    adam_args = {"beta_1": cfg.betas[0], "beta_2": cfg.betas[1], "epsilon": cfg.eps}
+    if cfg.name == "adam":
+        return keras.optimizers.Adam(**adam_args, **common)
+    if cfg.name == "adamw":
+        return keras.optimizers.AdamW(**adam_args, **{**common, "weight_decay": cfg.weight_decay})
+    raise ValueError(f"train.optimizer.name: unknown optimizer {cfg.name!r}; known: sgd, adam, adamw")
+
+
+# ``optimizer_rules`` option of tf-keras → builder.
+OPTIMIZER_RULES = {"torch": build_optimizer, "keras": build_stock_optimizer}

@@ -24,7 +24,8 @@ Loss scaling (fp16-mixed) from ``job.loss_scale``:
   gradient; GradScaler (and ``backends/reference/loss_scale.py``) skips it, so the step skips too.
 * disabled, or any other policy: no scaling, scale 1.0, nothing skipped.
 
-Optimizers follow torch's update rules (``backends/keras/optim.py``).
+Optimizers follow torch's update rules (``backends/keras/optim.py``) unless the option
+``optimizer_rules: keras`` asks for stock Keras optimizers (what ``model.fit`` runs).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import importlib.metadata
 import importlib.util
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from precision_suite.backends.base import (
@@ -71,6 +72,9 @@ class TfKerasOptions(BaseModel):
     jit_compile: bool = False
     # tf.config.experimental.enable_op_determinism; None follows runner.deterministic.
     deterministic: bool | None = None
+    # Whose optimizer update rules: torch's (fp32 curves match PyTorch; backends/keras/optim.py)
+    # or stock Keras' (what model.fit runs; the cross-framework verdict is then n/a).
+    optimizer_rules: Literal["torch", "keras"] = "torch"
 
 
 def _import_tf() -> tuple[Any, Any]:
@@ -140,7 +144,7 @@ class TfKerasBackend(Backend):
             raise ValueError(problem)
         tf, keras = _import_tf()
         from precision_suite.backends.keras.models import build_keras_model
-        from precision_suite.backends.keras.optim import build_optimizer
+        from precision_suite.backends.keras.optim import OPTIMIZER_RULES
         from precision_suite.data import plan_steps
         from precision_suite.models import prepare_inputs
 
@@ -172,6 +176,7 @@ class TfKerasBackend(Backend):
             )
             train = job.train
             total_steps = plan_steps(len(data.y_train), train.batch_size, train.epochs, train.steps)
+            build_optimizer = OPTIMIZER_RULES[self.options.optimizer_rules]
             inner = build_optimizer(train.optimizer, train.lr_schedule, total_steps, train.grad_clip_norm)
             ls = job.loss_scale
             if self.loss_mode == "dynamic":
@@ -419,6 +424,7 @@ class TfKerasBackend(Backend):
             "cudnn_version": build.get("cudnn_version"),
             "tf32": tf.config.experimental.tensor_float_32_execution_enabled(),
             "jit_compile": self.options.jit_compile,
+            "optimizer_rules": self.options.optimizer_rules,
             "op_determinism": tf_config.is_op_determinism_enabled(),
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),

@@ -38,7 +38,7 @@ class TorchAmpBackend(TorchBackendBase):
     Options = TorchAmpOptions
 
     @property
-    def _fused(self) -> bool:
+    def _wants_fused(self) -> bool:
         return bool(self.options.fused)
 
     def _build(self) -> None:
@@ -61,11 +61,6 @@ class TorchAmpBackend(TorchBackendBase):
         self.opt_params = list(self.model.parameters())
         self.optimizer = self._make_optimizer()
         self.autocast_enabled = self.policy.compute_dtype != "float32"
-
-    def _make_optimizer(self) -> Any:
-        from precision_suite.backends.torch.base import build_optimizer
-
-        return build_optimizer(self.opt_params, self.job, fused=self._fused)
 
     def _forward(self, x: Any) -> Any:
         import torch

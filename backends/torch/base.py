@@ -7,10 +7,13 @@ torch); every method imports it where it needs it.
 
 The lr schedule and skipped steps. ``backends/reference/lr_schedule.py``'s formula is indexed by *applied*
 optimizer steps: a step skipped for overflow does not advance it. Where the skip decision is
-made on the device (a fused optimizer given ``found_inf``: torch-manual always, torch-amp with
-``fused: true``), the lr is a 0-d device tensor every param group points at, filled before each
-step from a precomputed device table indexed by an on-device applied-step counter; the counter
-advances by ``found_inf == 0``. No value crosses to the host. Where torch decides on the host
+made on the device (a fused optimizer given ``found_inf``: torch-manual and torch-amp with
+``fused: true``, where ``backends/torch/optim.py`` finds the kernel right), an on-device counter
+advances by ``found_inf == 0``; a non-constant lr is then a 0-d device tensor every param group
+points at, filled before each step from a precomputed device table indexed by that counter.
+No value crosses to the host. The table is float64 where the kernel takes it, so the lr is
+exactly the configured double (a float32 table made 1e-3 into 1.0000000475e-3); a constant lr
+stays the Python float, on any device. Where torch decides on the host
 (``GradScaler.step`` with a non-fused optimizer reads ``found_inf`` with ``.item()`` and calls
 ``optimizer.step()`` only for a clean step), a step post-hook counts the calls that really ran
 and the lr is a Python float; that adds no sync of our own.
@@ -19,7 +22,7 @@ and the lr is a Python float; that adds no sync of our own.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from precision_suite.backends.base import (
@@ -37,6 +40,7 @@ from precision_suite.measure import cpu_info
 
 if TYPE_CHECKING:
     import torch
+    from precision_suite.backends.torch.optim import OptimizerImpl
     from precision_suite.data import Dataset
     from precision_suite.jobs import Job
 
@@ -84,25 +88,23 @@ def from_plain(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------- optimizer and schedule
-def build_optimizer(params: list[Any], job: Job, fused: bool) -> torch.optim.Optimizer:
+def build_optimizer(params: list[Any], job: Job, impl: OptimizerImpl) -> torch.optim.Optimizer:
     """torch semantics: sgd/adam ``weight_decay`` is L2 added to the gradient, adamw decays
-    the weights directly."""
+    the weights directly. ``impl`` (``backends/torch/optim.py``'s ``choose_impl``) says which
+    implementation: never a fused kernel that the probe found wrong for these parameters."""
     import torch
+    from precision_suite.backends.torch.optim import build_torch_optimizer
 
     cfg = job.train.optimizer
-    kwargs: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
-    kwargs["fused" if fused else "foreach"] = True if fused else None
-    if cfg.name == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(params, momentum=cfg.momentum, **kwargs)
-        if cfg.momentum:
-            # Buffers exist from the start: a fused SGD whose first step is skipped would
-            # otherwise keep uninitialised buffers (it allocates them empty and the kernel
-            # returns early); zeros give the same first update (buf = 0·m + g = g).
-            for p in params:
-                opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
-        return opt
-    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.name]
-    return cls(params, betas=tuple(cfg.betas), eps=cfg.eps, **kwargs)
+    flag = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[impl.name]
+    opt = build_torch_optimizer(params, cfg, cfg.lr, **flag)
+    if cfg.name == "sgd" and cfg.momentum:
+        # Buffers exist from the start: a fused SGD whose first step is skipped would
+        # otherwise keep uninitialised buffers (it allocates them empty and the kernel
+        # returns early); zeros give the same first update (buf = 0·m + g = g).
+        for p in params:
+            opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
+    return opt
 
 
 class LrSchedule:
@@ -110,26 +112,36 @@ class LrSchedule:
 
     def __init__(self, optimizer: Any, job: Job, total_steps: int, device: Any, on_device: bool) -> None:
         import torch
+        from precision_suite.backends.torch.optim import device_lr_dtype
 
         self.optimizer = optimizer
         self.on_device = on_device
         self.table_host = lr_table(job.train.optimizer.lr, job.train.lr_schedule, total_steps)
         self.constant = len(set(self.table_host)) == 1
+        self.on_device = on_device
+        self.lr_dtype = "python float"
         if on_device:
-            self.table = torch.tensor(self.table_host, dtype=torch.float32, device=device)
-            self.lr = self.table[0].clone()
             self.applied = torch.zeros((), dtype=torch.int64, device=device)
-            self.attach()
         else:
             self.applied_host = 0
             optimizer.register_step_post_hook(self._count)
+        # A constant lr stays the Python float every group was built with: exactly what a
+        # textbook loop passes, on any device, with nothing to follow on the device.
+        if on_device and not self.constant:
+            # float64 where the fused kernel takes it (it then reads the same double a Python
+            # float gives); a float32 table would turn 1e-3 into 1.0000000475e-3.
+            dtype = device_lr_dtype(optimizer, device)
+            self.lr_dtype = f"{dtype_name(dtype)} tensor"
+            self.table = torch.tensor(self.table_host, dtype=dtype, device=device)
+            self.lr = self.table[0].clone()
+            self.attach()
 
     def _count(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.applied_host += 1
 
     def attach(self) -> None:
         """Point every param group at the device lr (again after ``load_state_dict``)."""
-        if self.on_device:
+        if self.on_device and not self.constant:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr
 
@@ -231,7 +243,6 @@ class TorchBackendBase(Backend):
     ``_forward`` (logits under the policy's compute precision) and ``train_step``."""
 
     framework = "torch"
-    uses_fused_optimizer: ClassVar[bool] = True
 
     @staticmethod
     def is_available():
@@ -326,8 +337,20 @@ class TorchBackendBase(Backend):
 
     # -------------------------------------------------- subclass hooks
     @property
-    def _fused(self) -> bool:
+    def _wants_fused(self) -> bool:
+        """Whether this backend asks for the fused optimizer kernel (its skip decision then
+        stays on the device); ``choose_impl`` grants it only where the kernel is right."""
         return True
+
+    @property
+    def _fused(self) -> bool:
+        return self.optimizer_impl.fused
+
+    def _make_optimizer(self) -> Any:
+        from precision_suite.backends.torch.optim import choose_impl
+
+        self.optimizer_impl = choose_impl(self.opt_params, self.job.train.optimizer, self._wants_fused)
+        return build_optimizer(self.opt_params, self.job, self.optimizer_impl)
 
     def _build(self) -> None:
         """Turn ``self.model`` (fp32, on the device) into the policy's model; set
@@ -472,7 +495,9 @@ class TorchBackendBase(Backend):
             "tf32_cudnn": torch.backends.cudnn.allow_tf32,
             "cudnn_deterministic": torch.backends.cudnn.deterministic,
             "compile": bool(getattr(self.options, "compile", False)),
-            "fused_optimizer": self._fused,
+            "optimizer_impl": self.optimizer_impl.name,
+            "optimizer_impl_reason": self.optimizer_impl.reason,
+            "lr_dtype": self.schedule.lr_dtype,
             "threads": torch.get_num_threads(),
             "interop_threads": torch.get_num_interop_threads(),
         }

@@ -2,7 +2,8 @@
 
 * A half-precision working copy of the model (fp16 or bf16); BatchNorm/LayerNorm keep fp32
   weights and compute in fp32 (their input is upcast, their output cast back).
-* ``-mixed``: fp32 master weights owned by the optimizer. Each micro-batch's half gradients are
+* ``-mixed``: fp32 master weights owned by the optimizer, starting from the exact fp32 initial
+  weights (the working copy is made from them, never the other way round). Each micro-batch's half gradients are
   added into fp32 master gradients; after the step the master is copied (rounded) into the
   working copy, so the working copy always equals ``master.to(half)``.
 * ``-pure``: no master copy; the optimizer updates the half weights themselves (kept to show
@@ -12,8 +13,11 @@
   inf/NaN and unscales (by 1/scale computed in float64, as GradScaler does),
   ``torch._amp_update_scale_`` moves the scale. The skip happens on the device too: the fused
   optimizer kernel receives ``found_inf`` and leaves parameters and state untouched, so
-  ``train_step`` never syncs with the host. Static scale (``dynamic: false``) never updates;
-  ``enabled: false`` or a bf16 policy uses a no-op scaler with the same methods.
+  ``train_step`` never syncs with the host. Where the fused kernel is wrong for the parameters
+  (``backends/torch/optim.py`` probes it: torch 2.13's CPU SGD on half weights), the non-fused
+  optimizer runs and the skip flag is read on the host, as GradScaler does. Static scale
+  (``dynamic: false``) never updates; ``enabled: false`` or a bf16 policy uses a no-op scaler
+  with the same methods.
 """
 
 from __future__ import annotations
@@ -108,9 +112,11 @@ class TorchManualBackend(TorchBackendBase):
 
     def _build(self) -> None:
         import torch
-        from precision_suite.backends.torch.base import build_optimizer
 
         half = self.compute_dtype
+        # The exact fp32 initial weights, taken before any cast: the master copy starts from
+        # them (as torch-amp's and Keras' weights do), and the working copy is made from it.
+        init_fp32 = [p.detach().clone() for p in self.model.parameters()]
         self.model.to(half)
         for module in self.model.modules():
             if _is_norm(module):
@@ -119,15 +125,18 @@ class TorchManualBackend(TorchBackendBase):
                 module.register_forward_pre_hook(lambda m, args: (args[0].float(),))
                 module.register_forward_hook(lambda m, args, out: out.to(half))
         self.working = list(self.model.parameters())
+        with torch.no_grad():
+            # Norm parameters (fp32) get the init unrounded; the rest its one rounding to half.
+            torch._foreach_copy_(self.working, init_fp32)
         if self.policy.master_weights:
-            self.master = [p.detach().float().clone() for p in self.working]
+            self.master = init_fp32
             for m in self.master:
                 m.grad = torch.zeros_like(m)
             self.opt_params = self.master
         else:
             self.master = []
             self.opt_params = self.working
-        self.optimizer = build_optimizer(self.opt_params, self.job, fused=True)
+        self.optimizer = self._make_optimizer()
         ls = self.job.loss_scale
         self.scaler: DeviceLossScaler | NoLossScaler = (
             NoLossScaler(self.device) if self.job.loss_scaling_mode == "none" else DeviceLossScaler(ls, self.device)
@@ -169,9 +178,7 @@ class TorchManualBackend(TorchBackendBase):
             torch.nn.utils.clip_grad_norm_(self.opt_params, self.job.train.grad_clip_norm, foreach=True)
         scale_used = self.scaler.scale.clone()
         self.schedule.before_step()
-        self.optimizer.found_inf = found_inf
-        self.optimizer.step()
-        del self.optimizer.found_inf
+        self._optimizer_step(found_inf)
         self.scaler.update(found_inf)
         self.schedule.after_step(found_inf)
         if self.master:
@@ -181,6 +188,17 @@ class TorchManualBackend(TorchBackendBase):
         else:
             self.optimizer.zero_grad(set_to_none=True)
         self.telemetry.record(loss_sum, scale_used, found_inf)
+
+    def _optimizer_step(self, found_inf: Any) -> None:
+        if self._fused:
+            # The kernel reads found_inf and leaves parameters and state untouched on overflow.
+            self.optimizer.found_inf = found_inf
+            self.optimizer.step()
+            del self.optimizer.found_inf
+        elif not float(found_inf):
+            # A non-fused optimizer cannot skip on the device: read the flag on the host, as
+            # GradScaler.step does for one (free on the CPU, where the fused kernel is refused).
+            self.optimizer.step()
 
     def _extra_state(self) -> dict[str, Any]:
         from precision_suite.backends.torch.base import to_plain

@@ -35,7 +35,16 @@ class OverflowInjector:
         self.flag.fill_(float("inf") if step in self.steps else 0.0)
 
 
-def resume_spec(backend: str, policy: str, loss_scale: dict, overflow: list[int], k: int, n: int) -> dict:
+def resume_spec(
+    backend: str,
+    policy: str,
+    loss_scale: dict,
+    overflow: list[int],
+    k: int,
+    n: int,
+    train: dict[str, Any] | None = None,
+) -> dict:
+    """``train``: overrides of the job's train section (e.g. another optimizer)."""
     return {
         "backend": backend,
         "policy": policy,
@@ -43,6 +52,7 @@ def resume_spec(backend: str, policy: str, loss_scale: dict, overflow: list[int]
         "overflow": overflow,
         "k": k,
         "n": n,
+        "train": train or {},
     }
 
 
@@ -50,7 +60,7 @@ def job_of(spec: dict) -> Job:
     return make_job(
         spec["backend"],
         spec["policy"],
-        train={"steps": spec["n"], "grad_clip_norm": 1.0},
+        train={"steps": spec["n"], "grad_clip_norm": 1.0, **spec["train"]},
         loss_scale=spec["loss_scale"],
     )
 

@@ -47,18 +47,15 @@ def test_bad_input_exits_2_with_one_line_and_no_traceback(tmp_path, args, expect
     assert not (tmp_path / "run").exists(), "nothing may run on a bad config"
 
 
+def _smoke_run(out, *overrides: str) -> subprocess.CompletedProcess:
+    """``precision-suite run configs/smoke.yaml --out OUT --set O1 ...`` in a subprocess."""
+    sets = [arg for override in overrides for arg in ("--set", override)]
+    return _cli("run", "configs/smoke.yaml", "--out", str(out), *sets)
+
+
 def test_missing_data_file_exits_2_before_any_job(tmp_path):
     out = tmp_path / "run"
-    result = _cli(
-        "run",
-        "configs/smoke.yaml",
-        "--out",
-        str(out),
-        "--set",
-        "data.name=npz",
-        "--set",
-        f"data.path={tmp_path / 'nope.npz'}",
-    )
+    result = _smoke_run(out, "data.name=npz", f"data.path={tmp_path / 'nope.npz'}")
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: configs/smoke.yaml: data: {tmp_path / 'nope.npz'}: no such file"
     assert not out.exists()
@@ -194,3 +191,49 @@ def test_third_party_backend_installed_with_pip_is_listed_and_runs(tmp_path, mon
         ]
     finally:
         registry.cache_clear()
+
+
+def test_internal_crash_has_its_own_exit_code(monkeypatch, capsys):
+    import precision_suite.cli as cli
+
+    def crash(args, console):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(cli.COMMANDS, "list", crash)
+    assert main(["list"]) == cli.EXIT_INTERNAL == 4
+    err = capsys.readouterr().err
+    assert "Traceback" in err  # for the bug report: this is not a user error
+    assert err.strip().splitlines()[-1].startswith("internal error (a bug in precision-suite")
+    assert "RuntimeError: boom" in err.strip().splitlines()[-1]
+    assert "\n  4    internal error" in cli.__doc__
+
+
+def test_unwritable_out_dir_is_a_usage_error_without_traceback(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = _smoke_run(blocker / "run")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"error: {blocker / 'run'}: Not a directory"
+
+
+@pytest.mark.parametrize("model", ["cnn", "transformer"])
+def test_model_that_cannot_take_the_data_shape_exits_2_before_any_job(tmp_path, model):
+    out = tmp_path / "run"
+    result = _smoke_run(out, f"models=[{model}]", "data={name: synthetic, synthetic: {shape: [64]}}")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"error: configs/smoke.yaml: models.0 ({model}) does not fit data synthetic "
+        f"(rows of shape (64,)): {model} needs image inputs (C, H, W), got shape (64,)"
+    )
+    assert not out.exists()
+
+
+def test_help_lists_every_exit_code(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for code in ("0", "1", "2", "3", "4", "130"):
+        assert f"\n  {code} " in out
+    assert "internal error" in out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from precision_suite.config import ConfigError, SuiteConfig, load_config
 
@@ -104,3 +106,34 @@ def test_renamed_timing_warmup_key_still_reads_with_a_notice(tmp_path):
     assert load_config(None).notices == []
     with pytest.raises(ConfigError, match="give only train.timing_warmup_steps"):
         load_config(path, ["train.timing_warmup_steps=3"])
+
+
+def test_relative_data_path_is_next_to_the_config_file_but_set_is_cwd_relative(tmp_path, monkeypatch):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    path = folder / "x.yaml"
+    path.write_text("data: {name: npz, path: data/user.npz}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert load_config(path).data.path == str(folder / "data" / "user.npz")
+    # The same relative path typed with --set means the current directory, as any shell path.
+    assert load_config(path, ["data.path=mine.npz"]).data.path == str(elsewhere / "mine.npz")
+    # Absolute and ~ paths are left alone; a relative config path is resolved all the same.
+    assert load_config(path, ["data.path=/abs/user.npz"]).data.path == "/abs/user.npz"
+    assert load_config(path, ["data.path=~/user.npz"]).data.path == "~/user.npz"
+    monkeypatch.chdir(tmp_path)
+    assert load_config("project/x.yaml").data.path == str(folder / "data" / "user.npz")
+
+
+def test_parity_tolerance_has_one_default_and_the_readme_states_it():
+    from pathlib import Path
+
+    from precision_suite.config import ParityConfig
+
+    default = ParityConfig().tolerance_pts
+    assert load_config(None).parity.tolerance_pts == default  # the packaged config does not override it
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    stated = {float(x) for x in re.findall(r"tolerance ±([0-9.]+) pt", readme)}
+    assert stated == {default}
+    assert f"`tolerance_pts` (accuracy points, default {default:.1f})" in readme

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import io
 import pickle
+import re
 import struct
 import tarfile
 import urllib.error
@@ -179,8 +180,8 @@ MALFORMED = {
         r"y_train has shape \(12, 3\).*one-hot",
     ),
     "label count": (_with(y_test=np.array([0, 1, 2])), r"y_test has 3 labels but x_test has 6 rows"),
-    "NaN in features": (_with(x_train=_NAN), r"x_train has NaN or inf values in 1 rows \(first at row 4\)"),
-    "inf in features": (_with(x_test=_INF), r"x_test has NaN or inf values in 1 rows \(first at row 2\)"),
+    "NaN in features": (_with(x_train=_NAN), r"x_train has NaN or inf values in 1 row \(first at row 4\)"),
+    "inf in features": (_with(x_test=_INF), r"x_test has NaN or inf values in 1 row \(first at row 2\)"),
     "shapes differ": (
         _with(x_test=np.zeros((6, 1, 5, 5), np.float32)),
         r"x_train rows have shape \(1, 4, 4\) but x_test rows \(1, 5, 5\)",
@@ -213,12 +214,101 @@ def test_npz_that_is_not_there_or_not_an_npz(tmp_path):
         load_dataset(DataConfig(name="npz", path=str(tmp_path / "nope.npz")))
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip at all")
-    with pytest.raises(DataError, match=r"junk.npz: not a readable .npz file"):
+    with pytest.raises(DataError, match=r"junk.npz: is a text file \(first line 'not a zip at all'\)"):
         load_dataset(DataConfig(name="npz", path=str(junk)))
     objects = tmp_path / "objects.npz"
     np.savez(objects, **{**_arrays(), "y_train": np.array([0, "a"] * 6, dtype=object)})
-    with pytest.raises(DataError, match=r"objects.npz: not a readable .npz file"):
+    with pytest.raises(DataError, match=r"objects.npz: not a readable .npz file \(member 'y_train': "):
         load_dataset(DataConfig(name="npz", path=str(objects)))
+
+
+def _npy_renamed(tmp_path: Path) -> Path:
+    path = tmp_path / "array.npy"
+    np.save(path, _arrays()["x_train"])
+    return path.rename(tmp_path / "user.npz")
+
+
+def _damaged_compressed(tmp_path: Path) -> Path:
+    """``np.savez_compressed`` with bytes inside the first member's deflate stream flipped."""
+    import zipfile
+
+    path = tmp_path / "user.npz"
+    np.savez_compressed(path, **_arrays(n_train=200))
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        first = archive.infolist()[0]
+    start = first.header_offset + 30 + len(first.filename.encode()) + len(first.extra)
+    for i in range(start + 16, start + 48):
+        raw[i] ^= 0x5A
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def _labels(tmp_path: Path, y_train: np.ndarray) -> Path:
+    return _npz(tmp_path, {**_arrays(n_train=len(y_train)), "y_train": y_train})
+
+
+def _csv(tmp_path: Path) -> Path:
+    path = tmp_path / "user.npz"
+    path.write_text("x0,x1,x2,label\n0.1,0.2,0.3,1\n")
+    return path
+
+
+def _directory(tmp_path: Path) -> Path:
+    path = tmp_path / "user.npz"
+    path.mkdir()
+    return path
+
+
+# Inputs that used to crash with a traceback, or run silently on wrong labels: each must be a
+# one-line error, exit 2, before any job runs.
+BAD_NPZ_FILES = {
+    ".npy file": (_npy_renamed, r"is a single \.npy array \(np\.save\), not an \.npz archive"),
+    "damaged compressed member": (
+        _damaged_compressed,
+        r"not a readable \.npz file \(member 'x_train': .*(decompress|CRC)",
+    ),
+    "uint64 label >= 2^63": (
+        lambda tmp: _labels(tmp, np.array([0, 1, 2] * 3 + [0, 1, 2**63 + 5], dtype=np.uint64)),
+        r"y_train has label 9223372036854775813 \(row 11\), beyond any class index",
+    ),
+    "sentinel label": (
+        lambda tmp: _labels(tmp, np.array([0, 1, 2] * 3 + [0, 1, 2147483647])),
+        r"largest label is 2147483647, so the inferred class count would be 2147483648, but only 4 classes "
+        r"occur in 12 training rows; .* declare num_classes",
+    ),
+    "stray label 999": (
+        lambda tmp: _labels(tmp, np.array([0, 1, 2, 3] * 30 + [999])),
+        r"largest label is 999, .*1000, but only 5 classes occur in 121 training rows",
+    ),
+    "CSV renamed .npz": (_csv, r"is a CSV text file \(first line 'x0,x1,x2,label'\), not an \.npz archive"),
+    "directory": (_directory, r"is a directory; expected an \.npz file written by np\.savez"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_NPZ_FILES))
+def test_bad_npz_file_exits_2_with_one_line_and_runs_nothing(tmp_path, capsys, case):
+    from precision_suite.cli import main
+
+    make, message = BAD_NPZ_FILES[case]
+    path = make(tmp_path)
+    out = tmp_path / "run"
+    smoke = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
+    code = main(["run", str(smoke), "--out", str(out), "--set", "data.name=npz", "--set", f"data.path={path}"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"error: {smoke}"), lines[0]
+    assert f"data: {path}:" in lines[0]
+    assert re.search(message, lines[0]), lines[0]
+    assert not out.exists(), "nothing may run on bad data"
+
+
+def test_declared_num_classes_allows_what_inference_refuses(tmp_path):
+    y_train = np.array([0, 1, 2, 3] * 30 + [999])
+    arrays = {**_arrays(n_train=len(y_train)), "y_train": y_train, "num_classes": np.int64(1000)}
+    assert load_dataset(DataConfig(name="npz", path=str(_npz(tmp_path, arrays)))).num_classes == 1000
 
 
 # ---------------------------------------------------------------- mnist / fashion_mnist / cifar10

@@ -199,3 +199,88 @@ def test_underflow_positive_control():
     assert unscaled["accuracy"] < 0.15
     assert scaled["loss"] < math.log(10) - 0.2
     assert scaled["accuracy"] > unscaled["accuracy"]
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("policy", ["fp16-pure", "bf16-pure"])
+def test_pure_sgd_trains_on_cpu(policy, momentum):
+    """torch 2.13's fused CPU SGD kernel never stores the update of half weights (pytorch#191763):
+    through it, 20 steps of this run change none of the weights but the head bias. The backend
+    must not use a kernel that is wrong, and must say which implementation ran."""
+    import torch
+    from precision_suite.config import DataConfig
+    from precision_suite.data import load_dataset
+
+    data = load_dataset(DataConfig())
+    train = {"steps": 20, "batch_size": 64, "optimizer": {"name": "sgd", "lr": 1e-2, "momentum": momentum}}
+    job = make_job(BACKEND, policy, model=MlpConfig(hidden=[128, 64]), train=train)
+    backend = make_backend(job, data)
+    before = [p.detach().clone() for p in backend.model.parameters()]
+    run(backend, plan(job, data))
+    changed = [(p.detach() != b) for p, b in zip(backend.model.parameters(), before, strict=True)]
+    share = sum(int(c.sum()) for c in changed) / sum(c.numel() for c in changed)
+    assert share > 0.4
+    assert min(float(c.float().mean()) for c in changed) > 0.3  # every tensor trains, not just one
+    env = backend.environment()
+    assert env["optimizer_impl"] in ("fused", "foreach", "for-loop")
+    assert env["optimizer_impl_reason"]
+    assert env["lr_dtype"] == "python float"
+    half = torch.float16 if policy == "fp16-pure" else torch.bfloat16
+    assert all(p.dtype == half for p in backend.working)  # an mlp has no fp32 norm parameters
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_fused_probe_agrees_with_a_direct_check_of_the_kernel(dtype, device):
+    """The probe's verdict on the fused SGD kernel equals what the issue's reproduction shows
+    (an SGD step that changes almost every weight), whatever the torch version."""
+    import torch
+    from precision_suite.backends.torch.optim import fused_kernel_ok
+    from precision_suite.config import OptimizerConfig
+
+    torch_dtype = getattr(torch, dtype)
+    gen = torch.Generator().manual_seed(0)
+    p = torch.randn(128, 64, generator=gen).to(torch_dtype).to(device).requires_grad_()
+    p0 = p.detach().clone()
+    opt = torch.optim.SGD([p], lr=0.05, momentum=0.9, fused=True)
+    p.grad = torch.randn(128, 64, generator=gen).to(torch_dtype).to(device)
+    opt.step()
+    kernel_right = float((p.detach() != p0).float().mean()) > 0.9
+    ok, reason = fused_kernel_ok(OptimizerConfig(name="sgd", momentum=0.9, lr=0.05), torch_dtype, device)
+    assert ok == kernel_right, reason
+
+
+@pytest.mark.parametrize("policy", ["fp16-pure", "bf16-pure"])
+def test_pure_sgd_resume_in_new_process_is_bit_identical(tmp_path, policy):
+    spec = resume_spec(
+        BACKEND,
+        policy,
+        {"init_scale": 1024.0, "growth_interval": 3},
+        [1] if policy == "fp16-pure" else [],
+        k=4,
+        n=8,
+        train={"optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}},
+    )
+    assert_resume_matches_uninterrupted(tmp_path, spec)
+
+
+@pytest.mark.parametrize("policy", ["fp16-mixed", "bf16-mixed"])
+def test_master_weights_are_the_exact_fp32_init(policy):
+    """The master copy starts from the fp32 initial weights, not from their half rounding; the
+    working copy is their rounding, and fp32 norm parameters are the init itself."""
+    import torch
+    from precision_suite.backends.torch.models import build_torch_model
+    from precision_suite.models import init_weights
+
+    data = tiny_data()
+    job = make_job(BACKEND, policy, model=CnnConfig(channels=[4], dense=8))
+    weights = init_weights(job.model, data.input_shape, data.num_classes, job.seed)
+    reference = list(build_torch_model(job.model, data.input_shape, data.num_classes, weights).parameters())
+    backend = make_backend(job, data, weights)
+    assert len(backend.master) == len(reference)
+    half = backend.compute_dtype
+    for master, working, init in zip(backend.master, backend.working, reference, strict=True):
+        assert master.dtype == torch.float32
+        assert torch.equal(master, init.detach())
+        assert torch.equal(working.detach(), init.detach().to(working.dtype))
+    assert any(not torch.equal(init.detach().to(half).float(), init.detach()) for init in reference)
