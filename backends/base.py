@@ -200,6 +200,12 @@ class Backend(ABC):
         again. The speed phase keeps several backends of one framework alive in one process and
         times them in rotation; it calls this before each one's timed window. Default: nothing."""
 
+    def matmul_tflops(self, dtype: str, seconds: float = 0.2) -> float | None:
+        """TFLOP/s this framework sustains on one large square matrix product in ``dtype`` on
+        the job's device, measured for about ``seconds`` (after ``setup``): the rate the model's
+        achieved FLOP/s is held against in the "why no speedup" diagnostics. None: not measured."""
+        return None
+
     def reset_memory_stats(self) -> None:
         """Reset the allocator's peak counters before the measured part of the job."""
 

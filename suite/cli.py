@@ -135,11 +135,11 @@ def _report(out_dir: Path, console: Console, tolerance: float | None, write: boo
     for warning in read.warnings:
         console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     records = list(latest_by_job(read.records).values())
-    if not records:
+    if not records and not read.speed:
         raise UsageError(f"{path}: no valid records")
     from precision_suite import compare, report
 
-    comparison = compare.compare(records, tolerance_pts=tolerance)
+    comparison = compare.compare(records, tolerance_pts=tolerance, speed_records=read.speed)
     if write:
         report.render_terminal(comparison, console)
         paths = report.write_reports(out_dir, comparison, records)

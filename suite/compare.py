@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from precision_suite.backends.base import POLICY_SPECS
 from precision_suite.results import is_job_failure, latest_by_job
+from precision_suite.speed import attach_speed, speed_phases
 
 BASELINE_POLICY = "fp32"
 
@@ -89,6 +90,11 @@ class Row:
     emulated: bool = False
     emulated_reason: str = ""
     verdicts: list[Verdict] = field(default_factory=list)
+    # "paired": speedup/min/max are the speed phase's median and 95% CI (precision_suite.speed);
+    # "separate jobs": a ratio of separately timed training jobs (older results, no phase).
+    speed_source: str = ""
+    noisy_reason: str = ""  # set: the speedup is shown but never claimed (like emulated)
+    why_not_faster: list[str] = field(default_factory=list)  # precision_suite.diagnose
 
     @property
     def label(self) -> str:
@@ -148,6 +154,10 @@ class Group:
     @property
     def key(self) -> str:
         return f"{self.model}/{self.dataset}/{self.device}"
+
+    @property
+    def key_tuple(self) -> tuple[str, str, str]:
+        return self.model, self.dataset, self.device
 
 
 @dataclass
@@ -477,13 +487,18 @@ def compare(
     check_pure: bool | None = None,
     cross_framework_rtol: float | None = None,
     cross_framework_steps: int | None = None,
+    speed_records: list[dict[str, Any]] | None = None,
 ) -> Comparison:
     """Turn result records into rows, verdicts and headlines.
 
     ``tolerance_pts``, ``check_pure`` and ``cross_framework_rtol`` default to what the records'
     config recorded (``config.parity``); an explicit value overrides it. A resumed run's older
-    records of the same job are superseded by the newest.
+    records of the same job are superseded by the newest. ``speed_records`` (the speed phase's,
+    ``ReadResult.speed``) replace the rows' speedups with paired ones (``precision_suite.speed``).
     """
+    phases: dict[tuple[str, str, str], list[Any]] = defaultdict(list)
+    for phase in speed_phases(speed_records or []):
+        phases[phase.key].append(phase)
     records = list(latest_by_job([r for r in records if "job_id" in r]).values())
     unavailable = [_note(r) for r in records if r.get("status") == "unavailable"]
     failed_jobs = [_note(r) for r in records if r.get("status") in FAILURE_STATUSES]
@@ -527,6 +542,13 @@ def compare(
             cross_framework_rtol,
             cross_framework_steps,
         )
+        attach_speed(group, phases.pop(group.key_tuple, []), group_records)
+        groups.append(group)
+        headlines.extend(_headlines(group))
+    for (model, dataset, device), group_phases in sorted(phases.items()):  # speed_only: no job records
+        name = group_phases[0].environ.get("device_name") or ""
+        group = Group(model, dataset, device, name, _DEFAULT_TOLERANCE_PTS)
+        attach_speed(group, group_phases, [])
         groups.append(group)
         headlines.extend(_headlines(group))
 
@@ -641,6 +663,7 @@ def _attach_baseline(row: Row, group: Group, ok_by_row: dict[tuple[str, str], li
         if (v := _metric(r, "step_time_ms_p50")) is not None
     }
     row.speedup, row.speedup_min, row.speedup_max = speedup_stats(base_ms, row_ms)
+    row.speed_source = "separate jobs" if row.speedup is not None else ""
     # Allocator peaks and CPU accountings measure different things: no ratio across sources.
     if (
         row.peak_memory_bytes
@@ -659,6 +682,8 @@ def format_speed(row: Row) -> str:
         return "speed n/a"
     if row.emulated:
         return f"emulated ({row.speedup:.2f}×, no speed claim)"
+    if row.noisy_reason:
+        return f"noisy ({row.speedup:.2f}×, no speed claim: {row.noisy_reason})"
     if row.speedup >= 1:
         return f"{row.speedup:.1f}× faster"
     return f"{1 / row.speedup:.1f}× slower"

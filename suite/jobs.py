@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from precision_suite.config import (
     DataConfig,
@@ -37,6 +37,9 @@ class Job:
     runner: RunnerConfig
     parity: ParityConfig
     config_hash: str = ""
+    # The worker message type; ``precision_suite.speed.SpeedTask`` (a timed phase) is "speed".
+    kind: ClassVar[str] = "job"
+    is_timed_phase: ClassVar[bool] = False
 
     def to_dict(self) -> dict[str, Any]:
         return {

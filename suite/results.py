@@ -71,8 +71,11 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
 
 @dataclass
 class ReadResult:
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)  # one per training job
     warnings: list[str] = field(default_factory=list)
+    # Records of the timed speed phase (``"kind": "speed"``, precision_suite.speed); kept apart
+    # so readers of job records see only those.
+    speed: list[dict[str, Any]] = field(default_factory=list)
 
 
 def read_records(path: Path) -> ReadResult:
@@ -93,7 +96,7 @@ def read_records(path: Path) -> ReadResult:
             if not isinstance(record, dict) or "job_id" not in record or "status" not in record:
                 out.warnings.append(f"{path}: line {number}: not a result record, skipped")
                 continue
-            out.records.append(record)
+            (out.speed if record.get("kind") == "speed" else out.records).append(record)
     return out
 
 

@@ -29,6 +29,8 @@ from precision_suite.backends import get_backend_class
 from precision_suite.config import SuiteConfig
 from precision_suite.jobs import Job, expand_jobs
 from precision_suite.loop import ProgressFn, new_record
+from precision_suite.measure import available_cores
+from precision_suite.speed import SpeedTask, busy_warning, new_speed_record, speed_tasks
 from precision_suite.results import (
     RESULTS_FILE,
     append_record,
@@ -52,8 +54,9 @@ WORKER_START_TIMEOUT_S = 300.0
 
 
 def worker_environment(config: SuiteConfig) -> dict[str, str]:
-    """The same thread count for every framework (DESIGN.md measurement rules)."""
-    threads = str(config.runner.threads or os.cpu_count() or 1)
+    """The same thread count for every framework (DESIGN.md measurement rules): by default the
+    cores this process may run on."""
+    threads = str(config.runner.threads or available_cores())
     env = dict(os.environ)
     env.update(
         {
@@ -150,7 +153,7 @@ class Worker:
     def run(self, job: Job, timeout_s: float, progress: ProgressFn) -> dict[str, Any]:
         assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write((json.dumps({"type": "job", "job": job.to_dict()}) + "\n").encode())
+            self.proc.stdin.write((json.dumps({"type": job.kind, "job": job.to_dict()}) + "\n").encode())
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             raise WorkerDied(self.describe_exit()) from None
@@ -252,8 +255,8 @@ class Executor:
         return record
 
     @staticmethod
-    def _failed(job: Job, status: str, message: str) -> dict[str, Any]:
-        record = new_record(job)
+    def _failed(job: Job | SpeedTask, status: str, message: str) -> dict[str, Any]:
+        record = new_speed_record(job) if isinstance(job, SpeedTask) else new_record(job)
         record.update(status=status, error=message)
         return record
 
@@ -278,6 +281,12 @@ def save_config(config: SuiteConfig, out_dir: Path) -> None:
 def _status_line(record: dict[str, Any]) -> str:
     status = record["status"]
     metrics = record.get("metrics") or {}
+    if status == "ok" and record.get("kind") == "speed":
+        parts = [
+            f"{c['backend']} {c['policy']} {c['speedup']:.2f}×" + (" (noisy)" if c.get("noisy_reason") else "")
+            for c in record["speed"]["candidates"]
+        ]
+        return f"[green]ok[/] {record['job_id']}  " + ", ".join(parts)
     if status == "ok":
         acc = metrics.get("test_accuracy")
         ms = metrics.get("step_time_ms_p50")
@@ -290,16 +299,22 @@ def _status_line(record: dict[str, Any]) -> str:
 def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool = False) -> RunSummary:
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / RESULTS_FILE
-    jobs = expand_jobs(config, config.device)
-    summary = RunSummary(out_dir, len(jobs))
+    all_jobs = expand_jobs(config, config.device)
+    jobs = [] if config.speed.speed_only else all_jobs
+    tasks = speed_tasks(config, all_jobs) if config.speed.enabled or config.speed.speed_only else []
+    summary = RunSummary(out_dir, len(jobs) + len(tasks))
     done: set[str] = set()
     if resume:
         read = read_records(results_path)
         summary.warnings.extend(read.warnings)
-        done = {jid for jid, r in latest_by_job(read.records).items() if r["status"] == "ok"}
+        done = {jid for jid, r in latest_by_job(read.records + read.speed).items() if r["status"] == "ok"}
     save_config(config, out_dir)
-    pending = [job for job in jobs if job.job_id not in done]
-    summary.skipped_ok = len(jobs) - len(pending)
+    pending: list[Job | SpeedTask] = [job for job in [*jobs, *tasks] if job.job_id not in done]
+    summary.skipped_ok = len(jobs) + len(tasks) - len(pending)
+    if tasks and config.device != "cuda":
+        warning = busy_warning()
+        if warning:
+            console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
 
     # Backends whose framework is missing never start a worker: their jobs are recorded
     # `unavailable` with the reason.
@@ -321,7 +336,7 @@ def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool
             task = progress.add_task("starting", total=len(pending))
             for job in pending:
                 progress.update(task, description=job.job_id)
-                available = availability[job.backend]
+                available = availability[job.jobs[0].backend if isinstance(job, SpeedTask) else job.backend]
                 if not available.ok:
                     record = Executor._failed(job, "unavailable", available.reason)
                 else:
@@ -330,7 +345,7 @@ def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool
                         progress.update(task, description=f"{job.job_id}  step {step}/{total}")
 
                     record = executor.run(job, on_step)
-                    retry = _half_batch_retry(config, job, record)
+                    retry = None if isinstance(job, SpeedTask) else _half_batch_retry(config, job, record)
                     if retry is not None:
                         append_record(results_path, record)
                         progress.console.print(_status_line(record), highlight=False, soft_wrap=True)

@@ -393,6 +393,23 @@ class TfKerasBackend(Backend):
 
         tf.config.experimental.enable_tensor_float_32_execution(self.policy.tf32)
 
+    def matmul_tflops(self, dtype: str, seconds: float = 0.2) -> float | None:
+        import time
+
+        import tensorflow as tf
+
+        n = 4096 if self.job.device == "cuda" else 1024
+        with tf.device(self._device):
+            a = tf.random.normal((n, n), dtype=dtype)
+            b = tf.random.normal((n, n), dtype=dtype)
+            tf.matmul(a, b).numpy()
+            iters, t0 = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - t0) < seconds or iters < 2:
+                out = tf.matmul(a, b)
+                iters += 1
+                tf.reduce_sum(out).numpy()  # reading a result waits for the product
+        return 2 * n**3 * iters / elapsed / 1e12
+
     def observed_precision(self) -> dict[str, Any]:
         import tensorflow as tf
 

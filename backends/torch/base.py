@@ -499,6 +499,25 @@ class TorchBackendBase(Backend):
     def activate(self) -> None:
         self._apply_globals()
 
+    def matmul_tflops(self, dtype: str, seconds: float = 0.2) -> float | None:
+        import time
+
+        import torch
+
+        if self.device.type == "cuda":
+            from precision_suite.mfu import measure_matmul_tflops
+
+            return measure_matmul_tflops(dtype, n=4096, iters=10, tf32=self.policy.tf32)
+        n = 1024
+        a = torch.randn(n, n, dtype=torch_dtype(dtype))
+        b = torch.randn(n, n, dtype=torch_dtype(dtype))
+        a @ b
+        iters, t0 = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < seconds or iters < 2:
+            a @ b
+            iters += 1
+        return 2 * n**3 * iters / elapsed / 1e12
+
     def observed_precision(self) -> dict[str, Any]:
         import torch
 
