@@ -90,7 +90,7 @@ def why_not_faster(
             overhead = True
             lines.append(
                 f"overhead-bound: the fp32 step reaches {achieved * 1e3:.1f} GFLOP/s, "
-                f"{achieved / matmul_tflops_fp32:.0%} of the {matmul_tflops_fp32 * 1e3:.0f} GFLOP/s "
+                f"{achieved / matmul_tflops_fp32:.1%} of the {matmul_tflops_fp32 * 1e3:.0f} GFLOP/s "
                 "this framework measured on a large fp32 matmul here"
             )
     if batch_step_time_ratio is not None and batch_step_time_ratio < OVERHEAD_BATCH_RATIO:
@@ -108,10 +108,9 @@ def why_not_faster(
             lines.append(f"GEMM dims not multiples of {GEMM_MULTIPLE}: {listed}")
     if baseline_environ.get("tf32_matmul") or baseline_environ.get("tf32"):
         lines.append("TF32 already on in the fp32 baseline: it is tensor-core accelerated too")
-    compiled = baseline_environ.get("compile") or baseline_environ.get("jit_compile")
-    if overhead and compiled is False:
-        what = "torch.compile" if "compile" in baseline_environ else "XLA (jit_compile)"
-        lines.append(f"{what} off: every op is dispatched separately each step, in every precision")
+    for key, what in (("compile", "torch.compile"), ("jit_compile", "XLA (jit_compile)")):
+        if overhead and baseline_environ.get(key) is False:
+            lines.append(f"{what} off: every op is dispatched separately each step, in every precision")
     if device == "cpu" and not emulated_reason:
         flags = baseline_environ.get("cpu_flags") or {}
         vector, amx, name = _AMX[half]
