@@ -1,4 +1,4 @@
-""""Why no speedup": one line per cause, for a half-precision row that is not claimed faster.
+""" "Why no speedup": one line per cause, for a half-precision row that is not claimed faster.
 
 Every line is computed from a measurement (the speed phase's step times, its half-batch probe
 and its measured matmul rate) or from the model spec and the recorded environment — never from

@@ -194,4 +194,3 @@ def breakdown_shares(breakdown: dict[str, Any]) -> dict[str, float]:
     values = {k: float(breakdown.get(k) or 0) for k in COMPONENTS}
     total = sum(values.values())
     return {k: (v / total if total else 0.0) for k, v in values.items()}
-

@@ -134,7 +134,9 @@ def speed_explanation(group: Group) -> str:
 
 def speed_notes(group: Group) -> list[str]:
     """One line per row that is not claimed faster and has measured causes."""
-    return [f"why not faster — {row.label}: " + "; ".join(row.why_not_faster) for row in group.rows if row.why_not_faster]
+    return [
+        f"why not faster — {row.label}: " + "; ".join(row.why_not_faster) for row in group.rows if row.why_not_faster
+    ]
 
 
 def fmt_bytes(value: float | None) -> str:

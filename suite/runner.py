@@ -30,7 +30,6 @@ from precision_suite.config import SuiteConfig
 from precision_suite.jobs import Job, expand_jobs
 from precision_suite.loop import ProgressFn, new_record
 from precision_suite.measure import available_cores
-from precision_suite.speed import SpeedTask, busy_warning, new_speed_record, speed_tasks
 from precision_suite.results import (
     RESULTS_FILE,
     append_record,
@@ -38,6 +37,7 @@ from precision_suite.results import (
     latest_by_job,
     read_records,
 )
+from precision_suite.speed import SpeedTask, busy_warning, new_speed_record, speed_tasks
 from rich.console import Console
 from rich.progress import (
     BarColumn,

@@ -315,9 +315,7 @@ def speed_tasks(config: Any, jobs: list[Any]) -> list[SpeedTask]:
             continue
         ordered = [baseline, *(j for j in members if j is not baseline)]
         task_id = speed_task_id(model, baseline.data.name, framework)
-        tasks.append(
-            SpeedTask(task_id, framework, ordered, settings.rounds, settings.window_ms, settings.batch_probe)
-        )
+        tasks.append(SpeedTask(task_id, framework, ordered, settings.rounds, settings.window_ms, settings.batch_probe))
     return tasks
 
 
@@ -392,7 +390,9 @@ def run_speed_task(task: SpeedTask, progress: Callable[[int, int], None] | None 
         data = cached_dataset(base_job)
         weights = init_weights(base_job.model, data.input_shape, data.num_classes, base_job.seed)
         train = base_job.train
-        rows = np.stack([r for _, r in batch_plan(len(data.y_train), train.batch_size, base_job.seed, None, PLAN_STEPS)])
+        rows = np.stack(
+            [r for _, r in batch_plan(len(data.y_train), train.batch_size, base_job.seed, None, PLAN_STEPS)]
+        )
         for job in task.jobs:
             label = f"{job.backend} {job.policy}"
             cls = get_backend_class(job.backend)

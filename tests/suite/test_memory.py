@@ -32,7 +32,9 @@ def test_components_follow_the_layout():
     assert fp32.weights == fp32.gradients == 4 * params
     assert fp32.optimizer_state == 2 * 4 * params  # Adam: two fp32 slots
     assert fp32.master_weights == 0
-    manual = account_job(job, (1, 8, 8), 10, PrecisionLayout("bfloat16", "bfloat16", ("bfloat16", "float32"), "float32", "float32"))
+    manual = account_job(
+        job, (1, 8, 8), 10, PrecisionLayout("bfloat16", "bfloat16", ("bfloat16", "float32"), "float32", "float32")
+    )
     assert manual.weights == 2 * params and manual.master_weights == 4 * params and manual.gradients == 6 * params
     # Mixed precision halves the saved activations except the fp32 log-softmax of the loss.
     mixed = account_job(job, (1, 8, 8), 10, AUTOCAST_BF16)
