@@ -87,18 +87,15 @@ def test_clean_speedup_is_claimed_noisy_ones_are_not():
     assert "other processes busy" in busy.noisy_reason
 
 
+def _speed_run(config, out, *overrides: str) -> int:
+    """The fake backend's fp32 and fp16-mixed, one seed, with the speed phase on."""
+    phase = ["speed.enabled=true", "speed.window_ms=5", "seeds=[0]"]
+    return run_cli(config, out, "backends.policies.fake=[fp32, fp16-mixed]", *phase, *overrides)
+
+
 def test_speed_phase_end_to_end_with_the_fake_backend(fake_backends, fake_config, tmp_path):
     out = tmp_path / "run"
-    code = run_cli(
-        fake_config,
-        out,
-        "backends.policies.fake=[fp32, fp16-mixed]",
-        "seeds=[0]",
-        "speed.enabled=true",
-        "speed.rounds=4",
-        "speed.window_ms=5",
-    )
-    assert code == 0
+    assert _speed_run(fake_config, out, "speed.rounds=4") == 0
     lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     speed = [r for r in lines if r.get("kind") == "speed"]
     assert len(speed) == 1 and speed[0]["status"] == "ok", speed
@@ -129,15 +126,7 @@ def test_speed_phase_end_to_end_with_the_fake_backend(fake_backends, fake_config
 
 def test_speed_only_makes_rows_without_training_jobs(fake_backends, fake_config, tmp_path):
     out = tmp_path / "run"
-    code = run_cli(
-        fake_config,
-        out,
-        "backends.policies.fake=[fp32, fp16-mixed]",
-        "speed.speed_only=true",
-        "speed.rounds=3",
-        "speed.window_ms=5",
-    )
-    assert code == 0
+    assert _speed_run(fake_config, out, "speed.speed_only=true", "speed.rounds=3") == 0
     from precision_suite.compare import compare
     from precision_suite.results import read_records
 
