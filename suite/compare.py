@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from precision_suite.backends.base import POLICY_SPECS
 from precision_suite.results import is_job_failure, latest_by_job
-from precision_suite.speed import attach_speed, speed_phases
+from precision_suite.speed import SPEED_KIND, attach_speed, speed_phases
 
 BASELINE_POLICY = "fp32"
 
@@ -496,12 +496,17 @@ def compare(
     records of the same job are superseded by the newest. ``speed_records`` (the speed phase's,
     ``ReadResult.speed``) replace the rows' speedups with paired ones (``precision_suite.speed``).
     """
+    # Speed records mixed into ``records`` (a raw read of results.jsonl) are taken as such.
+    speed_records = [*(speed_records or []), *(r for r in records if r.get("kind") == SPEED_KIND)]
+    records = [r for r in records if r.get("kind") != SPEED_KIND]
     phases: dict[tuple[str, str, str], list[Any]] = defaultdict(list)
-    for phase in speed_phases(speed_records or []):
+    for phase in speed_phases(speed_records):
         phases[phase.key].append(phase)
     records = list(latest_by_job([r for r in records if "job_id" in r]).values())
     unavailable = [_note(r) for r in records if r.get("status") == "unavailable"]
     failed_jobs = [_note(r) for r in records if r.get("status") in FAILURE_STATUSES]
+    failed_speed = latest_by_job(speed_records).values()
+    failed_jobs += [_note(r) for r in failed_speed if r.get("status") in FAILURE_STATUSES]
     # An unknown status is not ok and not known-harmless: treat it as a failure, saying so.
     for record in records:
         if record.get("status") not in FAILURE_STATUSES | {"ok", "unavailable"}:
