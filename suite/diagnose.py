@@ -135,7 +135,11 @@ def diagnose_group(group: Any, phases: dict[str, Any], records: list[dict[str, A
         record = by_row.get((row.backend, row.policy)) or {}
         config = record.get("config") or {}
         model = (phase.model_config if phase else None) or config.get("model")
-        if not model:
+        try:
+            model = as_model_config(model) if model else None
+        except ValueError:  # a record without a full model spec: nothing to diagnose from
+            model = None
+        if model is None:
             continue
         shape = (phase.input_shape, phase.num_classes) if phase and phase.input_shape else None
         shape = shape or dataset_shape(config.get("data") or {}) or (None, None)
@@ -144,7 +148,7 @@ def diagnose_group(group: Any, phases: dict[str, Any], records: list[dict[str, A
             row.policy,
             row.device,
             row.emulated_reason,
-            as_model_config(model),
+            model,
             shape[0],
             shape[1],
             phase.batch_size if phase else (config.get("train") or {}).get("batch_size"),
