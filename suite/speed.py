@@ -45,8 +45,9 @@ NOISY_ROUND_CV = 0.10
 NOISY_WINDOW_CV = 0.15
 BUSY_OTHER_CORES = 0.25
 SPEED_KIND = "speed"
-# Warm-up steps of every side before any timing (compilation, autotuning, allocator growth).
-MIN_WARMUP_STEPS = 5
+# Warm-up steps of every side before any timing (compilation, autotuning, allocator growth);
+# more when the job's train.warmup_steps says so.
+MIN_WARMUP_STEPS = 3
 # Rows of the batch plan staged on the device; windows cycle through them.
 PLAN_STEPS = 200
 MAX_WINDOW_STEPS = 10_000
@@ -364,9 +365,11 @@ class _Side:
 
 def _size_window(side: _Side, load: SystemLoad, window_ms: float) -> float:
     """Steps per window so one lasts about ``window_ms``; returns the probed step time (s)."""
-    probes = [side.window(load, 3).step_s for _ in range(3)]
+    # Single-step probes: a large model's step can take a second; the median of three keeps
+    # one preempted probe from sizing every window.
+    probes = [side.window(load, 1).step_s for _ in range(3)]
     step_s = max(statistics.median(probes), 1e-7)
-    side.steps = int(min(max(math.ceil(window_ms / 1e3 / step_s), 3), MAX_WINDOW_STEPS))
+    side.steps = int(min(max(math.ceil(window_ms / 1e3 / step_s), 1), MAX_WINDOW_STEPS))
     return step_s
 
 
