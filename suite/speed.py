@@ -36,7 +36,7 @@ import statistics
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 from precision_suite.results import SCHEMA
@@ -377,7 +377,7 @@ def run_speed_task(task: SpeedTask, progress: Callable[[int, int], None] | None 
     """Run one timed phase in this process and return its record; never raises for a failure."""
     import numpy as np
     from precision_suite.backends import get_backend_class
-    from precision_suite.backends.base import DeviceUnavailable
+    from precision_suite.backends.base import Availability, DeviceUnavailable
     from precision_suite.data import batch_plan
     from precision_suite.loop import cached_dataset, is_oom, one_line
     from precision_suite.measure import available_cores, base_environment
@@ -403,7 +403,7 @@ def run_speed_task(task: SpeedTask, progress: Callable[[int, int], None] | None 
             try:
                 job.device = cls.resolve_device(job.device)
             except DeviceUnavailable as exc:
-                available = type(available)(False, str(exc))
+                available = Availability(False, str(exc))
             reason = available.reason if not available.ok else cls.unsupported_reason(job.policy, job.device)
             if reason:
                 if job is base_job:
@@ -535,7 +535,7 @@ class CandidateSpeed:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> CandidateSpeed:
-        names = {f for f in SpeedEstimate.__dataclass_fields__}
+        names = {f.name for f in fields(SpeedEstimate)}
         return cls(raw["backend"], raw["policy"], SpeedEstimate(**{k: v for k, v in raw.items() if k in names}))
 
 
