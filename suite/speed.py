@@ -462,7 +462,7 @@ def run_speed_task(task: SpeedTask, progress: Callable[[int, int], None] | None 
         speed["batch_size"] = train.batch_size
         if task.batch_probe:
             speed["batch_scaling"] = _batch_scaling(base, data, weights, rows, load)
-        speed["matmul_tflops"] = _matmul_rates(sides)
+        speed["matmul_tflops"] = _matmul_rates(base)
         record["speed"] = speed
         record["status"] = "ok"
     except Exception as exc:  # a failed phase is data, not a crash of the run
@@ -508,20 +508,16 @@ def _batch_scaling(base: _Side, data: Any, weights: Any, rows: Any, load: System
         base.backend.activate()
 
 
-def _matmul_rates(sides: list[_Side]) -> dict[str, float]:
-    """Measured large-matmul TFLOP/s per compute dtype of the phase (the device's ceiling)."""
+def _matmul_rates(base: _Side) -> dict[str, float]:
+    """The framework's measured large-matmul TFLOP/s in the baseline's dtype on this device:
+    the ceiling the baseline's achieved FLOP/s is held against (diagnose.py). Half dtypes are
+    not measured: an emulated one (fp16 in TF on a CPU) would take seconds."""
     from precision_suite.backends.base import POLICY_SPECS
 
-    rates: dict[str, float] = {}
-    for side in sides:
-        dtype = POLICY_SPECS[side.job.policy].compute_dtype
-        if dtype in rates:
-            continue
-        side.backend.activate()
-        rate = side.backend.matmul_tflops(dtype)
-        if rate is not None:
-            rates[dtype] = rate
-    return rates
+    dtype = POLICY_SPECS[base.job.policy].compute_dtype
+    base.backend.activate()
+    rate = base.backend.matmul_tflops(dtype)
+    return {} if rate is None else {dtype: rate}
 
 
 # ---------------------------------------------------------------- reading speed records
