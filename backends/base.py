@@ -104,7 +104,11 @@ class MemoryStats:
 
     peak_memory_bytes: int | None
     memory_source: str
+    # The framework-neutral accounting (precision_suite.memory) by component: the CPU figure,
+    # shown beside the allocator peak on a GPU.
     breakdown: dict[str, int] = field(default_factory=dict)
+    # What the backend counted from its own tensors (a cross-check of the accounting).
+    observed: dict[str, int] = field(default_factory=dict)
 
 
 class NoOptions(BaseModel):
@@ -219,12 +223,25 @@ class Backend(ABC):
     def synchronize(self) -> None:
         """Block until all queued device work is done; timing windows close with this."""
 
+    def activate(self) -> None:
+        """Make this backend's global framework settings (TF32, threads, determinism) current
+        again. The speed phase keeps several backends of one framework alive in one process and
+        times them in rotation; it calls this before each one's timed window. Default: nothing."""
+
+    def matmul_tflops(self, dtype: str, seconds: float = 0.2) -> float | None:
+        """TFLOP/s this framework sustains on one large square matrix product in ``dtype`` on
+        the job's device, measured for about ``seconds`` (after ``setup``): the rate the model's
+        achieved FLOP/s is held against in the "why no speedup" diagnostics. None: not measured."""
+        return None
+
     def reset_memory_stats(self) -> None:
         """Reset the allocator's peak counters before the measured part of the job."""
 
     def memory_stats(self) -> MemoryStats:
-        """Peak memory of the job and its source (allocator peak on GPU; an accounting of
-        weights, gradients, optimizer state and master copies on CPU, labelled as such)."""
+        """Peak memory of the job and its source: on GPU the allocator peak; on CPU the
+        framework-neutral accounting (``precision_suite.memory.account_job``: weights, gradients,
+        optimizer state, master copies, saved activations), labelled as such. ``breakdown`` is
+        that accounting on every device."""
         return MemoryStats(None, "not measured")
 
     @abstractmethod

@@ -12,8 +12,10 @@ bf16-mixed; fp16-mixed too on CUDA), in one process per framework:
   autocast + GradScaler and ``torch.optim.Adam``; for Keras a plain ``tf.function`` step with
   ``keras.optimizers.Adam`` (and separately ``model.fit``).
 
-Rounds alternate A/B (ABBA order, after a warm-up of both); each round's ratio is suite time
-per step / hand time per step, wall clock, closed by a device sync. The suite side runs with
+Rounds are the suite's paired rotation (``precision_suite.speed.rotation``: hand, suite, hand,
+after a warm-up of both); each round's ratio is suite time per step / the mean of the hand
+windows around it, wall clock, closed by a device sync; the 95% CI is
+``precision_suite.speed.median_ci``'s. The suite side runs with
 ``train.eval_every_epochs: 0`` (the hand loop does not evaluate; the final evaluation is timed
 and subtracted). Printed per case:
 
@@ -74,8 +76,11 @@ class Case:
         return statistics.median(self.ratios)
 
     def line(self) -> str:
+        from precision_suite.speed import median_ci
+
+        _, low, high, _ = median_ci(self.ratios)
         return (
-            f"{self.label}: ratio {self.ratio:.3f} (min {min(self.ratios):.3f}, "
+            f"{self.label}: ratio {self.ratio:.3f} (95% CI {low:.3f}–{high:.3f}, min {min(self.ratios):.3f}, "
             f"max {max(self.ratios):.3f})  suite {self.suite_ms:.3f} ms/step, hand "
             f"{self.hand_ms:.3f} ms/step, {len(self.ratios)} rounds x {self.steps} steps"
         )
@@ -156,26 +161,37 @@ class SuiteSide:
         return elapsed
 
 
+def timed_side(side: Callable[[int], float], steps: int) -> Callable[[], Any]:
+    """A window of ``side`` for ``precision_suite.speed.rotation``; the side times itself
+    (the suite side subtracts its evaluation time)."""
+    from precision_suite.speed import WindowSample
+
+    def window() -> WindowSample:
+        cpu0 = time.process_time()
+        wall_s = side(steps)
+        return WindowSample(steps, wall_s, time.process_time() - cpu0, os.getloadavg()[0], None)
+
+    return window
+
+
 def measure(
     suite: Callable[[int], float], hand: Callable[[int], float], args: argparse.Namespace
 ) -> tuple[list[float], float, float, int]:
-    """Warm both sides, size a round to ``args.round_s`` seconds, then ABBA-alternate
-    ``args.rounds`` rounds. Returns per-round ratios, median ms/step of each side, steps."""
+    """Warm both sides, size a window to ``args.round_s`` seconds, then ``args.rounds`` rounds
+    of the suite's paired rotation (``precision_suite.speed.rotation``: hand, suite, hand; the
+    order alternates). Returns per-round ratios suite/hand, median ms/step of each side, steps."""
+    from precision_suite.speed import rotation
+
     suite(10)
     hand(10)
     # The median of three probes: one preempted probe on a busy machine would size every round.
     probe = max(statistics.median(hand(20) / 20 for _ in range(3)), 1e-6)
     steps = int(min(max(args.round_s / probe, 50), args.max_steps))
-    ratios, suite_s, hand_s = [], [], []
-    for r in range(args.rounds):
-        if r % 2 == 0:
-            a, b = suite(steps), hand(steps)
-        else:
-            b, a = hand(steps), suite(steps)
-        suite_s.append(a)
-        hand_s.append(b)
-        ratios.append(a / b)
-    return ratios, statistics.median(suite_s) / steps * 1e3, statistics.median(hand_s) / steps * 1e3, steps
+    rot = rotation(timed_side(hand, steps), [timed_side(suite, steps)], args.rounds)
+    ratios = [1 / speedup for speedup in rot.speedups[0]]
+    suite_ms = statistics.median(w.step_s for w in rot.candidates[0]) * 1e3
+    hand_ms = statistics.median(w.step_s for ws in rot.baseline for w in ws) * 1e3
+    return ratios, suite_ms, hand_ms, steps
 
 
 # ---------------------------------------------------------------- torch

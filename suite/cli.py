@@ -173,12 +173,12 @@ def _report(out_dir: Path, console: Console, tolerance: float | None, write: boo
     for warning in read.warnings:
         console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     records = list(latest_by_job(read.records).values())
-    if not records:
+    if not records and not read.speed:
         raise UsageError(f"{path}: no valid records")
     from precision_suite import compare, report
     from precision_suite.outputs import write_ci_files
 
-    comparison = compare.compare(records, tolerance_pts=tolerance)
+    comparison = compare.compare(records, tolerance_pts=tolerance, speed_records=read.speed)
     comparison.run_dir = str(out_dir)
     if write:
         report.render_terminal(comparison, console)

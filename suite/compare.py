@@ -16,6 +16,7 @@ import numpy as np
 from precision_suite.backends.base import POLICY_SPECS
 from precision_suite.placement import speed_comparable
 from precision_suite.results import is_job_failure, is_noise_floor_run, latest_by_job
+from precision_suite.speed import SPEED_KIND, attach_speed, speed_phases
 from precision_suite.stats import FAIL, INCONCLUSIVE, PASS, Equivalence, describe, equivalence, t_quantile
 
 BASELINE_POLICY = "fp32"
@@ -103,6 +104,11 @@ class Row:
     emulated: bool = False
     emulated_reason: str = ""
     verdicts: list[Verdict] = field(default_factory=list)
+    # "paired": speedup/min/max are the speed phase's median and 95% CI (precision_suite.speed);
+    # "separate jobs": a ratio of separately timed training jobs (older results, no phase).
+    speed_source: str = ""
+    noisy_reason: str = ""  # set: the speedup is shown but never claimed (like emulated)
+    why_not_faster: list[str] = field(default_factory=list)  # precision_suite.diagnose
 
     @property
     def label(self) -> str:
@@ -162,6 +168,10 @@ class Group:
     @property
     def key(self) -> str:
         return f"{self.model}/{self.dataset}/{self.device}"
+
+    @property
+    def key_tuple(self) -> tuple[str, str, str]:
+        return self.model, self.dataset, self.device
 
 
 @dataclass
@@ -601,13 +611,21 @@ def compare(
     check_pure: bool | None = None,
     cross_framework_rtol: float | None = None,
     cross_framework_steps: int | None = None,
+    speed_records: list[dict[str, Any]] | None = None,
 ) -> Comparison:
     """Turn result records into rows, verdicts and headlines.
 
     ``tolerance_pts``, ``check_pure`` and ``cross_framework_rtol`` default to what the records'
     config recorded (``config.parity``); an explicit value overrides it. A resumed run's older
-    records of the same job are superseded by the newest.
+    records of the same job are superseded by the newest. ``speed_records`` (the speed phase's,
+    ``ReadResult.speed``) replace the rows' speedups with paired ones (``precision_suite.speed``).
     """
+    # Speed records mixed into ``records`` (a raw read of results.jsonl) are taken as such.
+    speed_records = [*(speed_records or []), *(r for r in records if r.get("kind") == SPEED_KIND)]
+    records = [r for r in records if r.get("kind") != SPEED_KIND]
+    phases: dict[tuple[str, str, str], list[Any]] = defaultdict(list)
+    for phase in speed_phases(speed_records):
+        phases[phase.key].append(phase)
     records = list(latest_by_job([r for r in records if "job_id" in r]).values())
     # One-ulp noise-floor runs measure the run's own chaos for the cross-framework verdict; they
     # are no result of their own (short, perturbed) and stay out of every statistic.
@@ -615,6 +633,8 @@ def compare(
     records = [r for r in records if not is_noise_floor_run(r)]
     unavailable = [_note(r) for r in records if r.get("status") == "unavailable"]
     failed_jobs = [_note(r) for r in records if r.get("status") in FAILURE_STATUSES]
+    failed_speed = latest_by_job(speed_records).values()
+    failed_jobs += [_note(r) for r in failed_speed if r.get("status") in FAILURE_STATUSES]
     # An unknown status is not ok and not known-harmless: treat it as a failure, saying so.
     for record in records:
         if record.get("status") not in FAILURE_STATUSES | {"ok", "unavailable"}:
@@ -661,6 +681,13 @@ def compare(
                 and (_model_name(r), _dataset_name(r), str(r.get("device"))) == (model, dataset, device)
             },
         )
+        attach_speed(group, phases.pop(group.key_tuple, []), group_records)
+        groups.append(group)
+        headlines.extend(_headlines(group))
+    for (model, dataset, device), group_phases in sorted(phases.items()):  # speed_only: no job records
+        name = group_phases[0].environ.get("device_name") or ""
+        group = Group(model, dataset, device, name, _DEFAULT_TOLERANCE_PTS)
+        attach_speed(group, group_phases, [])
         groups.append(group)
         headlines.extend(_headlines(group))
 
@@ -784,6 +811,7 @@ def _attach_baseline(row: Row, group: Group, ok_by_row: dict[tuple[str, str], li
     # all ran on one device model (a cluster may mix GPU models and pack accuracy-only jobs).
     if speed_comparable(ok_by_row[(base.backend, base.policy)] + ok_by_row[(row.backend, row.policy)]):
         row.speedup, row.speedup_min, row.speedup_max = speedup_stats(base_ms, row_ms)
+    row.speed_source = "separate jobs" if row.speedup is not None else ""
     # Allocator peaks and CPU accountings measure different things: no ratio across sources.
     if (
         row.peak_memory_bytes
@@ -802,6 +830,8 @@ def format_speed(row: Row) -> str:
         return "speed n/a"
     if row.emulated:
         return f"emulated ({row.speedup:.2f}×, no speed claim)"
+    if row.noisy_reason:
+        return f"noisy ({row.speedup:.2f}×, no speed claim: {row.noisy_reason})"
     if row.speedup >= 1:
         return f"{row.speedup:.1f}× faster"
     return f"{1 / row.speedup:.1f}× slower"

@@ -264,6 +264,22 @@ class DebugConfig(_Strict):
     lr_scale: dict[str, PositiveFloat] = {}
 
 
+class SpeedConfig(_Strict):
+    """The paired, interleaved timing phase (``precision_suite.speed``): per (framework, model,
+    device) every policy's backend is set up once in one worker and timed in rotation with the
+    fp32 baseline, ``rounds`` rounds of windows of at least ``window_ms``. Speedups in the
+    comparison come from here; the training jobs' own step times stay as information."""
+
+    enabled: bool = True
+    rounds: Annotated[int, Field(ge=3, strict=True)] = 10
+    window_ms: PositiveFloat = 50.0
+    # Skip the training jobs: speed (and memory accounting) only, no accuracy.
+    speed_only: bool = False
+    # Also time the fp32 baseline at half the batch: a step time that barely changes says the
+    # model is overhead-bound (one of the "why no speedup" diagnostics).
+    batch_probe: bool = True
+
+
 class SuiteConfig(_Strict):
     models: list[ModelConfig] = [MlpConfig(), CnnConfig(), TransformerConfig()]
     data: DataConfig = DataConfig()
@@ -276,6 +292,7 @@ class SuiteConfig(_Strict):
     parity: ParityConfig = ParityConfig()
     runner: RunnerConfig = RunnerConfig()
     debug: DebugConfig = DebugConfig()
+    speed: SpeedConfig = SpeedConfig()
     # What loading said besides errors (deprecated keys); not part of the config itself.
     _notices: list[str] = PrivateAttr(default_factory=list)
 

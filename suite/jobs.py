@@ -4,7 +4,7 @@ boundary. Expanding a config into jobs is ``precision_suite.plan``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from precision_suite.config import (
     DataConfig,
@@ -55,6 +55,10 @@ class Job:
         from precision_suite.backends.base import POLICY_SPECS
 
         return POLICY_SPECS[self.policy].loss_scaling_mode(self.loss_scale.enabled, self.loss_scale.dynamic)
+
+    # The worker message type; ``precision_suite.speed.SpeedTask`` (a timed phase) is "speed".
+    kind: ClassVar[str] = "job"
+    is_timed_phase: ClassVar[bool] = False
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -253,6 +253,7 @@ def run_job(job: Job, progress: ProgressFn | None = None) -> dict[str, Any]:
                 "peak_memory_bytes": memory.peak_memory_bytes,
                 "memory_source": memory.memory_source,
                 "memory_breakdown": memory.breakdown,
+                "memory_observed": memory.observed,
             }
         )
         record["status"] = "ok"

@@ -66,6 +66,15 @@ class WindowTimer:
         }
 
 
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. under taskset or a container's
+    cpuset), not every core of the machine: the default thread count of every framework."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 @cache
 def cpu_info() -> dict[str, Any]:
     """CPU model and the ISA flags that decide whether half precision is accelerated."""
@@ -86,6 +95,7 @@ def cpu_info() -> dict[str, Any]:
     return {
         "cpu_model": model,
         "cpu_count": os.cpu_count(),
+        "cpu_available": available_cores(),
         "cpu_flags": {
             name: name in flags
             for name in ("avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16", "amx_fp16", "amx_tile")

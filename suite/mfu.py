@@ -98,7 +98,7 @@ def device_peak(device_name: str | None) -> DevicePeak | None:
 # ---------------------------------------------------------------- model FLOPs
 
 
-def _model_config(model: Any) -> Any:
+def as_model_config(model: Any) -> Any:
     if isinstance(model, dict):
         from precision_suite.jobs import _MODEL_ADAPTER
 
@@ -112,7 +112,7 @@ def forward_flops_per_sample(model: Any, input_shape: tuple[int, ...], num_class
     shape without the batch dimension."""
     from precision_suite.models import MAX_POOL, num_tokens
 
-    cfg = _model_config(model)
+    cfg = as_model_config(model)
     shape = tuple(int(v) for v in input_shape)
     if cfg.kind == "mlp":
         n_in, flops = math.prod(shape), 0

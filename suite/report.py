@@ -78,6 +78,9 @@ SUMMARY_COLUMNS = [
     "parity",
     "precision_active",
     "verdict",
+    "speed_source",
+    "noisy_reason",
+    "why_not_faster",
 ]
 
 
@@ -111,10 +114,31 @@ def fmt_speedup(row: Row) -> str:
     if row.speedup is None:
         return "—"
     spread = ""
-    if row.speedup_min is not None and row.speedup_max is not None and len(row.seeds_ok) > 1:
+    if row.speed_source == "paired" and row.speedup_min is not None and row.speedup_max is not None:
+        spread = f" (CI {row.speedup_min:.2f}–{row.speedup_max:.2f})"
+    elif row.speedup_min is not None and row.speedup_max is not None and len(row.seeds_ok) > 1:
         spread = f" ({row.speedup_min:.2f}–{row.speedup_max:.2f})"
     text = f"{row.speedup:.2f}×{spread}"
-    return f"{text} emulated" if row.emulated else text
+    if row.emulated:
+        return f"{text} emulated"
+    return f"{text} noisy" if row.noisy_reason else text
+
+
+def speed_explanation(group: Group) -> str:
+    """How the group's speedups were measured (paired phase or separate jobs)."""
+    if any(row.speed_source == "paired" for row in group.rows):
+        return (
+            "speedup = paired, interleaved timing (fp32 and each policy in rotation in one worker): median of "
+            "per-round fp32/policy step-time ratios, 95% CI in parentheses; noisy = shown, not claimed"
+        )
+    return "speedup = fp32 step time p50 / step time p50 of separately timed jobs; range over seeds in parentheses"
+
+
+def speed_notes(group: Group) -> list[str]:
+    """One line per row that is not claimed faster and has measured causes."""
+    return [
+        f"why not faster — {row.label}: " + "; ".join(row.why_not_faster) for row in group.rows if row.why_not_faster
+    ]
 
 
 def fmt_bytes(value: float | None) -> str:
@@ -269,15 +293,15 @@ def render_terminal(comparison: Comparison, console: Console) -> None:
                 fmt_seeds(row),
                 fmt_accuracy(row).replace("(1 seed, no CI)", "(n=1)"),
                 delta,
-                speed.replace(" emulated", " [yellow]emulated[/]"),
+                speed.replace(" emulated", " [yellow]emulated[/]").replace(" noisy", " [yellow]noisy[/]"),
                 memory,
                 fmt_number(row.skipped_steps),
                 _terminal_verdict(row),
             )
         console.print(table)
         say(
-            f"  accuracy: mean ± 95% CI over seeds; Δ and speedup vs fp32 of the same framework"
-            f" (speedup = fp32 step time p50 / step time p50); tolerance ±{group.tolerance_pts:g} pt"
+            f"  accuracy: mean ± 95% CI over seeds; Δ and speedup vs fp32 of the same framework;"
+            f" tolerance ±{group.tolerance_pts:g} pt; {speed_explanation(group)}"
         )
         for headline in comparison.headlines:
             if headline.group == group.key:
@@ -305,6 +329,8 @@ def render_terminal(comparison: Comparison, console: Console) -> None:
         emulated = [row for row in group.rows if row.emulated]
         for row in emulated:
             say(f"  [yellow]emulated[/] {row.label}: {_escape_rich(row.emulated_reason)} — kept out of speed claims")
+        for note in speed_notes(group):
+            say(f"  {_escape_rich(note)}")
         console.print()
     _render_notes(comparison, console)
 
@@ -490,7 +516,7 @@ def _plot_loss_scale(group: Group, by_row: dict[str, list[dict[str, Any]]]) -> P
     axes.set_ylabel("loss scale (log2)")
     axes.set_title(f"Loss scale — {group.key} (× = skipped step)")
     axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=7)
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return Plot(f"loss_scale_{_slug(group.key)}", f"Loss scale — {group.key}", _png(figure))
 
 
@@ -556,6 +582,43 @@ def _plot_speed_memory(group: Group) -> Plot | None:
     return Plot(f"speed_memory_{_slug(group.key)}", f"Speed and memory — {group.key}", _png(figure))
 
 
+def _plot_memory_breakdown(group: Group, by_row: dict[str, list[dict[str, Any]]]) -> Plot | None:
+    """Stacked bar per row of the framework-neutral accounting (precision_suite.memory), so a
+    ratio is explained: which component a policy shrinks."""
+    from precision_suite.memory import COMPONENTS, breakdown_shares
+
+    rows, stacks = [], []
+    for row in group.rows:
+        records = by_row.get(row.label) or []
+        breakdown = next(((r.get("metrics") or {}).get("memory_breakdown") for r in records), None)
+        if breakdown:
+            rows.append(row)
+            stacks.append(breakdown)
+    if not rows:
+        return None
+    figure = _new_figure(max(6, 0.9 * len(rows) + 3), 4.8)
+    axes = figure.subplots(1, 1)
+    positions = np.arange(len(rows))
+    bottom = np.zeros(len(rows))
+    for component in COMPONENTS:
+        values = np.array([float(b.get(component) or 0) / 2**20 for b in stacks])
+        axes.bar(positions, values, bottom=bottom, label=component.replace("_", " "), edgecolor="black", linewidth=0.4)
+        bottom += values
+    for position, row, breakdown in zip(positions, rows, stacks, strict=True):
+        share = breakdown_shares(breakdown)["activations"]
+        ratio = "base" if row.is_baseline else f"{row.memory_ratio:.2f}×" if row.memory_ratio is not None else ""
+        axes.annotate(f"{ratio}\nact. {share:.0%}", (position, bottom[position]), ha="center", va="bottom", fontsize=7)
+    axes.set_xticks(positions, [f"{r.backend}\n{r.policy}" for r in rows], fontsize=7, rotation=45, ha="right")
+    axes.set_ylabel("MiB (accounting)")
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes.grid(True, axis="y", alpha=0.3)
+    axes.margins(y=0.2)
+    title = f"Memory by component — {group.key}"
+    axes.set_title("weights, gradients, optimizer state, master copies, saved activations", fontsize=9)
+    figure.suptitle(title)
+    return Plot(f"memory_breakdown_{_slug(group.key)}", title, _png(figure))
+
+
 def _plot_accuracy(group: Group) -> Plot | None:
     rows = group.rows
     if not any(r.accuracy_mean is not None for r in rows):
@@ -608,7 +671,7 @@ def _plot_accuracy(group: Group) -> Plot | None:
     axes.set_title(f"Accuracy — {group.key} (square = one seed, no CI)")
     axes.grid(True, axis="y", alpha=0.3)
     if axes.get_legend_handles_labels()[0]:
-        axes.legend(fontsize=7)
+        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return Plot(f"accuracy_{_slug(group.key)}", f"Accuracy — {group.key}", _png(figure))
 
 
@@ -665,6 +728,7 @@ def make_plots(comparison: Comparison, records: list[dict[str, Any]]) -> list[Pl
             _plot_loss(group, by_row),
             _plot_loss_scale(group, by_row),
             _plot_speed_memory(group),
+            _plot_memory_breakdown(group, by_row),
             _plot_accuracy(group),
             _plot_forest(comparison, group),
         ):
@@ -746,6 +810,9 @@ def _summary_row(group: Group, row: Row) -> dict[str, Any]:
         "parity": "" if parity is None else parity.outcome,
         "precision_active": "" if precision is None else precision.outcome,
         "verdict": row.overall,
+        "speed_source": row.speed_source,
+        "noisy_reason": row.noisy_reason,
+        "why_not_faster": "; ".join(row.why_not_faster),
     }
 
 
@@ -836,6 +903,7 @@ def render_markdown(comparison: Comparison, records: list[dict[str, Any]], plots
             for r in group.rows
             if r.emulated
         ]
+        lines += [f"- {note}" for note in speed_notes(group)]
         lines.append("")
         rows = [_table_cells(r) + [" ".join(t for t, _ in verdict_cells(r))] for r in group.rows]
         lines += _md_table(_TABLE_HEADER, rows)
@@ -847,8 +915,7 @@ def render_markdown(comparison: Comparison, records: list[dict[str, Any]], plots
             )
         lines += [
             "",
-            f"Tolerance ±{group.tolerance_pts:g} pt. Speedup = fp32 step time (p50) / step time "
-            "(p50), same framework; range over seeds in parentheses.",
+            f"Tolerance ±{group.tolerance_pts:g} pt. {speed_explanation(group).capitalize()}.",
             "",
         ]
         for plot in plots:
@@ -913,6 +980,7 @@ def render_html(comparison: Comparison, records: list[dict[str, Any]], plots: li
                     f'<li><span class="emulated">emulated</span> {html.escape(row.label)}: '
                     f"{html.escape(row.emulated_reason)} — kept out of speed claims</li>"
                 )
+        body += [f"<li>{html.escape(note)}</li>" for note in speed_notes(group)]
         body.append("</ul>")
         rows = []
         for row in group.rows:
@@ -929,8 +997,8 @@ def render_html(comparison: Comparison, records: list[dict[str, Any]], plots: li
                 )
             )
         body.append(
-            f"<p class='info'>Tolerance ±{group.tolerance_pts:g} pt. Speedup = fp32 step time "
-            "(p50) / step time (p50), same framework; range over seeds in parentheses.</p>"
+            f"<p class='info'>Tolerance ±{group.tolerance_pts:g} pt. "
+            f"{html.escape(speed_explanation(group).capitalize())}.</p>"
         )
         for plot in plots:
             if plot.name.endswith(_slug(group.key)):

@@ -191,6 +191,9 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
 class ReadResult:
     records: list[Record] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Records of the timed speed phase (``"kind": "speed"``, precision_suite.speed); kept apart
+    # so readers of job records see only those.
+    speed: list[Record] = field(default_factory=list)
 
 
 def read_records(path: Path) -> ReadResult:
@@ -211,7 +214,7 @@ def read_records(path: Path) -> ReadResult:
             if not isinstance(record, dict) or "job_id" not in record or "status" not in record:
                 out.warnings.append(f"{path}: line {number}: not a result record, skipped")
                 continue
-            out.records.append(Record(record))
+            (out.speed if record.get("kind") == "speed" else out.records).append(Record(record))
     return out
 
 

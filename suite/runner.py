@@ -32,6 +32,7 @@ from precision_suite.backends import get_backend_class
 from precision_suite.config import SuiteConfig
 from precision_suite.jobs import Job
 from precision_suite.loop import ProgressFn, new_record
+from precision_suite.measure import available_cores
 from precision_suite.placement import local_placement
 from precision_suite.plan import expand_jobs
 from precision_suite.results import (
@@ -43,6 +44,7 @@ from precision_suite.results import (
     read_records,
 )
 from precision_suite.sequential import rounds_on_demand
+from precision_suite.speed import SpeedTask, busy_warning, new_speed_record, speed_tasks
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -62,8 +64,9 @@ JobProgressFn = Callable[[Job, int, int], None]
 
 
 def worker_environment(config: SuiteConfig) -> dict[str, str]:
-    """The same thread count for every framework (docs/architecture.md, "Measurement rules")."""
-    threads = str(config.runner.threads or os.cpu_count() or 1)
+    """The same thread count for every framework (docs/architecture.md, "Measurement rules"): by default the
+    cores this process may run on."""
+    threads = str(config.runner.threads or available_cores())
     env = dict(os.environ)
     env.update(
         {
@@ -160,7 +163,7 @@ class Worker:
     def run(self, job: Job, timeout_s: float, progress: ProgressFn) -> dict[str, Any]:
         assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write((json.dumps({"type": "job", "job": job.to_dict()}) + "\n").encode())
+            self.proc.stdin.write((json.dumps({"type": job.kind, "job": job.to_dict()}) + "\n").encode())
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             raise WorkerDied(self.describe_exit()) from None
@@ -295,9 +298,10 @@ class Executor:
         self.workers.clear()
 
 
-def failed_record(job: Job, status: str, message: str) -> dict[str, Any]:
-    """The record of a job that produced no result of its own (it never ran, or its worker died)."""
-    record = new_record(job)
+def failed_record(job: Job | SpeedTask, status: str, message: str) -> dict[str, Any]:
+    """The record of a job (or timed phase) that produced no result of its own (it never ran,
+    or its worker died)."""
+    record = new_speed_record(job) if isinstance(job, SpeedTask) else new_record(job)
     record.update(status=status, error=message)
     return record
 
@@ -323,6 +327,12 @@ def _status_line(record: dict[str, Any]) -> str:
     metrics = record.get("metrics") or {}
     if status == "ok" and is_noise_floor_run(record):
         return f"[green]ok[/] {record['job_id']}  [dim](noise floor: fp32 one ulp off, short; not a result)[/]"
+    if status == "ok" and record.get("kind") == "speed":
+        parts = [
+            f"{c['backend']} {c['policy']} {c['speedup']:.2f}×" + (" (noisy)" if c.get("noisy_reason") else "")
+            for c in record["speed"]["candidates"]
+        ]
+        return f"[green]ok[/] {record['job_id']}  " + ", ".join(parts)
     if status == "ok":
         acc = metrics.get("test_accuracy")
         ms = metrics.get("step_time_ms_p50")
@@ -336,16 +346,22 @@ def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool
     executor = make_executor(config, out_dir)  # before anything is written: may be a config error
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / RESULTS_FILE
-    jobs = expand_jobs(config, config.device)
-    summary = RunSummary(out_dir, len(jobs))
+    all_jobs = expand_jobs(config, config.device)
+    jobs = [] if config.speed.speed_only else all_jobs
+    tasks = speed_tasks(config, all_jobs) if config.speed.enabled or config.speed.speed_only else []
+    summary = RunSummary(out_dir, len(jobs) + len(tasks))
     done: set[str] = set()
     if resume:
         read = read_records(results_path)
         summary.warnings.extend(read.warnings)
-        done = {jid for jid, r in latest_by_job(read.records).items() if r["status"] == "ok"}
+        done = {jid for jid, r in latest_by_job(read.records + read.speed).items() if r["status"] == "ok"}
     save_config(config, out_dir)
-    pending = [job for job in jobs if job.job_id not in done]
-    summary.skipped_ok = len(jobs) - len(pending)
+    pending: list[Job | SpeedTask] = [job for job in [*jobs, *tasks] if job.job_id not in done]
+    summary.skipped_ok = len(jobs) + len(tasks) - len(pending)
+    if tasks and config.device != "cuda":
+        warning = busy_warning()
+        if warning:
+            console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
 
     # Backends whose framework is missing never start a worker: their jobs are recorded
     # `unavailable` with the reason.
@@ -382,11 +398,15 @@ def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool
                 if added:
                     progress.console.print(f"more seeds for undecided verdicts: {len(added)} job(s)", highlight=False)
 
-            # Round by round: the matrix, then (seeds on demand) the jobs of each later look.
+            # Round by round: the matrix, then (seeds on demand) the jobs of each later look;
+            # then the timed speed phases, when no training job is left to compete with them.
+            training = [job for job in pending if not isinstance(job, SpeedTask)]
             for round_jobs in rounds_on_demand(
-                config, config.device, pending, results_path, lambda j: j.job_id in done, more_seeds
+                config, config.device, training, results_path, lambda j: j.job_id in done, more_seeds
             ):
                 _run_round(config, executor, round_jobs, availability, write, on_step)
+            phases = [task for task in pending if isinstance(task, SpeedTask)]
+            _run_round(config, executor, phases, availability, write, on_step)
     except KeyboardInterrupt:
         summary.interrupted = True
         executor.kill_all()
@@ -437,10 +457,10 @@ def _run_round(
         batch = next_batch
 
 
-def _half_batch_retry(config: SuiteConfig, job: Job, record: dict[str, Any]) -> Job | None:
+def _half_batch_retry(config: SuiteConfig, job: Job | SpeedTask, record: dict[str, Any]) -> Job | None:
     """The same job with half the batch size, if it ran out of memory and the config asks for
     a retry (and the halved batch still splits into the configured micro-batches)."""
-    if record["status"] != "oom" or not config.runner.oom_retry_half_batch:
+    if record["status"] != "oom" or not config.runner.oom_retry_half_batch or isinstance(job, SpeedTask):
         return None
     half = job.train.batch_size // 2
     if half < 1 or half % job.train.grad_accumulation:

@@ -2,7 +2,8 @@
 
 Started as ``python -m precision_suite.worker`` in its own process session (so the runner can kill the
 whole group on a timeout, and a terminal Ctrl-C reaches only the runner). Protocol: JSON lines.
-The runner writes ``{"type": "job", "job": {...}}`` or ``{"type": "exit"}`` to stdin; the worker
+The runner writes ``{"type": "job", "job": {...}}``, ``{"type": "speed", "job": {...}}`` (a
+timed phase, ``precision_suite.speed.SpeedTask``) or ``{"type": "exit"}`` to stdin; the worker
 answers on a private copy of its original stdout with ``{"type": "ready"}``, ``{"type":
 "progress", "step": k, "total": n}`` and ``{"type": "result", "record": {...}}``. Everything the
 frameworks print goes to stderr (the run's worker log), never into the protocol stream.
@@ -50,19 +51,21 @@ def main() -> int:
     from precision_suite.jobs import Job
     from precision_suite.loop import run_job
     from precision_suite.results import jsonable
+    from precision_suite.speed import SPEED_KIND, SpeedTask, run_speed_task
 
     _send(out, {"type": "ready", "pid": os.getpid()})
     for line in sys.stdin:
         message = json.loads(line)
         if message.get("type") == "exit":
             break
-        job = Job.from_dict(message["job"])
-        print(f"[worker {os.getpid()}] job {job.job_id}", file=sys.stderr, flush=True)
+        timed_phase = message.get("type") == SPEED_KIND
+        job = (SpeedTask if timed_phase else Job).from_dict(message["job"])
+        print(f"[worker {os.getpid()}] {message.get('type')} {job.job_id}", file=sys.stderr, flush=True)
 
         def progress(step: int, total: int) -> None:
             _send(out, {"type": "progress", "step": step, "total": total})
 
-        record = run_job(job, progress)
+        record = run_speed_task(job, progress) if timed_phase else run_job(job, progress)
         _send(out, {"type": "result", "record": jsonable(record)})
     return 0
 

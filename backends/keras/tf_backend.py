@@ -46,6 +46,7 @@ from precision_suite.backends.base import (
     MemoryStats,
     Telemetry,
 )
+from precision_suite.memory import PrecisionLayout, account_job
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
@@ -167,6 +168,7 @@ class TfKerasBackend(Backend):
             self.y_train = tf.constant(data.y_train.astype(np.int32))
             self.y_test = tf.constant(data.y_test.astype(np.int32))
             self.num_classes = data.num_classes
+            self.data_shape = tuple(data.input_shape)
             self.model = build_keras_model(
                 job.model,
                 data.input_shape,
@@ -347,24 +349,54 @@ class TfKerasBackend(Backend):
         if self.job.device == "cuda":
             tf.config.experimental.reset_memory_stats("GPU:0")
 
+    def memory_layout(self) -> PrecisionLayout:
+        """The dtypes this backend really holds (Keras mixed policies keep fp32 variables and
+        cast them per use: no master copy), for the accounting."""
+        variable = max(self.model.trainable_variables, key=lambda v: int(np.prod(v.shape)))
+        param = np.dtype(variable.dtype).name
+        _, keras = _import_tf()
+        compute = keras.DTypePolicy(KERAS_DTYPE_POLICIES[self.job.policy]).compute_dtype
+        return PrecisionLayout(param, compute, (param,), None, param)
+
     def memory_stats(self) -> MemoryStats:
         import tensorflow as tf
 
         def nbytes(variables: Any) -> int:
             return int(sum(np.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables))
 
-        trainable = self.model.trainable_variables
-        breakdown = {
+        observed = {
             "weights": nbytes(self.model.variables),
-            "gradients": nbytes(trainable),
+            "gradients": nbytes(self.model.trainable_variables),
             "optimizer_state": nbytes(self.optimizer.variables),
-            # Keras' mixed policies keep float32 variables and cast per use: no master copy.
             "master_weights": 0,
         }
+        breakdown = account_job(self.job, self.data_shape, self.num_classes, self.memory_layout()).breakdown()
         if self.job.device == "cuda":
             peak = tf.config.experimental.get_memory_info("GPU:0")["peak"]
-            return MemoryStats(int(peak), "tf.config.experimental.get_memory_info", breakdown)
-        return MemoryStats(sum(breakdown.values()), "accounting (cpu)", breakdown)
+            return MemoryStats(int(peak), "tf.config.experimental.get_memory_info", breakdown, observed)
+        return MemoryStats(sum(breakdown.values()), "accounting (cpu)", breakdown, observed)
+
+    def activate(self) -> None:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_tensor_float_32_execution(self.policy.tf32)
+
+    def matmul_tflops(self, dtype: str, seconds: float = 0.2) -> float | None:
+        import time
+
+        import tensorflow as tf
+
+        n = 4096 if self.job.device == "cuda" else 1024
+        with tf.device(self._device):
+            a = tf.random.normal((n, n), dtype=dtype)
+            b = tf.random.normal((n, n), dtype=dtype)
+            tf.matmul(a, b).numpy()
+            iters, t0 = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - t0) < seconds or iters < 2:
+                out = tf.matmul(a, b)
+                iters += 1
+                tf.reduce_sum(out).numpy()  # reading a result waits for the product
+        return 2 * n**3 * iters / elapsed / 1e12
 
     def observed_precision(self) -> dict[str, Any]:
         import tensorflow as tf

@@ -37,6 +37,7 @@ from precision_suite.backends.base import (
 from precision_suite.backends.reference.lr_schedule import lr_table
 from precision_suite.data import plan_steps
 from precision_suite.measure import cpu_info
+from precision_suite.memory import PrecisionLayout, account_job
 
 if TYPE_CHECKING:
     import torch
@@ -280,6 +281,7 @@ class TorchBackendBase(Backend):
         self.y_test = upload(data.y_test, torch.int64)
         self.n_micro = job.train.grad_accumulation
         self.activation_bytes: int | None = None
+        self.data_shape = (tuple(data.input_shape), data.num_classes)
 
         model = build_torch_model(job.model, data.input_shape, data.num_classes, init_weights)
         self.model = model.to(self.device)
@@ -444,25 +446,55 @@ class TorchBackendBase(Backend):
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
+    def memory_layout(self) -> PrecisionLayout:
+        """The dtypes this backend really holds, read from its tensors (for the accounting)."""
+        master = self._master_tensors()
+        grads = [dtype_name(max(self.model.parameters(), key=lambda p: p.numel()).dtype)]
+        if master:
+            grads.append(dtype_name(master[0].dtype))
+        master_dtype = dtype_name(master[0].dtype) if master else None
+        compute = dtype_name(self.compute_dtype)
+        return PrecisionLayout(grads[0], compute, tuple(grads), master_dtype, master_dtype or grads[0])
+
     def memory_stats(self) -> MemoryStats:
         import torch
 
         params = list(self.model.parameters())
-        breakdown = {
+        observed = {
             "weights": tensor_bytes(params) + tensor_bytes(self.model.buffers()),
             "gradients": tensor_bytes(self._grad_tensors()),
             "optimizer_state": tensor_bytes(v for s in self.optimizer.state.values() for v in s.values()),
             "master_weights": tensor_bytes(self._master_tensors()),
         }
         if self.activation_bytes is not None:
-            breakdown["activations"] = self.activation_bytes
+            observed["activations"] = self.activation_bytes
+        breakdown = account_job(self.job, *self.data_shape, self.memory_layout()).breakdown()
         if self.device.type == "cuda":
-            return MemoryStats(
-                int(torch.cuda.max_memory_allocated(self.device)),
-                "torch.cuda.max_memory_allocated",
-                breakdown,
-            )
-        return MemoryStats(sum(breakdown.values()), "accounting (cpu)", breakdown)
+            peak = int(torch.cuda.max_memory_allocated(self.device))
+            return MemoryStats(peak, "torch.cuda.max_memory_allocated", breakdown, observed)
+        return MemoryStats(sum(breakdown.values()), "accounting (cpu)", breakdown, observed)
+
+    def activate(self) -> None:
+        self._apply_globals()
+
+    def matmul_tflops(self, dtype: str, seconds: float = 0.2) -> float | None:
+        import time
+
+        import torch
+
+        if self.device.type == "cuda":
+            from precision_suite.mfu import measure_matmul_tflops
+
+            return measure_matmul_tflops(dtype, n=4096, iters=10, tf32=self.policy.tf32)
+        n = 1024
+        a = torch.randn(n, n, dtype=torch_dtype(dtype))
+        b = torch.randn(n, n, dtype=torch_dtype(dtype))
+        a @ b
+        iters, t0 = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < seconds or iters < 2:
+            a @ b
+            iters += 1
+        return 2 * n**3 * iters / elapsed / 1e12
 
     def observed_precision(self) -> dict[str, Any]:
         import torch

@@ -17,12 +17,26 @@ from tests.helpers.render import assert_renders_in_chromium, needs_chromium
 def test_default_run_passes_check_and_its_report_renders(tmp_path):
     out = tmp_path / "run"
     assert main(["run", "--out", str(out)]) == 0
-    records = read_records(out / "results.jsonl").records
+    read = read_records(out / "results.jsonl")
+    records = read.records
     # 3 models x 10 backend-policies x 3 seeds, and the one-ulp noise-floor runs of the two
     # frameworks' fp32 (3 models x 2 x 3 seeds).
     assert len(records) == 3 * 10 * 3 + 3 * 2 * 3
+    # The paired speed phase: one per (model, framework), every one ok.
+    assert sorted(r["job_id"] for r in read.speed if r["status"] == "ok") == sorted(
+        f"speed/{m}/digits/{f}" for m in ("mlp", "cnn", "transformer") for f in ("torch", "tensorflow")
+    )
+    # One memory accounting: torch and Keras fp32 agree within 10 % per model, and Keras' mixed
+    # policies show their activation savings.
+    memory = {(r["model"], r["backend"], r["policy"]): r["metrics"]["peak_memory_bytes"] for r in records}
+    for model in ("mlp", "cnn", "transformer"):
+        torch_fp32, keras_fp32 = memory[(model, "torch-amp", "fp32")], memory[(model, "tf-keras", "fp32")]
+        assert abs(keras_fp32 / torch_fp32 - 1) <= 0.10, model
+        for policy in ("fp16-mixed", "bf16-mixed"):
+            assert memory[(model, "tf-keras", policy)] < keras_fp32, (model, policy)
     # digits is not noisy: every enforced verdict is a PASS, none INCONCLUSIVE.
     assert main(["check", str(out), "--strict"]) == 0
     plots = sorted((out / "plots").glob("*.png"))
-    assert len(plots) == 15  # loss, loss scale, speed/memory, accuracy, equivalence for each of 3 models
+    # loss, loss scale, speed/memory, memory breakdown, accuracy, equivalence for each of 3 models
+    assert len(plots) == 18
     assert_renders_in_chromium(tmp_path, out / "report.html", len(plots))
