@@ -12,60 +12,42 @@ Keras' "auto"): rows gathered on the device from the resident data, micro-batche
 scale and skipped flag go into an on-device buffer drained in one read, so no step waits for
 the host.
 
-Loss scaling (fp16-mixed) from ``job.loss_scale``:
-
-* dynamic: ``LossScaleOptimizer(initial_scale=init_scale, dynamic_growth_steps=growth_interval)``.
-  Keras grows by 2 and backs off by 0.5, fixed; other factors are rejected (``config_problem``).
-  Its skip/grow/backoff rule is GradScaler's: a non-finite gradient halves the scale and resets
-  the counter without calling the inner optimizer (so ``iterations``, which indexes the lr
-  schedule, counts applied steps only); a finite one counts, and the ``growth_interval``-th in a
-  row doubles the scale.
-* static: the inner optimizer's ``loss_scale_factor``. Keras would then apply a non-finite
-  gradient; GradScaler (and ``backends/reference/loss_scale.py``) skips it, so the step skips too.
-* disabled, or any other policy: no scaling, scale 1.0, nothing skipped.
-
-Optimizers follow torch's update rules (``backends/keras/optim.py``).
+Loss scaling (fp16-mixed) follows ``job.loss_scale`` through ``LossScaleOptimizer`` (dynamic)
+or ``loss_scale_factor`` (static, non-finite steps skipped here as GradScaler does); Keras grows
+by 2 and backs off by 0.5, fixed, and other factors are rejected (``config_problem``). The
+policy table, that mapping, checkpoints and the CPU memory accounting are shared with every Keras
+runtime (``backends/keras/common.py``); optimizers follow torch's update rules
+(``backends/keras/optim.py``).
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from precision_suite.backends.base import Availability, Backend, EvalResult, MemoryStats, Telemetry
+from precision_suite.backends.keras.common import (
+    EVAL_BATCH,
+    KERAS_POLICIES,
+    build_keras_optimizer,
+    cross_entropy,
+    import_keras,
+    keras_availability,
+    keras_config_problem,
+    keras_cpu_memory_stats,
+    keras_memory_breakdown,
+    keras_observed_precision,
+    keras_state_dict,
+    load_keras_state,
+    loss_mode,
+    loss_scale_used,
+)
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from precision_suite.data import Dataset
     from precision_suite.jobs import Job
-
-EVAL_BATCH = 1024
-# Keras' LossScaleOptimizer hard-codes these.
-KERAS_GROWTH_FACTOR = 2.0
-KERAS_BACKOFF_FACTOR = 0.5
-
-
-@dataclass(frozen=True)
-class KerasPolicy:
-    """What a policy means in Keras."""
-
-    dtype_policy: str  # keras.DTypePolicy name
-    tf32: bool  # TensorFloat-32 execution allowed
-    loss_scaling: bool  # fp16: scaled per job.loss_scale
-
-
-# The one table this backend reads.
-KERAS_POLICIES: dict[str, KerasPolicy] = {
-    "fp32": KerasPolicy("float32", tf32=False, loss_scaling=False),
-    "tf32": KerasPolicy("float32", tf32=True, loss_scaling=False),
-    "fp16-mixed": KerasPolicy("mixed_float16", tf32=False, loss_scaling=True),
-    "bf16-mixed": KerasPolicy("mixed_bfloat16", tf32=False, loss_scaling=False),
-}
 
 
 class TfKerasOptions(BaseModel):
@@ -79,27 +61,10 @@ class TfKerasOptions(BaseModel):
 
 def _import_tf() -> tuple[Any, Any]:
     """tensorflow and keras, with Keras on its TensorFlow backend."""
-    import sys
-
-    if "keras" not in sys.modules:
-        # Keras reads its backend once, at import, from KERAS_BACKEND or ~/.keras/keras.json.
-        os.environ["KERAS_BACKEND"] = "tensorflow"
-    import keras
+    keras = import_keras("tensorflow")
     import tensorflow as tf
 
-    if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(
-            f"tf-keras needs Keras on its TensorFlow backend, but Keras was loaded with "
-            f'"{keras.backend.backend()}" (KERAS_BACKEND); run it in a process where '
-            "KERAS_BACKEND=tensorflow"
-        )
     return tf, keras
-
-
-def _loss_mode(job: Job) -> str:
-    if not (KERAS_POLICIES[job.policy].loss_scaling and job.loss_scale.enabled):
-        return "none"
-    return "dynamic" if job.loss_scale.dynamic else "static"
 
 
 class TfKerasBackend(Backend):
@@ -110,13 +75,7 @@ class TfKerasBackend(Backend):
 
     @staticmethod
     def is_available() -> Availability:
-        for module, pip_name in (("tensorflow", "tensorflow"), ("keras", "keras")):
-            if importlib.util.find_spec(module) is None:
-                return Availability(False, f"{pip_name} is not installed")
-        version = importlib.metadata.version("keras")
-        if int(version.split(".")[0]) < 3:
-            return Availability(False, f"tf-keras needs Keras 3, found keras {version}")
-        return Availability(True)
+        return keras_availability("tf-keras", "tensorflow")
 
     @classmethod
     def resolve_device(cls, requested: str) -> str:
@@ -133,23 +92,7 @@ class TfKerasBackend(Backend):
 
     @classmethod
     def config_problem(cls, job: Job) -> str | None:
-        """Why this backend cannot run ``job`` as configured (one line), or None."""
-        if job.policy not in KERAS_POLICIES:
-            return f'backend tf-keras has no policy "{job.policy}"; it has: {", ".join(KERAS_POLICIES)}'
-        ls = job.loss_scale
-        if _loss_mode(job) == "dynamic":
-            for key, value, fixed in (
-                ("growth_factor", ls.growth_factor, KERAS_GROWTH_FACTOR),
-                ("backoff_factor", ls.backoff_factor, KERAS_BACKOFF_FACTOR),
-            ):
-                if value != fixed:
-                    return (
-                        f"loss_scale.{key}={value:g} cannot run on tf-keras: Keras' "
-                        f"LossScaleOptimizer always grows the scale by {KERAS_GROWTH_FACTOR:g} "
-                        f"and backs off by {KERAS_BACKOFF_FACTOR:g}; use {key}: {fixed:g} or "
-                        "dynamic: false"
-                    )
-        return None
+        return keras_config_problem(cls.name, job)
 
     # -------------------------------------------------- setup
     def setup(self, job: Job, init_weights: dict[str, np.ndarray], data: Dataset) -> None:
@@ -158,13 +101,12 @@ class TfKerasBackend(Backend):
             raise ValueError(problem)
         tf, keras = _import_tf()
         from precision_suite.backends.keras.models import build_keras_model
-        from precision_suite.backends.keras.optim import build_optimizer
         from precision_suite.models import prepare_inputs
 
         self.job = job
         self.options = TfKerasOptions.model_validate(job.options)
         self.policy = KERAS_POLICIES[job.policy]
-        self.loss_mode = _loss_mode(job)
+        self.loss_mode = loss_mode(job)
         self._device = "/GPU:0" if job.device == "cuda" else "/CPU:0"
         self._configure_runtime(tf)
         keras.utils.set_random_seed(job.seed)
@@ -187,19 +129,7 @@ class TfKerasBackend(Backend):
                 init_weights,
                 keras.DTypePolicy(self.policy.dtype_policy),
             )
-            train = job.train
-            total_steps = train.steps or (len(data.y_train) // train.batch_size) * int(train.epochs or 0)
-            inner = build_optimizer(train.optimizer, train.lr_schedule, max(total_steps, 1), train.grad_clip_norm)
-            ls = job.loss_scale
-            if self.loss_mode == "dynamic":
-                self.optimizer = keras.optimizers.LossScaleOptimizer(
-                    inner, initial_scale=ls.init_scale, dynamic_growth_steps=ls.growth_interval
-                )
-            else:
-                if self.loss_mode == "static":
-                    inner.loss_scale_factor = ls.init_scale
-                self.optimizer = inner
-            self.inner_optimizer = inner
+            self.optimizer, self.inner_optimizer = build_keras_optimizer(keras, job, data)
             self.optimizer.build(self.model.trainable_variables)
         # Each step returns its (loss, scale used, skipped) row as a device tensor; they are kept
         # unread and stacked in one read at the drain (cheaper than writing a device buffer).
@@ -242,10 +172,7 @@ class TfKerasBackend(Backend):
             tf_config.disable_op_determinism()
 
     def _loss(self, tf: Any, logits: Any, labels: Any) -> Any:
-        # log-softmax · one-hot rather than the sparse op: its GPU gradient has no deterministic
-        # kernel, and this is torch's cross_entropy (mean NLL of log_softmax) term for term.
-        logp = tf.nn.log_softmax(tf.cast(logits, tf.float32))
-        return -tf.reduce_mean(tf.reduce_sum(tf.one_hot(labels, self.num_classes) * logp, axis=1))
+        return cross_entropy(logits, labels, self.num_classes)
 
     def _build_functions(self, tf: Any) -> None:
         model, optimizer = self.model, self.optimizer
@@ -362,59 +289,18 @@ class TfKerasBackend(Backend):
     def memory_stats(self) -> MemoryStats:
         import tensorflow as tf
 
-        def nbytes(variables: Any) -> int:
-            return int(sum(np.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables))
-
-        trainable = self.model.trainable_variables
-        breakdown = {
-            "weights": nbytes(self.model.variables),
-            "gradients": nbytes(trainable),
-            "optimizer_state": nbytes(self.optimizer.variables),
-            # Keras' mixed policies keep float32 variables and cast per use: no master copy.
-            "master_weights": 0,
-        }
         if self.job.device == "cuda":
             peak = tf.config.experimental.get_memory_info("GPU:0")["peak"]
+            breakdown = keras_memory_breakdown(self.model, self.optimizer)
             return MemoryStats(int(peak), "tf.config.experimental.get_memory_info", breakdown)
-        return MemoryStats(sum(breakdown.values()), "accounting (cpu)", breakdown)
+        return keras_cpu_memory_stats(self.model, self.optimizer)
 
     def observed_precision(self) -> dict[str, Any]:
         import tensorflow as tf
 
-        first = self.model.layers[1]  # the first layer after the input: a dense or conv
         with tf.device(self._device):
-            activation = first(self.x_test[:2])
-        variable = first.kernel
-        return {
-            "compute_dtype": activation.dtype.name,
-            "param_dtype": str(variable.dtype),
-            "master_dtype": str(variable.dtype),
-            "loss_scaling": self.loss_mode,
-            "layer_compute_dtype": first.compute_dtype,
-            "layer_variable_dtype": first.variable_dtype,
-            "head_compute_dtype": self.model.get_layer("head").compute_dtype,
-            "loss_scale_config": self._loss_scale_used(),
-        }
-
-    def _loss_scale_used(self) -> dict[str, Any]:
-        ls = self.job.loss_scale
-        if self.loss_mode == "dynamic":
-            return {
-                "mode": "dynamic",
-                "via": "keras.optimizers.LossScaleOptimizer",
-                "initial_scale": float(ls.init_scale),
-                "dynamic_growth_steps": int(ls.growth_interval),
-                "growth_factor": KERAS_GROWTH_FACTOR,
-                "backoff_factor": KERAS_BACKOFF_FACTOR,
-            }
-        if self.loss_mode == "static":
-            return {
-                "mode": "static",
-                "via": "optimizer.loss_scale_factor",
-                "loss_scale_factor": float(ls.init_scale),
-                "skip_nonfinite": True,
-            }
-        return {"mode": "none"}
+            activation = self.model.layers[1](self.x_test[:2])
+        return keras_observed_precision(self.model, activation, self.job)
 
     def environment(self) -> dict[str, Any]:
         import keras
@@ -440,50 +326,15 @@ class TfKerasBackend(Backend):
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
             "runtime_notes": list(self._runtime_notes),
-            "loss_scaling": self._loss_scale_used(),
+            "loss_scaling": loss_scale_used(self.job),
         }
 
     # -------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        from precision_suite.backends.keras.models import keras_model_weights, keras_variable_map
-
-        canonical = {id(v) for v in keras_variable_map(self.model).values()}
-        state: dict[str, Any] = {
-            "weights": keras_model_weights(self.model),
-            # Anything else the model holds (dropout seed-generator states).
-            "model_extra": [np.asarray(v.numpy()) for v in self.model.variables if id(v) not in canonical],
-            "optimizer": [np.asarray(v.numpy()) for v in self.optimizer.variables],
-            "iterations": int(self.optimizer.iterations.numpy()),
-            "loss_scale": None,
-        }
-        if self.loss_mode == "dynamic":
-            state["loss_scale"] = {
-                "scale": float(self.optimizer.dynamic_scale.numpy()),
-                "growth_tracker": int(self.optimizer.step_counter.numpy()),
-            }
-        return state
+        return keras_state_dict(self.model, self.optimizer, self.job)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        from precision_suite.backends.keras.models import keras_variable_map, load_keras_weights
-
-        load_keras_weights(self.model, state["weights"])
-        canonical = {id(v) for v in keras_variable_map(self.model).values()}
-        extra = [v for v in self.model.variables if id(v) not in canonical]
-        for target, values, what in (
-            (extra, state["model_extra"], "model"),
-            (list(self.optimizer.variables), state["optimizer"], "optimizer"),
-        ):
-            if len(target) != len(values):
-                raise ValueError(
-                    f"checkpoint has {len(values)} {what} variables, this job has {len(target)}: "
-                    "it was saved from a different job configuration"
-                )
-            for var, value in zip(target, values, strict=True):
-                var.assign(value)
-        # The readable copy of the loss-scale state wins over the raw optimizer variables.
-        if self.loss_mode == "dynamic" and state.get("loss_scale"):
-            self.optimizer.dynamic_scale.assign(state["loss_scale"]["scale"])
-            self.optimizer.step_counter.assign(state["loss_scale"]["growth_tracker"])
+        load_keras_state(self.model, self.optimizer, self.job, state)
 
     def teardown(self) -> None:
         import keras

@@ -1,0 +1,270 @@
+"""What every Keras 3 runtime backend shares (tf-keras, keras-jax): the policy table, the
+loss-scale mapping and its checks, the optimizer (with its ``LossScaleOptimizer``), the loss,
+the observed precision, CPU memory accounting and checkpoints.
+
+Importing this module imports no framework: ``is_available`` and ``config_problem`` use it in
+the parent process. Keras itself is imported through ``import_keras``, which picks the Keras
+backend (the runtime) before the first ``import keras``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from precision_suite.backends.base import Availability, MemoryStats
+
+if TYPE_CHECKING:
+    from precision_suite.data import Dataset
+    from precision_suite.jobs import Job
+
+EVAL_BATCH = 1024
+# Keras' LossScaleOptimizer hard-codes these.
+KERAS_GROWTH_FACTOR = 2.0
+KERAS_BACKOFF_FACTOR = 0.5
+# Modules of this package that import keras at module level: rebound when the Keras runtime is
+# switched in-process (see ``import_keras``).
+_KERAS_MODULES = ("precision_suite.backends.keras.models", "precision_suite.backends.keras.optim")
+
+
+@dataclass(frozen=True)
+class KerasPolicy:
+    """What a policy means in Keras."""
+
+    dtype_policy: str  # keras.DTypePolicy name
+    tf32: bool  # TensorFloat-32 execution allowed
+    loss_scaling: bool  # fp16: scaled per job.loss_scale
+
+
+# The one table the Keras backends read.
+KERAS_POLICIES: dict[str, KerasPolicy] = {
+    "fp32": KerasPolicy("float32", tf32=False, loss_scaling=False),
+    "tf32": KerasPolicy("float32", tf32=True, loss_scaling=False),
+    "fp16-mixed": KerasPolicy("mixed_float16", tf32=False, loss_scaling=True),
+    "bf16-mixed": KerasPolicy("mixed_bfloat16", tf32=False, loss_scaling=False),
+}
+
+
+def keras_availability(backend_name: str, framework: str) -> Availability:
+    """The runtime ``framework`` (a module name that is also its pip name) and Keras 3, found
+    without importing either."""
+    for module in (framework, "keras"):
+        if importlib.util.find_spec(module) is None:
+            return Availability(False, f"{module} is not installed")
+    version = importlib.metadata.version("keras")
+    if int(version.split(".")[0]) < 3:
+        return Availability(False, f"{backend_name} needs Keras 3, found keras {version}")
+    return Availability(True)
+
+
+def import_keras(runtime: str) -> Any:
+    """``keras`` on the Keras backend ``runtime`` ("tensorflow", "jax").
+
+    Keras reads its backend once, at import, from KERAS_BACKEND (or ~/.keras/keras.json), so it
+    is set here before the first import: a worker process runs one framework's jobs only. A
+    process that already loaded Keras on another runtime (a test session running every
+    backend) is switched with ``keras.config.set_backend``, which re-imports Keras; this
+    package's modules that hold ``keras`` are then re-imported too. Keras objects made before the
+    switch are unusable afterwards (each job builds its own in ``setup``)."""
+    if "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = runtime
+    import keras
+
+    if keras.backend.backend() == runtime:
+        return keras
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*set_backend.*", category=UserWarning)
+        keras.config.set_backend(runtime)
+    import keras
+
+    for name in _KERAS_MODULES:
+        if name in sys.modules:
+            importlib.reload(sys.modules[name])
+    if keras.backend.backend() != runtime:
+        raise RuntimeError(f'Keras could not be switched to its "{runtime}" backend (KERAS_BACKEND)')
+    return keras
+
+
+def loss_mode(job: Job) -> str:
+    """How ``job`` scales its loss: "dynamic", "static" or "none"."""
+    if not (KERAS_POLICIES[job.policy].loss_scaling and job.loss_scale.enabled):
+        return "none"
+    return "dynamic" if job.loss_scale.dynamic else "static"
+
+
+def keras_config_problem(backend_name: str, job: Job) -> str | None:
+    """Why a Keras backend cannot run ``job`` as configured (one line), or None."""
+    if job.policy not in KERAS_POLICIES:
+        return f'backend {backend_name} has no policy "{job.policy}"; it has: {", ".join(KERAS_POLICIES)}'
+    ls = job.loss_scale
+    if loss_mode(job) == "dynamic":
+        for key, value, fixed in (
+            ("growth_factor", ls.growth_factor, KERAS_GROWTH_FACTOR),
+            ("backoff_factor", ls.backoff_factor, KERAS_BACKOFF_FACTOR),
+        ):
+            if value != fixed:
+                return (
+                    f"loss_scale.{key}={value:g} cannot run on {backend_name}: Keras' "
+                    f"LossScaleOptimizer always grows the scale by {KERAS_GROWTH_FACTOR:g} "
+                    f"and backs off by {KERAS_BACKOFF_FACTOR:g}; use {key}: {fixed:g} or "
+                    "dynamic: false"
+                )
+    return None
+
+
+def loss_scale_used(job: Job) -> dict[str, Any]:
+    """The loss scaling a Keras backend applies for ``job``, as recorded."""
+    ls = job.loss_scale
+    mode = loss_mode(job)
+    if mode == "dynamic":
+        return {
+            "mode": "dynamic",
+            "via": "keras.optimizers.LossScaleOptimizer",
+            "initial_scale": float(ls.init_scale),
+            "dynamic_growth_steps": int(ls.growth_interval),
+            "growth_factor": KERAS_GROWTH_FACTOR,
+            "backoff_factor": KERAS_BACKOFF_FACTOR,
+        }
+    if mode == "static":
+        return {
+            "mode": "static",
+            "via": "optimizer.loss_scale_factor",
+            "loss_scale_factor": float(ls.init_scale),
+            "skip_nonfinite": True,
+        }
+    return {"mode": "none"}
+
+
+def build_keras_optimizer(keras: Any, job: Job, data: Dataset) -> tuple[Any, Any]:
+    """(the optimizer a step applies, the torch-style optimizer inside it) for ``job``:
+
+    * dynamic: ``LossScaleOptimizer(initial_scale=init_scale, dynamic_growth_steps=growth_interval)``.
+      Its skip/grow/backoff rule is GradScaler's: a non-finite gradient halves the scale and
+      resets the counter without calling the inner optimizer (so ``iterations``, which indexes
+      the lr schedule, counts applied steps only); the ``growth_interval``-th finite one in a row
+      doubles it.
+    * static: the inner optimizer's ``loss_scale_factor``. Keras would then apply a non-finite
+      gradient; GradScaler skips it, so the backend's step must skip it too.
+    * none: the inner optimizer alone.
+    """
+    from precision_suite.backends.keras.optim import build_optimizer
+
+    train = job.train
+    total_steps = train.steps or (len(data.y_train) // train.batch_size) * int(train.epochs or 0)
+    inner = build_optimizer(train.optimizer, train.lr_schedule, max(total_steps, 1), train.grad_clip_norm)
+    mode = loss_mode(job)
+    ls = job.loss_scale
+    if mode == "dynamic":
+        return keras.optimizers.LossScaleOptimizer(
+            inner, initial_scale=ls.init_scale, dynamic_growth_steps=ls.growth_interval
+        ), inner
+    if mode == "static":
+        inner.loss_scale_factor = ls.init_scale
+    return inner, inner
+
+
+def cross_entropy(logits: Any, labels: Any, num_classes: int) -> Any:
+    """torch's ``cross_entropy`` (mean NLL of log_softmax) term for term, in float32, as
+    log-softmax · one-hot rather than the sparse op (whose GPU gradient has no deterministic
+    kernel on TensorFlow)."""
+    from keras import ops
+
+    logp = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
+    return -ops.mean(ops.sum(ops.one_hot(labels, num_classes) * logp, axis=1))
+
+
+def keras_observed_precision(model: Any, activation: Any, job: Job) -> dict[str, Any]:
+    """The observed-precision record from the first layer's output ``activation`` on real rows."""
+    from keras import backend
+
+    first = model.layers[1]  # the first layer after the input: a dense or conv
+    variable = first.kernel
+    return {
+        "compute_dtype": backend.standardize_dtype(activation.dtype),
+        "param_dtype": str(variable.dtype),
+        "master_dtype": str(variable.dtype),
+        "loss_scaling": loss_mode(job),
+        "layer_compute_dtype": first.compute_dtype,
+        "layer_variable_dtype": first.variable_dtype,
+        "head_compute_dtype": model.get_layer("head").compute_dtype,
+        "loss_scale_config": loss_scale_used(job),
+    }
+
+
+def _nbytes(variables: Any) -> int:
+    return int(sum(np.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables))
+
+
+def keras_memory_breakdown(model: Any, optimizer: Any) -> dict[str, int]:
+    """Weights, gradients, optimizer state and master copies of a Keras model, by variable size."""
+    return {
+        "weights": _nbytes(model.variables),
+        "gradients": _nbytes(model.trainable_variables),
+        "optimizer_state": _nbytes(optimizer.variables),
+        # Keras' mixed policies keep float32 variables and cast per use: no master copy.
+        "master_weights": 0,
+    }
+
+
+def keras_cpu_memory_stats(model: Any, optimizer: Any) -> MemoryStats:
+    """The CPU memory accounting of a Keras job (the same in every Keras runtime)."""
+    breakdown = keras_memory_breakdown(model, optimizer)
+    return MemoryStats(sum(breakdown.values()), "accounting (cpu)", breakdown)
+
+
+def _to_numpy(variable: Any) -> np.ndarray:
+    from keras import ops
+
+    return np.asarray(ops.convert_to_numpy(variable.value))
+
+
+def keras_state_dict(model: Any, optimizer: Any, job: Job) -> dict[str, Any]:
+    """Model, optimizer, step counter and loss-scale state of a Keras job, as NumPy / Python."""
+    from precision_suite.backends.keras.models import keras_model_weights, keras_variable_map
+
+    canonical = {id(v) for v in keras_variable_map(model).values()}
+    state: dict[str, Any] = {
+        "weights": keras_model_weights(model),
+        # Anything else the model holds (dropout seed-generator states).
+        "model_extra": [_to_numpy(v) for v in model.variables if id(v) not in canonical],
+        "optimizer": [_to_numpy(v) for v in optimizer.variables],
+        "iterations": int(_to_numpy(optimizer.iterations)),
+        "loss_scale": None,
+    }
+    if loss_mode(job) == "dynamic":
+        state["loss_scale"] = {
+            "scale": float(_to_numpy(optimizer.dynamic_scale)),
+            "growth_tracker": int(_to_numpy(optimizer.step_counter)),
+        }
+    return state
+
+
+def load_keras_state(model: Any, optimizer: Any, job: Job, state: dict[str, Any]) -> None:
+    """Assign what ``keras_state_dict`` returned to the model's and optimizer's variables."""
+    from precision_suite.backends.keras.models import keras_variable_map, load_keras_weights
+
+    load_keras_weights(model, state["weights"])
+    canonical = {id(v) for v in keras_variable_map(model).values()}
+    extra = [v for v in model.variables if id(v) not in canonical]
+    for target, values, what in (
+        (extra, state["model_extra"], "model"),
+        (list(optimizer.variables), state["optimizer"], "optimizer"),
+    ):
+        if len(target) != len(values):
+            raise ValueError(
+                f"checkpoint has {len(values)} {what} variables, this job has {len(target)}: "
+                "it was saved from a different job configuration"
+            )
+        for var, value in zip(target, values, strict=True):
+            var.assign(value)
+    # The readable copy of the loss-scale state wins over the raw optimizer variables.
+    if loss_mode(job) == "dynamic" and state.get("loss_scale"):
+        optimizer.dynamic_scale.assign(state["loss_scale"]["scale"])
+        optimizer.step_counter.assign(state["loss_scale"]["growth_tracker"])

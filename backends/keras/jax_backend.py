@@ -1,0 +1,363 @@
+"""``keras-jax``: Keras 3 on JAX, the same Keras models as tf-keras under a third runtime (XLA
+through JAX), with Keras' own mixed precision (``DTypePolicy``) and ``LossScaleOptimizer``.
+
+Registered only through the ``precision_suite.backends`` entry-point group (the project's own
+``pyproject.toml``), exactly as a third-party backend would be: the worked example of adding one.
+
+The model, optimizer, loss scaling, policy table, checkpoints and CPU memory accounting are the
+Keras ones shared with tf-keras (``backends/keras/common.py``). What is JAX's own:
+
+* One optimizer step is one ``jax.jit`` function of the whole training state (trainable and
+  non-trainable model variables, optimizer variables, telemetry buffer), built from
+  ``model.stateless_call`` and ``optimizer.stateless_apply``: the state is threaded through and
+  donated, so each step updates it in place on the device and nothing waits for the host.
+  (Keras' variables hold the state of ``setup`` and are written back only for checkpoints.)
+* XLA always: it is how JAX runs, and the record says so (``jit_compile: true``).
+* Loss, scale used and skipped flag of each step are written into an on-device buffer inside
+  the step; ``drain_telemetry`` reads the buffers in one transfer.
+* fp32 matmuls and convolutions run at ``highest`` precision (JAX's GPU default would be TF32);
+  ``tf32`` runs at ``tensorfloat32``, set at trace time with ``jax.default_matmul_precision``.
+* On GPU the memory peak is the JAX allocator's (``device.memory_stats()``), which cannot be
+  reset: it is the worker process's peak, the job's own with ``runner.isolation: per-job``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from precision_suite.backends.base import Availability, Backend, EvalResult, MemoryStats, Telemetry
+from precision_suite.backends.keras.common import (
+    EVAL_BATCH,
+    KERAS_POLICIES,
+    build_keras_optimizer,
+    cross_entropy,
+    import_keras,
+    keras_availability,
+    keras_config_problem,
+    keras_cpu_memory_stats,
+    keras_memory_breakdown,
+    keras_observed_precision,
+    keras_state_dict,
+    load_keras_state,
+    loss_mode,
+    loss_scale_used,
+)
+
+if TYPE_CHECKING:
+    from precision_suite.data import Dataset
+    from precision_suite.jobs import Job
+
+# Steps a telemetry buffer holds; a full one is set aside (unread) and a new one started.
+TELEMETRY_CAPACITY = 1024
+
+
+def _import_jax() -> tuple[Any, Any]:
+    """jax and keras, with Keras on its JAX backend."""
+    keras = import_keras("jax")
+    import jax
+
+    return jax, keras
+
+
+def _jax_device(jax: Any, device: str) -> Any:
+    return jax.devices("gpu" if device == "cuda" else "cpu")[0]
+
+
+class KerasJaxBackend(Backend):
+    name = "keras-jax"
+    framework = "jax"
+    policies = tuple(KERAS_POLICIES)
+
+    @staticmethod
+    def is_available() -> Availability:
+        return keras_availability("keras-jax", "jax")
+
+    @classmethod
+    def resolve_device(cls, requested: str) -> str:
+        from precision_suite.backends.base import DeviceUnavailable
+
+        if requested == "cpu":
+            return "cpu"
+        import jax
+
+        try:
+            has_gpu = bool(jax.devices("gpu"))
+        except RuntimeError:  # no GPU platform in this jaxlib, or no device
+            has_gpu = False
+        if has_gpu:
+            return "cuda"
+        if requested == "cuda":
+            raise DeviceUnavailable("device cuda: JAX sees no GPU")
+        return "cpu"
+
+    @classmethod
+    def config_problem(cls, job: Job) -> str | None:
+        return keras_config_problem(cls.name, job)
+
+    # -------------------------------------------------- setup
+    def setup(self, job: Job, init_weights: dict[str, np.ndarray], data: Dataset) -> None:
+        problem = self.config_problem(job)
+        if problem:
+            raise ValueError(problem)
+        jax, keras = _import_jax()
+        from precision_suite.backends.keras.models import build_keras_model
+        from precision_suite.models import prepare_inputs
+
+        self.job = job
+        self.policy = KERAS_POLICIES[job.policy]
+        self.loss_mode = loss_mode(job)
+        self.matmul_precision = "tensorfloat32" if self.policy.tf32 else "highest"
+        self.device = _jax_device(jax, job.device)
+        self.num_classes = data.num_classes
+        keras.utils.set_random_seed(job.seed)
+
+        def on_device(array: np.ndarray) -> Any:
+            return jax.device_put(array, self.device)
+
+        x_train = prepare_inputs(job.model, data.x_train)
+        x_test = prepare_inputs(job.model, data.x_test)
+        if job.model.kind == "cnn":
+            # Keras convs are channels-last; transposed once here, not per step.
+            x_train, x_test = x_train.transpose(0, 2, 3, 1), x_test.transpose(0, 2, 3, 1)
+        self.x_train, self.x_test = on_device(np.ascontiguousarray(x_train)), on_device(np.ascontiguousarray(x_test))
+        self.y_train = on_device(data.y_train.astype(np.int32))
+        self.y_test = on_device(data.y_test.astype(np.int32))
+        with jax.default_device(self.device):
+            self.model = build_keras_model(
+                job.model,
+                data.input_shape,
+                data.num_classes,
+                init_weights,
+                keras.DTypePolicy(self.policy.dtype_policy),
+            )
+            self.optimizer, self.inner_optimizer = build_keras_optimizer(keras, job, data)
+            self.optimizer.build(self.model.trainable_variables)
+        self._state_from_variables()
+        self._pending = 0  # steps written into the current telemetry buffer
+        self._full_buffers: list[Any] = []
+        self._build_functions(jax)
+
+    def _state_from_variables(self) -> None:
+        """The training state, copied from the Keras variables (the step donates its buffers,
+        which the variables must not share)."""
+        import jax
+        import jax.numpy as jnp
+
+        def copies(variables: Any) -> list[Any]:
+            return [jax.device_put(jnp.array(v.value, copy=True), self.device) for v in variables]
+
+        self._state = {
+            "trainable": copies(self.model.trainable_variables),
+            "non_trainable": copies(self.model.non_trainable_variables),
+            "optimizer": copies(self.optimizer.variables),
+            "telemetry": jax.device_put(jnp.zeros((TELEMETRY_CAPACITY, 3), jnp.float32), self.device),
+        }
+
+    def _variables_from_state(self) -> None:
+        """Write the training state back into the Keras variables (as copies)."""
+        import jax.numpy as jnp
+
+        for variables, values in (
+            (self.model.trainable_variables, self._state["trainable"]),
+            (self.model.non_trainable_variables, self._state["non_trainable"]),
+            (self.optimizer.variables, self._state["optimizer"]),
+        ):
+            for var, value in zip(variables, values, strict=True):
+                var.assign(jnp.array(value, copy=True))
+
+    def _build_functions(self, jax: Any) -> None:
+        import jax.numpy as jnp
+
+        model, optimizer = self.model, self.optimizer
+        mode = self.loss_mode
+        n_micro = self.job.train.grad_accumulation
+        micro = self.job.train.batch_size // n_micro
+        num_classes = self.num_classes
+        precision = self.matmul_precision
+        x_train, y_train = self.x_train, self.y_train
+        static_scale = float(self.job.loss_scale.init_scale) if mode == "static" else 1.0
+        scale_index = None
+        if mode == "dynamic":
+            scale_index = next(i for i, v in enumerate(optimizer.variables) if v is optimizer.dynamic_scale)
+
+        def scaled_loss(trainable: list, non_trainable: list, x: Any, y: Any, scale: Any) -> Any:
+            logits, non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
+            loss = cross_entropy(logits, y, num_classes)
+            return (loss / n_micro if n_micro > 1 else loss) * scale, (loss, non_trainable)
+
+        grad_fn = jax.value_and_grad(scaled_loss, has_aux=True)
+
+        def step(state: dict[str, Any], rows: Any, slot: Any) -> dict[str, Any]:
+            with jax.default_matmul_precision(precision):
+                trainable, non_trainable = state["trainable"], state["non_trainable"]
+                opt_vars = state["optimizer"]
+                x, y = jnp.take(x_train, rows, axis=0), jnp.take(y_train, rows, axis=0)
+                scale = opt_vars[scale_index] if mode == "dynamic" else jnp.float32(static_scale)
+                grads, loss_sum = None, jnp.float32(0.0)
+                for k in range(n_micro):
+                    part = slice(k * micro, (k + 1) * micro)
+                    (_, (loss, non_trainable)), micro_grads = grad_fn(
+                        trainable, non_trainable, x[part], y[part], scale
+                    )
+                    grads = micro_grads if grads is None else [a + b for a, b in zip(grads, micro_grads, strict=True)]
+                    loss_sum = loss_sum + loss
+                finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in grads]))
+                # dynamic: LossScaleOptimizer skips a non-finite step and moves the scale itself.
+                new_trainable, new_opt_vars = optimizer.stateless_apply(opt_vars, grads, trainable)
+                skipped = jnp.logical_not(finite) if mode != "none" else jnp.bool_(False)
+                if mode == "static":
+                    # Keras would apply it; GradScaler skips it (see build_keras_optimizer).
+                    keep = jax.tree_util.tree_map(
+                        lambda new, old: jnp.where(finite, new, old),
+                        (new_trainable, new_opt_vars),
+                        (trainable, opt_vars),
+                    )
+                    new_trainable, new_opt_vars = keep
+                row = jnp.stack([loss_sum / n_micro, scale.astype(jnp.float32), skipped.astype(jnp.float32)])
+                telemetry = jax.lax.dynamic_update_slice(state["telemetry"], row[None], (slot, 0))
+            return {
+                "trainable": list(new_trainable),
+                "non_trainable": list(non_trainable),
+                "optimizer": list(new_opt_vars),
+                "telemetry": telemetry,
+            }
+
+        def evaluate(state: dict[str, Any]) -> tuple[Any, Any]:
+            with jax.default_matmul_precision(precision):
+                losses, hits = [], []
+                n = int(self.x_test.shape[0])
+                for start in range(0, n, EVAL_BATCH):
+                    logits, _ = model.stateless_call(
+                        state["trainable"], state["non_trainable"], self.x_test[start : start + EVAL_BATCH]
+                    )
+                    y = self.y_test[start : start + EVAL_BATCH]
+                    losses.append(cross_entropy(logits, y, num_classes) * y.shape[0])
+                    hits.append(jnp.sum(jnp.argmax(logits, axis=1) == y))
+                return jnp.stack(losses), jnp.stack(hits)
+
+        self._step_fn = jax.jit(step, donate_argnums=0)
+        self._eval_fn = jax.jit(evaluate)
+
+    # -------------------------------------------------- training
+    def prepare_batches(self, rows: np.ndarray) -> Sequence[Any]:
+        import jax
+
+        staged = jax.device_put(np.asarray(rows, np.int32), self.device)
+        return list(staged)
+
+    def train_step(self, batch_indices: Any) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        if isinstance(batch_indices, np.ndarray):
+            batch_indices = jax.device_put(batch_indices.astype(np.int32), self.device)
+        if self._pending == TELEMETRY_CAPACITY:
+            self._full_buffers.append(self._state["telemetry"])
+            self._state["telemetry"] = jax.device_put(jnp.zeros((TELEMETRY_CAPACITY, 3), jnp.float32), self.device)
+            self._pending = 0
+        # The slot is a traced int32 argument: one compiled step serves every slot.
+        self._state = self._step_fn(self._state, batch_indices, np.int32(self._pending))
+        self._pending += 1
+
+    def drain_telemetry(self) -> Telemetry:
+        import jax
+
+        if not self._pending and not self._full_buffers:
+            return Telemetry()
+        full, current = jax.device_get((self._full_buffers, self._state["telemetry"]))
+        rows = np.concatenate([*full, current[: self._pending]]).astype(np.float64)
+        self._full_buffers, self._pending = [], 0
+        return Telemetry(loss=rows[:, 0], loss_scale=rows[:, 1], skipped=rows[:, 2] > 0)
+
+    def evaluate(self) -> EvalResult:
+        losses, hits = self._eval_fn(self._state)
+        n = int(self.x_test.shape[0])
+        loss_sum = float(np.sum(np.asarray(losses, np.float64)))
+        return EvalResult(test_loss=loss_sum / n, test_accuracy=int(np.sum(np.asarray(hits))) / n)
+
+    def synchronize(self) -> None:
+        import jax
+
+        jax.block_until_ready(self._state)
+
+    # -------------------------------------------------- measurement
+    def memory_stats(self) -> MemoryStats:
+        if self.job.device == "cuda":
+            stats = self.device.memory_stats() or {}
+            breakdown = keras_memory_breakdown(self.model, self.optimizer)
+            if "peak_bytes_in_use" in stats:
+                source = "jax device.memory_stats() peak_bytes_in_use (worker process)"
+                return MemoryStats(int(stats["peak_bytes_in_use"]), source, breakdown)
+        return keras_cpu_memory_stats(self.model, self.optimizer)
+
+    def observed_precision(self) -> dict[str, Any]:
+        import jax
+
+        with jax.default_matmul_precision(self.matmul_precision):
+            activation = self.model.layers[1](self.x_test[:2])
+        observed = keras_observed_precision(self.model, activation, self.job)
+        observed["matmul_precision"] = self.matmul_precision
+        return observed
+
+    def environment(self) -> dict[str, Any]:
+        import jax
+        import keras
+        from precision_suite.measure import cpu_info
+
+        device_name = cpu_info()["cpu_model"] if self.job.device != "cuda" else self.device.device_kind
+        return {
+            "jax_version": jax.__version__,
+            "jaxlib_version": importlib.metadata.version("jaxlib"),
+            "keras_version": keras.__version__,
+            "keras_backend": keras.backend.backend(),
+            "device_name": device_name,
+            "jax_platform": self.device.platform,
+            "platform_version": getattr(self.device.client, "platform_version", None),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "jit_compile": True,  # XLA always: it is how JAX runs
+            "matmul_precision": self.matmul_precision,
+            "tf32": self.policy.tf32,
+            "jax_enable_x64": bool(jax.config.jax_enable_x64),
+            # XLA's CPU thread pool is its own: not limited by runner.threads.
+            "cpu_threads": "xla default (all cores)" if self.job.device != "cuda" else None,
+            "loss_scaling": loss_scale_used(self.job),
+        }
+
+    # -------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        self._variables_from_state()
+        return keras_state_dict(self.model, self.optimizer, self.job)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        load_keras_state(self.model, self.optimizer, self.job, state)
+        pending, full = self._pending, self._full_buffers
+        telemetry = self._state["telemetry"]
+        self._state_from_variables()
+        # Telemetry not yet drained stays: a checkpoint restores training state, not the log.
+        self._state["telemetry"], self._pending, self._full_buffers = telemetry, pending, full
+
+    def teardown(self) -> None:
+        for attr in (
+            "_step_fn",
+            "_eval_fn",
+            "_state",
+            "_full_buffers",
+            "model",
+            "optimizer",
+            "inner_optimizer",
+            "x_train",
+            "y_train",
+            "x_test",
+            "y_test",
+        ):
+            if hasattr(self, attr):
+                delattr(self, attr)
+        if "keras" in sys.modules:
+            import keras
+
+            keras.backend.clear_session()
