@@ -12,7 +12,8 @@ Keras ones shared with tf-keras (``backends/keras/common.py``). What is JAX's ow
   ``model.stateless_call`` and ``optimizer.stateless_apply``: the state is threaded through and
   donated, so each step updates it in place on the device and nothing waits for the host.
   (Keras' variables hold the state of ``setup`` and are written back only for checkpoints.)
-* XLA always: it is how JAX runs, and the record says so (``jit_compile: true``).
+* XLA always: it is how JAX runs, and the record says so (``jit_compile: true``). A worker
+  compiles the step once per job structure: later seeds reuse it (``compiled_step_reused``).
 * Loss, scale used and skipped flag of each step are written into an on-device buffer inside
   the step; ``drain_telemetry`` reads the buffers in one transfer.
 * fp32 matmuls and convolutions run at ``highest`` precision (JAX's GPU default would be TF32);
@@ -24,6 +25,7 @@ Keras ones shared with tf-keras (``backends/keras/common.py``). What is JAX's ow
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -54,6 +56,12 @@ if TYPE_CHECKING:
 
 # Steps a telemetry buffer holds; a full one is set aside (unread) and a new one started.
 TELEMETRY_CAPACITY = 1024
+# Jitted (step, evaluate) functions by job structure, reused by the next job of the same
+# structure in this worker (another seed): tracing and XLA compilation are most of a small job's
+# time on a CPU. The functions read the model and optimizer they were built with for structure
+# only (stateless_call / stateless_apply); every value comes in through their arguments.
+_COMPILED: dict[str, tuple[Any, Any]] = {}
+_COMPILED_MAX = 16
 
 
 def _import_jax() -> tuple[Any, Any]:
@@ -140,7 +148,20 @@ class KerasJaxBackend(Backend):
         self._state_from_variables()
         self._pending = 0  # steps written into the current telemetry buffer
         self._full_buffers: list[Any] = []
-        self._build_functions(jax)
+        key = self._structure_key(keras, data)
+        self.compiled_reused = key in _COMPILED
+        if not self.compiled_reused:
+            if len(_COMPILED) >= _COMPILED_MAX:
+                _COMPILED.pop(next(iter(_COMPILED)))
+            _COMPILED[key] = self._build_functions(jax)
+        self._step_fn, self._eval_fn = _COMPILED[key]
+
+    def _structure_key(self, keras: Any, data: Dataset) -> str:
+        """Everything the jitted functions' structure depends on: the job but its seed (and
+        ids), the data shapes, and which Keras module they were built with."""
+        described = {k: v for k, v in self.job.to_dict().items() if k not in ("job_id", "seed", "config_hash")}
+        shapes = [list(data.x_train.shape), list(data.x_test.shape), data.num_classes]
+        return json.dumps([described, shapes, id(keras)], sort_keys=True, default=str)
 
     def _state_from_variables(self) -> None:
         """The training state, copied from the Keras variables (the step donates its buffers,
@@ -170,7 +191,7 @@ class KerasJaxBackend(Backend):
             for var, value in zip(variables, values, strict=True):
                 var.assign(jnp.array(value, copy=True))
 
-    def _build_functions(self, jax: Any) -> None:
+    def _build_functions(self, jax: Any) -> tuple[Any, Any]:
         import jax.numpy as jnp
 
         model, optimizer = self.model, self.optimizer
@@ -179,7 +200,6 @@ class KerasJaxBackend(Backend):
         micro = self.job.train.batch_size // n_micro
         num_classes = self.num_classes
         precision = self.matmul_precision
-        x_train, y_train = self.x_train, self.y_train
         static_scale = float(self.job.loss_scale.init_scale) if mode == "static" else 1.0
         scale_index = None
         if mode == "dynamic":
@@ -192,7 +212,7 @@ class KerasJaxBackend(Backend):
 
         grad_fn = jax.value_and_grad(scaled_loss, has_aux=True)
 
-        def step(state: dict[str, Any], rows: Any, slot: Any) -> dict[str, Any]:
+        def step(state: dict[str, Any], x_train: Any, y_train: Any, rows: Any, slot: Any) -> dict[str, Any]:
             with jax.default_matmul_precision(precision):
                 trainable, non_trainable = state["trainable"], state["non_trainable"]
                 opt_vars = state["optimizer"]
@@ -201,9 +221,7 @@ class KerasJaxBackend(Backend):
                 grads, loss_sum = None, jnp.float32(0.0)
                 for k in range(n_micro):
                     part = slice(k * micro, (k + 1) * micro)
-                    (_, (loss, non_trainable)), micro_grads = grad_fn(
-                        trainable, non_trainable, x[part], y[part], scale
-                    )
+                    (_, (loss, non_trainable)), micro_grads = grad_fn(trainable, non_trainable, x[part], y[part], scale)
                     grads = micro_grads if grads is None else [a + b for a, b in zip(grads, micro_grads, strict=True)]
                     loss_sum = loss_sum + loss
                 finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in grads]))
@@ -227,21 +245,19 @@ class KerasJaxBackend(Backend):
                 "telemetry": telemetry,
             }
 
-        def evaluate(state: dict[str, Any]) -> tuple[Any, Any]:
+        def evaluate(state: dict[str, Any], x_test: Any, y_test: Any) -> tuple[Any, Any]:
             with jax.default_matmul_precision(precision):
                 losses, hits = [], []
-                n = int(self.x_test.shape[0])
-                for start in range(0, n, EVAL_BATCH):
+                for start in range(0, int(x_test.shape[0]), EVAL_BATCH):
                     logits, _ = model.stateless_call(
-                        state["trainable"], state["non_trainable"], self.x_test[start : start + EVAL_BATCH]
+                        state["trainable"], state["non_trainable"], x_test[start : start + EVAL_BATCH]
                     )
-                    y = self.y_test[start : start + EVAL_BATCH]
+                    y = y_test[start : start + EVAL_BATCH]
                     losses.append(cross_entropy(logits, y, num_classes) * y.shape[0])
                     hits.append(jnp.sum(jnp.argmax(logits, axis=1) == y))
                 return jnp.stack(losses), jnp.stack(hits)
 
-        self._step_fn = jax.jit(step, donate_argnums=0)
-        self._eval_fn = jax.jit(evaluate)
+        return jax.jit(step, donate_argnums=0), jax.jit(evaluate)
 
     # -------------------------------------------------- training
     def prepare_batches(self, rows: np.ndarray) -> Sequence[Any]:
@@ -261,7 +277,7 @@ class KerasJaxBackend(Backend):
             self._state["telemetry"] = jax.device_put(jnp.zeros((TELEMETRY_CAPACITY, 3), jnp.float32), self.device)
             self._pending = 0
         # The slot is a traced int32 argument: one compiled step serves every slot.
-        self._state = self._step_fn(self._state, batch_indices, np.int32(self._pending))
+        self._state = self._step_fn(self._state, self.x_train, self.y_train, batch_indices, np.int32(self._pending))
         self._pending += 1
 
     def drain_telemetry(self) -> Telemetry:
@@ -275,7 +291,7 @@ class KerasJaxBackend(Backend):
         return Telemetry(loss=rows[:, 0], loss_scale=rows[:, 1], skipped=rows[:, 2] > 0)
 
     def evaluate(self) -> EvalResult:
-        losses, hits = self._eval_fn(self._state)
+        losses, hits = self._eval_fn(self._state, self.x_test, self.y_test)
         n = int(self.x_test.shape[0])
         loss_sum = float(np.sum(np.asarray(losses, np.float64)))
         return EvalResult(test_loss=loss_sum / n, test_accuracy=int(np.sum(np.asarray(hits))) / n)
@@ -320,6 +336,9 @@ class KerasJaxBackend(Backend):
             "platform_version": getattr(self.device.client, "platform_version", None),
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "jit_compile": True,  # XLA always: it is how JAX runs
+            # The step compiled for an earlier job of the same structure (another seed) was
+            # reused: this job's warm-up holds no tracing or compilation.
+            "compiled_step_reused": self.compiled_reused,
             "matmul_precision": self.matmul_precision,
             "tf32": self.policy.tf32,
             "jax_enable_x64": bool(jax.config.jax_enable_x64),

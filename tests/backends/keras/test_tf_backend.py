@@ -1,109 +1,30 @@
 """tf-keras: loss scaling against the reference state machine, skipped steps, underflow control,
-custom step vs ``model.fit``, fresh-process resume, policies and the global state they touch.
-
-Also a tiny CLI the resume test runs in a fresh process
-(``python -m tests.backends.keras.test_tf_backend resume SPEC_JSON STATE_IN STATE_OUT``).
-"""
+custom step vs ``model.fit``, fresh-process resume, policies and the global state they touch."""
 
 from __future__ import annotations
 
-import json
 import math
-import pickle
 import subprocess
 import sys
-from typing import Any
 
 import numpy as np
 import pytest
 from precision_suite.backends.keras.tf_backend import TfKerasBackend
 from precision_suite.backends.reference.loss_scale import simulate
-from precision_suite.config import (
-    DataConfig,
-    LossScaleConfig,
-    MlpConfig,
-    ParityConfig,
-    RunnerConfig,
-    TrainConfig,
-)
-from precision_suite.data import Dataset, batch_plan, load_dataset
-from precision_suite.jobs import Job
+from precision_suite.config import DataConfig, MlpConfig
+from precision_suite.data import batch_plan, load_dataset
 from precision_suite.models import init_weights
 
+from tests.backends.keras.keras_helpers import (
+    RESUME,
+    assert_resume_matches_uninterrupted,
+    make_backend,
+    make_job,
+    rows_of,
+    tiny_data,
+)
+from tests.backends.torch_helpers import assert_states_equal
 from tests.conftest import TOLERANCES, needs_tf
-
-POISON = 0  # training row made to overflow fp16 (row values 1e6 > fp16 max 65504)
-
-
-def tiny_data(poison: bool = True) -> Dataset:
-    """A learnable 10-class problem on (1, 4, 4) images; row ``POISON`` overflows fp16."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((256, 1, 4, 4)).astype(np.float32)
-    y = (x.reshape(len(x), -1) @ rng.standard_normal((16, 10))).argmax(1).astype(np.int64)
-    if poison:
-        x[POISON] = 1e6
-    return Dataset("tiny", x[:192], y[:192], x[192:], y[192:], 10)
-
-
-def make_job(
-    policy: str,
-    *,
-    model: Any = None,
-    train: dict[str, Any] | None = None,
-    loss_scale: dict[str, Any] | None = None,
-    options: dict[str, Any] | None = None,
-) -> Job:
-    train_cfg: dict[str, Any] = {"steps": 8, "batch_size": 16, "optimizer": {"name": "adam"}}
-    train_cfg.update(train or {})
-    return Job(
-        job_id=f"test/tf-keras/{policy}",
-        backend="tf-keras",
-        framework="tensorflow",
-        policy=policy,
-        model=model or MlpConfig(hidden=[16]),
-        data=DataConfig(),
-        seed=0,
-        device="cpu",
-        train=TrainConfig.model_validate(train_cfg),
-        loss_scale=LossScaleConfig.model_validate(loss_scale or {}),
-        options=options or {},
-        runner=RunnerConfig(),
-        parity=ParityConfig(),
-    )
-
-
-def make_backend(job: Job, data: Dataset) -> TfKerasBackend:
-    backend = TfKerasBackend()
-    backend.setup(job, init_weights(job.model, data.input_shape, data.num_classes, job.seed), data)
-    return backend
-
-
-def rows_of(job: Job, data: Dataset, overflow: set[int] = frozenset()) -> list[np.ndarray]:
-    """The job's batch plan with the poisoned row swapped in on the ``overflow`` steps (and
-    kept out of every other step)."""
-    plan = batch_plan(len(data.y_train), job.train.batch_size, 0, None, job.train.steps)
-    out = []
-    for i, (_, rows) in enumerate(plan):
-        rows = np.where(rows == POISON, 1, rows)
-        if i in overflow:
-            rows[0] = POISON
-        out.append(rows)
-    return out
-
-
-def assert_states_equal(a: Any, b: Any, path: str = "") -> None:
-    if isinstance(a, dict):
-        assert set(a) == set(b), path
-        for key in a:
-            assert_states_equal(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_states_equal(x, y, f"{path}[{i}]")
-    elif isinstance(a, np.ndarray):
-        assert np.array_equal(a, b, equal_nan=True), f"{path}: values differ"
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"
 
 
 # ---------------------------------------------------------------- no TensorFlow needed
@@ -111,7 +32,7 @@ def test_import_and_availability_do_not_import_tensorflow():
     code = (
         "import sys; from precision_suite.backends.keras.tf_backend import TfKerasBackend;"
         "TfKerasBackend.is_available();"
-        "TfKerasBackend.config_problem(__import__('tests.backends.keras.test_tf_backend', "
+        "TfKerasBackend.config_problem(__import__('tests.backends.keras.keras_helpers', "
         "fromlist=['make_job']).make_job('fp16-mixed'));"
         "print(sorted(m for m in ('tensorflow', 'keras', 'torch') if m in sys.modules))"
     )
@@ -385,76 +306,13 @@ def test_grad_accumulation_jit_and_prepared_batches_agree():
 
 
 # ---------------------------------------------------------------- resume in a fresh process
-RESUME = {
-    "policy": "fp16-mixed",
-    "loss_scale": {"init_scale": 1024.0, "growth_interval": 3},
-    "overflow": [1],
-    "k": 4,
-    "n": 8,
-}
-
-
-def _resume_job(spec: dict) -> Job:
-    return make_job(
-        spec["policy"],
-        train={"steps": spec["n"], "grad_clip_norm": 1.0},
-        loss_scale=spec["loss_scale"],
-    )
-
-
-def resume_in_this_process(spec: dict, state_path: str, out_path: str) -> None:
-    data = tiny_data()
-    job = _resume_job(spec)
-    backend = make_backend(job, data)
-    with open(state_path, "rb") as f:
-        backend.load_state_dict(pickle.load(f))
-    for batch in rows_of(job, data, set(spec["overflow"]))[spec["k"] :]:
-        backend.train_step(batch)
-    result = {"state": backend.state_dict(), "telemetry": backend.drain_telemetry().loss}
-    with open(out_path, "wb") as f:
-        pickle.dump(result, f)
-
-
 @needs_tf
 def test_resume_in_a_fresh_process_continues_identically(tmp_path):
-    # growth_interval 3 with an overflow at step 1: clean steps 2, 3, 4 grow the scale after
-    # step 4, so the checkpoint at k=4 sits just before a growth event.
-    data = tiny_data()
-    job = _resume_job(RESUME)
-    backend = make_backend(job, data)
-    rows = rows_of(job, data, set(RESUME["overflow"]))
-    for batch in rows[: RESUME["k"]]:
-        backend.train_step(batch)
-    checkpoint = backend.state_dict()
-    backend.drain_telemetry()
-    for batch in rows[RESUME["k"] :]:
-        backend.train_step(batch)
-    uninterrupted = backend.state_dict()
-    tail = backend.drain_telemetry().loss
-    backend.teardown()
-    assert checkpoint["loss_scale"] == {"scale": 512.0, "growth_tracker": 2}
-
-    state_in, state_out = tmp_path / "k.pkl", tmp_path / "n.pkl"
-    state_in.write_bytes(pickle.dumps(checkpoint))
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.backends.keras.test_tf_backend",
-            "resume",
-            json.dumps(RESUME),
-            str(state_in),
-            str(state_out),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    resumed = pickle.loads(state_out.read_bytes())
-    assert_states_equal(uninterrupted, resumed["state"])
-    np.testing.assert_array_equal(tail, resumed["telemetry"])
+    states = assert_resume_matches_uninterrupted(tmp_path, "tf-keras")
+    assert states["checkpoint"]["loss_scale"] == {"scale": 512.0, "growth_tracker": 2}
     flags = [i in RESUME["overflow"] for i in range(RESUME["n"])]
     _, _, ref = simulate(flags, **RESUME["loss_scale"])
-    assert uninterrupted["loss_scale"] == {"scale": ref.scale, "growth_tracker": ref.growth_tracker}
+    assert states["final"]["loss_scale"] == {"scale": ref.scale, "growth_tracker": ref.growth_tracker}
     assert ref.scale > 1024.0  # the scale grew after the checkpoint
 
 
@@ -504,8 +362,3 @@ def test_digits_mixed_policies_reach_fp32_accuracy_within_parity_tolerance():
         baseline = np.mean(accuracy[(model, "fp32")])
         assert len(values) == len(config.seeds)
         assert abs(np.mean(values) - baseline) <= tolerance, (model, policy, values, baseline)
-
-
-if __name__ == "__main__":
-    if sys.argv[1] == "resume":
-        resume_in_this_process(json.loads(sys.argv[2]), sys.argv[3], sys.argv[4])

@@ -1,0 +1,251 @@
+"""keras-jax: registered through the entry-point group only, loss scaling against the reference
+state machine, the on-device telemetry buffer, fresh-process resume, the accounting it shares
+with tf-keras, and fp32 agreement with PyTorch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from precision_suite.backends import BUILTIN_BACKENDS, ENTRY_POINT_GROUP, get_backend_class
+from precision_suite.backends.reference.loss_scale import simulate
+
+from tests.backends.keras.keras_helpers import (
+    RESUME,
+    assert_resume_matches_uninterrupted,
+    make_backend,
+    make_job,
+    rows_of,
+    tiny_data,
+)
+from tests.backends.torch_helpers import assert_states_equal
+from tests.conftest import HAS_TF, needs_jax, needs_torch
+
+NAME = "keras-jax"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _keras_back_on_tensorflow():
+    """These tests load Keras on JAX in the test process; later test modules that use Keras
+    without a backend (the model builders) expect the TensorFlow one they would get."""
+    yield
+    if HAS_TF and "keras" in sys.modules:
+        from precision_suite.backends.keras.common import import_keras
+
+        import_keras("tensorflow")
+
+
+# ---------------------------------------------------------------- no JAX needed
+def test_registered_only_through_the_entry_point_group():
+    from importlib.metadata import entry_points
+
+    assert NAME not in BUILTIN_BACKENDS
+    (ep,) = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == NAME]
+    assert ep.value == "precision_suite.backends.keras.jax_backend:KerasJaxBackend"
+    cls = get_backend_class(NAME)
+    assert cls.framework == "jax"
+    assert set(cls.policies) == {"fp32", "tf32", "fp16-mixed", "bf16-mixed"}
+
+
+def test_availability_and_config_checks_do_not_import_jax_or_keras():
+    code = (
+        "import sys; from precision_suite.backends import get_backend_class;"
+        "from tests.backends.keras.keras_helpers import make_job;"
+        f"cls = get_backend_class({NAME!r}); cls.is_available();"
+        f"cls.config_problem(make_job('fp16-mixed', backend={NAME!r}));"
+        "print(sorted(m for m in ('jax', 'keras', 'tensorflow', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("key, value", [("growth_factor", 3.0), ("backoff_factor", 0.25)], ids=["growth", "backoff"])
+def test_factors_keras_cannot_express_are_rejected_up_front(key, value):
+    cls = get_backend_class(NAME)
+    problem = cls.config_problem(make_job("fp16-mixed", backend=NAME, loss_scale={key: value}))
+    assert problem is not None and f"loss_scale.{key}" in problem and NAME in problem
+    assert "LossScaleOptimizer" in problem and "\n" not in problem
+    assert cls.config_problem(make_job("fp16-mixed", backend=NAME, loss_scale={key: value, "dynamic": False})) is None
+    assert cls.config_problem(make_job("bf16-mixed", backend=NAME, loss_scale={key: value})) is None
+    assert '"fp16-pure"' in cls.config_problem(make_job("fp16-pure", backend=NAME))
+    assert cls.unsupported_reason("tf32", "cpu") is not None
+
+
+# ---------------------------------------------------------------- policies and records
+@needs_jax
+@pytest.mark.parametrize(
+    "policy, compute, scaling",
+    [("fp32", "float32", "none"), ("fp16-mixed", "float16", "dynamic"), ("bf16-mixed", "bfloat16", "none")],
+)
+def test_observed_precision_environment_and_memory(policy, compute, scaling):
+    import jax
+
+    backend = make_backend(make_job(policy, backend=NAME), tiny_data())
+    try:
+        observed = backend.observed_precision()
+        assert observed["compute_dtype"] == observed["layer_compute_dtype"] == compute
+        assert observed["param_dtype"] == observed["master_dtype"] == "float32"
+        assert observed["head_compute_dtype"] == "float32"
+        assert observed["loss_scaling"] == scaling
+        assert observed["matmul_precision"] == "highest"
+        env = backend.environment()
+        assert env["jax_version"] == jax.__version__ and env["keras_backend"] == "jax"
+        assert env["jit_compile"] is True and env["tf32"] is False
+        assert {"jaxlib_version", "keras_version", "xla_flags", "device_name"} <= set(env)
+        memory = backend.memory_stats()
+        assert memory.memory_source == "accounting (cpu)"
+        n_params = sum(int(np.prod(v.shape)) for v in backend.model.trainable_variables)
+        assert memory.breakdown["gradients"] == 4 * n_params
+        assert memory.breakdown["optimizer_state"] >= 8 * n_params  # Adam: two float32 slots
+    finally:
+        backend.teardown()
+
+
+@needs_jax
+@pytest.mark.skipif(not HAS_TF, reason="tensorflow is not installed")
+def test_cpu_memory_accounting_is_the_same_as_tf_keras():
+    data = tiny_data()
+    figures = {}
+    for name in ("tf-keras", NAME, "tf-keras"):  # and back: both runtimes in one process
+        backend = make_backend(make_job("fp16-mixed", backend=name), data)
+        memory = backend.memory_stats()
+        backend.train_step(rows_of(backend.job, data)[0])
+        assert np.isfinite(backend.drain_telemetry().loss).all()
+        backend.teardown()
+        figures.setdefault(name, memory)
+    jax_figures, tf_figures = figures[NAME].breakdown, figures["tf-keras"].breakdown
+    assert set(jax_figures) == set(tf_figures)
+    for part in ("weights", "gradients", "master_weights"):
+        assert jax_figures[part] == tf_figures[part], part
+    # The optimizer's integer counters (iterations, loss-scale step counter) are int64 on
+    # TensorFlow and int32 on JAX (x64 off): the only difference, a few bytes.
+    assert 0 <= tf_figures["optimizer_state"] - jax_figures["optimizer_state"] <= 8 * 3
+    assert jax_figures["optimizer_state"] > 2 * jax_figures["gradients"]
+
+
+# ---------------------------------------------------------------- loss scaling in training
+@needs_jax
+def test_scale_trajectory_skips_and_growth_match_the_reference():
+    overflow = {1, 2, 6, 7, 8}
+    ls = {"init_scale": 256.0, "growth_interval": 3}
+    data = tiny_data()
+    job = make_job("fp16-mixed", backend=NAME, train={"steps": 14, "grad_clip_norm": 1.0}, loss_scale=ls)
+    backend = make_backend(job, data)
+    rows = rows_of(job, data, overflow)
+    backend.train_step(rows[0])
+    before = backend.state_dict()
+    backend.train_step(rows[1])  # overflows
+    after = backend.state_dict()
+    # A skipped step changes no weight and no optimizer slot and is not an applied step.
+    assert_states_equal(before["weights"], after["weights"])
+    assert after["iterations"] == before["iterations"] == 1
+    assert after["loss_scale"] == {"scale": 128.0, "growth_tracker": 0}
+    for batch in rows[2:]:
+        backend.train_step(batch)
+    telemetry = backend.drain_telemetry()
+    flags = [i in overflow for i in range(14)]
+    ref_scales, ref_skipped, ref = simulate(flags, **ls)
+    assert telemetry.skipped.tolist() == ref_skipped.tolist() == flags
+    assert telemetry.loss_scale.tolist() == ref_scales.tolist()
+    assert backend.state_dict()["loss_scale"] == {"scale": ref.scale, "growth_tracker": ref.growth_tracker}
+    assert backend.state_dict()["iterations"] == 14 - len(overflow)
+    assert ref_scales.max() > ref_scales[3]
+    backend.teardown()
+
+
+@needs_jax
+def test_static_scale_never_moves_but_still_skips_overflow():
+    data = tiny_data()
+    job = make_job("fp16-mixed", backend=NAME, train={"steps": 4}, loss_scale={"dynamic": False})
+    backend = make_backend(job, data)
+    rows = rows_of(job, data, {2})
+    for batch in rows[:2]:
+        backend.train_step(batch)
+    before = backend.state_dict()
+    backend.train_step(rows[2])
+    after = backend.state_dict()
+    backend.train_step(rows[3])
+    telemetry = backend.drain_telemetry()
+    assert telemetry.loss_scale.tolist() == [65536.0] * 4
+    assert telemetry.skipped.tolist() == [False, False, True, False]
+    assert_states_equal(before["weights"], after["weights"])
+    assert after["iterations"] == 2 and backend.state_dict()["iterations"] == 3
+    assert all(np.all(np.isfinite(w)) for w in backend.state_dict()["weights"].values())
+    backend.teardown()
+
+
+# ---------------------------------------------------------------- the jitted step
+@needs_jax
+def test_telemetry_buffers_grad_accumulation_and_prepared_batches_agree(monkeypatch):
+    from precision_suite.backends.keras import jax_backend
+
+    data = tiny_data(poison=False)
+    train = {"steps": 8, "batch_size": 16, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}}
+    plan = np.stack(rows_of(make_job("fp32", backend=NAME, train=train), data))
+    losses = {}
+    for name, extra, capacity in (
+        ("plain", {}, jax_backend.TELEMETRY_CAPACITY),
+        ("small-buffer", {}, 3),  # 8 steps fill two buffers and part of a third
+        ("accumulated", {"grad_accumulation": 2}, jax_backend.TELEMETRY_CAPACITY),
+    ):
+        monkeypatch.setattr(jax_backend, "TELEMETRY_CAPACITY", capacity)
+        backend = make_backend(make_job("fp32", backend=NAME, train={**train, **extra}), data)
+        # NumPy rows for the first steps, prepared device batches for the rest: same steps.
+        for rows in [*plan[:3], *backend.prepare_batches(plan[3:])]:
+            backend.train_step(rows)
+        backend.synchronize()
+        losses[name] = backend.drain_telemetry().loss
+        assert len(backend.drain_telemetry().loss) == 0
+        backend.teardown()
+    assert len(losses["plain"]) == 8 and losses["plain"][-1] < losses["plain"][0]
+    np.testing.assert_array_equal(losses["small-buffer"], losses["plain"])
+    np.testing.assert_allclose(losses["accumulated"], losses["plain"], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- resume in a fresh process
+@needs_jax
+def test_resume_in_a_fresh_process_continues_identically(tmp_path):
+    states = assert_resume_matches_uninterrupted(tmp_path, NAME)
+    assert states["checkpoint"]["loss_scale"] == {"scale": 512.0, "growth_tracker": 2}
+    flags = [i in RESUME["overflow"] for i in range(RESUME["n"])]
+    _, _, ref = simulate(flags, **RESUME["loss_scale"])
+    assert states["final"]["loss_scale"] == {"scale": ref.scale, "growth_tracker": ref.growth_tracker}
+    assert ref.scale > 1024.0  # the scale grew after the checkpoint
+
+
+# ---------------------------------------------------------------- fp32 against PyTorch
+@needs_jax
+@needs_torch
+@pytest.mark.parametrize(
+    "kind", ["mlp", pytest.param("cnn", marks=pytest.mark.slow), pytest.param("transformer", marks=pytest.mark.slow)]
+)
+def test_fp32_losses_agree_with_torch(kind):
+    """The same model on the same batches from the same weights: per-step fp32 losses agree with
+    torch-amp's to float32 rounding (tests/test_cross_framework.py does torch vs tf-keras)."""
+    from precision_suite.config import SuiteConfig
+    from precision_suite.data import batch_plan, load_dataset
+    from precision_suite.jobs import expand_jobs
+    from precision_suite.models import init_weights
+
+    config = SuiteConfig.model_validate(
+        {
+            "models": [kind],
+            "train": {"steps": 30, "batch_size": 64, "optimizer": {"name": "adam", "lr": 1e-3}, "grad_clip_norm": 1.0},
+            "backends": {"names": ["torch-amp", NAME], "policies": {"torch-amp": ["fp32"], NAME: ["fp32"]}},
+            "seeds": [0],
+            "device": "cpu",
+        }
+    )
+    data = load_dataset(config.data)
+    losses = {}
+    for job in expand_jobs(config, "cpu"):
+        backend = get_backend_class(job.backend)()
+        backend.setup(job, init_weights(job.model, data.input_shape, data.num_classes, job.seed), data)
+        for _, rows in batch_plan(len(data.y_train), 64, job.seed, None, 30):
+            backend.train_step(rows)
+        losses[job.backend] = backend.drain_telemetry().loss
+        backend.teardown()
+    rel = np.abs(losses[NAME] - losses["torch-amp"]) / np.abs(losses["torch-amp"])
+    assert len(rel) == 30 and rel.max() <= 1e-4, (kind, int(rel.argmax()), float(rel.max()))
