@@ -335,6 +335,7 @@ class KerasJaxBackend(Backend):
             "jax_platform": self.device.platform,
             "platform_version": getattr(self.device.client, "platform_version", None),
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "xla_python_client_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
             "jit_compile": True,  # XLA always: it is how JAX runs
             # The step compiled for an earlier job of the same structure (another seed) was
             # reused: this job's warm-up holds no tracing or compilation.

@@ -249,3 +249,40 @@ def test_fp32_losses_agree_with_torch(kind):
         backend.teardown()
     rel = np.abs(losses[NAME] - losses["torch-amp"]) / np.abs(losses["torch-amp"])
     assert len(rel) == 30 and rel.max() <= 1e-4, (kind, int(rel.argmax()), float(rel.max()))
+
+
+# ---------------------------------------------------------------- GPU
+@needs_jax
+@pytest.mark.gpu
+def test_gpu_allocator_peak_precision_and_half_compute():
+    """On a GPU: the JAX allocator's peak is recorded, fp32 matmuls run at full precision
+    (JAX's GPU default would be TF32) and tf32 asks for TF32; fp16-mixed computes in float16."""
+    import jax
+
+    try:
+        jax.devices("gpu")
+    except RuntimeError:
+        pytest.skip("JAX sees no GPU")
+    data = tiny_data(poison=False)
+    for policy, compute, precision in (
+        ("fp32", "float32", "highest"),
+        ("tf32", "float32", "tensorfloat32"),
+        ("fp16-mixed", "float16", "highest"),
+    ):
+        job = make_job(policy, backend=NAME)
+        job.device = "cuda"
+        backend = make_backend(job, data)
+        backend.reset_memory_stats()
+        for rows in rows_of(job, data):
+            backend.train_step(rows)
+        backend.synchronize()
+        telemetry = backend.drain_telemetry()
+        assert np.all(np.isfinite(telemetry.loss)) and len(telemetry.loss) == 8
+        memory = backend.memory_stats()
+        assert memory.memory_source.startswith("jax device.memory_stats()")
+        assert memory.peak_memory_bytes > 0
+        observed = backend.observed_precision()
+        assert observed["compute_dtype"] == compute and observed["matmul_precision"] == precision
+        env = backend.environment()
+        assert env["jax_platform"] == "gpu" and env["tf32"] is (policy == "tf32")
+        backend.teardown()
