@@ -16,10 +16,10 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from precision_suite.backends.base import Availability, MemoryStats
+from precision_suite.backends.base import Availability, Backend, DeviceUnavailable, MemoryStats
 
 if TYPE_CHECKING:
     from precision_suite.data import Dataset
@@ -196,6 +196,64 @@ def keras_observed_precision(model: Any, activation: Any, job: Job) -> dict[str,
         "head_compute_dtype": model.get_layer("head").compute_dtype,
         "loss_scale_config": loss_scale_used(job),
     }
+
+
+class KerasBackend(Backend):
+    """What every Keras runtime backend shares. A subclass sets ``name`` and ``framework`` (the
+    Keras backend it runs on: "tensorflow", "jax"), answers ``gpu_visible`` and does the
+    runtime's own work; ``setup`` starts with ``start_setup`` and leaves the job's Keras model
+    and optimizer in ``self.model`` / ``self.optimizer`` (their variables hold the training
+    state whenever ``state_dict`` reads them)."""
+
+    policies = tuple(KERAS_POLICIES)
+    runtime_name: ClassVar[str]  # for messages: "TensorFlow", "JAX"
+
+    @classmethod
+    def is_available(cls) -> Availability:  # type: ignore[override]
+        return keras_availability(cls.name, cls.framework)
+
+    @classmethod
+    def gpu_visible(cls) -> bool:
+        """Whether the runtime sees a GPU (may import the framework)."""
+        raise NotImplementedError
+
+    @classmethod
+    def resolve_device(cls, requested: str) -> str:
+        if requested == "cpu":
+            return "cpu"
+        if cls.gpu_visible():
+            return "cuda"
+        if requested == "cuda":
+            raise DeviceUnavailable(f"device cuda: {cls.runtime_name} sees no GPU")
+        return "cpu"
+
+    @classmethod
+    def config_problem(cls, job: Job) -> str | None:
+        return keras_config_problem(cls.name, job)
+
+    def start_setup(self, job: Job) -> Any:
+        """Reject what cannot run, load Keras on this runtime, note the job's policy; returns keras."""
+        problem = self.config_problem(job)
+        if problem:
+            raise ValueError(problem)
+        keras = import_keras(self.framework)
+        self.job = job
+        self.policy = KERAS_POLICIES[job.policy]
+        self.loss_mode = loss_mode(job)
+        return keras
+
+    def observed_precision(self) -> dict[str, Any]:
+        return keras_observed_precision(self.model, self.first_layer_output(), self.job)
+
+    def first_layer_output(self) -> Any:
+        """The first layer's output on two test rows, computed as a training step would."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return keras_state_dict(self.model, self.optimizer, self.job)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        load_keras_state(self.model, self.optimizer, self.job, state)
 
 
 def _nbytes(variables: Any) -> int:

@@ -32,21 +32,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from precision_suite.backends.base import Availability, Backend, EvalResult, MemoryStats, Telemetry
+from precision_suite.backends.base import EvalResult, MemoryStats, Telemetry
 from precision_suite.backends.keras.common import (
     EVAL_BATCH,
-    KERAS_POLICIES,
+    KerasBackend,
     build_keras_optimizer,
     cross_entropy,
-    import_keras,
-    keras_availability,
-    keras_config_problem,
     keras_cpu_memory_stats,
     keras_memory_breakdown,
-    keras_observed_precision,
-    keras_state_dict,
-    load_keras_state,
-    loss_mode,
     loss_scale_used,
 )
 
@@ -64,61 +57,31 @@ _COMPILED: dict[str, tuple[Any, Any]] = {}
 _COMPILED_MAX = 16
 
 
-def _import_jax() -> tuple[Any, Any]:
-    """jax and keras, with Keras on its JAX backend."""
-    keras = import_keras("jax")
-    import jax
-
-    return jax, keras
-
-
 def _jax_device(jax: Any, device: str) -> Any:
     return jax.devices("gpu" if device == "cuda" else "cpu")[0]
 
 
-class KerasJaxBackend(Backend):
+class KerasJaxBackend(KerasBackend):
     name = "keras-jax"
     framework = "jax"
-    policies = tuple(KERAS_POLICIES)
-
-    @staticmethod
-    def is_available() -> Availability:
-        return keras_availability("keras-jax", "jax")
+    runtime_name = "JAX"
 
     @classmethod
-    def resolve_device(cls, requested: str) -> str:
-        from precision_suite.backends.base import DeviceUnavailable
-
-        if requested == "cpu":
-            return "cpu"
+    def gpu_visible(cls) -> bool:
         import jax
 
         try:
-            has_gpu = bool(jax.devices("gpu"))
+            return bool(jax.devices("gpu"))
         except RuntimeError:  # no GPU platform in this jaxlib, or no device
-            has_gpu = False
-        if has_gpu:
-            return "cuda"
-        if requested == "cuda":
-            raise DeviceUnavailable("device cuda: JAX sees no GPU")
-        return "cpu"
-
-    @classmethod
-    def config_problem(cls, job: Job) -> str | None:
-        return keras_config_problem(cls.name, job)
+            return False
 
     # -------------------------------------------------- setup
     def setup(self, job: Job, init_weights: dict[str, np.ndarray], data: Dataset) -> None:
-        problem = self.config_problem(job)
-        if problem:
-            raise ValueError(problem)
-        jax, keras = _import_jax()
+        keras = self.start_setup(job)
+        import jax
         from precision_suite.backends.keras.models import build_keras_model
         from precision_suite.models import prepare_inputs
 
-        self.job = job
-        self.policy = KERAS_POLICIES[job.policy]
-        self.loss_mode = loss_mode(job)
         self.matmul_precision = "tensorfloat32" if self.policy.tf32 else "highest"
         self.device = _jax_device(jax, job.device)
         self.num_classes = data.num_classes
@@ -311,14 +274,14 @@ class KerasJaxBackend(Backend):
                 return MemoryStats(int(stats["peak_bytes_in_use"]), source, breakdown)
         return keras_cpu_memory_stats(self.model, self.optimizer)
 
-    def observed_precision(self) -> dict[str, Any]:
+    def first_layer_output(self) -> Any:
         import jax
 
         with jax.default_matmul_precision(self.matmul_precision):
-            activation = self.model.layers[1](self.x_test[:2])
-        observed = keras_observed_precision(self.model, activation, self.job)
-        observed["matmul_precision"] = self.matmul_precision
-        return observed
+            return self.model.layers[1](self.x_test[:2])
+
+    def observed_precision(self) -> dict[str, Any]:
+        return {**super().observed_precision(), "matmul_precision": self.matmul_precision}
 
     def environment(self) -> dict[str, Any]:
         import jax
@@ -351,10 +314,10 @@ class KerasJaxBackend(Backend):
     # -------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         self._variables_from_state()
-        return keras_state_dict(self.model, self.optimizer, self.job)
+        return super().state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_keras_state(self.model, self.optimizer, self.job, state)
+        super().load_state_dict(state)
         pending, full = self._pending, self._full_buffers
         telemetry = self._state["telemetry"]
         self._state_from_variables()

@@ -26,21 +26,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from precision_suite.backends.base import Availability, Backend, EvalResult, MemoryStats, Telemetry
+from precision_suite.backends.base import EvalResult, MemoryStats, Telemetry
 from precision_suite.backends.keras.common import (
     EVAL_BATCH,
-    KERAS_POLICIES,
+    KerasBackend,
     build_keras_optimizer,
     cross_entropy,
     import_keras,
-    keras_availability,
-    keras_config_problem,
     keras_cpu_memory_stats,
     keras_memory_breakdown,
-    keras_observed_precision,
-    keras_state_dict,
-    load_keras_state,
-    loss_mode,
     loss_scale_used,
 )
 from pydantic import BaseModel, ConfigDict
@@ -67,46 +61,25 @@ def _import_tf() -> tuple[Any, Any]:
     return tf, keras
 
 
-class TfKerasBackend(Backend):
+class TfKerasBackend(KerasBackend):
     name = "tf-keras"
     framework = "tensorflow"
-    policies = tuple(KERAS_POLICIES)
+    runtime_name = "TensorFlow"
     Options = TfKerasOptions
 
-    @staticmethod
-    def is_available() -> Availability:
-        return keras_availability("tf-keras", "tensorflow")
-
     @classmethod
-    def resolve_device(cls, requested: str) -> str:
-        from precision_suite.backends.base import DeviceUnavailable
-
-        if requested == "cpu":
-            return "cpu"
+    def gpu_visible(cls) -> bool:
         tf, _ = _import_tf()
-        if tf.config.list_physical_devices("GPU"):
-            return "cuda"
-        if requested == "cuda":
-            raise DeviceUnavailable("device cuda: TensorFlow sees no GPU")
-        return "cpu"
-
-    @classmethod
-    def config_problem(cls, job: Job) -> str | None:
-        return keras_config_problem(cls.name, job)
+        return bool(tf.config.list_physical_devices("GPU"))
 
     # -------------------------------------------------- setup
     def setup(self, job: Job, init_weights: dict[str, np.ndarray], data: Dataset) -> None:
-        problem = self.config_problem(job)
-        if problem:
-            raise ValueError(problem)
-        tf, keras = _import_tf()
+        keras = self.start_setup(job)
+        import tensorflow as tf
         from precision_suite.backends.keras.models import build_keras_model
         from precision_suite.models import prepare_inputs
 
-        self.job = job
         self.options = TfKerasOptions.model_validate(job.options)
-        self.policy = KERAS_POLICIES[job.policy]
-        self.loss_mode = loss_mode(job)
         self._device = "/GPU:0" if job.device == "cuda" else "/CPU:0"
         self._configure_runtime(tf)
         keras.utils.set_random_seed(job.seed)
@@ -295,12 +268,11 @@ class TfKerasBackend(Backend):
             return MemoryStats(int(peak), "tf.config.experimental.get_memory_info", breakdown)
         return keras_cpu_memory_stats(self.model, self.optimizer)
 
-    def observed_precision(self) -> dict[str, Any]:
+    def first_layer_output(self) -> Any:
         import tensorflow as tf
 
         with tf.device(self._device):
-            activation = self.model.layers[1](self.x_test[:2])
-        return keras_observed_precision(self.model, activation, self.job)
+            return self.model.layers[1](self.x_test[:2])
 
     def environment(self) -> dict[str, Any]:
         import keras
@@ -328,13 +300,6 @@ class TfKerasBackend(Backend):
             "runtime_notes": list(self._runtime_notes),
             "loss_scaling": loss_scale_used(self.job),
         }
-
-    # -------------------------------------------------- checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        return keras_state_dict(self.model, self.optimizer, self.job)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_keras_state(self.model, self.optimizer, self.job, state)
 
     def teardown(self) -> None:
         import keras

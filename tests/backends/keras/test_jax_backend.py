@@ -1,6 +1,7 @@
-"""keras-jax: registered through the entry-point group only, loss scaling against the reference
-state machine, the on-device telemetry buffer, fresh-process resume, the accounting it shares
-with tf-keras, and fp32 agreement with PyTorch."""
+"""keras-jax: registered through the entry-point group only, its records, the on-device
+telemetry buffer, the accounting it shares with tf-keras, fp32 agreement with PyTorch, and the GPU.
+(Loss scaling and fresh-process resume: tests/backends/keras/test_loss_scaling.py, for both
+Keras runtimes.)"""
 
 from __future__ import annotations
 
@@ -10,31 +11,16 @@ import sys
 import numpy as np
 import pytest
 from precision_suite.backends import BUILTIN_BACKENDS, ENTRY_POINT_GROUP, get_backend_class
-from precision_suite.backends.reference.loss_scale import simulate
 
 from tests.backends.keras.keras_helpers import (
-    RESUME,
-    assert_resume_matches_uninterrupted,
     make_backend,
     make_job,
     rows_of,
     tiny_data,
 )
-from tests.backends.torch_helpers import assert_states_equal
 from tests.conftest import HAS_TF, needs_jax, needs_torch
 
 NAME = "keras-jax"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _keras_back_on_tensorflow():
-    """These tests load Keras on JAX in the test process; later test modules that use Keras
-    without a backend (the model builders) expect the TensorFlow one they would get."""
-    yield
-    if HAS_TF and "keras" in sys.modules:
-        from precision_suite.backends.keras.common import import_keras
-
-        import_keras("tensorflow")
 
 
 # ---------------------------------------------------------------- no JAX needed
@@ -59,18 +45,6 @@ def test_availability_and_config_checks_do_not_import_jax_or_keras():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-
-
-@pytest.mark.parametrize("key, value", [("growth_factor", 3.0), ("backoff_factor", 0.25)], ids=["growth", "backoff"])
-def test_factors_keras_cannot_express_are_rejected_up_front(key, value):
-    cls = get_backend_class(NAME)
-    problem = cls.config_problem(make_job("fp16-mixed", backend=NAME, loss_scale={key: value}))
-    assert problem is not None and f"loss_scale.{key}" in problem and NAME in problem
-    assert "LossScaleOptimizer" in problem and "\n" not in problem
-    assert cls.config_problem(make_job("fp16-mixed", backend=NAME, loss_scale={key: value, "dynamic": False})) is None
-    assert cls.config_problem(make_job("bf16-mixed", backend=NAME, loss_scale={key: value})) is None
-    assert '"fp16-pure"' in cls.config_problem(make_job("fp16-pure", backend=NAME))
-    assert cls.unsupported_reason("tf32", "cpu") is not None
 
 
 # ---------------------------------------------------------------- policies and records
@@ -125,57 +99,6 @@ def test_cpu_memory_accounting_is_the_same_as_tf_keras():
     assert jax_figures["optimizer_state"] > 2 * jax_figures["gradients"]
 
 
-# ---------------------------------------------------------------- loss scaling in training
-@needs_jax
-def test_scale_trajectory_skips_and_growth_match_the_reference():
-    overflow = {1, 2, 6, 7, 8}
-    ls = {"init_scale": 256.0, "growth_interval": 3}
-    data = tiny_data()
-    job = make_job("fp16-mixed", backend=NAME, train={"steps": 14, "grad_clip_norm": 1.0}, loss_scale=ls)
-    backend = make_backend(job, data)
-    rows = rows_of(job, data, overflow)
-    backend.train_step(rows[0])
-    before = backend.state_dict()
-    backend.train_step(rows[1])  # overflows
-    after = backend.state_dict()
-    # A skipped step changes no weight and no optimizer slot and is not an applied step.
-    assert_states_equal(before["weights"], after["weights"])
-    assert after["iterations"] == before["iterations"] == 1
-    assert after["loss_scale"] == {"scale": 128.0, "growth_tracker": 0}
-    for batch in rows[2:]:
-        backend.train_step(batch)
-    telemetry = backend.drain_telemetry()
-    flags = [i in overflow for i in range(14)]
-    ref_scales, ref_skipped, ref = simulate(flags, **ls)
-    assert telemetry.skipped.tolist() == ref_skipped.tolist() == flags
-    assert telemetry.loss_scale.tolist() == ref_scales.tolist()
-    assert backend.state_dict()["loss_scale"] == {"scale": ref.scale, "growth_tracker": ref.growth_tracker}
-    assert backend.state_dict()["iterations"] == 14 - len(overflow)
-    assert ref_scales.max() > ref_scales[3]
-    backend.teardown()
-
-
-@needs_jax
-def test_static_scale_never_moves_but_still_skips_overflow():
-    data = tiny_data()
-    job = make_job("fp16-mixed", backend=NAME, train={"steps": 4}, loss_scale={"dynamic": False})
-    backend = make_backend(job, data)
-    rows = rows_of(job, data, {2})
-    for batch in rows[:2]:
-        backend.train_step(batch)
-    before = backend.state_dict()
-    backend.train_step(rows[2])
-    after = backend.state_dict()
-    backend.train_step(rows[3])
-    telemetry = backend.drain_telemetry()
-    assert telemetry.loss_scale.tolist() == [65536.0] * 4
-    assert telemetry.skipped.tolist() == [False, False, True, False]
-    assert_states_equal(before["weights"], after["weights"])
-    assert after["iterations"] == 2 and backend.state_dict()["iterations"] == 3
-    assert all(np.all(np.isfinite(w)) for w in backend.state_dict()["weights"].values())
-    backend.teardown()
-
-
 # ---------------------------------------------------------------- the jitted step
 @needs_jax
 def test_telemetry_buffers_grad_accumulation_and_prepared_batches_agree(monkeypatch):
@@ -202,17 +125,6 @@ def test_telemetry_buffers_grad_accumulation_and_prepared_batches_agree(monkeypa
     assert len(losses["plain"]) == 8 and losses["plain"][-1] < losses["plain"][0]
     np.testing.assert_array_equal(losses["small-buffer"], losses["plain"])
     np.testing.assert_allclose(losses["accumulated"], losses["plain"], rtol=1e-5, atol=1e-6)
-
-
-# ---------------------------------------------------------------- resume in a fresh process
-@needs_jax
-def test_resume_in_a_fresh_process_continues_identically(tmp_path):
-    states = assert_resume_matches_uninterrupted(tmp_path, NAME)
-    assert states["checkpoint"]["loss_scale"] == {"scale": 512.0, "growth_tracker": 2}
-    flags = [i in RESUME["overflow"] for i in range(RESUME["n"])]
-    _, _, ref = simulate(flags, **RESUME["loss_scale"])
-    assert states["final"]["loss_scale"] == {"scale": ref.scale, "growth_tracker": ref.growth_tracker}
-    assert ref.scale > 1024.0  # the scale grew after the checkpoint
 
 
 # ---------------------------------------------------------------- fp32 against PyTorch

@@ -10,20 +10,15 @@ import sys
 import numpy as np
 import pytest
 from precision_suite.backends.keras.tf_backend import TfKerasBackend
-from precision_suite.backends.reference.loss_scale import simulate
 from precision_suite.config import DataConfig, MlpConfig
 from precision_suite.data import batch_plan, load_dataset
 from precision_suite.models import init_weights
 
 from tests.backends.keras.keras_helpers import (
-    RESUME,
-    assert_resume_matches_uninterrupted,
     make_backend,
     make_job,
-    rows_of,
     tiny_data,
 )
-from tests.backends.torch_helpers import assert_states_equal
 from tests.conftest import TOLERANCES, needs_tf
 
 
@@ -38,20 +33,6 @@ def test_import_and_availability_do_not_import_tensorflow():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-
-
-@pytest.mark.parametrize("key, value", [("growth_factor", 3.0), ("backoff_factor", 0.25)], ids=["growth", "backoff"])
-def test_factors_keras_cannot_express_are_rejected_up_front(key, value):
-    job = make_job("fp16-mixed", loss_scale={key: value})
-    problem = TfKerasBackend.config_problem(job)
-    assert problem is not None and f"loss_scale.{key}" in problem
-    assert "LossScaleOptimizer" in problem and "\n" not in problem
-    with pytest.raises(ValueError, match=f"loss_scale.{key}"):
-        TfKerasBackend().setup(job, {}, tiny_data())
-    # Where Keras does not scale dynamically the factors mean nothing: no complaint.
-    assert TfKerasBackend.config_problem(make_job("bf16-mixed", loss_scale={key: value})) is None
-    static = make_job("fp16-mixed", loss_scale={key: value, "dynamic": False})
-    assert TfKerasBackend.config_problem(static) is None
 
 
 def test_unknown_policy_and_option_are_rejected_naming_the_valid_ones():
@@ -140,61 +121,6 @@ def test_loss_scale_settings_are_mapped_and_recorded():
     assert off.optimizer.loss_scale_factor is None
     assert off.observed_precision()["loss_scaling"] == "none"
     off.teardown()
-
-
-# ---------------------------------------------------------------- loss scaling in training
-@needs_tf
-def test_scale_trajectory_skips_and_growth_match_the_reference():
-    overflow = {1, 2, 6, 7, 8}
-    ls = {"init_scale": 256.0, "growth_interval": 3}
-    data = tiny_data()
-    job = make_job("fp16-mixed", train={"steps": 14, "grad_clip_norm": 1.0}, loss_scale=ls)
-    backend = make_backend(job, data)
-    rows = rows_of(job, data, overflow)
-    backend.train_step(rows[0])
-    before = backend.state_dict()
-    backend.train_step(rows[1])  # overflows
-    after = backend.state_dict()
-    # A skipped step changes no weight and no optimizer slot, and does not count as an
-    # applied step (the lr schedule's index); only the scale halves and the counter resets.
-    assert_states_equal(before["weights"], after["weights"])
-    assert after["iterations"] == before["iterations"] == 1
-    assert after["loss_scale"] == {"scale": 128.0, "growth_tracker": 0}
-    for batch in rows[2:]:
-        backend.train_step(batch)
-    telemetry = backend.drain_telemetry()
-    flags = [i in overflow for i in range(14)]
-    ref_scales, ref_skipped, ref = simulate(flags, **ls)
-    assert telemetry.skipped.tolist() == ref_skipped.tolist() == flags
-    assert telemetry.loss_scale.tolist() == ref_scales.tolist()
-    assert backend.state_dict()["loss_scale"] == {
-        "scale": ref.scale,
-        "growth_tracker": ref.growth_tracker,
-    }
-    assert backend.state_dict()["iterations"] == 14 - len(overflow)
-    assert ref_scales.max() > ref_scales[3]  # the run did grow the scale after clean steps
-    backend.teardown()
-
-
-@needs_tf
-def test_static_scale_never_moves_but_still_skips_overflow():
-    data = tiny_data()
-    job = make_job("fp16-mixed", train={"steps": 4}, loss_scale={"dynamic": False})
-    backend = make_backend(job, data)
-    rows = rows_of(job, data, {2})
-    for batch in rows[:2]:
-        backend.train_step(batch)
-    before = backend.state_dict()
-    backend.train_step(rows[2])
-    after = backend.state_dict()
-    backend.train_step(rows[3])
-    telemetry = backend.drain_telemetry()
-    assert telemetry.loss_scale.tolist() == [65536.0] * 4
-    assert telemetry.skipped.tolist() == [False, False, True, False]
-    assert_states_equal(before["weights"], after["weights"])
-    assert after["iterations"] == 2 and backend.state_dict()["iterations"] == 3
-    assert all(np.all(np.isfinite(w)) for w in backend.state_dict()["weights"].values())
-    backend.teardown()
 
 
 def _sigmoid_stack(enabled: bool, steps: int) -> tuple[float, float]:
@@ -303,17 +229,6 @@ def test_grad_accumulation_jit_and_prepared_batches_agree():
     assert len(losses["plain"]) == 6
     np.testing.assert_allclose(losses["accumulated"], losses["plain"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(losses["xla"], losses["plain"], rtol=1e-5, atol=1e-6)
-
-
-# ---------------------------------------------------------------- resume in a fresh process
-@needs_tf
-def test_resume_in_a_fresh_process_continues_identically(tmp_path):
-    states = assert_resume_matches_uninterrupted(tmp_path, "tf-keras")
-    assert states["checkpoint"]["loss_scale"] == {"scale": 512.0, "growth_tracker": 2}
-    flags = [i in RESUME["overflow"] for i in range(RESUME["n"])]
-    _, _, ref = simulate(flags, **RESUME["loss_scale"])
-    assert states["final"]["loss_scale"] == {"scale": ref.scale, "growth_tracker": ref.growth_tracker}
-    assert ref.scale > 1024.0  # the scale grew after the checkpoint
 
 
 # ---------------------------------------------------------------- GPU
