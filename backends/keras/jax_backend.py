@@ -13,7 +13,8 @@ Keras ones shared with tf-keras (``backends/keras/common.py``). What is JAX's ow
   donated, so each step updates it in place on the device and nothing waits for the host.
   (Keras' variables hold the state of ``setup`` and are written back only for checkpoints.)
 * XLA always: it is how JAX runs, and the record says so (``jit_compile: true``). A worker
-  compiles the step once per job structure: later seeds reuse it (``compiled_step_reused``).
+  compiles the step once per job structure on CPU: later seeds reuse it
+  (``compiled_step_reused``).
 * Loss, scale used and skipped flag of each step are written into an on-device buffer inside
   the step; ``drain_telemetry`` reads the buffers in one transfer.
 * fp32 matmuls and convolutions run at ``highest`` precision (JAX's GPU default would be TF32);
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 
 # Steps a telemetry buffer holds; a full one is set aside (unread) and a new one started.
 TELEMETRY_CAPACITY = 1024
-# Jitted (step, evaluate) functions by job structure, reused by the next job of the same
+# Jitted (step, evaluate) functions by job structure, reused by the next CPU job of the same
 # structure in this worker (another seed): tracing and XLA compilation are most of a small job's
 # time on a CPU. The functions read the model and optimizer they were built with for structure
 # only (stateless_call / stateless_apply); every value comes in through their arguments.
@@ -111,13 +112,18 @@ class KerasJaxBackend(KerasBackend):
         self._state_from_variables()
         self._pending = 0  # steps written into the current telemetry buffer
         self._full_buffers: list[Any] = []
-        key = self._structure_key(keras, data)
+        # Only on CPU: the cached functions keep their first job's model (and its device
+        # memory) alive, which would inflate every later GPU job's allocator peak.
+        key = self._structure_key(keras, data) if job.device == "cpu" else None
         self.compiled_reused = key in _COMPILED
-        if not self.compiled_reused:
-            if len(_COMPILED) >= _COMPILED_MAX:
-                _COMPILED.pop(next(iter(_COMPILED)))
-            _COMPILED[key] = self._build_functions(jax)
-        self._step_fn, self._eval_fn = _COMPILED[key]
+        if self.compiled_reused:
+            self._step_fn, self._eval_fn = _COMPILED[key]
+        else:
+            self._step_fn, self._eval_fn = self._build_functions(jax)
+            if key is not None:
+                if len(_COMPILED) >= _COMPILED_MAX:
+                    _COMPILED.pop(next(iter(_COMPILED)))
+                _COMPILED[key] = (self._step_fn, self._eval_fn)
 
     def _structure_key(self, keras: Any, data: Dataset) -> str:
         """Everything the jitted functions' structure depends on: the job but its seed (and
