@@ -242,6 +242,39 @@ class KerasBackend(Backend):
         self.loss_mode = loss_mode(job)
         return keras
 
+    def build_model_and_optimizer(self, keras: Any, init_weights: dict[str, np.ndarray], data: Dataset) -> None:
+        """The job's Keras model under its dtype policy, holding ``init_weights``, and its built
+        optimizer (``build_keras_optimizer``), on the runtime's current device."""
+        from precision_suite.backends.keras.models import build_keras_model
+
+        job = self.job
+        policy = keras.DTypePolicy(self.policy.dtype_policy)
+        self.model = build_keras_model(job.model, data.input_shape, data.num_classes, init_weights, policy)
+        self.optimizer, self.inner_optimizer = build_keras_optimizer(keras, job, data)
+        self.optimizer.build(self.model.trainable_variables)
+
+    def release(self, *runtime_attrs: str) -> None:
+        """Drop the job's model, optimizer, data and compiled functions (and ``runtime_attrs``),
+        then Keras' global state: the start of ``teardown``."""
+        for attr in (
+            "_step_fn",
+            "_eval_fn",
+            "model",
+            "optimizer",
+            "inner_optimizer",
+            "x_train",
+            "y_train",
+            "x_test",
+            "y_test",
+            *runtime_attrs,
+        ):
+            if hasattr(self, attr):
+                delattr(self, attr)
+        if "keras" in sys.modules:
+            import keras
+
+            keras.backend.clear_session()
+
     def observed_precision(self) -> dict[str, Any]:
         return keras_observed_precision(self.model, self.first_layer_output(), self.job)
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +36,6 @@ from precision_suite.backends.base import EvalResult, MemoryStats, Telemetry
 from precision_suite.backends.keras.common import (
     EVAL_BATCH,
     KerasBackend,
-    build_keras_optimizer,
     cross_entropy,
     keras_cpu_memory_stats,
     keras_memory_breakdown,
@@ -80,7 +78,6 @@ class KerasJaxBackend(KerasBackend):
     def setup(self, job: Job, init_weights: dict[str, np.ndarray], data: Dataset) -> None:
         keras = self.start_setup(job)
         import jax
-        from precision_suite.backends.keras.models import build_keras_model
         from precision_suite.models import prepare_inputs
 
         self.matmul_precision = "tensorfloat32" if self.policy.tf32 else "highest"
@@ -100,15 +97,7 @@ class KerasJaxBackend(KerasBackend):
         self.y_train = on_device(data.y_train.astype(np.int32))
         self.y_test = on_device(data.y_test.astype(np.int32))
         with jax.default_device(self.device):
-            self.model = build_keras_model(
-                job.model,
-                data.input_shape,
-                data.num_classes,
-                init_weights,
-                keras.DTypePolicy(self.policy.dtype_policy),
-            )
-            self.optimizer, self.inner_optimizer = build_keras_optimizer(keras, job, data)
-            self.optimizer.build(self.model.trainable_variables)
+            self.build_model_and_optimizer(keras, init_weights, data)
         self._state_from_variables()
         self._pending = 0  # steps written into the current telemetry buffer
         self._full_buffers: list[Any] = []
@@ -331,22 +320,4 @@ class KerasJaxBackend(KerasBackend):
         self._state["telemetry"], self._pending, self._full_buffers = telemetry, pending, full
 
     def teardown(self) -> None:
-        for attr in (
-            "_step_fn",
-            "_eval_fn",
-            "_state",
-            "_full_buffers",
-            "model",
-            "optimizer",
-            "inner_optimizer",
-            "x_train",
-            "y_train",
-            "x_test",
-            "y_test",
-        ):
-            if hasattr(self, attr):
-                delattr(self, attr)
-        if "keras" in sys.modules:
-            import keras
-
-            keras.backend.clear_session()
+        self.release("_state", "_full_buffers")

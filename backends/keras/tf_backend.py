@@ -30,7 +30,6 @@ from precision_suite.backends.base import EvalResult, MemoryStats, Telemetry
 from precision_suite.backends.keras.common import (
     EVAL_BATCH,
     KerasBackend,
-    build_keras_optimizer,
     cross_entropy,
     import_keras,
     keras_cpu_memory_stats,
@@ -76,7 +75,6 @@ class TfKerasBackend(KerasBackend):
     def setup(self, job: Job, init_weights: dict[str, np.ndarray], data: Dataset) -> None:
         keras = self.start_setup(job)
         import tensorflow as tf
-        from precision_suite.backends.keras.models import build_keras_model
         from precision_suite.models import prepare_inputs
 
         self.options = TfKerasOptions.model_validate(job.options)
@@ -95,15 +93,7 @@ class TfKerasBackend(KerasBackend):
             self.y_train = tf.constant(data.y_train.astype(np.int32))
             self.y_test = tf.constant(data.y_test.astype(np.int32))
             self.num_classes = data.num_classes
-            self.model = build_keras_model(
-                job.model,
-                data.input_shape,
-                data.num_classes,
-                init_weights,
-                keras.DTypePolicy(self.policy.dtype_policy),
-            )
-            self.optimizer, self.inner_optimizer = build_keras_optimizer(keras, job, data)
-            self.optimizer.build(self.model.trainable_variables)
+            self.build_model_and_optimizer(keras, init_weights, data)
         # Each step returns its (loss, scale used, skipped) row as a device tensor; they are kept
         # unread and stacked in one read at the drain (cheaper than writing a device buffer).
         self._rows: list[Any] = []
@@ -302,26 +292,10 @@ class TfKerasBackend(KerasBackend):
         }
 
     def teardown(self) -> None:
-        import keras
         import tensorflow as tf
         from tensorflow.python.framework import config as tf_config
 
-        for attr in (
-            "_step_fn",
-            "_step_graph",
-            "_eval_fn",
-            "model",
-            "optimizer",
-            "inner_optimizer",
-            "x_train",
-            "y_train",
-            "x_test",
-            "y_test",
-            "_rows",
-            "_last_row",
-        ):
-            if hasattr(self, attr):
-                delattr(self, attr)
+        self.release("_step_graph", "_rows", "_last_row")
         saved = getattr(self, "_saved_globals", None)
         if saved is not None:
             tf.config.experimental.enable_tensor_float_32_execution(saved["tf32"])
@@ -330,4 +304,3 @@ class TfKerasBackend(KerasBackend):
             else:
                 tf_config.disable_op_determinism()
             self._saved_globals = None
-        keras.backend.clear_session()
