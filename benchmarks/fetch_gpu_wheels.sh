@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Download, on a machine with network, the wheels benchmarks/gpu_check.sh installs on an
-# offline GPU machine whose image has PyTorch but not pydantic: pydantic and what it needs
-# (pydantic-core, annotated-types, typing-inspection, typing-extensions), for CPython 3.12 on
-# x86-64 Linux (manylinux) by default.
+# offline GPU machine whose image has PyTorch (and JAX) but not pydantic or Keras: pydantic and
+# what it needs (pydantic-core, annotated-types, typing-inspection, typing-extensions), and
+# Keras 3 for the keras-jax backend with the two dependencies such an image lacks (namex and
+# optree; absl-py, h5py, ml-dtypes, numpy, packaging and rich are there), for CPython 3.12 on
+# x86-64 Linux (manylinux) by default. About 5 MB in all.
 #
 #   benchmarks/fetch_gpu_wheels.sh [DEST]      # default DEST: .whl (git-ignored)
 #
 # Then copy DEST next to the checkout on the GPU machine (with the device tool: carry ".whl").
 # Knobs: PYTHON (the pip to use), GPU_PYTHON_VERSION (3.12), PYDANTIC_SPEC (default: the
-# pydantic version installed here, so both machines validate configs the same way).
+# pydantic version installed here, so both machines validate configs the same way), KERAS_SPEC
+# (default: the keras version installed here, so both machines run the same Keras; "" = no
+# Keras wheels).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -22,6 +26,12 @@ if [[ -z ${PYDANTIC_SPEC:-} ]]; then
     PYDANTIC_SPEC=${PYDANTIC_SPEC:-pydantic>=2.5,<3}
 fi
 
+if [[ -z ${KERAS_SPEC+set} ]]; then
+    local_keras=$("$PY" -c 'import importlib.metadata as m; print(m.version("keras"))' 2>/dev/null || true)
+    KERAS_SPEC=${local_keras:+keras==$local_keras}
+    KERAS_SPEC=${KERAS_SPEC:-keras>=3,<4}
+fi
+
 mkdir -p "$DEST"
 echo "downloading $PYDANTIC_SPEC and its dependencies for CPython $PYVER manylinux x86_64 into $DEST"
 platforms=()
@@ -33,6 +43,13 @@ done
 "$PY" -m pip download --quiet --only-binary=:all: --python-version "$PYVER" --implementation cp \
     "${platforms[@]}" -d "$DEST" "$PYDANTIC_SPEC" \
     || { echo "fetch_gpu_wheels: pip download failed (network? version spec '$PYDANTIC_SPEC'?)" >&2; exit 1; }
+
+if [[ -n $KERAS_SPEC ]]; then
+    echo "downloading $KERAS_SPEC, namex and optree (no other dependencies: the GPU image has them) into $DEST"
+    "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
+        "${platforms[@]}" -d "$DEST" "$KERAS_SPEC" namex optree \
+        || { echo "fetch_gpu_wheels: pip download of Keras failed (network? version spec '$KERAS_SPEC'?)" >&2; exit 1; }
+fi
 
 ls -1 "$DEST"/*.whl
 count=$(ls -1 "$DEST"/pydantic_core-*.whl 2>/dev/null | wc -l)

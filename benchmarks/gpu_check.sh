@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # GPU check: on a fresh GPU machine with PyTorch but no network, install the project from this
-# checkout, run the GPU tests and a trimmed configs/gpu-throughput.yaml run (torch only, eager
-# and torch.compile), and print one table last. Target: under 8 minutes.
+# checkout, run the GPU tests and a trimmed configs/gpu-throughput.yaml run (torch-amp eager,
+# keras-jax where the machine has JAX, torch-amp with torch.compile), and print one table last.
+# Target: under 8 minutes.
 #
 #   benchmarks/gpu_check.sh [OUT_DIR]          # default OUT_DIR: runs/gpu-check
 #
 # Offline installs: pydantic (and pydantic-core, annotated-types, typing-inspection) are the
-# only dependencies a PyTorch image usually lacks. Put their wheels in .whl/ at the repository
-# root (benchmarks/fetch_gpu_wheels.sh downloads them on a machine with network); they are
-# installed only when `import pydantic` (v2) fails.
+# only dependencies a PyTorch image usually lacks; Keras (pure Python, with namex and optree)
+# is what keras-jax needs beside the image's JAX (TensorFlow is too large to carry, so tf-keras
+# does not run there). Put their wheels in .whl/ at the repository root
+# (benchmarks/fetch_gpu_wheels.sh downloads them on a machine with network); each group is
+# installed only when its import fails (keras only where jax imports).
 #
 # Knobs (environment):
 #   PYTHON=python3                 interpreter that has torch with CUDA
 #   GPU_CHECK_STEPS=40             timed + warm-up steps per job (warm-up is 10 of them)
 #   GPU_CHECK_COMPILE_POLICIES=bf16-mixed   policies run again with torch.compile ("" = none)
+#   GPU_CHECK_KERAS_JAX_POLICIES="fp32, fp16-mixed, bf16-mixed"   keras-jax policies ("" = none)
 #   GPU_CHECK_SKIP_TESTS=1         skip `pytest -m gpu`
 #   GPU_CHECK_TEST_TIMEOUT_S=180   limit for the GPU tests
 #   GPU_CHECK_DEADLINE_S=300       skip the compiled run when this much time is already spent
@@ -28,11 +32,15 @@ PY=${PYTHON:-python3}
 OUT_DIR=${1:-runs/gpu-check}
 STEPS=${GPU_CHECK_STEPS:-40}
 COMPILE_POLICIES=${GPU_CHECK_COMPILE_POLICIES-bf16-mixed}
+KERAS_JAX_POLICIES=${GPU_CHECK_KERAS_JAX_POLICIES-fp32, fp16-mixed, bf16-mixed}
 TEST_TIMEOUT_S=${GPU_CHECK_TEST_TIMEOUT_S:-180}
 DEADLINE_S=${GPU_CHECK_DEADLINE_S:-300}
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 CONFIG=configs/gpu-throughput.yaml
 SITE=${TMPDIR:-/tmp}/precision-suite-site
+# JAX would otherwise reserve 75% of the GPU at its first use, starving PyTorch in the same
+# pytest process; its allocator peak (what keras-jax records) is the same either way.
+export XLA_PYTHON_CLIENT_PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}
 START=$SECONDS
 STATUS=0
 
@@ -59,13 +67,26 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,m
 # ------------------------------------------------------------------ 1. install, offline
 say "installing the project (no network, no dependency resolution)"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+shopt -s nullglob
+carried=()
 if ! "$PY" -c 'import pydantic, sys; sys.exit(int(pydantic.VERSION.split(".")[0]) < 2)' 2>/dev/null; then
-    shopt -s nullglob
-    wheels=(.whl/*.whl)
-    shopt -u nullglob
-    ((${#wheels[@]})) || die "pydantic>=2 is not installed and .whl/ holds no wheels: run benchmarks/fetch_gpu_wheels.sh on a machine with network and copy .whl/ here"
-    echo "pydantic missing: installing ${#wheels[@]} wheel(s) from .whl/ into $SITE"
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "${wheels[@]}" \
+    wheels=(.whl/pydantic*.whl .whl/annotated_types-*.whl .whl/typing_inspection-*.whl .whl/typing_extensions-*.whl)
+    ((${#wheels[@]})) || die "pydantic>=2 is not installed and .whl/ holds no pydantic wheels: run benchmarks/fetch_gpu_wheels.sh on a machine with network and copy .whl/ here"
+    echo "pydantic missing: installing ${#wheels[@]} wheel(s) from .whl/"
+    carried+=("${wheels[@]}")
+fi
+if "$PY" -c 'import jax' 2>/dev/null && ! "$PY" -c 'import keras' 2>/dev/null; then
+    wheels=(.whl/keras-*.whl .whl/namex-*.whl .whl/optree-*.whl)
+    if ((${#wheels[@]})); then
+        echo "jax without keras: installing ${#wheels[@]} wheel(s) from .whl/ for keras-jax"
+        carried+=("${wheels[@]}")
+    else
+        echo "note: jax is here but keras is not, and .whl/ holds no keras wheels: keras-jax will be unavailable"
+    fi
+fi
+shopt -u nullglob
+if ((${#carried[@]})); then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "${carried[@]}" \
         || die "pip could not install the wheels in .whl/ (wrong python version or platform? see fetch_gpu_wheels.sh)"
     export PYTHONPATH="$SITE:$PYTHONPATH"
 fi
@@ -84,6 +105,24 @@ EOF
 )
 [[ -z $missing ]] || die "missing Python packages: $missing (carry their wheels in .whl/)"
 "$PY" -c 'import precision_suite.cli, backends' || die "the project does not import (see above)"
+# Entry-point backends (keras-jax) are found through installed package metadata: where the
+# editable install did not happen, the checkout's pyproject entry points are registered by a
+# metadata-only dist-info on PYTHONPATH, as an install would.
+if ! "$PY" -c 'import sys; from precision_suite.backends import registry; sys.exit("keras-jax" not in registry())'; then
+    "$PY" - "$SITE" <<'EOF' || die "could not register the project's entry points"
+import pathlib, sys, tomllib
+project = tomllib.loads(pathlib.Path("pyproject.toml").read_text())["project"]
+info = pathlib.Path(sys.argv[1]) / "precision_suite_checkout-0.dist-info"
+info.mkdir(parents=True, exist_ok=True)
+(info / "METADATA").write_text("Metadata-Version: 2.1\nName: precision-suite-checkout\nVersion: 0\n")
+lines = []
+for group, eps in project.get("entry-points", {}).items():
+    lines += [f"[{group}]", *(f"{name} = {value}" for name, value in eps.items()), ""]
+(info / "entry_points.txt").write_text("\n".join(lines))
+print(f"entry points registered from pyproject.toml: {info}")
+EOF
+    export PYTHONPATH="$SITE:$PYTHONPATH"
+fi
 suite() { "$PY" -c 'import sys; from precision_suite.cli import main; sys.exit(main())' "$@"; }
 
 # ------------------------------------------------------------------ 2. GPU tests
@@ -105,9 +144,8 @@ fi
 
 # ------------------------------------------------------------------ 3. trimmed throughput runs
 mkdir -p "$OUT_DIR"
-rm -rf "$OUT_DIR/eager" "$OUT_DIR/compiled"
+rm -rf "$OUT_DIR/eager" "$OUT_DIR/keras-jax" "$OUT_DIR/compiled"
 common=(
-    --set "backends.names=[torch-amp]"
     --set "train.steps=$STEPS"
     --set "train.timing_warmup_steps=10"
     --set "train.timing_window_steps=10"
@@ -119,13 +157,15 @@ if [[ $DEVICE == cpu ]]; then
     common+=(--set "models=[{kind: transformer, name: tiny-transformer, patch_size: 4, d_model: 32, num_heads: 4, depth: 1}, {kind: cnn, name: tiny-cnn, channels: [8, 16]}]"
              --set "data.synthetic.shape=[3, 16, 16]" --set "data.synthetic.train_size=512")
 fi
-run_suite() {  # run_suite NAME POLICIES COMPILE
-    local name=$1 policies=$2 compile=$3
-    say "throughput run '$name': torch-amp [$policies], compile=$compile, $STEPS steps"
+run_suite() {  # run_suite NAME BACKEND POLICIES OPTIONS [--set ...]
+    local name=$1 backend=$2 policies=$3 options=$4
+    shift 4
+    say "throughput run '$name': $backend [$policies], options $options, $STEPS steps"
     set +e
     suite run "$CONFIG" --out "$OUT_DIR/$name" "${common[@]}" \
-        --set "backends.policies={torch-amp: [$policies]}" \
-        --set "backends.options={torch-amp: {compile: $compile, fused: true}}"
+        --set "backends.names=[$backend]" \
+        --set "backends.policies={$backend: [$policies]}" \
+        --set "backends.options={$backend: $options}" "$@"
     local rc=$?
     set -e
     # 0: all ran and verdicts passed; 1: a verdict failed (accuracy after a few steps is not
@@ -136,7 +176,19 @@ run_suite() {  # run_suite NAME POLICIES COMPILE
         *) echo "throughput run '$name' failed (exit $rc)"; STATUS=1 ;;
     esac
 }
-run_suite eager "fp32, tf32, fp16-mixed, bf16-mixed" false
+run_suite eager torch-amp "fp32, tf32, fp16-mixed, bf16-mixed" "{compile: false, fused: true}"
+keras_jax=$("$PY" -c 'from precision_suite.backends import get_backend_class as g; a = g("keras-jax").is_available(); print("ok" if a.ok else a.reason)')
+if [[ -z $KERAS_JAX_POLICIES ]]; then
+    :
+elif [[ $keras_jax != ok ]]; then
+    say "keras-jax run skipped: $keras_jax"
+elif ((SECONDS - START > DEADLINE_S)); then
+    say "keras-jax run skipped: $((SECONDS - START)) s spent, over GPU_CHECK_DEADLINE_S=$DEADLINE_S"
+else
+    # One worker per job: the JAX allocator's peak cannot be reset, so per job it is the job's.
+    # XLA always compiles (inside the warm-up steps, excluded from the timing).
+    run_suite keras-jax keras-jax "$KERAS_JAX_POLICIES" "{}" --set "runner.isolation=per-job"
+fi
 if [[ -z $COMPILE_POLICIES ]]; then
     :
 elif ((SECONDS - START > DEADLINE_S)); then
@@ -144,7 +196,7 @@ elif ((SECONDS - START > DEADLINE_S)); then
     # compile): skipped rather than overrunning the check's time budget.
     say "compiled run skipped: $((SECONDS - START)) s spent, over GPU_CHECK_DEADLINE_S=$DEADLINE_S"
 else
-    run_suite compiled "$COMPILE_POLICIES" true
+    run_suite compiled torch-amp "$COMPILE_POLICIES" "{compile: true, fused: true}"
 fi
 
 # ------------------------------------------------------------------ 4. matmul ceiling
@@ -168,7 +220,7 @@ fi
 # ------------------------------------------------------------------ 5. the table
 say "done in $((SECONDS - START)) s; results in $OUT_DIR"
 runs=()
-for name in eager compiled; do [[ -d $OUT_DIR/$name ]] && runs+=("$OUT_DIR/$name"); done
+for name in eager keras-jax compiled; do [[ -d $OUT_DIR/$name ]] && runs+=("$OUT_DIR/$name"); done
 ((${#runs[@]})) || die "no run produced results"
 echo
 "$PY" benchmarks/throughput_table.py "${runs[@]}" --ceilings "$CEILINGS" | tee "$OUT_DIR/table.txt"

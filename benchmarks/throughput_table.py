@@ -109,7 +109,14 @@ def footer(records: list[dict[str, Any]], ceilings: dict[str, float]) -> list[st
     name = env.get("device_name")
     versions = ", ".join(
         f"{k.removesuffix('_version')} {env[k]}"
-        for k in ("torch_version", "tensorflow_version", "cuda_version", "cudnn_version")
+        for k in (
+            "torch_version",
+            "tensorflow_version",
+            "jax_version",
+            "keras_version",
+            "cuda_version",
+            "cudnn_version",
+        )
         if env.get(k)
     )
     lines.append(f"device: {name or 'unknown'}; {versions}")

@@ -1,6 +1,6 @@
 """Keras 3 models for the framework-neutral model specs of ``suite/models.py``.
 
-Imports keras at module level, so only the tf-keras backend imports it, inside its methods.
+Imports keras at module level, so only the Keras backends import it, inside their methods.
 ``backends/torch/models.py`` is the reference computation; every constant Keras defaults
 differently is set here explicitly (see ``suite/models.py`` for the op-by-op spec).
 

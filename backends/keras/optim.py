@@ -1,6 +1,6 @@
-"""Keras 3 optimizers and lr schedule with PyTorch's update rules, for the tf-keras backend.
+"""Keras 3 optimizers and lr schedule with PyTorch's update rules, for the Keras backends.
 
-Imports keras at module level, so only the tf-keras backend imports it, inside its methods.
+Imports keras at module level, so only the Keras backends import it, inside their methods.
 
 They are Keras optimizers (subclasses of ``keras.optimizers.SGD`` / ``Adam``: same slots, same
 ``apply`` path, wrappable by ``LossScaleOptimizer``) whose ``update_step`` follows torch's
@@ -120,10 +120,13 @@ class TorchStyleAdam(TorchStyleClipping, keras.optimizers.Adam):
     def _bias_terms(self, lr, dtype):
         """(lr / (1 - β1^t), sqrt(1 - β2^t)) for this step, built once per traced step and dtype
         rather than once per variable (each op is a kernel launch on every step)."""
-        import tensorflow as tf
+        key = None
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
 
-        # Only inside a traced function: there the graph and the lr tensor identify one step.
-        key = (tf.compat.v1.get_default_graph(), dtype, id(lr)) if tf.inside_function() else None
+            # Only inside a traced function: there the graph and the lr tensor identify one step.
+            # (Under jax.jit, XLA merges the repeated terms itself.)
+            key = (tf.compat.v1.get_default_graph(), dtype, id(lr)) if tf.inside_function() else None
         cache = getattr(self, "_bias_cache", None)
         if key is not None and cache is not None and cache[0] == key:
             return cache[1]

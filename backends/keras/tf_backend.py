@@ -12,58 +12,34 @@ Keras' "auto"): rows gathered on the device from the resident data, micro-batche
 scale and skipped flag go into an on-device buffer drained in one read, so no step waits for
 the host.
 
-Loss scaling (fp16-mixed) from ``job.loss_scale``:
-
-* dynamic: ``LossScaleOptimizer(initial_scale=init_scale, dynamic_growth_steps=growth_interval)``.
-  Keras grows by 2 and backs off by 0.5, fixed; other factors are rejected (``config_problem``).
-  Its skip/grow/backoff rule is GradScaler's: a non-finite gradient halves the scale and resets
-  the counter without calling the inner optimizer (so ``iterations``, which indexes the lr
-  schedule, counts applied steps only); a finite one counts, and the ``growth_interval``-th in a
-  row doubles the scale.
-* static: the inner optimizer's ``loss_scale_factor``. Keras would then apply a non-finite
-  gradient; GradScaler (and ``backends/reference/loss_scale.py``) skips it, so the step skips too.
-* disabled, or any other policy: no scaling, scale 1.0, nothing skipped.
-
-Optimizers follow torch's update rules (``backends/keras/optim.py``) unless the option
-``optimizer_rules: keras`` asks for stock Keras optimizers (what ``model.fit`` runs).
+Loss scaling (fp16-mixed) follows ``job.loss_scale`` through ``LossScaleOptimizer`` (dynamic)
+or ``loss_scale_factor`` (static, non-finite steps skipped here as GradScaler does); Keras grows
+by 2 and backs off by 0.5, fixed, and other factors are rejected (``config_problem``). The
+policy table, that mapping, checkpoints and the CPU memory accounting are shared with every Keras
+runtime (``backends/keras/common.py``); optimizers follow torch's update rules
+(``backends/keras/optim.py``) unless the option ``optimizer_rules: keras`` asks for stock
+Keras optimizers (what ``model.fit`` runs).
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from precision_suite.backends.base import (
+from precision_suite.backends.base import EvalResult, MemoryStats, Telemetry
+from precision_suite.backends.keras.common import (
     EVAL_BATCH,
-    POLICY_SPECS,
-    Availability,
-    Backend,
-    EvalResult,
-    MemoryStats,
-    Telemetry,
+    KerasBackend,
+    cross_entropy,
+    import_keras,
+    loss_scale_used,
 )
-from precision_suite.memory import PrecisionLayout, account_job
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from precision_suite.data import Dataset
     from precision_suite.jobs import Job
-
-# Keras' LossScaleOptimizer hard-codes these.
-KERAS_GROWTH_FACTOR = 2.0
-KERAS_BACKOFF_FACTOR = 0.5
-
-# The only Keras-specific part of a policy: its DTypePolicy name (the rest is POLICY_SPECS).
-KERAS_DTYPE_POLICIES: dict[str, str] = {
-    "fp32": "float32",
-    "tf32": "float32",
-    "fp16-mixed": "mixed_float16",
-    "bf16-mixed": "mixed_bfloat16",
-}
 
 
 class TfKerasOptions(BaseModel):
@@ -80,79 +56,30 @@ class TfKerasOptions(BaseModel):
 
 def _import_tf() -> tuple[Any, Any]:
     """tensorflow and keras, with Keras on its TensorFlow backend."""
-    import sys
-
-    if "keras" not in sys.modules:
-        # Keras reads its backend once, at import, from KERAS_BACKEND or ~/.keras/keras.json.
-        os.environ["KERAS_BACKEND"] = "tensorflow"
-    import keras
+    keras = import_keras("tensorflow")
     import tensorflow as tf
 
-    if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(
-            f"tf-keras needs Keras on its TensorFlow backend, but Keras was loaded with "
-            f'"{keras.backend.backend()}" (KERAS_BACKEND); run it in a process where '
-            "KERAS_BACKEND=tensorflow"
-        )
     return tf, keras
 
 
-class TfKerasBackend(Backend):
+class TfKerasBackend(KerasBackend):
     name = "tf-keras"
     framework = "tensorflow"
-    policies = tuple(KERAS_DTYPE_POLICIES)
+    runtime_name = "TensorFlow"
     Options = TfKerasOptions
-
-    @staticmethod
-    def is_available() -> Availability:
-        for module, pip_name in (("tensorflow", "tensorflow"), ("keras", "keras")):
-            if importlib.util.find_spec(module) is None:
-                return Availability(False, f"{pip_name} is not installed")
-        version = importlib.metadata.version("keras")
-        if int(version.split(".")[0]) < 3:
-            return Availability(False, f"tf-keras needs Keras 3, found keras {version}")
-        return Availability(True)
 
     @classmethod
     def sees_cuda(cls) -> bool:
         tf, _ = _import_tf()
         return bool(tf.config.list_physical_devices("GPU"))
 
-    @classmethod
-    def config_problem(cls, job: Job) -> str | None:
-        """Why this backend cannot run ``job`` as configured (one line), or None."""
-        if job.policy not in KERAS_DTYPE_POLICIES:
-            return f'backend tf-keras has no policy "{job.policy}"; it has: {", ".join(KERAS_DTYPE_POLICIES)}'
-        ls = job.loss_scale
-        if job.loss_scaling_mode == "dynamic":
-            for key, value, fixed in (
-                ("growth_factor", ls.growth_factor, KERAS_GROWTH_FACTOR),
-                ("backoff_factor", ls.backoff_factor, KERAS_BACKOFF_FACTOR),
-            ):
-                if value != fixed:
-                    return (
-                        f"loss_scale.{key}={value:g} cannot run on tf-keras: Keras' "
-                        f"LossScaleOptimizer always grows the scale by {KERAS_GROWTH_FACTOR:g} "
-                        f"and backs off by {KERAS_BACKOFF_FACTOR:g}; use {key}: {fixed:g} or "
-                        "dynamic: false"
-                    )
-        return None
-
     # -------------------------------------------------- setup
     def setup(self, job: Job, init_weights: dict[str, np.ndarray], data: Dataset) -> None:
-        problem = self.config_problem(job)
-        if problem:
-            raise ValueError(problem)
-        tf, keras = _import_tf()
-        from precision_suite.backends.keras.models import build_keras_model
-        from precision_suite.backends.keras.optim import OPTIMIZER_RULES
-        from precision_suite.data import plan_steps
+        keras = self.start_setup(job)
+        import tensorflow as tf
         from precision_suite.models import prepare_inputs
 
-        self.job = job
         self.options = TfKerasOptions.model_validate(job.options)
-        self.policy = POLICY_SPECS[job.policy]
-        self.loss_mode = job.loss_scaling_mode
         self._device = "/GPU:0" if job.device == "cuda" else "/CPU:0"
         self._configure_runtime(tf)
         keras.utils.set_random_seed(job.seed)
@@ -168,29 +95,7 @@ class TfKerasBackend(Backend):
             self.y_train = tf.constant(data.y_train.astype(np.int32))
             self.y_test = tf.constant(data.y_test.astype(np.int32))
             self.num_classes = data.num_classes
-            self.data_shape = tuple(data.input_shape)
-            self.model = build_keras_model(
-                job.model,
-                data.input_shape,
-                data.num_classes,
-                init_weights,
-                keras.DTypePolicy(KERAS_DTYPE_POLICIES[job.policy]),
-            )
-            train = job.train
-            total_steps = plan_steps(len(data.y_train), train.batch_size, train.epochs, train.steps)
-            build_optimizer = OPTIMIZER_RULES[self.options.optimizer_rules]
-            inner = build_optimizer(train.optimizer, train.lr_schedule, total_steps, train.grad_clip_norm)
-            ls = job.loss_scale
-            if self.loss_mode == "dynamic":
-                self.optimizer = keras.optimizers.LossScaleOptimizer(
-                    inner, initial_scale=ls.init_scale, dynamic_growth_steps=ls.growth_interval
-                )
-            else:
-                if self.loss_mode == "static":
-                    inner.loss_scale_factor = ls.init_scale
-                self.optimizer = inner
-            self.inner_optimizer = inner
-            self.optimizer.build(self.model.trainable_variables)
+            self.build_model_and_optimizer(keras, init_weights, data)
         # Each step returns its (loss, scale used, skipped) row as a device tensor; they are kept
         # unread and stacked in one read at the drain (cheaper than writing a device buffer).
         self._rows: list[Any] = []
@@ -232,10 +137,7 @@ class TfKerasBackend(Backend):
             tf_config.disable_op_determinism()
 
     def _loss(self, tf: Any, logits: Any, labels: Any) -> Any:
-        # log-softmax · one-hot rather than the sparse op: its GPU gradient has no deterministic
-        # kernel, and this is torch's cross_entropy (mean NLL of log_softmax) term for term.
-        logp = tf.nn.log_softmax(tf.cast(logits, tf.float32))
-        return -tf.reduce_mean(tf.reduce_sum(tf.one_hot(labels, self.num_classes) * logp, axis=1))
+        return cross_entropy(logits, labels, self.num_classes)
 
     def _build_functions(self, tf: Any) -> None:
         model, optimizer = self.model, self.optimizer
@@ -349,32 +251,13 @@ class TfKerasBackend(Backend):
         if self.job.device == "cuda":
             tf.config.experimental.reset_memory_stats("GPU:0")
 
-    def memory_layout(self) -> PrecisionLayout:
-        """The dtypes this backend really holds (Keras mixed policies keep fp32 variables and
-        cast them per use: no master copy), for the accounting."""
-        variable = max(self.model.trainable_variables, key=lambda v: int(np.prod(v.shape)))
-        param = np.dtype(variable.dtype).name
-        _, keras = _import_tf()
-        compute = keras.DTypePolicy(KERAS_DTYPE_POLICIES[self.job.policy]).compute_dtype
-        return PrecisionLayout(param, compute, (param,), None, param)
-
     def memory_stats(self) -> MemoryStats:
         import tensorflow as tf
 
-        def nbytes(variables: Any) -> int:
-            return int(sum(np.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables))
-
-        observed = {
-            "weights": nbytes(self.model.variables),
-            "gradients": nbytes(self.model.trainable_variables),
-            "optimizer_state": nbytes(self.optimizer.variables),
-            "master_weights": 0,
-        }
-        breakdown = account_job(self.job, self.data_shape, self.num_classes, self.memory_layout()).breakdown()
         if self.job.device == "cuda":
             peak = tf.config.experimental.get_memory_info("GPU:0")["peak"]
-            return MemoryStats(int(peak), "tf.config.experimental.get_memory_info", breakdown, observed)
-        return MemoryStats(sum(breakdown.values()), "accounting (cpu)", breakdown, observed)
+            return self.memory_with_peak(int(peak), "tf.config.experimental.get_memory_info")
+        return self.memory_with_peak(None, "")
 
     def activate(self) -> None:
         import tensorflow as tf
@@ -398,43 +281,11 @@ class TfKerasBackend(Backend):
                 tf.reduce_sum(out).numpy()  # reading a result waits for the product
         return 2 * n**3 * iters / elapsed / 1e12
 
-    def observed_precision(self) -> dict[str, Any]:
+    def first_layer_output(self) -> Any:
         import tensorflow as tf
 
-        first = self.model.layers[1]  # the first layer after the input: a dense or conv
         with tf.device(self._device):
-            activation = first(self.x_test[:2])
-        variable = first.kernel
-        return {
-            "compute_dtype": activation.dtype.name,
-            "param_dtype": str(variable.dtype),
-            "master_dtype": str(variable.dtype),
-            "loss_scaling": self.loss_mode,
-            "layer_compute_dtype": first.compute_dtype,
-            "layer_variable_dtype": first.variable_dtype,
-            "head_compute_dtype": self.model.get_layer("head").compute_dtype,
-            "loss_scale_config": self._loss_scale_used(),
-        }
-
-    def _loss_scale_used(self) -> dict[str, Any]:
-        ls = self.job.loss_scale
-        if self.loss_mode == "dynamic":
-            return {
-                "mode": "dynamic",
-                "via": "keras.optimizers.LossScaleOptimizer",
-                "initial_scale": float(ls.init_scale),
-                "dynamic_growth_steps": int(ls.growth_interval),
-                "growth_factor": KERAS_GROWTH_FACTOR,
-                "backoff_factor": KERAS_BACKOFF_FACTOR,
-            }
-        if self.loss_mode == "static":
-            return {
-                "mode": "static",
-                "via": "optimizer.loss_scale_factor",
-                "loss_scale_factor": float(ls.init_scale),
-                "skip_nonfinite": True,
-            }
-        return {"mode": "none"}
+            return self.model.layers[1](self.x_test[:2])
 
     def environment(self) -> dict[str, Any]:
         import keras
@@ -456,77 +307,19 @@ class TfKerasBackend(Backend):
             "cudnn_version": build.get("cudnn_version"),
             "tf32": tf.config.experimental.tensor_float_32_execution_enabled(),
             "jit_compile": self.options.jit_compile,
-            "optimizer_rules": self.options.optimizer_rules,
             "op_determinism": tf_config.is_op_determinism_enabled(),
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
             "runtime_notes": list(self._runtime_notes),
-            "loss_scaling": self._loss_scale_used(),
+            "loss_scaling": loss_scale_used(self.job),
+            "optimizer_rules": self.options.optimizer_rules,
         }
-
-    # -------------------------------------------------- checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        from precision_suite.backends.keras.models import keras_model_weights, keras_variable_map
-
-        canonical = {id(v) for v in keras_variable_map(self.model).values()}
-        state: dict[str, Any] = {
-            "weights": keras_model_weights(self.model),
-            # Anything else the model holds (dropout seed-generator states).
-            "model_extra": [np.asarray(v.numpy()) for v in self.model.variables if id(v) not in canonical],
-            "optimizer": [np.asarray(v.numpy()) for v in self.optimizer.variables],
-            "iterations": int(self.optimizer.iterations.numpy()),
-            "loss_scale": None,
-        }
-        if self.loss_mode == "dynamic":
-            state["loss_scale"] = {
-                "scale": float(self.optimizer.dynamic_scale.numpy()),
-                "growth_tracker": int(self.optimizer.step_counter.numpy()),
-            }
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        from precision_suite.backends.keras.models import keras_variable_map, load_keras_weights
-
-        load_keras_weights(self.model, state["weights"])
-        canonical = {id(v) for v in keras_variable_map(self.model).values()}
-        extra = [v for v in self.model.variables if id(v) not in canonical]
-        for target, values, what in (
-            (extra, state["model_extra"], "model"),
-            (list(self.optimizer.variables), state["optimizer"], "optimizer"),
-        ):
-            if len(target) != len(values):
-                raise ValueError(
-                    f"checkpoint has {len(values)} {what} variables, this job has {len(target)}: "
-                    "it was saved from a different job configuration"
-                )
-            for var, value in zip(target, values, strict=True):
-                var.assign(value)
-        # The readable copy of the loss-scale state wins over the raw optimizer variables.
-        if self.loss_mode == "dynamic" and state.get("loss_scale"):
-            self.optimizer.dynamic_scale.assign(state["loss_scale"]["scale"])
-            self.optimizer.step_counter.assign(state["loss_scale"]["growth_tracker"])
 
     def teardown(self) -> None:
-        import keras
         import tensorflow as tf
         from tensorflow.python.framework import config as tf_config
 
-        for attr in (
-            "_step_fn",
-            "_step_graph",
-            "_eval_fn",
-            "model",
-            "optimizer",
-            "inner_optimizer",
-            "x_train",
-            "y_train",
-            "x_test",
-            "y_test",
-            "_rows",
-            "_last_row",
-        ):
-            if hasattr(self, attr):
-                delattr(self, attr)
+        self.release("_step_graph", "_rows", "_last_row")
         saved = getattr(self, "_saved_globals", None)
         if saved is not None:
             tf.config.experimental.enable_tensor_float_32_execution(saved["tf32"])
@@ -535,4 +328,3 @@ class TfKerasBackend(Backend):
             else:
                 tf_config.disable_op_determinism()
             self._saved_globals = None
-        keras.backend.clear_session()

@@ -49,6 +49,27 @@ def test_gpu_check_overrides_validate(compile_):
     assert len(jobs) == 8 and {j.options["compile"] for j in jobs} == {compile_ == "true"}
 
 
+def test_gpu_check_keras_jax_overrides_validate():
+    """The --set list benchmarks/gpu_check.sh passes for its keras-jax run (entry-point backend)."""
+    overrides = [
+        "train.steps=40",
+        "train.warmup_steps=10",
+        "train.timing_window_steps=10",
+        "data.synthetic.train_size=2048",
+        "device=cuda",
+        "backends.names=[keras-jax]",
+        "backends.policies={keras-jax: [fp32, fp16-mixed, bf16-mixed]}",
+        "backends.options={keras-jax: {}}",
+        "runner.isolation=per-job",
+    ]
+    config = load_config(CONFIG, overrides)
+    check_backends(config, str(CONFIG))
+    jobs = expand_jobs(config, "cuda")
+    assert {(j.backend, j.framework) for j in jobs} == {("keras-jax", "jax")}
+    assert sorted(j.policy for j in jobs) == ["bf16-mixed", "bf16-mixed", "fp16-mixed", "fp16-mixed", "fp32", "fp32"]
+    assert config.runner.isolation == "per-job"
+
+
 def test_compiled_variant_is_one_set_away():
     """The config's documented way to run compiled: one --set per backend option."""
     config = load_config(

@@ -19,6 +19,8 @@ HAS_TF = importlib.util.find_spec("tensorflow") is not None and (importlib.util.
 
 needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
 needs_tf = pytest.mark.skipif(not HAS_TF, reason="tensorflow/keras is not installed")
+HAS_JAX = importlib.util.find_spec("jax") is not None and importlib.util.find_spec("keras") is not None
+needs_jax = pytest.mark.skipif(not HAS_JAX, reason="jax/keras is not installed")
 
 
 def cuda_available() -> bool:

@@ -19,12 +19,12 @@ def test_default_run_passes_check_and_its_report_renders(tmp_path):
     assert main(["run", "--out", str(out)]) == 0
     read = read_records(out / "results.jsonl")
     records = read.records
-    # 3 models x 10 backend-policies x 3 seeds, and the one-ulp noise-floor runs of the two
-    # frameworks' fp32 (3 models x 2 x 3 seeds).
-    assert len(records) == 3 * 10 * 3 + 3 * 2 * 3
+    # 3 models x 12 backend-policies x 3 seeds (keras-jax jobs are recorded, unavailable, even
+    # without jax), and the one-ulp noise-floor runs of the three frameworks' fp32 (3 x 3 x 3).
+    assert len(records) == 3 * 12 * 3 + 3 * 3 * 3
     # The paired speed phase: one per (model, framework), every one ok.
     assert sorted(r["job_id"] for r in read.speed if r["status"] == "ok") == sorted(
-        f"speed/{m}/digits/{f}" for m in ("mlp", "cnn", "transformer") for f in ("torch", "tensorflow")
+        f"speed/{m}/digits/{f}" for m in ("mlp", "cnn", "transformer") for f in ("torch", "tensorflow", "jax")
     )
     # One memory accounting: torch and Keras fp32 agree within 10 % per model, and Keras' mixed
     # policies show their activation savings.

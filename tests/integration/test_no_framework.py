@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+
+from tests.helpers.marks import HAS_TORCH
 
 # Makes torch, tensorflow, keras and jax unimportable, as on a machine without them.
 BLOCK = """
@@ -38,6 +41,35 @@ def test_imports_and_list_without_frameworks():
     assert result.returncode == 0, result.stderr
     assert "torch-amp torch is not installed" in result.stdout
     assert "tf-keras tensorflow is not installed" in result.stdout
+    assert "keras-jax jax is not installed" in result.stdout
+
+
+def test_without_jax_keras_jax_is_unavailable_and_the_rest_runs(tmp_path):
+    """Only jax missing (the `.[jax]` extra not installed): keras-jax, registered through the
+    entry-point group, is listed unavailable with the reason; its jobs are recorded so, and the
+    other frameworks' jobs run."""
+    out = tmp_path / "run"
+    only_jax = BLOCK.replace('("torch", "tensorflow", "keras", "jax")', '("jax", "jaxlib")')
+    assert only_jax != BLOCK
+    args = [
+        *("run", "configs/smoke.yaml", "--out", str(out)),
+        *("--set", "backends.names=[torch-amp, keras-jax]"),
+        *("--set", "backends.policies={torch-amp: [fp32], keras-jax: [fp32]}"),
+    ]
+    code = (
+        "import precision_suite.cli\n"
+        "from precision_suite.backends import get_backend_class\n"
+        "print('reason:', get_backend_class('keras-jax').is_available().reason)\n"
+        f"sys.exit(precision_suite.cli.main({args!r}))"
+    )
+    result = subprocess.run([sys.executable, "-c", only_jax + code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "reason: jax is not installed" in result.stdout
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    statuses = {r["backend"]: r for r in records if r.get("kind") != "speed"}
+    assert statuses["keras-jax"]["status"] == "unavailable"
+    assert statuses["keras-jax"]["error"] == "jax is not installed"
+    assert statuses["torch-amp"]["status"] == "ok" or not HAS_TORCH
 
 
 def test_run_without_frameworks_records_every_job_unavailable(tmp_path):

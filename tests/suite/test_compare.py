@@ -373,6 +373,20 @@ def test_cross_framework_checks_accuracy_and_length():
     assert verdict.outcome == FAIL and "20 vs 19 steps" in verdict.detail
 
 
+def test_cross_framework_three_frameworks_each_against_torch():
+    """torch, TensorFlow and JAX: one verdict per non-reference framework, each judged alone."""
+    records = pair(0.95) + [
+        make_record(b, "fp32", s, loss_offset=1e-5) for b in ("tf-keras", "keras-jax") for s in (0, 1, 2)
+    ]
+    jax_seed0 = next(r for r in records if r["backend"] == "keras-jax" and r["seed"] == 0)
+    jax_seed0["curves"]["train_loss"][3] *= 1.01
+    verdicts = {v.subject.split(" vs ")[1]: v for v in compare(records).groups[0].verdicts}
+    assert sorted(verdicts) == ["keras-jax fp32", "tf-keras fp32"]
+    assert all("torch-amp fp32 vs" in v.subject for v in verdicts.values())
+    assert verdicts["tf-keras fp32"].outcome == PASS
+    assert verdicts["keras-jax fp32"].outcome == FAIL and "seed 0: step 3" in verdicts["keras-jax fp32"].detail
+
+
 def test_cross_framework_only_when_both_fp32_exist():
     records = pair(0.95) + [make_record("tf-keras", "bf16-mixed", 0)]
     assert compare(records).groups[0].verdicts == []

@@ -1,13 +1,11 @@
 """tf-keras: loss scaling against the reference state machine, skipped steps, underflow control,
-custom step vs ``model.fit``, fresh-process resume, policies and the global state they touch,
-and ``optimizer_rules: keras`` against stock ``model.fit``."""
+custom step vs ``model.fit``, fresh-process resume, policies and the global state they touch."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import pickle
 import subprocess
 import sys
 from typing import Any
@@ -15,14 +13,16 @@ from typing import Any
 import numpy as np
 import pytest
 from precision_suite.backends.keras.tf_backend import TfKerasBackend
-from precision_suite.backends.reference.loss_scale import simulate
 from precision_suite.config import MlpConfig
 from precision_suite.data import Dataset, batch_plan
 from precision_suite.jobs import Job
 from precision_suite.models import init_weights
 
-from tests.helpers.backends import assert_states_equal, make_backend, tiny_data
-from tests.helpers.keras import RESUME, make_job, resume_job, rows_of
+from tests.helpers.keras import (
+    make_backend,
+    make_job,
+    tiny_data,
+)
 from tests.helpers.marks import TOLERANCES, needs_tf
 
 
@@ -37,20 +37,6 @@ def test_import_and_availability_do_not_import_tensorflow():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-
-
-@pytest.mark.parametrize("key, value", [("growth_factor", 3.0), ("backoff_factor", 0.25)], ids=["growth", "backoff"])
-def test_factors_keras_cannot_express_are_rejected_up_front(key, value):
-    job = make_job("fp16-mixed", loss_scale={key: value})
-    problem = TfKerasBackend.config_problem(job)
-    assert problem is not None and f"loss_scale.{key}" in problem
-    assert "LossScaleOptimizer" in problem and "\n" not in problem
-    with pytest.raises(ValueError, match=f"loss_scale.{key}"):
-        TfKerasBackend().setup(job, {}, tiny_data(poison=True))
-    # Where Keras does not scale dynamically the factors mean nothing: no complaint.
-    assert TfKerasBackend.config_problem(make_job("bf16-mixed", loss_scale={key: value})) is None
-    static = make_job("fp16-mixed", loss_scale={key: value, "dynamic": False})
-    assert TfKerasBackend.config_problem(static) is None
 
 
 def test_unknown_policy_and_option_are_rejected_naming_the_valid_ones():
@@ -81,7 +67,6 @@ def test_lr_schedule_is_the_reference_formula():
         np.testing.assert_allclose(got, want + [want[-1]] * 2, rtol=1e-6, err_msg=cfg.name)
 
 
-# ---------------------------------------------------------------- policies and global state
 @needs_tf
 @pytest.mark.parametrize(
     "policy, compute, scaling",
@@ -93,7 +78,7 @@ def test_observed_precision_and_global_state(policy, compute, scaling):
     from tensorflow.python.framework import config as tf_config
 
     tf.config.experimental.enable_tensor_float_32_execution(True)
-    backend = make_backend(make_job(policy), tiny_data(poison=True))
+    backend = make_backend(make_job(policy), tiny_data())
     try:
         observed = backend.observed_precision()
         assert observed["compute_dtype"] == compute
@@ -124,7 +109,7 @@ def test_observed_precision_and_global_state(policy, compute, scaling):
 @needs_tf
 def test_loss_scale_settings_are_mapped_and_recorded():
     ls = {"init_scale": 1024.0, "growth_interval": 7}
-    backend = make_backend(make_job("fp16-mixed", loss_scale=ls), tiny_data(poison=True))
+    backend = make_backend(make_job("fp16-mixed", loss_scale=ls), tiny_data())
     try:
         assert backend.optimizer.initial_scale == 1024.0
         assert backend.optimizer.dynamic_growth_steps == 7
@@ -132,69 +117,14 @@ def test_loss_scale_settings_are_mapped_and_recorded():
         assert recorded["initial_scale"] == 1024.0 and recorded["dynamic_growth_steps"] == 7
     finally:
         backend.teardown()
-    static = make_backend(make_job("fp16-mixed", loss_scale={**ls, "dynamic": False}), tiny_data(poison=True))
+    static = make_backend(make_job("fp16-mixed", loss_scale={**ls, "dynamic": False}), tiny_data())
     assert static.optimizer.loss_scale_factor == 1024.0
     assert static.observed_precision()["loss_scaling"] == "static"
     static.teardown()
-    off = make_backend(make_job("fp16-mixed", loss_scale={"enabled": False}), tiny_data(poison=True))
+    off = make_backend(make_job("fp16-mixed", loss_scale={"enabled": False}), tiny_data())
     assert off.optimizer.loss_scale_factor is None
     assert off.observed_precision()["loss_scaling"] == "none"
     off.teardown()
-
-
-# ---------------------------------------------------------------- loss scaling in training
-@needs_tf
-def test_scale_trajectory_skips_and_growth_match_the_reference():
-    overflow = {1, 2, 6, 7, 8}
-    ls = {"init_scale": 256.0, "growth_interval": 3}
-    data = tiny_data(poison=True)
-    job = make_job("fp16-mixed", train={"steps": 14, "grad_clip_norm": 1.0}, loss_scale=ls)
-    backend = make_backend(job, data)
-    rows = rows_of(job, data, overflow)
-    backend.train_step(rows[0])
-    before = backend.state_dict()
-    backend.train_step(rows[1])  # overflows
-    after = backend.state_dict()
-    # A skipped step changes no weight and no optimizer slot, and does not count as an
-    # applied step (the lr schedule's index); only the scale halves and the counter resets.
-    assert_states_equal(before["weights"], after["weights"])
-    assert after["iterations"] == before["iterations"] == 1
-    assert after["loss_scale"] == {"scale": 128.0, "growth_tracker": 0}
-    for batch in rows[2:]:
-        backend.train_step(batch)
-    telemetry = backend.drain_telemetry()
-    flags = [i in overflow for i in range(14)]
-    ref_scales, ref_skipped, ref = simulate(flags, **ls)
-    assert telemetry.skipped.tolist() == ref_skipped.tolist() == flags
-    assert telemetry.loss_scale.tolist() == ref_scales.tolist()
-    assert backend.state_dict()["loss_scale"] == {
-        "scale": ref.scale,
-        "growth_tracker": ref.growth_tracker,
-    }
-    assert backend.state_dict()["iterations"] == 14 - len(overflow)
-    assert ref_scales.max() > ref_scales[3]  # the run did grow the scale after clean steps
-    backend.teardown()
-
-
-@needs_tf
-def test_static_scale_never_moves_but_still_skips_overflow():
-    data = tiny_data(poison=True)
-    job = make_job("fp16-mixed", train={"steps": 4}, loss_scale={"dynamic": False})
-    backend = make_backend(job, data)
-    rows = rows_of(job, data, {2})
-    for batch in rows[:2]:
-        backend.train_step(batch)
-    before = backend.state_dict()
-    backend.train_step(rows[2])
-    after = backend.state_dict()
-    backend.train_step(rows[3])
-    telemetry = backend.drain_telemetry()
-    assert telemetry.loss_scale.tolist() == [65536.0] * 4
-    assert telemetry.skipped.tolist() == [False, False, True, False]
-    assert_states_equal(before["weights"], after["weights"])
-    assert after["iterations"] == 2 and backend.state_dict()["iterations"] == 3
-    assert all(np.all(np.isfinite(w)) for w in backend.state_dict()["weights"].values())
-    backend.teardown()
 
 
 @needs_tf
@@ -293,50 +223,6 @@ def test_grad_accumulation_jit_and_prepared_batches_agree():
     assert len(losses["plain"]) == 6
     np.testing.assert_allclose(losses["accumulated"], losses["plain"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(losses["xla"], losses["plain"], rtol=1e-5, atol=1e-6)
-
-
-# ---------------------------------------------------------------- resume in a fresh process
-@needs_tf
-def test_resume_in_a_fresh_process_continues_identically(tmp_path):
-    # growth_interval 3 with an overflow at step 1: clean steps 2, 3, 4 grow the scale after
-    # step 4, so the checkpoint at k=4 sits just before a growth event.
-    data = tiny_data(poison=True)
-    job = resume_job(RESUME)
-    backend = make_backend(job, data)
-    rows = rows_of(job, data, set(RESUME["overflow"]))
-    for batch in rows[: RESUME["k"]]:
-        backend.train_step(batch)
-    checkpoint = backend.state_dict()
-    backend.drain_telemetry()
-    for batch in rows[RESUME["k"] :]:
-        backend.train_step(batch)
-    uninterrupted = backend.state_dict()
-    tail = backend.drain_telemetry().loss
-    backend.teardown()
-    assert checkpoint["loss_scale"] == {"scale": 512.0, "growth_tracker": 2}
-
-    state_in, state_out = tmp_path / "k.pkl", tmp_path / "n.pkl"
-    state_in.write_bytes(pickle.dumps(checkpoint))
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.helpers.keras",
-            "resume",
-            json.dumps(RESUME),
-            str(state_in),
-            str(state_out),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    resumed = pickle.loads(state_out.read_bytes())
-    assert_states_equal(uninterrupted, resumed["state"])
-    np.testing.assert_array_equal(tail, resumed["telemetry"])
-    flags = [i in RESUME["overflow"] for i in range(RESUME["n"])]
-    _, _, ref = simulate(flags, **RESUME["loss_scale"])
-    assert uninterrupted["loss_scale"] == {"scale": ref.scale, "growth_tracker": ref.growth_tracker}
-    assert ref.scale > 1024.0  # the scale grew after the checkpoint
 
 
 # ---------------------------------------------------------------- GPU

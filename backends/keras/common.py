@@ -1,0 +1,352 @@
+"""What every Keras 3 runtime backend shares (tf-keras, keras-jax): the policy table, the
+loss-scale mapping and its checks, the optimizer (with its ``LossScaleOptimizer``), the loss,
+the observed precision, CPU memory accounting and checkpoints.
+
+Importing this module imports no framework: ``is_available`` and ``config_problem`` use it in
+the parent process. Keras itself is imported through ``import_keras``, which picks the Keras
+backend (the runtime) before the first ``import keras``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import sys
+import warnings
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from precision_suite.backends.base import EVAL_BATCH, POLICY_SPECS, Availability, Backend, MemoryStats
+from precision_suite.memory import PrecisionLayout, account_job
+
+if TYPE_CHECKING:
+    from precision_suite.data import Dataset
+    from precision_suite.jobs import Job
+
+__all__ = ["EVAL_BATCH"]  # re-exported for the Keras runtimes
+
+# Keras' LossScaleOptimizer hard-codes these.
+KERAS_GROWTH_FACTOR = 2.0
+KERAS_BACKOFF_FACTOR = 0.5
+# Modules of this package that import keras at module level: rebound when the Keras runtime is
+# switched in-process (see ``import_keras``).
+_KERAS_MODULES = ("precision_suite.backends.keras.models", "precision_suite.backends.keras.optim")
+
+
+# The only Keras-specific part of a policy: its DTypePolicy name (the rest is POLICY_SPECS).
+KERAS_DTYPE_POLICIES: dict[str, str] = {
+    "fp32": "float32",
+    "tf32": "float32",
+    "fp16-mixed": "mixed_float16",
+    "bf16-mixed": "mixed_bfloat16",
+}
+
+
+def keras_availability(backend_name: str, framework: str) -> Availability:
+    """The runtime ``framework`` (a module name that is also its pip name) and Keras 3, found
+    without importing either."""
+    for module in (framework, "keras"):
+        if importlib.util.find_spec(module) is None:
+            return Availability(False, f"{module} is not installed")
+    version = importlib.metadata.version("keras")
+    if int(version.split(".")[0]) < 3:
+        return Availability(False, f"{backend_name} needs Keras 3, found keras {version}")
+    return Availability(True)
+
+
+def import_keras(runtime: str) -> Any:
+    """``keras`` on the Keras backend ``runtime`` ("tensorflow", "jax").
+
+    Keras reads its backend once, at import, from KERAS_BACKEND (or ~/.keras/keras.json), so it
+    is set here before the first import: a worker process runs one framework's jobs only. A
+    process that already loaded Keras on another runtime (a test session running every
+    backend) is switched with ``keras.config.set_backend``, which re-imports Keras; this
+    package's modules that hold ``keras`` are then re-imported too. Keras objects made before the
+    switch are unusable afterwards (each job builds its own in ``setup``)."""
+    if "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = runtime
+    import keras
+
+    if keras.backend.backend() == runtime:
+        return keras
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*set_backend.*", category=UserWarning)
+        keras.config.set_backend(runtime)
+    import keras
+
+    for name in _KERAS_MODULES:
+        if name in sys.modules:
+            importlib.reload(sys.modules[name])
+    if keras.backend.backend() != runtime:
+        raise RuntimeError(f'Keras could not be switched to its "{runtime}" backend (KERAS_BACKEND)')
+    return keras
+
+
+def keras_config_problem(backend_name: str, job: Job) -> str | None:
+    """Why a Keras backend cannot run ``job`` as configured (one line), or None."""
+    if job.policy not in KERAS_DTYPE_POLICIES:
+        return f'backend {backend_name} has no policy "{job.policy}"; it has: {", ".join(KERAS_DTYPE_POLICIES)}'
+    ls = job.loss_scale
+    if job.loss_scaling_mode == "dynamic":
+        for key, value, fixed in (
+            ("growth_factor", ls.growth_factor, KERAS_GROWTH_FACTOR),
+            ("backoff_factor", ls.backoff_factor, KERAS_BACKOFF_FACTOR),
+        ):
+            if value != fixed:
+                return (
+                    f"loss_scale.{key}={value:g} cannot run on {backend_name}: Keras' "
+                    f"LossScaleOptimizer always grows the scale by {KERAS_GROWTH_FACTOR:g} "
+                    f"and backs off by {KERAS_BACKOFF_FACTOR:g}; use {key}: {fixed:g} or "
+                    "dynamic: false"
+                )
+    return None
+
+
+def loss_scale_used(job: Job) -> dict[str, Any]:
+    """The loss scaling a Keras backend applies for ``job``, as recorded."""
+    ls = job.loss_scale
+    mode = job.loss_scaling_mode
+    if mode == "dynamic":
+        return {
+            "mode": "dynamic",
+            "via": "keras.optimizers.LossScaleOptimizer",
+            "initial_scale": float(ls.init_scale),
+            "dynamic_growth_steps": int(ls.growth_interval),
+            "growth_factor": KERAS_GROWTH_FACTOR,
+            "backoff_factor": KERAS_BACKOFF_FACTOR,
+        }
+    if mode == "static":
+        return {
+            "mode": "static",
+            "via": "optimizer.loss_scale_factor",
+            "loss_scale_factor": float(ls.init_scale),
+            "skip_nonfinite": True,
+        }
+    return {"mode": "none"}
+
+
+def build_keras_optimizer(keras: Any, job: Job, data: Dataset, rules: str = "torch") -> tuple[Any, Any]:
+    """(the optimizer a step applies, the torch-style optimizer inside it) for ``job``:
+
+    * dynamic: ``LossScaleOptimizer(initial_scale=init_scale, dynamic_growth_steps=growth_interval)``.
+      Its skip/grow/backoff rule is GradScaler's: a non-finite gradient halves the scale and
+      resets the counter without calling the inner optimizer (so ``iterations``, which indexes
+      the lr schedule, counts applied steps only); the ``growth_interval``-th finite one in a row
+      doubles it.
+    * static: the inner optimizer's ``loss_scale_factor``. Keras would then apply a non-finite
+      gradient; GradScaler skips it, so the backend's step must skip it too.
+    * none: the inner optimizer alone.
+
+    ``rules``: whose update rules the inner optimizer follows, torch's or stock Keras'
+    (``backends/keras/optim.py``, ``OPTIMIZER_RULES``).
+    """
+    from precision_suite.backends.keras.optim import OPTIMIZER_RULES
+    from precision_suite.data import plan_steps
+
+    train = job.train
+    total_steps = plan_steps(len(data.y_train), train.batch_size, train.epochs, train.steps)
+    inner = OPTIMIZER_RULES[rules](train.optimizer, train.lr_schedule, total_steps, train.grad_clip_norm)
+    mode = job.loss_scaling_mode
+    ls = job.loss_scale
+    if mode == "dynamic":
+        return keras.optimizers.LossScaleOptimizer(
+            inner, initial_scale=ls.init_scale, dynamic_growth_steps=ls.growth_interval
+        ), inner
+    if mode == "static":
+        inner.loss_scale_factor = ls.init_scale
+    return inner, inner
+
+
+def cross_entropy(logits: Any, labels: Any, num_classes: int) -> Any:
+    """torch's ``cross_entropy`` (mean NLL of log_softmax) term for term, in float32, as
+    log-softmax · one-hot rather than the sparse op (whose GPU gradient has no deterministic
+    kernel on TensorFlow)."""
+    from keras import ops
+
+    logp = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
+    return -ops.mean(ops.sum(ops.one_hot(labels, num_classes) * logp, axis=1))
+
+
+def keras_observed_precision(model: Any, activation: Any, job: Job) -> dict[str, Any]:
+    """The observed-precision record from the first layer's output ``activation`` on real rows."""
+    from keras import backend
+
+    first = model.layers[1]  # the first layer after the input: a dense or conv
+    variable = first.kernel
+    return {
+        "compute_dtype": backend.standardize_dtype(activation.dtype),
+        "param_dtype": str(variable.dtype),
+        "master_dtype": str(variable.dtype),
+        "loss_scaling": job.loss_scaling_mode,
+        "layer_compute_dtype": first.compute_dtype,
+        "layer_variable_dtype": first.variable_dtype,
+        "head_compute_dtype": model.get_layer("head").compute_dtype,
+        "loss_scale_config": loss_scale_used(job),
+    }
+
+
+class KerasBackend(Backend):
+    """What every Keras runtime backend shares. A subclass sets ``name`` and ``framework`` (the
+    Keras backend it runs on: "tensorflow", "jax"), answers ``sees_cuda`` and does the
+    runtime's own work; ``setup`` starts with ``start_setup`` and leaves the job's Keras model
+    and optimizer in ``self.model`` / ``self.optimizer`` (their variables hold the training
+    state whenever ``state_dict`` reads them)."""
+
+    policies = tuple(KERAS_DTYPE_POLICIES)
+    runtime_name: ClassVar[str]  # for messages: "TensorFlow", "JAX"
+
+    @classmethod
+    def is_available(cls) -> Availability:  # type: ignore[override]
+        return keras_availability(cls.name, cls.framework)
+
+    @classmethod
+    def config_problem(cls, job: Job) -> str | None:
+        return keras_config_problem(cls.name, job)
+
+    def start_setup(self, job: Job) -> Any:
+        """Reject what cannot run, load Keras on this runtime, note the job's policy; returns keras."""
+        problem = self.config_problem(job)
+        if problem:
+            raise ValueError(problem)
+        keras = import_keras(self.framework)
+        self.job = job
+        self.policy = POLICY_SPECS[job.policy]
+        self.loss_mode = job.loss_scaling_mode
+        return keras
+
+    def build_model_and_optimizer(self, keras: Any, init_weights: dict[str, np.ndarray], data: Dataset) -> None:
+        """The job's Keras model under its dtype policy, holding ``init_weights``, and its built
+        optimizer (``build_keras_optimizer``), on the runtime's current device."""
+        from precision_suite.backends.keras.models import build_keras_model
+
+        job = self.job
+        policy = keras.DTypePolicy(KERAS_DTYPE_POLICIES[job.policy])
+        self.model = build_keras_model(job.model, data.input_shape, data.num_classes, init_weights, policy)
+        rules = getattr(getattr(self, "options", None), "optimizer_rules", "torch")
+        self.optimizer, self.inner_optimizer = build_keras_optimizer(keras, job, data, rules)
+        self.optimizer.build(self.model.trainable_variables)
+        self.data_shape = tuple(data.input_shape)
+        self.num_classes = data.num_classes
+
+    def memory_layout(self) -> PrecisionLayout:
+        """The dtypes this backend really holds (Keras mixed policies keep fp32 variables and
+        cast them per use: no master copy), for the accounting."""
+        import keras
+
+        variable = max(self.model.trainable_variables, key=lambda v: int(np.prod(v.shape)))
+        param = np.dtype(variable.dtype).name
+        compute = keras.DTypePolicy(KERAS_DTYPE_POLICIES[self.job.policy]).compute_dtype
+        return PrecisionLayout(param, compute, (param,), None, param)
+
+    def memory_with_peak(self, peak: int | None, source: str) -> MemoryStats:
+        """The shared accounting (``precision_suite.memory``) beside what the variables really
+        hold; the figure is the allocator's ``peak`` where the runtime has one (GPU), else the
+        accounting (CPU)."""
+        breakdown = account_job(self.job, self.data_shape, self.num_classes, self.memory_layout()).breakdown()
+        observed = keras_memory_breakdown(self.model, self.optimizer)
+        if peak is None:
+            return MemoryStats(sum(breakdown.values()), "accounting (cpu)", breakdown, observed)
+        return MemoryStats(int(peak), source, breakdown, observed)
+
+    def release(self, *runtime_attrs: str) -> None:
+        """Drop the job's model, optimizer, data and compiled functions (and ``runtime_attrs``),
+        then Keras' global state: the start of ``teardown``."""
+        for attr in (
+            "_step_fn",
+            "_eval_fn",
+            "model",
+            "optimizer",
+            "inner_optimizer",
+            "x_train",
+            "y_train",
+            "x_test",
+            "y_test",
+            *runtime_attrs,
+        ):
+            if hasattr(self, attr):
+                delattr(self, attr)
+        if "keras" in sys.modules:
+            import keras
+
+            keras.backend.clear_session()
+
+    def observed_precision(self) -> dict[str, Any]:
+        return keras_observed_precision(self.model, self.first_layer_output(), self.job)
+
+    def first_layer_output(self) -> Any:
+        """The first layer's output on two test rows, computed as a training step would."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return keras_state_dict(self.model, self.optimizer, self.job)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        load_keras_state(self.model, self.optimizer, self.job, state)
+
+
+def _nbytes(variables: Any) -> int:
+    return int(sum(np.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables))
+
+
+def keras_memory_breakdown(model: Any, optimizer: Any) -> dict[str, int]:
+    """Weights, gradients, optimizer state and master copies of a Keras model, by variable size."""
+    return {
+        "weights": _nbytes(model.variables),
+        "gradients": _nbytes(model.trainable_variables),
+        "optimizer_state": _nbytes(optimizer.variables),
+        # Keras' mixed policies keep float32 variables and cast per use: no master copy.
+        "master_weights": 0,
+    }
+
+
+def _to_numpy(variable: Any) -> np.ndarray:
+    from keras import ops
+
+    return np.asarray(ops.convert_to_numpy(variable.value))
+
+
+def keras_state_dict(model: Any, optimizer: Any, job: Job) -> dict[str, Any]:
+    """Model, optimizer, step counter and loss-scale state of a Keras job, as NumPy / Python."""
+    from precision_suite.backends.keras.models import keras_model_weights, keras_variable_map
+
+    canonical = {id(v) for v in keras_variable_map(model).values()}
+    state: dict[str, Any] = {
+        "weights": keras_model_weights(model),
+        # Anything else the model holds (dropout seed-generator states).
+        "model_extra": [_to_numpy(v) for v in model.variables if id(v) not in canonical],
+        "optimizer": [_to_numpy(v) for v in optimizer.variables],
+        "iterations": int(_to_numpy(optimizer.iterations)),
+        "loss_scale": None,
+    }
+    if job.loss_scaling_mode == "dynamic":
+        state["loss_scale"] = {
+            "scale": float(_to_numpy(optimizer.dynamic_scale)),
+            "growth_tracker": int(_to_numpy(optimizer.step_counter)),
+        }
+    return state
+
+
+def load_keras_state(model: Any, optimizer: Any, job: Job, state: dict[str, Any]) -> None:
+    """Assign what ``keras_state_dict`` returned to the model's and optimizer's variables."""
+    from precision_suite.backends.keras.models import keras_variable_map, load_keras_weights
+
+    load_keras_weights(model, state["weights"])
+    canonical = {id(v) for v in keras_variable_map(model).values()}
+    extra = [v for v in model.variables if id(v) not in canonical]
+    for target, values, what in (
+        (extra, state["model_extra"], "model"),
+        (list(optimizer.variables), state["optimizer"], "optimizer"),
+    ):
+        if len(target) != len(values):
+            raise ValueError(
+                f"checkpoint has {len(values)} {what} variables, this job has {len(target)}: "
+                "it was saved from a different job configuration"
+            )
+        for var, value in zip(target, values, strict=True):
+            var.assign(value)
+    # The readable copy of the loss-scale state wins over the raw optimizer variables.
+    if job.loss_scaling_mode == "dynamic" and state.get("loss_scale"):
+        optimizer.dynamic_scale.assign(state["loss_scale"]["scale"])
+        optimizer.step_counter.assign(state["loss_scale"]["growth_tracker"])
