@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from precision_suite.config import (
     DataConfig,
+    DistributedConfig,
     LossScaleConfig,
     ModelConfig,
     ParityConfig,
@@ -37,6 +38,12 @@ class Job:
     runner: RunnerConfig
     parity: ParityConfig
     config_hash: str = ""
+    # Data parallelism (precision_suite.distributed): replicas this job trains on (an executor
+    # reserves this many devices), and "dp-reference" for the one-process run at an N-replica
+    # job's global batch that the data-parallel verdict compares against.
+    world_size: int = 1
+    role: str = ""
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +61,9 @@ class Job:
             "runner": self.runner.model_dump(mode="json"),
             "parity": self.parity.model_dump(mode="json"),
             "config_hash": self.config_hash,
+            "world_size": self.world_size,
+            "role": self.role,
+            "distributed": self.distributed.model_dump(mode="json"),
         }
 
     @classmethod
@@ -73,6 +83,9 @@ class Job:
             runner=RunnerConfig.model_validate(raw["runner"]),
             parity=ParityConfig.model_validate(raw["parity"]),
             config_hash=raw.get("config_hash", ""),
+            world_size=int(raw.get("world_size", 1)),
+            role=raw.get("role", ""),
+            distributed=DistributedConfig.model_validate(raw.get("distributed", {})),
         )
 
 
@@ -113,9 +126,12 @@ def expand_jobs(config: SuiteConfig, device: str) -> list[Job]:
                             runner=config.runner,
                             parity=config.parity,
                             config_hash=config_hash,
+                            distributed=config.distributed,
                         )
                     )
-    return jobs
+    from precision_suite.distributed import expand_world_sizes
+
+    return expand_world_sizes(jobs)
 
 
 def check_backends(config: SuiteConfig, source: str) -> None:
