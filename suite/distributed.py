@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -270,7 +271,7 @@ def main() -> int:
 
     die_with_parent()
     from precision_suite.jobs import Job
-    from precision_suite.loop import run_job
+    from precision_suite.loop import one_line, run_job
     from precision_suite.results import jsonable
 
     job = Job.from_dict(json.loads(Path(sys.argv[1]).read_text()))
@@ -282,7 +283,11 @@ def main() -> int:
     def finish(backend: Any, record: dict[str, Any]) -> None:
         # A collective: only when every rank got here (a failed rank leaves instead, below).
         if record["status"] in ("ok", "diverged"):
-            report.update(backend.replica_report())
+            try:
+                report.update(backend.replica_report())
+            except Exception as exc:
+                traceback.print_exc()
+                record.update(status="error", error=f"replica report: {one_line(exc)}")
 
     record = run_job(as_global_batch_job(job), None, backend_cls=cls, finish=finish)
     ok = record["status"] in ("ok", "diverged")

@@ -169,7 +169,7 @@ class TfKerasBackend(Backend):
         self._configure_runtime(tf)
         keras.utils.set_random_seed(job.seed)
 
-        with tf.device(self._device):
+        with self._placement(tf):
             x_train = tf.constant(prepare_inputs(job.model, data.x_train))
             x_test = tf.constant(prepare_inputs(job.model, data.x_test))
             if job.model.kind == "cnn":
@@ -207,6 +207,11 @@ class TfKerasBackend(Backend):
         self._last_row: Any = None
         self._n_micro = job.train.grad_accumulation
         self._build_functions(tf)
+
+    def _placement(self, tf: Any) -> Any:
+        """Where data, model and optimizer are created (a distribution strategy's scope in
+        ``backends/keras/distributed.py``)."""
+        return tf.device(self._device)
 
     def _configure_runtime(self, tf: Any) -> None:
         """Process-wide TF settings this job needs; the previous values are restored in
@@ -292,6 +297,21 @@ class TfKerasBackend(Backend):
                     tf.cond(skipped, lambda: tf.constant(False), apply)
             return tf.stack([loss_sum / n_micro, scale, tf.cast(skipped, tf.float32)])
 
+        def placed_step(rows: Any) -> Any:
+            # Placed at trace time, so calls need no per-step device scope.
+            with tf.device(self._device):
+                return step(rows)
+
+        jit = self.options.jit_compile
+        self._step_fn = tf.function(placed_step, jit_compile=jit, input_signature=[tf.TensorSpec([batch], tf.int32)])
+        self._eval_fn = self._eval_function(tf)
+        # The traced graph itself: calling it skips tf.function's per-call argument binding and
+        # dispatch (about 80 µs a step on a 2-core CPU), which the fixed signature makes moot.
+        self._step_graph = self._step_fn.get_concrete_function()
+
+    def _eval_function(self, tf: Any) -> Any:
+        model = self.model
+
         def evaluate() -> tuple[Any, Any]:
             loss_sum = tf.constant(0.0, tf.float64)
             correct = tf.constant(0, tf.int64)
@@ -305,17 +325,7 @@ class TfKerasBackend(Backend):
                 correct += tf.reduce_sum(tf.cast(hits, tf.int64))
             return loss_sum, correct
 
-        def placed_step(rows: Any) -> Any:
-            # Placed at trace time, so calls need no per-step device scope.
-            with tf.device(self._device):
-                return step(rows)
-
-        jit = self.options.jit_compile
-        self._step_fn = tf.function(placed_step, jit_compile=jit, input_signature=[tf.TensorSpec([batch], tf.int32)])
-        self._eval_fn = tf.function(evaluate, jit_compile=jit)
-        # The traced graph itself: calling it skips tf.function's per-call argument binding and
-        # dispatch (about 80 µs a step on a 2-core CPU), which the fixed signature makes moot.
-        self._step_graph = self._step_fn.get_concrete_function()
+        return tf.function(evaluate, jit_compile=self.options.jit_compile)
 
     # -------------------------------------------------- training
     def prepare_batches(self, rows: np.ndarray) -> Sequence[Any]:
