@@ -203,8 +203,8 @@ def run_distributed(job: Job, timeout_s: float, log_dir: Path, env: dict[str, st
         logs: list[Path] = []
         pgid = 0
         if n_procs > 1:
-            # The runner's thread count is for the whole job: ranks share the cores.
-            threads = str(max(1, int(base_env.get("PRECISION_SUITE_THREADS", "1")) // n_procs))
+            # runner.threads is per replica; left unset, the ranks share the cores.
+            threads = str(job.runner.threads or max(1, int(base_env.get("PRECISION_SUITE_THREADS", "1")) // n_procs))
             for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PRECISION_SUITE_THREADS"):
                 base_env[key] = threads
         try:
