@@ -257,9 +257,7 @@ def run_distributed(job: Job, timeout_s: float, log_dir: Path, env: dict[str, st
                 return record  # rank 0's own record of the job's failure
             if code == RANK_JOB_FAILED:
                 return failed("error", f"rank {rank} of {job.world_size}: job failed", _tail(logs[rank]))
-            return failed(
-                "crashed", f"rank {rank} of {job.world_size} {_describe_code(code)}", _tail(logs[rank])
-            )
+            return failed("crashed", f"rank {rank} of {job.world_size} {_describe_code(code)}", _tail(logs[rank]))
         if record is None:
             return failed("crashed", "rank 0 exited without writing the record", _tail(logs[0]))
         return record

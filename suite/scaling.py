@@ -116,7 +116,9 @@ def data_parallel(records: list[dict[str, Any]], references: list[dict[str, Any]
         return "n/a", "no seed to compare"
     if problems:
         return ("fail" if compared or records else "n/a"), "; ".join(problems)
-    return "pass", f"{len(compared)} seed(s): per-step loss within {worst:.2g} relative of one process at the same global batch"
+    return "pass", (
+        f"{len(compared)} seed(s): per-step loss within {worst:.2g} relative of one process at the same global batch"
+    )
 
 
 def references_for(record: dict[str, Any], all_records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -15,7 +15,13 @@ def dp_config(backend: str, policy: str, world_size: int = 2, steps: int = 10, *
     return {
         "models": [{"kind": "mlp", "hidden": [32]}],
         "data": {"name": "digits"},
-        "train": {"steps": steps, "batch_size": 16, "warmup_steps": 2, "timing_window_steps": 4, "eval_every_epochs": 0},
+        "train": {
+            "steps": steps,
+            "batch_size": 16,
+            "warmup_steps": 2,
+            "timing_window_steps": 4,
+            "eval_every_epochs": 0,
+        },
         "backends": {"names": [backend], "policies": {backend: [policy]}},
         "seeds": [0],
         "device": "cpu",

@@ -71,7 +71,9 @@ class MirroredTfKerasBackend(TfKerasBackend):
         kind = "GPU" if job.device == "cuda" else "CPU"
         devices = [d.name for d in tf.config.list_logical_devices(kind)][: job.world_size]
         if len(devices) < job.world_size:
-            raise RuntimeError(f"{job.world_size} replicas need {job.world_size} {kind} devices; TensorFlow sees {len(devices)}")
+            raise RuntimeError(
+                f"{job.world_size} replicas need {job.world_size} {kind} devices; TensorFlow sees {len(devices)}"
+            )
         self.strategy = tf.distribute.MirroredStrategy(devices)
         self.inf_replica_steps = {r: fault_steps(job, r, "inf_grad") for r in range(job.world_size)}
         self.step_index = 0
@@ -193,4 +195,3 @@ class MirroredTfKerasBackend(TfKerasBackend):
             if hasattr(self, attr):
                 delattr(self, attr)
         super().teardown()
-

@@ -130,7 +130,8 @@ class DdpMixin:
             return local
         loss = torch.from_numpy(local.loss).to(self.device)
         dist.all_reduce(loss)  # every rank has the same per-step slice size: the sum / N is the mean
-        return Telemetry(loss=(loss / self.world_size).cpu().numpy(), loss_scale=local.loss_scale, skipped=local.skipped)
+        mean = (loss / self.world_size).cpu().numpy()
+        return Telemetry(loss=mean, loss_scale=local.loss_scale, skipped=local.skipped)
 
     def replica_report(self) -> dict[str, Any]:
         """Every rank's skip decisions, final loss scale and parameter digest (a collective:
@@ -174,4 +175,3 @@ class DdpTorchAmpBackend(DdpMixin, TorchAmpBackend):
 
 class DdpTorchManualBackend(DdpMixin, TorchManualBackend):
     pass
-

@@ -54,9 +54,11 @@ def test_bad_world_size_is_a_one_line_config_error(tmp_path, value, expected):
 
 def _record(policy="fp32", ws=2, seed=0, loss=None, replicas=None, backend="torch-amp", sps=1000.0, batch=16):
     loss = loss if loss is not None else [2.0, 1.5, 1.2, 1.0]
-    replicas = replicas if replicas is not None else [
-        {"rank": r, "skipped_steps": [], "loss_scale_final": 1.0, "params_sha256": "a"} for r in range(ws)
-    ]
+    replicas = (
+        replicas
+        if replicas is not None
+        else [{"rank": r, "skipped_steps": [], "loss_scale_final": 1.0, "params_sha256": "a"} for r in range(ws)]
+    )
     record = {
         "job_id": f"mlp/digits/{backend}/{policy}/seed{seed}" + (f"/ws{ws}" if ws > 1 else ""),
         "backend": backend,
