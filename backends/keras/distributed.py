@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from precision_suite.backends.base import Telemetry
-from precision_suite.backends.keras.tf_backend import TfKerasBackend, _import_tf
+from precision_suite.backends.keras.tf_backend import TfKerasBackend, grads_all_finite
 
 if TYPE_CHECKING:
     from precision_suite.data import Dataset
@@ -41,9 +41,10 @@ class MirroredTfKerasBackend(TfKerasBackend):
     @classmethod
     def init_process(cls, job: Job) -> None:
         """Split the CPU into N logical devices, before TensorFlow initialises its runtime."""
-        tf, _ = _import_tf()
         if cls.resolve_device(job.device) == "cuda":
             return
+        import tensorflow as tf
+
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * job.world_size)
 
@@ -63,9 +64,9 @@ class MirroredTfKerasBackend(TfKerasBackend):
         return None
 
     def setup(self, job: Job, init_weights: dict[str, np.ndarray], data: Dataset) -> None:
+        import tensorflow as tf
         from precision_suite.distributed import fault_steps
 
-        tf, _ = _import_tf()
         self.world_size = job.world_size
         self.per_replica = job.train.batch_size // job.world_size
         kind = "GPU" if job.device == "cuda" else "CPU"
@@ -89,36 +90,20 @@ class MirroredTfKerasBackend(TfKerasBackend):
         tvars = model.trainable_variables
         n_micro, mode = self._n_micro, self.loss_mode
         replicas, per_replica = self.world_size, self.per_replica
-        micro = per_replica // n_micro
         injected = sorted({r for r, steps in self.inf_replica_steps.items() if steps})
-
-        def all_finite(grads: list) -> Any:
-            return tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
 
         def replica_step(rows: Any, inject: Any) -> Any:
             ctx = tf.distribute.get_replica_context()
             replica = ctx.replica_id_in_sync_group
             mine = rows[replica * per_replica : (replica + 1) * per_replica]
-            x = tf.gather(self.x_train, mine)
-            y = tf.gather(self.y_train, mine)
             scale = tf.identity(optimizer.dynamic_scale.value) if mode == "dynamic" else tf.constant(1.0)
-            grads = None
-            loss_sum = tf.constant(0.0, tf.float32)
-            for k in range(n_micro):
-                with tf.GradientTape() as tape:
-                    logits = model(x[k * micro : (k + 1) * micro], training=True)
-                    loss = self._loss(tf, logits, y[k * micro : (k + 1) * micro])
-                    # Keras sums the replicas' gradients: each contributes its share of the mean.
-                    scaled = optimizer.scale_loss(loss / (n_micro * replicas))
-                micro_grads = tape.gradient(scaled, tvars)
-                grads = micro_grads if grads is None else [a + b for a, b in zip(grads, micro_grads, strict=True)]
-                loss_sum += loss
+            grads, loss_sum = self._scaled_gradients(tf, mine, per_replica, replicas)
             if injected:
                 hit = tf.logical_and(inject, tf.reduce_any(tf.equal(replica, injected)))
                 factor = tf.where(hit, float("inf"), 1.0)
                 grads = [grads[0] * tf.cast(factor, grads[0].dtype), *grads[1:]]
             if mode == "dynamic":
-                local_bad = tf.cast(tf.logical_not(all_finite(grads)), tf.float32)
+                local_bad = tf.cast(tf.logical_not(grads_all_finite(tf, grads)), tf.float32)
                 any_bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local_bad)
                 poison = tf.where(any_bad > 0, float("nan"), 0.0)
                 grads = [g + tf.cast(poison, g.dtype) for g in grads]

@@ -96,6 +96,10 @@ def _import_tf() -> tuple[Any, Any]:
     return tf, keras
 
 
+def grads_all_finite(tf: Any, grads: list) -> Any:
+    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+
+
 def _loss_mode(job: Job) -> str:
     if not (KERAS_POLICIES[job.policy].loss_scaling and job.loss_scale.enabled):
         return "none"
@@ -261,26 +265,14 @@ class TfKerasBackend(Backend):
         static_scale = float(self.job.loss_scale.init_scale)
 
         def all_finite(grads: list) -> Any:
-            return tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+            return grads_all_finite(tf, grads)
 
         def step(rows: Any) -> Any:
-            x = tf.gather(self.x_train, rows)
-            y = tf.gather(self.y_train, rows)
-            micro = batch // n_micro
             if mode == "dynamic":
                 scale = tf.identity(optimizer.dynamic_scale.value)
             else:
                 scale = tf.constant(static_scale if mode == "static" else 1.0, tf.float32)
-            grads = None
-            loss_sum = tf.constant(0.0, tf.float32)
-            for k in range(n_micro):
-                with tf.GradientTape() as tape:
-                    logits = model(x[k * micro : (k + 1) * micro], training=True)
-                    loss = self._loss(tf, logits, y[k * micro : (k + 1) * micro])
-                    scaled = optimizer.scale_loss(loss / n_micro if n_micro > 1 else loss)
-                micro_grads = tape.gradient(scaled, tvars)
-                grads = micro_grads if grads is None else [a + b for a, b in zip(grads, micro_grads, strict=True)]
-                loss_sum += loss
+            grads, loss_sum = self._scaled_gradients(tf, rows, batch)
             if mode == "none":
                 skipped = tf.constant(False)
                 optimizer.apply(grads, tvars)
@@ -308,6 +300,29 @@ class TfKerasBackend(Backend):
         # The traced graph itself: calling it skips tf.function's per-call argument binding and
         # dispatch (about 80 µs a step on a 2-core CPU), which the fixed signature makes moot.
         self._step_graph = self._step_fn.get_concrete_function()
+
+    def _scaled_gradients(self, tf: Any, rows: Any, batch: int, replicas: int = 1) -> tuple[list, Any]:
+        """Gradients of the scaled loss of the training ``rows`` (``batch`` of them), summed over
+        ``grad_accumulation`` micro-batches, and the sum of the micro-batches' unscaled losses.
+        Each loss is divided by the micro-batches × ``replicas`` (Keras sums replicas' gradients)."""
+        model, optimizer = self.model, self.optimizer
+        tvars = model.trainable_variables
+        n_micro = self._n_micro
+        divisor = n_micro * replicas
+        micro = batch // n_micro
+        x = tf.gather(self.x_train, rows)
+        y = tf.gather(self.y_train, rows)
+        grads = None
+        loss_sum = tf.constant(0.0, tf.float32)
+        for k in range(n_micro):
+            with tf.GradientTape() as tape:
+                logits = model(x[k * micro : (k + 1) * micro], training=True)
+                loss = self._loss(tf, logits, y[k * micro : (k + 1) * micro])
+                scaled = optimizer.scale_loss(loss / divisor if divisor > 1 else loss)
+            micro_grads = tape.gradient(scaled, tvars)
+            grads = micro_grads if grads is None else [a + b for a, b in zip(grads, micro_grads, strict=True)]
+            loss_sum += loss
+        return grads, loss_sum
 
     def _eval_function(self, tf: Any) -> Any:
         model = self.model
