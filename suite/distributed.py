@@ -122,6 +122,16 @@ def unsupported_reason(job: Job) -> str | None:
     return None
 
 
+def config_problem(job: Job) -> str | None:
+    """Why the data-parallel variant of the job's backend cannot run it as configured (checked
+    with the config, before anything runs; never imports a framework). A backend with no
+    data-parallel variant is not a config error: its N-replica jobs are recorded unavailable."""
+    if job.world_size == 1 or job.backend not in DATA_PARALLEL:
+        return None
+    problem = load_backend_class(job.backend).config_problem(job)
+    return f"over {job.world_size} replicas: {problem}" if problem else None
+
+
 def load_backend_class(backend: str) -> type:
     module, _, name = DATA_PARALLEL[backend].backend_class.partition(":")
     return getattr(importlib.import_module(module), name)

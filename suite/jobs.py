@@ -173,7 +173,9 @@ def check_backends(config: SuiteConfig, source: str) -> None:
             error = exc.errors()[0]
             error["loc"] = ("backends", "options", name, *error["loc"])
             raise ConfigError(_format_error(error, source)) from None
+    from precision_suite.distributed import config_problem as data_parallel_problem
+
     for job in expand_jobs(config, config.device):
-        problem = classes[job.backend].config_problem(job)
+        problem = classes[job.backend].config_problem(job) or data_parallel_problem(job)
         if problem:
             raise ConfigError(f"{source}: {job.backend} ({job.policy}): {problem}")

@@ -35,7 +35,7 @@ def dp_job(backend: str, policy: str, world_size: int = 2, **kwargs: Any) -> Job
     return next(j for j in expand_jobs(config, "cpu") if j.world_size == world_size)
 
 
-def run_dp(job: Job, tmp_path: Path, timeout_s: float = 90) -> dict[str, Any]:
+def run_dp(job: Job, tmp_path: Path, timeout_s: float = 300) -> dict[str, Any]:
     from precision_suite.distributed import run_distributed
 
     env = dict(os.environ, OMP_NUM_THREADS="2", PRECISION_SUITE_THREADS="2", TF_CPP_MIN_LOG_LEVEL="2")

@@ -133,3 +133,15 @@ def test_scaling_rows_efficiency_per_device_and_speedups():
     assert rows[("bf16-mixed", 2)].speedup == pytest.approx(1.6)
     assert rows[("bf16-mixed", 2)].speedup_at_1 == pytest.approx(2.0)
     assert scaling_rows(records[:1]) == []  # no multi-replica run: no table
+
+
+def test_a_setting_the_data_parallel_variant_cannot_run_is_a_config_error(tmp_path):
+    from precision_suite.jobs import check_backends
+
+    raw = dp_config("tf-keras", "fp16-mixed", world_size=[1, 2])
+    raw["loss_scale"] = {"dynamic": False}
+    with pytest.raises(ConfigError) as err:
+        check_backends(validate(raw, "c.yaml"), "c.yaml")
+    assert "over 2 replicas" in str(err.value) and "loss_scale.dynamic" in str(err.value)
+    raw["distributed"]["world_size"] = 1
+    check_backends(validate(raw, "c.yaml"), "c.yaml")  # fine in one process
