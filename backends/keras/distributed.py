@@ -26,6 +26,9 @@ and ``grad_clip_norm`` (Keras clips each replica's local gradients before the al
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -77,6 +80,9 @@ class MirroredTfKerasBackend(TfKerasBackend):
             )
         self.strategy = tf.distribute.MirroredStrategy(devices)
         self.inf_replica_steps = {r: fault_steps(job, r, "inf_grad") for r in range(job.world_size)}
+        # One process holds every replica: a crash or hang of any replica is the process's.
+        self.crash_steps = frozenset().union(*(fault_steps(job, r, "crash") for r in range(job.world_size)))
+        self.hang_steps = frozenset().union(*(fault_steps(job, r, "hang") for r in range(job.world_size)))
         self.step_index = 0
         self.replica_rows: list[Any] = []
         super().setup(job, init_weights, data)
@@ -128,6 +134,11 @@ class MirroredTfKerasBackend(TfKerasBackend):
         self._inject = {flag: tf.constant(flag) for flag in (False, True)}
 
     def train_step(self, batch_indices: Any) -> None:
+        if self.step_index in self.crash_steps:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.step_index in self.hang_steps:
+            while True:
+                time.sleep(60)
         if isinstance(batch_indices, np.ndarray):
             batch_indices = self.prepare_batches(batch_indices[None])[0]
         inject = any(self.step_index in steps for steps in self.inf_replica_steps.values())

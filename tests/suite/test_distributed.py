@@ -145,3 +145,26 @@ def test_a_setting_the_data_parallel_variant_cannot_run_is_a_config_error(tmp_pa
     assert "over 2 replicas" in str(err.value) and "loss_scale.dynamic" in str(err.value)
     raw["distributed"]["world_size"] = 1
     check_backends(validate(raw, "c.yaml"), "c.yaml")  # fine in one process
+
+
+@pytest.mark.slow
+def test_run_over_one_and_two_replicas_exits_0_with_the_distributed_verdicts_passing(tmp_path):
+    import yaml
+
+    from tests.suite.helpers import read_run, run_cli
+
+    pytest.importorskip("torch")
+    path = tmp_path / "dp.yaml"
+    path.write_text(yaml.safe_dump(dp_config("torch-amp", "fp32", world_size=[1, 2])))
+    assert run_cli(path, tmp_path / "out") == 0
+    records = {r["job_id"]: r for r in read_run(tmp_path / "out")}
+    assert set(records) == {
+        "mlp/digits/torch-amp/fp32/seed0",
+        "mlp/digits/torch-amp/fp32/seed0/ws2",
+        "mlp/digits/torch-amp/fp32/seed0/ws1-batch32",
+    }
+    assert all(r["status"] == "ok" for r in records.values())
+    comparison = compare(list(records.values()))
+    outcomes = {v.name: v.outcome for v in comparison.verdicts if "cpu×2" in v.subject}
+    assert outcomes["replica-consistency"] == outcomes["data-parallel"] == "pass"
+    assert [r.world_size for r in comparison.scaling] == [1, 2]
