@@ -116,6 +116,27 @@ def fault_steps(job: Job, replica: int, kind: str) -> frozenset[int]:
     return frozenset(fault.steps)
 
 
+@dataclass(frozen=True)
+class ProcessFaults:
+    """The debug faults that end or stall a whole process (``crash``, ``hang``) at a step."""
+
+    crash_steps: frozenset[int] = frozenset()
+    hang_steps: frozenset[int] = frozenset()
+
+    @classmethod
+    def for_replicas(cls, job: Job, replicas: range) -> ProcessFaults:
+        crash = [fault_steps(job, r, "crash") for r in replicas]
+        hang = [fault_steps(job, r, "hang") for r in replicas]
+        return cls(frozenset().union(*crash), frozenset().union(*hang))
+
+    def before_step(self, step: int) -> None:
+        if step in self.crash_steps:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if step in self.hang_steps:
+            while True:  # stop answering collectives; the launcher's timeout ends the job
+                time.sleep(60)
+
+
 def unsupported_reason(job: Job) -> str | None:
     if job.world_size > 1 and job.backend not in DATA_PARALLEL:
         return f"backend {job.backend} has no data-parallel implementation (have: {', '.join(DATA_PARALLEL)})"

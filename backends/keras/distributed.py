@@ -26,9 +26,6 @@ and ``grad_clip_norm`` (Keras clips each replica's local gradients before the al
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
-import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,7 +65,7 @@ class MirroredTfKerasBackend(TfKerasBackend):
 
     def setup(self, job: Job, init_weights: dict[str, np.ndarray], data: Dataset) -> None:
         import tensorflow as tf
-        from precision_suite.distributed import fault_steps
+        from precision_suite.distributed import ProcessFaults, fault_steps
 
         self.world_size = job.world_size
         self.per_replica = job.train.batch_size // job.world_size
@@ -81,8 +78,7 @@ class MirroredTfKerasBackend(TfKerasBackend):
         self.strategy = tf.distribute.MirroredStrategy(devices)
         self.inf_replica_steps = {r: fault_steps(job, r, "inf_grad") for r in range(job.world_size)}
         # One process holds every replica: a crash or hang of any replica is the process's.
-        self.crash_steps = frozenset().union(*(fault_steps(job, r, "crash") for r in range(job.world_size)))
-        self.hang_steps = frozenset().union(*(fault_steps(job, r, "hang") for r in range(job.world_size)))
+        self.process_faults = ProcessFaults.for_replicas(job, range(job.world_size))
         self.step_index = 0
         self.replica_rows: list[Any] = []
         super().setup(job, init_weights, data)
@@ -134,11 +130,7 @@ class MirroredTfKerasBackend(TfKerasBackend):
         self._inject = {flag: tf.constant(flag) for flag in (False, True)}
 
     def train_step(self, batch_indices: Any) -> None:
-        if self.step_index in self.crash_steps:
-            os.kill(os.getpid(), signal.SIGKILL)
-        if self.step_index in self.hang_steps:
-            while True:
-                time.sleep(60)
+        self.process_faults.before_step(self.step_index)
         if isinstance(batch_indices, np.ndarray):
             batch_indices = self.prepare_batches(batch_indices[None])[0]
         inject = any(self.step_index in steps for steps in self.inf_replica_steps.values())

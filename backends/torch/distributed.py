@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
-import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -76,7 +74,7 @@ class DdpMixin:
     def setup(self, job: Job, init_weights: dict[str, np.ndarray], data: Dataset) -> None:
         import torch
         import torch.distributed as dist
-        from precision_suite.distributed import fault_steps, replica_slice
+        from precision_suite.distributed import ProcessFaults, fault_steps, replica_slice
         from torch.nn.parallel import DistributedDataParallel
 
         self.rank = dist.get_rank()
@@ -98,8 +96,7 @@ class DdpMixin:
         self.local_scale: list[np.ndarray] = []
         self.local_skipped: list[np.ndarray] = []
         self.inf_steps = fault_steps(job, self.rank, "inf_grad")
-        self.crash_steps = fault_steps(job, self.rank, "crash")
-        self.hang_steps = fault_steps(job, self.rank, "hang")
+        self.process_faults = ProcessFaults.for_replicas(job, range(self.rank, self.rank + 1))
         if self.inf_steps:
             first = next(iter(self.model.parameters()))
             # A tensor hook runs on the local gradient before DDP's reducer all-reduces it.
@@ -109,11 +106,7 @@ class DdpMixin:
         return super().prepare_batches(np.asarray(rows)[:, self.rows])
 
     def train_step(self, batch_indices: Any) -> None:
-        if self.step_index in self.crash_steps:
-            os.kill(os.getpid(), signal.SIGKILL)
-        if self.step_index in self.hang_steps:
-            while True:
-                time.sleep(60)
+        self.process_faults.before_step(self.step_index)
         if isinstance(batch_indices, np.ndarray):
             batch_indices = self.prepare_batches(batch_indices[None])[0]
         super().train_step(batch_indices)
