@@ -214,6 +214,9 @@ class DistributedConfig(_Strict):
     data_parallel_rtol: PositiveFloat = 1e-4
     data_parallel_steps: PositiveInt = 10
     debug_fault_injection: FaultInjectionConfig | None = None
+    # tf-keras: MirroredStrategy over N devices in one process, or MultiWorkerMirroredStrategy over
+    # N processes (TF_CONFIG on 127.0.0.1: the multi-node path, run on one machine).
+    tf_strategy: Literal["mirrored", "multi-worker"] = "mirrored"
 
     @field_validator("world_size")
     @classmethod

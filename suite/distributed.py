@@ -65,6 +65,16 @@ DATA_PARALLEL: dict[str, DataParallelImpl] = {
     "torch-manual": DataParallelImpl("precision_suite.backends.torch.distributed:DdpTorchManualBackend", True),
     "tf-keras": DataParallelImpl("precision_suite.backends.keras.distributed:MirroredTfKerasBackend", False),
 }
+# Variants chosen by distributed.tf_strategy.
+DATA_PARALLEL_VARIANTS: dict[tuple[str, str], DataParallelImpl] = {
+    ("tf-keras", "multi-worker"): DataParallelImpl(
+        "precision_suite.backends.keras.distributed:MultiWorkerTfKerasBackend", True
+    ),
+}
+
+
+def data_parallel_impl(job: Job) -> DataParallelImpl:
+    return DATA_PARALLEL_VARIANTS.get((job.backend, job.distributed.tf_strategy), DATA_PARALLEL[job.backend])
 
 
 # ---------------------------------------------------------------- planning
@@ -149,12 +159,12 @@ def config_problem(job: Job) -> str | None:
     data-parallel variant is not a config error: its N-replica jobs are recorded unavailable."""
     if job.world_size == 1 or job.backend not in DATA_PARALLEL:
         return None
-    problem = load_backend_class(job.backend).config_problem(job)
+    problem = load_backend_class(job).config_problem(job)
     return f"over {job.world_size} replicas: {problem}" if problem else None
 
 
-def load_backend_class(backend: str) -> type:
-    module, _, name = DATA_PARALLEL[backend].backend_class.partition(":")
+def load_backend_class(job: Job) -> type:
+    module, _, name = data_parallel_impl(job).backend_class.partition(":")
     return getattr(importlib.import_module(module), name)
 
 
@@ -210,7 +220,7 @@ def run_distributed(job: Job, timeout_s: float, log_dir: Path, env: dict[str, st
     reason = unsupported_reason(job)
     if reason:
         return failed("unavailable", reason)
-    impl = DATA_PARALLEL[job.backend]
+    impl = data_parallel_impl(job)
     log_dir.mkdir(parents=True, exist_ok=True)
     slug = job.job_id.replace("/", "_")
     with tempfile.TemporaryDirectory(prefix="precision-suite-dp-") as tmp:
@@ -239,8 +249,11 @@ def run_distributed(job: Job, timeout_s: float, log_dir: Path, env: dict[str, st
             for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PRECISION_SUITE_THREADS"):
                 base_env[key] = threads
         try:
+            # tf.distribute's cluster (MultiWorkerMirroredStrategy): one loopback port per worker.
+            workers = [f"127.0.0.1:{free_port()}" for _ in range(n_procs)]
             for rank in range(n_procs):
-                rank_env = dict(base_env, RANK=str(rank), LOCAL_RANK=str(rank))
+                tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": rank}}
+                rank_env = dict(base_env, RANK=str(rank), LOCAL_RANK=str(rank), TF_CONFIG=json.dumps(tf_config))
                 log = log_dir / f"{slug}.rank{rank}.log"
                 logs.append(log)
                 with open(log, "wb") as fh:
@@ -291,7 +304,26 @@ def run_distributed(job: Job, timeout_s: float, log_dir: Path, env: dict[str, st
             return failed("crashed", f"rank {rank} of {job.world_size} {_describe_code(code)}", _tail(logs[rank]))
         if record is None:
             return failed("crashed", "rank 0 exited without writing the record", _tail(logs[0]))
+        _merge_rank_reports(record, result_path, n_procs)
         return record
+
+
+def _rank_report_path(result_path: Path, rank: int) -> Path:
+    return result_path.with_name(f"replicas.rank{rank}.json")
+
+
+def _merge_rank_reports(record: dict[str, Any], result_path: Path, n_procs: int) -> None:
+    """Where each process could only report its own replicas (no cross-process gather in the
+    framework), the launcher joins the ranks' reports into rank 0's record."""
+    report = record.get("distributed") or {}
+    replicas = report.get("replicas") or []
+    if len(replicas) >= record.get("world_size", 1):
+        return
+    for rank in range(1, n_procs):
+        path = _rank_report_path(result_path, rank)
+        if path.exists():
+            replicas.extend(json.loads(path.read_text()))
+    report["replicas"] = sorted(replicas, key=lambda r: r.get("rank", 0))
 
 
 # ---------------------------------------------------------------- rank process
@@ -305,7 +337,7 @@ def main() -> int:
 
     job = Job.from_dict(json.loads(Path(sys.argv[1]).read_text()))
     rank = int(os.environ.get("RANK", "0"))
-    cls = load_backend_class(job.backend)
+    cls = load_backend_class(job)
     cls.init_process(job)
     report: dict[str, Any] = {}
 
@@ -326,6 +358,9 @@ def main() -> int:
         os._exit(RANK_JOB_FAILED)
     if ok:
         cls.shutdown_process()
+    if rank != 0:
+        path = _rank_report_path(Path(os.environ[RESULT_FILE_ENV]), rank)
+        path.write_text(json.dumps(jsonable(report.get("replicas", []))))
     if rank == 0:
         record["job_id"] = job.job_id
         record["config"] = job.to_dict()

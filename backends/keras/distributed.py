@@ -20,7 +20,8 @@ variables: the ``replica-consistency`` verdict compares them.
 Not supported data-parallel (a config error, not a silent difference): a static loss scale (its
 skip is a ``tf.cond`` around ``apply``, and ``apply`` cannot run inside a replica-context cond)
 and ``grad_clip_norm`` (Keras clips each replica's local gradients before the all-reduce).
-``MultiWorkerMirroredStrategy`` (one process per worker) is not implemented yet.
+``MultiWorkerTfKerasBackend`` (``distributed.tf_strategy: multi-worker``) runs the same step
+under ``MultiWorkerMirroredStrategy``, one process per replica.
 """
 
 from __future__ import annotations
@@ -69,19 +70,28 @@ class MirroredTfKerasBackend(TfKerasBackend):
 
         self.world_size = job.world_size
         self.per_replica = job.train.batch_size // job.world_size
-        kind = "GPU" if job.device == "cuda" else "CPU"
-        devices = [d.name for d in tf.config.list_logical_devices(kind)][: job.world_size]
-        if len(devices) < job.world_size:
-            raise RuntimeError(
-                f"{job.world_size} replicas need {job.world_size} {kind} devices; TensorFlow sees {len(devices)}"
-            )
-        self.strategy = tf.distribute.MirroredStrategy(devices)
+        self.strategy = self._make_strategy(tf, job)
         self.inf_replica_steps = {r: fault_steps(job, r, "inf_grad") for r in range(job.world_size)}
         # One process holds every replica: a crash or hang of any replica is the process's.
         self.process_faults = ProcessFaults.for_replicas(job, range(job.world_size))
         self.step_index = 0
         self.replica_rows: list[Any] = []
         super().setup(job, init_weights, data)
+
+    # Index of this process's first replica; whether the step all-reduces the loss (when the
+    # process holds only some replicas, its local rows cannot give the global mean).
+    first_replica = 0
+    all_reduce_loss = False
+    strategy_name = "MirroredStrategy"
+
+    def _make_strategy(self, tf: Any, job: Job) -> Any:
+        kind = "GPU" if job.device == "cuda" else "CPU"
+        devices = [d.name for d in tf.config.list_logical_devices(kind)][: job.world_size]
+        if len(devices) < job.world_size:
+            raise RuntimeError(
+                f"{job.world_size} replicas need {job.world_size} {kind} devices; TensorFlow sees {len(devices)}"
+            )
+        return tf.distribute.MirroredStrategy(devices)
 
     def _placement(self, tf: Any) -> Any:
         return self.strategy.scope()
@@ -93,6 +103,7 @@ class MirroredTfKerasBackend(TfKerasBackend):
         n_micro, mode = self._n_micro, self.loss_mode
         replicas, per_replica = self.world_size, self.per_replica
         injected = sorted({r for r, steps in self.inf_replica_steps.items() if steps})
+        all_reduce_loss = self.all_reduce_loss
 
         def replica_step(rows: Any, inject: Any) -> Any:
             ctx = tf.distribute.get_replica_context()
@@ -113,7 +124,10 @@ class MirroredTfKerasBackend(TfKerasBackend):
             with tf.control_dependencies([before]):
                 optimizer.apply(grads, tvars)
             skipped = tf.equal(tf.identity(inner.iterations), before)
-            return tf.stack([loss_sum / n_micro, scale, tf.cast(skipped, tf.float32)])
+            loss = loss_sum / n_micro
+            if all_reduce_loss:
+                loss = ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss) / replicas
+            return tf.stack([loss, scale, tf.cast(skipped, tf.float32)])
 
         def step(rows: Any, inject: Any) -> Any:
             per_replica_rows = strategy.run(replica_step, args=(rows, inject))
@@ -152,7 +166,9 @@ class MirroredTfKerasBackend(TfKerasBackend):
     def replica_report(self) -> dict[str, Any]:
         strategy = self.strategy
         history = np.concatenate(self.replica_rows) if self.replica_rows else np.zeros((0, self.world_size, 3))
-        digests = [hashlib.sha256() for _ in range(self.world_size)]
+        # A MultiWorkerMirroredStrategy process reports its own replica; the launcher joins them.
+        local = len(strategy.extended.worker_devices)
+        digests = [hashlib.sha256() for _ in range(local)]
         # A Keras variable's ``.value`` is the tf.distribute variable holding one copy per replica.
         for variable in self.model.weights:
             for replica, value in enumerate(strategy.experimental_local_results(variable.value)):
@@ -160,21 +176,21 @@ class MirroredTfKerasBackend(TfKerasBackend):
         if self.loss_mode == "dynamic":
             scales = [float(v.numpy()) for v in strategy.experimental_local_results(self.optimizer.dynamic_scale.value)]
         else:
-            scales = [1.0] * self.world_size
+            scales = [1.0] * local
         return {
-            "launcher": "one process",
-            "strategy": f"tf.distribute.MirroredStrategy over {', '.join(strategy.extended.worker_devices)}",
+            "launcher": "one process" if local == self.world_size else "one process per worker (TF_CONFIG)",
+            "strategy": f"tf.distribute.{self.strategy_name} over {', '.join(strategy.extended.worker_devices)}",
             "batchnorm": "no BatchNorm in the model"
             if not any("batch_normalization" in w.path for w in self.model.weights)
             else "per-replica statistics (Keras BatchNormalization, synchronized=False)",
             "replicas": [
                 {
-                    "rank": replica,
+                    "rank": self.first_replica + replica,
                     "skipped_steps": [int(i) for i in np.flatnonzero(history[:, replica, 2] > 0)],
                     "loss_scale_final": scales[replica],
                     "params_sha256": digests[replica].hexdigest(),
                 }
-                for replica in range(self.world_size)
+                for replica in range(local)
             ],
         }
 
@@ -183,3 +199,28 @@ class MirroredTfKerasBackend(TfKerasBackend):
             if hasattr(self, attr):
                 delattr(self, attr)
         super().teardown()
+
+
+class MultiWorkerTfKerasBackend(MirroredTfKerasBackend):
+    """``tf.distribute.MultiWorkerMirroredStrategy``: one process per replica, the cluster in
+    ``TF_CONFIG`` (127.0.0.1 ports chosen by the launcher), ring all-reduce over gRPC. The same
+    replica step as ``MirroredTfKerasBackend``: without the all-reduced overflow flag, one worker
+    would skip while another applies and waits on it (the stock Keras hang)."""
+
+    all_reduce_loss = True
+    strategy_name = "MultiWorkerMirroredStrategy"
+
+    @classmethod
+    def init_process(cls, job: Job) -> None:
+        """Nothing before setup: the cluster comes from TF_CONFIG, one device per worker."""
+
+    def _make_strategy(self, tf: Any, job: Job) -> Any:
+        ring = tf.distribute.experimental.CommunicationImplementation.RING
+        options = tf.distribute.experimental.CommunicationOptions(implementation=ring)
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        if strategy.num_replicas_in_sync != job.world_size:
+            raise RuntimeError(
+                f"TF_CONFIG gives {strategy.num_replicas_in_sync} replicas, the job asks for {job.world_size}"
+            )
+        self.first_replica = int(strategy.cluster_resolver.task_id)
+        return strategy

@@ -90,3 +90,21 @@ def test_tf_keras_fp32_over_two_replicas_matches_one_process_at_the_global_batch
     outcome, detail = data_parallel([record], [reference])
     assert outcome == "pass", detail
     assert np.isfinite(record["curves"]["train_loss"]).all()
+
+
+@pytest.mark.slow
+def test_multi_worker_overflow_on_one_worker_is_skipped_by_every_worker(tmp_path):
+    # Stock Keras would hang here (one worker skips, the other applies and waits on it).
+    job = dp_job(
+        "tf-keras",
+        "fp16-mixed",
+        tf_strategy="multi-worker",
+        debug_fault_injection={"kind": "inf_grad", "rank": 1, "steps": [3, 7]},
+    )
+    record = run_dp(job, tmp_path)
+    assert record["status"] == "ok", record.get("error")
+    assert "MultiWorkerMirroredStrategy" in record["distributed"]["strategy"]
+    assert_replicas_consistent(record, [3, 7])
+    assert record["metrics"]["loss_scale_final"] == 2.0**14
+    assert math.isfinite(record["metrics"]["test_loss"])
+    assert not rank_processes_left()
