@@ -16,6 +16,7 @@ import numpy as np
 from precision_suite.backends.base import POLICY_SPECS
 from precision_suite.placement import speed_comparable
 from precision_suite.results import is_job_failure, is_noise_floor_run, latest_by_job
+from precision_suite.scaling import ScalingRow, device_label, is_dp_reference, scaling_rows, world_size
 from precision_suite.speed import SPEED_KIND, attach_speed, speed_phases
 from precision_suite.stats import FAIL, INCONCLUSIVE, PASS, Equivalence, describe, equivalence, t_quantile
 
@@ -192,6 +193,7 @@ class Comparison:
     check_pure: bool
     cross_framework_rtol: float
     run_dir: str | None = None  # where the records came from, for the commands a report suggests
+    scaling: list[ScalingRow] = field(default_factory=list)  # data-parallel runs only
 
     @property
     def rows(self) -> list[Row]:
@@ -651,9 +653,10 @@ def compare(
 
     by_group: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for record in records:
-        if record.get("status") == "unavailable":
+        # One-process references of data-parallel runs only feed the data-parallel verdict.
+        if record.get("status") == "unavailable" or is_dp_reference(record):
             continue
-        key = (_model_name(record), _dataset_name(record), str(record.get("device")))
+        key = (_model_name(record), _dataset_name(record), device_label(record))
         by_group[key].append(record)
 
     groups: list[Group] = []
@@ -681,6 +684,7 @@ def compare(
                 and (_model_name(r), _dataset_name(r), str(r.get("device"))) == (model, dataset, device)
             },
         )
+        _distributed_verdicts(group, group_records, records)
         attach_speed(group, phases.pop(group.key_tuple, []), group_records)
         groups.append(group)
         headlines.extend(_headlines(group))
@@ -699,7 +703,27 @@ def compare(
         tolerance_pts=tolerances.pop() if len(tolerances) == 1 else tolerance_pts,
         check_pure=check_pure,
         cross_framework_rtol=cross_framework_rtol,
+        scaling=scaling_rows(records),
     )
+
+
+def _distributed_verdicts(group: Group, group_records: list[dict[str, Any]], records: list[dict[str, Any]]) -> None:
+    """replica-consistency on every row of an N-replica group, data-parallel on its fp32 rows
+    (``precision_suite.scaling``)."""
+    from precision_suite.scaling import data_parallel, references_for, replica_consistency
+
+    for row in group.rows:
+        ok = [
+            r
+            for r in group_records
+            if r.get("status") == "ok" and (r.get("backend"), r.get("policy")) == (row.backend, row.policy)
+        ]
+        if not ok or world_size(ok[0]) == 1:
+            continue
+        row.verdicts.append(Verdict("replica-consistency", row.subject, *replica_consistency(row.subject, ok)))
+        if row.policy == BASELINE_POLICY:
+            references = [ref for r in ok for ref in references_for(r, records)]
+            row.verdicts.append(Verdict("data-parallel", row.subject, *data_parallel(ok, references)))
 
 
 def _build_group(

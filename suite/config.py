@@ -280,6 +280,44 @@ class SpeedConfig(_Strict):
     batch_probe: bool = True
 
 
+class FaultInjectionConfig(_Strict):
+    """Debug only, for tests of the data-parallel paths (not a user feature): make one replica
+    misbehave. ``inf_grad``: its local gradient is multiplied by inf (before any all-reduce) at
+    ``steps``; ``crash``: the rank exits abruptly at the first of ``steps``; ``hang``: it stops
+    answering collectives from there."""
+
+    kind: Literal["inf_grad", "crash", "hang"] = "inf_grad"
+    rank: NonNegInt = 1
+    steps: list[NonNegInt] = [0]
+
+
+class DistributedConfig(_Strict):
+    """Data-parallel jobs (``suite/distributed.py``). ``train.batch_size`` is the per-replica
+    batch: a job over N replicas trains on a global batch of N × batch_size (weak scaling)."""
+
+    # One size or a list (a sweep); each size > 1 is its own job (job id suffix /wsN).
+    world_size: PositiveInt | list[PositiveInt] = 1
+    # data-parallel verdict: fp32 over N replicas vs one process at the same global batch; per-step
+    # loss relative difference allowed (the all-reduce sums in another order) over the first steps.
+    data_parallel_rtol: PositiveFloat = 1e-4
+    data_parallel_steps: PositiveInt = 10
+    debug_fault_injection: FaultInjectionConfig | None = None
+    # tf-keras: MirroredStrategy over N devices in one process, or MultiWorkerMirroredStrategy over
+    # N processes (TF_CONFIG on 127.0.0.1: the multi-node path, run on one machine).
+    tf_strategy: Literal["mirrored", "multi-worker"] = "mirrored"
+
+    @field_validator("world_size")
+    @classmethod
+    def _sizes(cls, value: int | list[int]) -> int | list[int]:
+        if isinstance(value, list) and (not value or len(set(value)) != len(value)):
+            raise ValueError("expected a non-empty list of distinct world sizes")
+        return value
+
+    @property
+    def world_sizes(self) -> list[int]:
+        return list(self.world_size) if isinstance(self.world_size, list) else [self.world_size]
+
+
 class SuiteConfig(_Strict):
     models: list[ModelConfig] = [MlpConfig(), CnnConfig(), TransformerConfig()]
     data: DataConfig = DataConfig()
@@ -293,6 +331,7 @@ class SuiteConfig(_Strict):
     runner: RunnerConfig = RunnerConfig()
     debug: DebugConfig = DebugConfig()
     speed: SpeedConfig = SpeedConfig()
+    distributed: DistributedConfig = DistributedConfig()
     # What loading said besides errors (deprecated keys); not part of the config itself.
     _notices: list[str] = PrivateAttr(default_factory=list)
 

@@ -3,11 +3,12 @@ boundary. Expanding a config into jobs is ``precision_suite.plan``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from precision_suite.config import (
     DataConfig,
+    DistributedConfig,
     LossScaleConfig,
     ModelConfig,
     ParityConfig,
@@ -48,6 +49,12 @@ class Job:
     # after ``stop_after_steps`` (the schedule still spans the full run).
     perturb_ulp: int = 0
     stop_after_steps: int | None = None
+    # Data parallelism (precision_suite.distributed): replicas this job trains on (an executor
+    # reserves this many devices), and "dp-reference" for the one-process run at an N-replica
+    # job's global batch that the data-parallel verdict compares against.
+    world_size: int = 1
+    role: str = ""
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     @property
     def loss_scaling_mode(self) -> str:
@@ -80,6 +87,9 @@ class Job:
             "seed_looks": list(self.seed_looks),
             "perturb_ulp": self.perturb_ulp,
             "stop_after_steps": self.stop_after_steps,
+            "world_size": self.world_size,
+            "role": self.role,
+            "distributed": self.distributed.model_dump(mode="json"),
         }
 
     @classmethod
@@ -103,6 +113,9 @@ class Job:
             seed_looks=tuple(raw.get("seed_looks") or ()),
             perturb_ulp=raw.get("perturb_ulp", 0),
             stop_after_steps=raw.get("stop_after_steps"),
+            world_size=int(raw.get("world_size", 1)),
+            role=raw.get("role", ""),
+            distributed=DistributedConfig.model_validate(raw.get("distributed", {})),
         )
 
 

@@ -212,14 +212,23 @@ def _curves_dict(curves: _Curves) -> dict[str, Any]:
     }
 
 
-def run_job(job: Job, progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Run one job and return its result record; never raises for a failure of the job."""
+def run_job(
+    job: Job,
+    progress: ProgressFn | None = None,
+    backend_cls: type[Backend] | None = None,
+    finish: Callable[[Backend, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run one job and return its result record; never raises for a failure of the job.
+
+    ``backend_cls`` replaces the registry's class of ``job.backend`` (a data-parallel variant,
+    ``precision_suite.distributed``); ``finish(backend, record)`` runs after training, before
+    teardown, even when the job failed."""
     started = time.perf_counter()
     record = new_record(job)
     record["environ"] = base_environment()
     backend: Backend | None = None
     try:
-        cls = get_backend_class(job.backend)
+        cls = backend_cls or get_backend_class(job.backend)
         available = cls.is_available()
         if not available.ok:
             record.update(status="unavailable", error=available.reason)
@@ -264,6 +273,8 @@ def run_job(job: Job, progress: ProgressFn | None = None) -> dict[str, Any]:
         traceback.print_exc()
         record.update(status="oom" if is_oom(exc) else "error", error=one_line(exc))
     finally:
+        if backend is not None and finish is not None:
+            finish(backend, record)
         if backend is not None:
             try:
                 backend.teardown()

@@ -50,9 +50,13 @@ def expand_jobs(config: SuiteConfig, device: str, seeds: list[int] | None = None
                             config_hash=config_hash,
                             timed=not config.runner.accuracy_only,
                             seed_looks=config.seed_looks(),
+                            distributed=config.distributed,
                         )
                     )
-    return jobs + noise_floor_jobs(config, jobs)
+    from precision_suite.distributed import expand_world_sizes
+
+    # Noise-floor runs measure one process's own chaos: never data-parallel.
+    return expand_world_sizes(jobs) + noise_floor_jobs(config, jobs)
 
 
 def noise_floor_jobs(config: SuiteConfig, jobs: list[Job]) -> list[Job]:
@@ -114,7 +118,9 @@ def check_backends(config: SuiteConfig, source: str) -> None:
             raise ConfigError(
                 f"{source}: debug.lr_scale.{key}: not a backend/policy of this run; it has: {', '.join(sorted(rows))}"
             )
+    from precision_suite.distributed import config_problem as data_parallel_problem
+
     for job in expand_jobs(config, config.device):
-        problem = classes[job.backend].config_problem(job)
+        problem = classes[job.backend].config_problem(job) or data_parallel_problem(job)
         if problem:
             raise ConfigError(f"{source}: {job.backend} ({job.policy}): {problem}")

@@ -36,6 +36,7 @@ from precision_suite.compare import (
     check_exit_code,
 )
 from precision_suite.results import is_noise_floor_run, latest_by_job
+from precision_suite.scaling import SCALING_HEADER, SCALING_NOTE, scaling_cells
 from precision_suite.stats import MAX_SUGGESTED_SEEDS
 from rich import box
 from rich.console import Console
@@ -331,6 +332,16 @@ def render_terminal(comparison: Comparison, console: Console) -> None:
             say(f"  [yellow]emulated[/] {row.label}: {_escape_rich(row.emulated_reason)} — kept out of speed claims")
         for note in speed_notes(group):
             say(f"  {_escape_rich(note)}")
+        console.print()
+    if comparison.scaling:
+        table = Table(title="data-parallel weak scaling", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        for column in SCALING_HEADER:
+            left = column in ("model", "backend", "policy")
+            table.add_column(column, justify="left" if left else "right", no_wrap=column == "model")
+        for scaling_row in comparison.scaling:
+            table.add_row(*scaling_cells(scaling_row))
+        console.print(table)
+        say(f"  {SCALING_NOTE}")
         console.print()
     _render_notes(comparison, console)
 
@@ -921,6 +932,9 @@ def render_markdown(comparison: Comparison, records: list[dict[str, Any]], plots
         for plot in plots:
             if plot.name.endswith(_slug(group.key)):
                 lines += [f"![{plot.title}](plots/{plot.name}.png)", ""]
+    if comparison.scaling:
+        lines += ["## Data-parallel weak scaling", ""]
+        lines += _md_table(SCALING_HEADER, [scaling_cells(r) for r in comparison.scaling]) + ["", SCALING_NOTE, ""]
     lines += ["## Verdicts", ""]
     lines += [f"- {_md_escape(_verdict_text(v, comparison.run_dir))}" for v in comparison.verdicts] + [""]
     lines += _notes_lines("Failed jobs", comparison.failed_jobs)
@@ -1008,6 +1022,10 @@ def render_html(comparison: Comparison, records: list[dict[str, Any]], plots: li
                     f'src="data:image/png;base64,{data}"><figcaption>'
                     f"{html.escape(plot.title)}</figcaption></figure>"
                 )
+    if comparison.scaling:
+        body.append("<h2>Data-parallel weak scaling</h2>")
+        body.append(_html_table(SCALING_HEADER, [scaling_cells(r) for r in comparison.scaling]))
+        body.append(f"<p>{html.escape(SCALING_NOTE)}</p>")
     body.append("<h2>Verdicts</h2><ul>")
     for verdict in comparison.verdicts:
         outcome_key = verdict.outcome if verdict.enforced else "info"

@@ -256,6 +256,10 @@ class Executor:
 
     def run(self, job: Job, progress: ProgressFn) -> dict[str, Any]:
         timeout_s = self.config.runner.job_timeout_s
+        if job.world_size > 1:
+            from precision_suite.distributed import run_distributed
+
+            return run_distributed(job, timeout_s, self.out_dir / "logs", self.env)
         try:
             worker = self._worker(job.framework)
         except WorkerDied as exc:

@@ -31,7 +31,7 @@ def _send(stream: TextIO, message: dict[str, Any]) -> None:
     stream.flush()
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # If the runner is killed (even with SIGKILL) its workers must not live on as orphans.
     if sys.platform.startswith("linux"):
         import ctypes
@@ -45,7 +45,7 @@ def _die_with_parent() -> None:
 
 
 def main() -> int:
-    _die_with_parent()
+    die_with_parent()
     out = _protocol_stream()
     # Imported after the redirect: importing the loop imports numpy, and jobs import frameworks.
     from precision_suite.jobs import Job

@@ -62,6 +62,10 @@ def _import_tf() -> tuple[Any, Any]:
     return tf, keras
 
 
+def grads_all_finite(tf: Any, grads: list) -> Any:
+    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+
+
 class TfKerasBackend(KerasBackend):
     name = "tf-keras"
     framework = "tensorflow"
@@ -84,7 +88,7 @@ class TfKerasBackend(KerasBackend):
         self._configure_runtime(tf)
         keras.utils.set_random_seed(job.seed)
 
-        with tf.device(self._device):
+        with self._placement(tf):
             x_train = tf.constant(prepare_inputs(job.model, data.x_train))
             x_test = tf.constant(prepare_inputs(job.model, data.x_test))
             if job.model.kind == "cnn":
@@ -102,6 +106,11 @@ class TfKerasBackend(KerasBackend):
         self._last_row: Any = None
         self._n_micro = job.train.grad_accumulation
         self._build_functions(tf)
+
+    def _placement(self, tf: Any) -> Any:
+        """Where data, model and optimizer are created (a distribution strategy's scope in
+        ``backends/keras/distributed.py``)."""
+        return tf.device(self._device)
 
     def _configure_runtime(self, tf: Any) -> None:
         """Process-wide TF settings this job needs; the previous values are restored in
@@ -148,26 +157,14 @@ class TfKerasBackend(KerasBackend):
         static_scale = float(self.job.loss_scale.init_scale)
 
         def all_finite(grads: list) -> Any:
-            return tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+            return grads_all_finite(tf, grads)
 
         def step(rows: Any) -> Any:
-            x = tf.gather(self.x_train, rows)
-            y = tf.gather(self.y_train, rows)
-            micro = batch // n_micro
             if mode == "dynamic":
                 scale = tf.identity(optimizer.dynamic_scale.value)
             else:
                 scale = tf.constant(static_scale if mode == "static" else 1.0, tf.float32)
-            grads = None
-            loss_sum = tf.constant(0.0, tf.float32)
-            for k in range(n_micro):
-                with tf.GradientTape() as tape:
-                    logits = model(x[k * micro : (k + 1) * micro], training=True)
-                    loss = self._loss(tf, logits, y[k * micro : (k + 1) * micro])
-                    scaled = optimizer.scale_loss(loss / n_micro if n_micro > 1 else loss)
-                micro_grads = tape.gradient(scaled, tvars)
-                grads = micro_grads if grads is None else [a + b for a, b in zip(grads, micro_grads, strict=True)]
-                loss_sum += loss
+            grads, loss_sum = self._scaled_gradients(tf, rows, batch)
             if mode == "none":
                 skipped = tf.constant(False)
                 optimizer.apply(grads, tvars)
@@ -184,6 +181,44 @@ class TfKerasBackend(KerasBackend):
                     tf.cond(skipped, lambda: tf.constant(False), apply)
             return tf.stack([loss_sum / n_micro, scale, tf.cast(skipped, tf.float32)])
 
+        def placed_step(rows: Any) -> Any:
+            # Placed at trace time, so calls need no per-step device scope.
+            with tf.device(self._device):
+                return step(rows)
+
+        jit = self.options.jit_compile
+        self._step_fn = tf.function(placed_step, jit_compile=jit, input_signature=[tf.TensorSpec([batch], tf.int32)])
+        self._eval_fn = self._eval_function(tf)
+        # The traced graph itself: calling it skips tf.function's per-call argument binding and
+        # dispatch (about 80 µs a step on a 2-core CPU), which the fixed signature makes moot.
+        self._step_graph = self._step_fn.get_concrete_function()
+
+    def _scaled_gradients(self, tf: Any, rows: Any, batch: int, replicas: int = 1) -> tuple[list, Any]:
+        """Gradients of the scaled loss of the training ``rows`` (``batch`` of them), summed over
+        ``grad_accumulation`` micro-batches, and the sum of the micro-batches' unscaled losses.
+        Each loss is divided by the micro-batches × ``replicas`` (Keras sums replicas' gradients)."""
+        model, optimizer = self.model, self.optimizer
+        tvars = model.trainable_variables
+        n_micro = self._n_micro
+        divisor = n_micro * replicas
+        micro = batch // n_micro
+        x = tf.gather(self.x_train, rows)
+        y = tf.gather(self.y_train, rows)
+        grads = None
+        loss_sum = tf.constant(0.0, tf.float32)
+        for k in range(n_micro):
+            with tf.GradientTape() as tape:
+                logits = model(x[k * micro : (k + 1) * micro], training=True)
+                loss = self._loss(tf, logits, y[k * micro : (k + 1) * micro])
+                scaled = optimizer.scale_loss(loss / divisor if divisor > 1 else loss)
+            micro_grads = tape.gradient(scaled, tvars)
+            grads = micro_grads if grads is None else [a + b for a, b in zip(grads, micro_grads, strict=True)]
+            loss_sum += loss
+        return grads, loss_sum
+
+    def _eval_function(self, tf: Any) -> Any:
+        model = self.model
+
         def evaluate() -> tuple[Any, Any]:
             loss_sum = tf.constant(0.0, tf.float64)
             correct = tf.constant(0, tf.int64)
@@ -197,17 +232,7 @@ class TfKerasBackend(KerasBackend):
                 correct += tf.reduce_sum(tf.cast(hits, tf.int64))
             return loss_sum, correct
 
-        def placed_step(rows: Any) -> Any:
-            # Placed at trace time, so calls need no per-step device scope.
-            with tf.device(self._device):
-                return step(rows)
-
-        jit = self.options.jit_compile
-        self._step_fn = tf.function(placed_step, jit_compile=jit, input_signature=[tf.TensorSpec([batch], tf.int32)])
-        self._eval_fn = tf.function(evaluate, jit_compile=jit)
-        # The traced graph itself: calling it skips tf.function's per-call argument binding and
-        # dispatch (about 80 µs a step on a 2-core CPU), which the fixed signature makes moot.
-        self._step_graph = self._step_fn.get_concrete_function()
+        return tf.function(evaluate, jit_compile=self.options.jit_compile)
 
     # -------------------------------------------------- training
     def prepare_batches(self, rows: np.ndarray) -> Sequence[Any]:
