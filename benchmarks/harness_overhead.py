@@ -5,7 +5,7 @@ For each model (mlp, cnn, transformer from configs/default.yaml, digits data) an
 bf16-mixed; fp16-mixed too on CUDA), in one process per framework:
 
 * suite: the backend (torch-amp / tf-keras) set up once by the suite's own code, then
-  ``precision_suite.loop._train`` (the exact timed-window loop a run uses: batch plan, window syncs,
+  ``precision_suite.loop.train_timed`` (the exact timed-window loop a run uses: batch plan, window syncs,
   telemetry drains, divergence checks) over N steps;
 * hand: the same model built from the same initial weights, the same data on the device once,
   the same batches and optimizer settings, trained by the classic minimal loop: for PyTorch
@@ -147,13 +147,13 @@ class SuiteSide:
         backend.evaluate = timed_evaluate
 
     def run(self, steps: int) -> float:
-        from precision_suite.loop import _train, new_record
+        from precision_suite.loop import new_record, train_timed
 
         job = round_job(self.job, steps)
         record = new_record(job)
         self.eval_s = 0.0
         t0 = time.perf_counter()
-        _train(self.backend, job, self.data, record, None)
+        train_timed(self.backend, job, self.data, record, None)
         self.backend.synchronize()
         elapsed = time.perf_counter() - t0 - self.eval_s
         if record["metrics"].get("timed_steps") != steps:

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 from precision_suite.backends.base import POLICY_SPECS
+from precision_suite.config import ParityConfig
 from precision_suite.placement import speed_comparable
-from precision_suite.results import is_job_failure, is_noise_floor_run, latest_by_job
+from precision_suite.results import FAILURE_STATUSES, Outcome, Record, is_job_failure, is_noise_floor_run, latest_by_job
 from precision_suite.scaling import ScalingRow, device_label, is_dp_reference, scaling_rows, world_size
 from precision_suite.speed import SPEED_KIND, attach_speed, speed_phases
 from precision_suite.stats import FAIL, INCONCLUSIVE, PASS, Equivalence, describe, equivalence, t_quantile
@@ -24,12 +25,11 @@ BASELINE_POLICY = "fp32"
 
 # Outcomes of a verdict: PASS, FAIL and INCONCLUSIVE (precision_suite.stats) and these. Only
 # FAIL and FAILED of an enforced verdict make `check` exit 1; `check --strict` adds INCONCLUSIVE.
-FAILED = "failed"  # every seed of the policy failed to produce a result
-NO_BASELINE = "no baseline"
-NOT_COMPARABLE = "n/a"
-INFO = "info"  # a headline whose only failure is information-only
+FAILED = Outcome.FAILED  # every seed of the policy failed to produce a result
+NO_BASELINE = Outcome.NO_BASELINE
+NOT_COMPARABLE = Outcome.NOT_COMPARABLE
+INFO = Outcome.INFO  # a headline whose only failure is information-only
 
-FAILURE_STATUSES = frozenset({"diverged", "oom", "crashed", "timeout", "error"})
 
 # CPU ISA flags any one of which lets the hardware compute in the policy's half type natively.
 _CPU_ACCELERATION_FLAGS: dict[str, tuple[str, ...]] = {
@@ -39,9 +39,8 @@ _CPU_ACCELERATION_FLAGS: dict[str, tuple[str, ...]] = {
 # Minimum CUDA compute capability with native support (bf16 and TF32 arrived with Ampere).
 _CUDA_MIN_CAPABILITY: dict[str, float] = {"float16": 5.3, "bfloat16": 8.0, "tf32": 8.0}
 
-_DEFAULT_TOLERANCE_PTS = 1.0
-_DEFAULT_CROSS_FRAMEWORK_RTOL = 1e-3
-_DEFAULT_CROSS_FRAMEWORK_STEPS = 100
+# What the comparison assumes where a record carries no parity settings: the config's defaults.
+PARITY_DEFAULTS = ParityConfig()
 # Per-step cross-framework agreement is required over at least this many first steps, however
 # early the run's own divergence horizon comes.
 MIN_AGREEMENT_STEPS = 10
@@ -244,13 +243,6 @@ def _finite_positive(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and value > 0
 
 
-def _metric(record: dict[str, Any], key: str) -> float | None:
-    value = (record.get("metrics") or {}).get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def _mean(values: list[float | None]) -> float | None:
     finite = [v for v in values if v is not None]
     return float(np.mean(finite)) if finite else None
@@ -346,7 +338,7 @@ def _precision_verdict(row: Row, records: list[dict[str, Any]]) -> Verdict:
 
 
 def accuracy_by_seed(records: list[dict[str, Any]]) -> dict[int, float]:
-    return {r.get("seed"): v for r in records if (v := _metric(r, "test_accuracy")) is not None}
+    return {r.get("seed"): v for r in records if (v := r.metric("test_accuracy")) is not None}
 
 
 def seed_looks(records: list[dict[str, Any]]) -> int:
@@ -369,13 +361,6 @@ def _parity_verdict(
     eq = equivalence(accuracy_by_seed(records), accuracy_by_seed(base_records), tolerance_pts, looks)
     detail = f"{describe(eq)} vs {row.baseline}{note}"
     return Verdict("parity", row.subject, eq.outcome, detail, enforced=enforced, equivalence=eq)
-
-
-def _curve(record: dict[str, Any]) -> np.ndarray | None:
-    values = (record.get("curves") or {}).get("train_loss")
-    if not values:
-        return None
-    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
 def relative_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -459,7 +444,7 @@ def _cross_framework_verdicts(
         horizons: list[int] = []
         floors = 0
         for seed in shared:
-            a, b = _curve(ref_records[seed]), _curve(other_records[seed])
+            a, b = ref_records[seed].curve(), other_records[seed].curve()
             if a is None or b is None:
                 problems.append(f"seed {seed}: train-loss curve not recorded")
                 continue
@@ -471,7 +456,7 @@ def _cross_framework_verdicts(
                 (curve, nudged)
                 for row, curve in ((reference, a), (other, b))
                 if (record := noise_floor.get((row.backend, row.policy, seed))) is not None
-                and (nudged := _curve(record)) is not None
+                and (nudged := record.curve()) is not None
             ]
             rel = relative_difference(a, b)
             if not own_pairs:
@@ -542,36 +527,11 @@ def _cross_framework_verdicts(
 # --- aggregation -----------------------------------------------------------------------------
 
 
-def _model_name(record: dict[str, Any]) -> str:
-    model = record.get("model")
-    if isinstance(model, dict):
-        return str(model.get("name", "?"))
-    return str(model)
-
-
-def _dataset_name(record: dict[str, Any]) -> str:
-    dataset = record.get("dataset")
-    if isinstance(dataset, dict):
-        return str(dataset.get("name", "?"))
-    return str(dataset)
-
-
-# Public: the outputs (diff, advice, benchmark.json) key records the way rows are keyed.
-model_name, dataset_name = _model_name, _dataset_name
-
-
-def _framework(record: dict[str, Any]) -> str:
-    if record.get("framework"):
-        return str(record["framework"])
-    versions = (record.get("environ") or {}).get("framework_versions") or {}
-    return next(iter(versions), "unknown")
-
-
 def _note(record: dict[str, Any]) -> JobNote:
     return JobNote(
         job_id=str(record.get("job_id")),
-        model=_model_name(record),
-        dataset=_dataset_name(record),
+        model=record.model_name,
+        dataset=record.dataset_name,
         device=str(record.get("device")),
         backend=str(record.get("backend")),
         policy=str(record.get("policy")),
@@ -581,27 +541,24 @@ def _note(record: dict[str, Any]) -> JobNote:
     )
 
 
-def _parity_setting(records: list[dict[str, Any]], key: str) -> Any:
-    for record in records:
-        parity = (record.get("config") or {}).get("parity") or {}
-        if key in parity and parity[key] is not None:
-            return parity[key]
-    return None
+def _parity_setting(records: list[Record], key: str, default: Any = None) -> Any:
+    """The first recorded ``config.parity[key]`` among ``records``, else ``default``."""
+    return next((value for r in records if (value := r.setting("parity", key)) is not None), default)
 
 
 def _aggregate_row(row: Row, records: list[dict[str, Any]]) -> None:
     row.seeds_ok = sorted(r.get("seed") for r in records)
-    row.accuracy_values = [v for r in records if (v := _metric(r, "test_accuracy")) is not None]
+    row.accuracy_values = [v for r in records if (v := r.metric("test_accuracy")) is not None]
     row.accuracy_mean, row.accuracy_ci95 = mean_ci95(row.accuracy_values)
-    row.step_time_ms_p50 = _mean([_metric(r, "step_time_ms_p50") for r in records])
-    row.samples_per_s = _mean([_metric(r, "samples_per_s") for r in records])
-    row.peak_memory_bytes = _mean([_metric(r, "peak_memory_bytes") for r in records])
+    row.step_time_ms_p50 = _mean([r.metric("step_time_ms_p50") for r in records])
+    row.samples_per_s = _mean([r.metric("samples_per_s") for r in records])
+    row.peak_memory_bytes = _mean([r.metric("peak_memory_bytes") for r in records])
     sources = {(r.get("metrics") or {}).get("memory_source") for r in records} - {None}
     row.memory_source = " / ".join(sorted(map(str, sources))) or None
-    row.skipped_steps = _mean([_metric(r, "skipped_steps") for r in records])
+    row.skipped_steps = _mean([r.metric("skipped_steps") for r in records])
     # Median, not mean: a loss scale is a power of the growth factor, and the median is one the
     # scaler actually reached (the mean of 2^16, 2^15, 2^15 is no scale any seed had).
-    scales = [v for r in records if (v := _metric(r, "loss_scale_final")) is not None]
+    scales = [v for r in records if (v := r.metric("loss_scale_final")) is not None]
     row.loss_scale_final = float(np.median(scales)) if scales else None
     if records:
         row.observed = dict(records[0].get("observed") or {})
@@ -622,6 +579,7 @@ def compare(
     records of the same job are superseded by the newest. ``speed_records`` (the speed phase's,
     ``ReadResult.speed``) replace the rows' speedups with paired ones (``precision_suite.speed``).
     """
+    records = [r if isinstance(r, Record) else Record(r) for r in records]
     # Speed records mixed into ``records`` (a raw read of results.jsonl) are taken as such.
     speed_records = [*(speed_records or []), *(r for r in records if r.get("kind") == SPEED_KIND)]
     records = [r for r in records if r.get("kind") != SPEED_KIND]
@@ -645,18 +603,22 @@ def compare(
             failed_jobs.append(note)
 
     if check_pure is None:
-        check_pure = bool(_parity_setting(records, "check_pure") or False)
+        check_pure = bool(_parity_setting(records, "check_pure", False))
     if cross_framework_steps is None:
-        cross_framework_steps = int(_parity_setting(records, "cross_framework_steps") or _DEFAULT_CROSS_FRAMEWORK_STEPS)
+        cross_framework_steps = int(
+            _parity_setting(records, "cross_framework_steps", PARITY_DEFAULTS.cross_framework_steps)
+        )
     if cross_framework_rtol is None:
-        cross_framework_rtol = float(_parity_setting(records, "cross_framework_rtol") or _DEFAULT_CROSS_FRAMEWORK_RTOL)
+        cross_framework_rtol = float(
+            _parity_setting(records, "cross_framework_rtol", PARITY_DEFAULTS.cross_framework_rtol)
+        )
 
     by_group: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for record in records:
         # One-process references of data-parallel runs only feed the data-parallel verdict.
         if record.get("status") == "unavailable" or is_dp_reference(record):
             continue
-        key = (_model_name(record), _dataset_name(record), device_label(record))
+        key = (record.model_name, record.dataset_name, device_label(record))
         by_group[key].append(record)
 
     groups: list[Group] = []
@@ -666,7 +628,7 @@ def compare(
         tol = tolerance_pts
         if tol is None:
             recorded = _parity_setting(group_records, "tolerance_pts")
-            tol = float(recorded) if recorded is not None else _DEFAULT_TOLERANCE_PTS
+            tol = float(recorded) if recorded is not None else PARITY_DEFAULTS.tolerance_pts
         tolerances.add(tol)
         group = _build_group(
             model,
@@ -681,7 +643,7 @@ def compare(
                 (str(r.get("backend")), str(r.get("policy")), r.get("seed")): r
                 for r in noise_floor
                 if r.get("status") == "ok"
-                and (_model_name(r), _dataset_name(r), str(r.get("device"))) == (model, dataset, device)
+                and (r.model_name, r.dataset_name, str(r.get("device"))) == (model, dataset, device)
             },
         )
         _distributed_verdicts(group, group_records, records)
@@ -690,7 +652,7 @@ def compare(
         headlines.extend(_headlines(group))
     for (model, dataset, device), group_phases in sorted(phases.items()):  # speed_only: no job records
         name = group_phases[0].environ.get("device_name") or ""
-        group = Group(model, dataset, device, name, _DEFAULT_TOLERANCE_PTS)
+        group = Group(model, dataset, device, name, PARITY_DEFAULTS.tolerance_pts)
         attach_speed(group, group_phases, [])
         groups.append(group)
         headlines.extend(_headlines(group))
@@ -743,7 +705,7 @@ def _build_group(
     for record in records:
         row_key = (str(record.get("backend")), str(record.get("policy")))
         all_by_row[row_key].append(record)
-        frameworks[row_key[0]] = _framework(record)
+        frameworks[row_key[0]] = record.framework
         if record.get("status") == "ok":
             ok_by_row[row_key].append(record)
 
@@ -824,12 +786,12 @@ def _attach_baseline(row: Row, group: Group, ok_by_row: dict[tuple[str, str], li
     base_ms = {
         r.get("seed"): v
         for r in ok_by_row[(base.backend, base.policy)]
-        if (v := _metric(r, "step_time_ms_p50")) is not None
+        if (v := r.metric("step_time_ms_p50")) is not None
     }
     row_ms = {
         r.get("seed"): v
         for r in ok_by_row[(row.backend, row.policy)]
-        if (v := _metric(r, "step_time_ms_p50")) is not None
+        if (v := r.metric("step_time_ms_p50")) is not None
     }
     # Step times are only set against each other when every one had its node to itself and
     # all ran on one device model (a cluster may mix GPU models and pack accuracy-only jobs).

@@ -17,7 +17,7 @@ from precision_suite.config import (
 )
 from pydantic import TypeAdapter
 
-_MODEL_ADAPTER: TypeAdapter[Any] = TypeAdapter(ModelConfig)
+MODEL_ADAPTER: TypeAdapter[Any] = TypeAdapter(ModelConfig)
 
 
 @dataclass
@@ -99,7 +99,7 @@ class Job:
             backend=raw["backend"],
             framework=raw["framework"],
             policy=raw["policy"],
-            model=_MODEL_ADAPTER.validate_python(raw["model"]),
+            model=MODEL_ADAPTER.validate_python(raw["model"]),
             data=DataConfig.model_validate(raw["data"]),
             seed=raw["seed"],
             device=raw["device"],

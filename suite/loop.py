@@ -117,7 +117,10 @@ class _Curves:
         return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def _train(backend: Backend, job: Job, data: Dataset, record: dict[str, Any], progress: ProgressFn | None) -> None:
+def train_timed(backend: Backend, job: Job, data: Dataset, record: dict[str, Any], progress: ProgressFn | None) -> None:
+    """The training loop of one job as a run times it: the batch plan staged in blocks, warm-up
+    steps apart, timing windows closed by a device sync, telemetry drained in bulk; fills
+    ``record``'s metrics and curves. The harness-overhead benchmark times exactly this."""
     train = job.train
     plan = batch_plan(len(data.y_train), train.batch_size, job.seed, train.epochs, train.steps)
     if job.stop_after_steps:
@@ -252,7 +255,7 @@ def run_job(
         record["environ"].update(backend.environment())
         record["observed"] = backend.observed_precision()
         backend.reset_memory_stats()
-        _train(backend, job, data, record, progress)
+        train_timed(backend, job, data, record, progress)
         result = backend.evaluate()
         memory = backend.memory_stats()
         record["metrics"].update(

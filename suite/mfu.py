@@ -100,9 +100,9 @@ def device_peak(device_name: str | None) -> DevicePeak | None:
 
 def as_model_config(model: Any) -> Any:
     if isinstance(model, dict):
-        from precision_suite.jobs import _MODEL_ADAPTER
+        from precision_suite.jobs import MODEL_ADAPTER
 
-        return _MODEL_ADAPTER.validate_python(model)
+        return MODEL_ADAPTER.validate_python(model)
     return model
 
 

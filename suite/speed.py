@@ -266,6 +266,7 @@ class SpeedTask:
     batch_probe: bool
     kind: ClassVar[str] = SPEED_KIND
     is_timed_phase: ClassVar[bool] = True
+    world_size: ClassVar[int] = 1  # one device: the phase times policies against each other there
 
     @property
     def model(self) -> Any:

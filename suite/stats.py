@@ -27,12 +27,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from precision_suite.results import Outcome
 
 ALPHA = 0.05  # per one-sided test of the TOST: a 90 % interval at one planned look
 
-PASS = "pass"
-FAIL = "fail"
-INCONCLUSIVE = "inconclusive"
+PASS, FAIL, INCONCLUSIVE = Outcome.PASS, Outcome.FAIL, Outcome.INCONCLUSIVE
 
 # Seed counts beyond this are not suggested: the answer is then "more than this".
 MAX_SUGGESTED_SEEDS = 200

@@ -118,3 +118,17 @@ print(json.dumps(failed))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd="/")
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.splitlines()[-1]) == {}
+
+
+def test_every_package_is_listed_in_pyproject():
+    """pyproject lists the packages explicitly (package-dir maps the folders): a new subpackage
+    left out of the list would be missing from an installed copy."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join([package, *path.parent.relative_to(ROOT / folder).parts])
+        for folder, package in PACKAGE_DIRS.items()
+        for path in (ROOT / folder).rglob("__init__.py")
+    }
+    assert found - listed == set(), f"packages missing from pyproject: {sorted(found - listed)}"

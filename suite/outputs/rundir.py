@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from precision_suite.compare import Comparison, Row, compare, dataset_name, model_name
-from precision_suite.results import RESULTS_FILE, latest_by_job, read_records
+from precision_suite.compare import Comparison, Row, compare
+from precision_suite.results import RESULTS_FILE, Record, latest_by_job, read_records
 
 
 class RunDirError(Exception):
@@ -60,14 +60,8 @@ def baseline_key(row: Row) -> RowKey | None:
 def ok_records_by_row(records: list[dict[str, Any]]) -> dict[RowKey, list[dict[str, Any]]]:
     """The ``ok`` records of each row, keyed as ``row_key`` keys a comparison row."""
     out: dict[RowKey, list[dict[str, Any]]] = {}
-    for record in records:
-        if record.get("status") == "ok":
-            key = (
-                model_name(record),
-                dataset_name(record),
-                str(record.get("device")),
-                str(record.get("backend")),
-                str(record.get("policy")),
-            )
+    for record in map(Record, records):
+        if record.ok:
+            key = (record.model_name, record.dataset_name, record.device, record.backend, record.policy)
             out.setdefault(key, []).append(record)
     return out

@@ -51,7 +51,7 @@ def _run(monkeypatch, **train):
     backend = RecordingBackend()
     backend.setup(job, init_weights(job.model, data.input_shape, data.num_classes, 0), data)
     record = loop.new_record(job)
-    loop._train(backend, job, data, record, None)
+    loop.train_timed(backend, job, data, record, None)
     plan = batch_plan(len(data.y_train), 64, 0, job.train.epochs, job.train.steps)
     return backend, record, plan
 

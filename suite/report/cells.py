@@ -1,0 +1,182 @@
+"""Cell formatting shared by every rendering: accuracy, deltas, speedups, memory, verdict
+cells and the equivalence-table cells."""
+
+from __future__ import annotations
+
+from precision_suite.compare import (
+    FAIL,
+    FAILED,
+    INCONCLUSIVE,
+    NO_BASELINE,
+    PASS,
+    Comparison,
+    Group,
+    Row,
+    Verdict,
+)
+from precision_suite.stats import MAX_SUGGESTED_SEEDS
+
+STYLE = {PASS: "green", FAIL: "red", FAILED: "red", NO_BASELINE: "yellow", INCONCLUSIVE: "bold yellow"}
+CSS_CLASS = {PASS: "pass", FAIL: "fail", FAILED: "fail", NO_BASELINE: "warn", INCONCLUSIVE: "warn"}
+FRAMEWORK_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
+
+# --- cell formatting -------------------------------------------------------------------------
+
+
+def _minus(text: str) -> str:
+    return text.replace("-", "−")
+
+
+def fmt_accuracy(row: Row) -> str:
+    if row.accuracy_mean is None:
+        return "—"
+    text = f"{100 * row.accuracy_mean:.2f}"
+    if row.accuracy_ci95 is None:
+        return text + " (1 seed, no CI)" if len(row.accuracy_values) == 1 else text
+    return f"{text} ± {100 * row.accuracy_ci95:.2f}"
+
+
+def fmt_delta(row: Row) -> str:
+    if row.is_baseline:
+        return "baseline"
+    if row.delta_pts is None:
+        return "—" if row.baseline else "no baseline"
+    return _minus(f"{row.delta_pts:+.2f}")
+
+
+def fmt_speedup(row: Row) -> str:
+    if row.is_baseline:
+        return "1.00× (baseline)"
+    if row.speedup is None:
+        return "—"
+    spread = ""
+    if row.speed_source == "paired" and row.speedup_min is not None and row.speedup_max is not None:
+        spread = f" (CI {row.speedup_min:.2f}–{row.speedup_max:.2f})"
+    elif row.speedup_min is not None and row.speedup_max is not None and len(row.seeds_ok) > 1:
+        spread = f" ({row.speedup_min:.2f}–{row.speedup_max:.2f})"
+    text = f"{row.speedup:.2f}×{spread}"
+    if row.emulated:
+        return f"{text} emulated"
+    return f"{text} noisy" if row.noisy_reason else text
+
+
+def speed_explanation(group: Group) -> str:
+    """How the group's speedups were measured (paired phase or separate jobs)."""
+    if any(row.speed_source == "paired" for row in group.rows):
+        return (
+            "speedup = paired, interleaved timing (fp32 and each policy in rotation in one worker): median of "
+            "per-round fp32/policy step-time ratios, 95% CI in parentheses; noisy = shown, not claimed"
+        )
+    return "speedup = fp32 step time p50 / step time p50 of separately timed jobs; range over seeds in parentheses"
+
+
+def speed_notes(group: Group) -> list[str]:
+    """One line per row that is not claimed faster and has measured causes."""
+    return [
+        f"why not faster — {row.label}: " + "; ".join(row.why_not_faster) for row in group.rows if row.why_not_faster
+    ]
+
+
+def fmt_bytes(value: float | None) -> str:
+    if value is None:
+        return "—"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def fmt_memory(row: Row) -> str:
+    text = fmt_bytes(row.peak_memory_bytes)
+    if row.memory_ratio is not None:
+        text += f" ({row.memory_ratio:.2f}×)"
+    return text
+
+
+def fmt_number(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "—"
+    if digits:
+        return f"{value:.{digits}f}"
+    # Means over seeds are rarely whole: one decimal is what a reader can use.
+    return f"{value:g}" if float(value).is_integer() else f"{value:.1f}"
+
+
+def fmt_seeds(row: Row) -> str:
+    total = len(row.seeds_ok) + len(row.seeds_failed)
+    text = f"{len(row.seeds_ok)}/{total}"
+    if row.seeds_failed:
+        text += f" (failed: {', '.join(map(str, row.seeds_failed))})"
+    return text
+
+
+def verdict_cells(row: Row) -> list[tuple[str, str]]:
+    """(text, outcome) per verdict of the row, in a fixed order."""
+    cells = []
+    for verdict in row.verdicts:
+        name = "precision" if verdict.name == "precision-active" else verdict.name
+        if verdict.name == "status":
+            cells.append(("FAILED", FAILED) if verdict.enforced else ("FAILED (info)", "info"))
+            continue
+        text = f"{name} {verdict.outcome.upper()}"
+        if not verdict.enforced:
+            text += " (info)"
+        cells.append((text, verdict.outcome if verdict.enforced else "info"))
+    return cells
+
+
+# --- verdict statistics ----------------------------------------------------------------------
+
+
+def seeds_advice(verdict: Verdict, run_dir: str | None) -> str:
+    """For an INCONCLUSIVE equivalence verdict: how many seeds would likely decide it and the
+    command that adds them (``--resume`` reuses every finished job); "" otherwise."""
+    eq = verdict.equivalence
+    if verdict.outcome != INCONCLUSIVE or eq is None:
+        return ""
+    where = run_dir or "DIR"
+    n_now = min(eq.n_candidate, eq.n_baseline)
+    if eq.seeds_suggested is None:
+        return (
+            f"more than {MAX_SUGGESTED_SEEDS} seeds: the difference sits on the tolerance edge "
+            "(widen parity.tolerance_pts or accept the uncertainty)"
+        )
+    if n_now < 2:
+        seeds = "[" + ", ".join(map(str, range(eq.seeds_suggested))) + "]"
+    else:
+        seeds = f"{{min: {n_now}, max: {eq.seeds_suggested}}}"
+    return (
+        f"~{eq.seeds_suggested} seeds would likely decide it: "
+        f"precision-suite run --resume {where} --set 'seeds={seeds}'"
+    )
+
+
+def equivalence_rows(comparison: Comparison, group: Group) -> list[tuple[str, Verdict]]:
+    """(label, verdict) of every verdict of ``group`` with an equivalence test, rows first."""
+    out = [(row.label, v) for row in group.rows for v in row.verdicts if v.equivalence is not None]
+    out += [(v.subject.split(" ", 1)[-1], v) for v in group.verdicts if v.equivalence is not None]
+    return out
+
+
+EQUIVALENCE_HEADER = ["verdict", "subject", "Δ pt", "CI", "tolerance", "outcome", "pairing", "more seeds"]
+
+
+def equivalence_cells(label: str, verdict: Verdict, run_dir: str | None) -> list[str]:
+    eq = verdict.equivalence
+    assert eq is not None
+    interval = eq.interval
+    outcome = verdict.outcome.upper() + ("" if verdict.enforced else " (info)")
+    return [
+        verdict.name,
+        label,
+        "—" if interval is None else _minus(f"{interval.mean:+.2f}"),
+        "— (1 seed)"
+        if interval is None
+        else _minus(f"{100 * eq.ci_level:.4g}% [{interval.low:+.2f}, {interval.high:+.2f}]")
+        + f" {eq.method} n={interval.n}",
+        f"±{eq.tolerance_pts:g}",
+        outcome,
+        "—" if eq.pairing_gain is None else f"×{eq.pairing_gain:.2f}",
+        seeds_advice(verdict, run_dir) or "—",
+    ]

@@ -1,0 +1,364 @@
+"""The report's plots: matplotlib's object-oriented API on Agg canvases, so writing a report never
+touches pyplot's global state or needs a display."""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from precision_suite.compare import (
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    Comparison,
+    Group,
+)
+from precision_suite.report.cells import FRAMEWORK_COLOURS, equivalence_rows
+from precision_suite.results import Record, is_noise_floor_run, latest_by_job
+
+# --- plots -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Plot:
+    name: str  # file stem
+    title: str
+    png: bytes
+
+
+def _new_figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _png(figure: Any) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _stack(curves: list[list[Any]]) -> np.ndarray | None:
+    """Seed-mean of equal-length curves (the most common length wins; None becomes NaN)."""
+    curves = [c for c in curves if c]
+    if not curves:
+        return None
+    lengths = [len(c) for c in curves]
+    common = max(set(lengths), key=lengths.count)
+    rows = [[np.nan if v is None else float(v) for v in c] for c in curves if len(c) == common]
+    with np.errstate(all="ignore"):
+        return np.nanmean(np.array(rows, dtype=np.float64), axis=0)
+
+
+def _colours(group: Group) -> dict[str, str]:
+    frameworks = sorted({row.framework for row in group.rows}, key=lambda f: (f != "torch", f))
+    return {f: FRAMEWORK_COLOURS[i % len(FRAMEWORK_COLOURS)] for i, f in enumerate(frameworks)}
+
+
+_LINESTYLES = {"fp32": "-", "tf32": (0, (1, 1)), "bf16-mixed": "--", "fp16-mixed": "-."}
+
+
+def _plot_loss(group: Group, by_row: dict[str, list[dict[str, Any]]]) -> Plot | None:
+    figure = _new_figure(8, 4.5)
+    axes = figure.add_subplot()
+    colours = _colours(group)
+    plotted = 0
+    for index, row in enumerate(group.rows):
+        records = by_row.get(row.label, [])
+        loss = _stack([(r.get("curves") or {}).get("train_loss") for r in records])
+        if loss is None:
+            continue
+        steps = (records[0].get("curves") or {}).get("step") or list(range(loss.size))
+        steps = steps if len(steps) == loss.size else list(range(loss.size))
+        axes.plot(
+            steps,
+            loss,
+            label=f"{row.label} (n={len(records)})",
+            color=colours[row.framework],
+            linestyle=_LINESTYLES.get(row.policy, ":"),
+            marker="os^vDx"[index % 6],
+            markevery=max(1, loss.size // 8),
+            markersize=4,
+            linewidth=1.2,
+        )
+        plotted += 1
+    if not plotted:
+        return None
+    low, high = axes.get_ylim()
+    # Log scale only pays off when the loss spans a decade; otherwise it just mangles the ticks.
+    log = low > 0 and high / low > 10
+    if log:
+        axes.set_yscale("log")
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("train loss (seed mean" + (", log)" if log else ")"))
+    axes.set_title(f"Training loss — {group.key}")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=7, ncol=2)
+    return Plot(f"loss_{slug(group.key)}", f"Training loss — {group.key}", _png(figure))
+
+
+def _plot_loss_scale(group: Group, by_row: dict[str, list[dict[str, Any]]]) -> Plot | None:
+    figure = _new_figure(8, 3.8)
+    axes = figure.add_subplot()
+    colours = _colours(group)
+    plotted = 0
+    for row in group.rows:
+        for record in by_row.get(row.label, [])[:1]:  # one seed: trajectories are per seed
+            curves = record.get("curves") or {}
+            scale = [np.nan if v is None else float(v) for v in curves.get("loss_scale") or []]
+            if not scale or all(v == 1.0 for v in scale):
+                continue
+            steps = curves.get("step") or list(range(len(scale)))
+            steps = steps if len(steps) == len(scale) else list(range(len(scale)))
+            line = axes.step(
+                steps,
+                scale,
+                where="post",
+                label=f"{row.label} seed {record.get('seed')}",
+                color=colours[row.framework],
+                linestyle=_LINESTYLES.get(row.policy, ":"),
+            )[0]
+            skipped = curves.get("skipped") or []
+            marks = [i for i, s in enumerate(skipped[: len(scale)]) if s]
+            if marks:
+                axes.scatter(
+                    [steps[i] for i in marks],
+                    [scale[i] for i in marks],
+                    marker="x",
+                    color="red",
+                    zorder=3,
+                    label=f"skipped steps ({len(marks)})",
+                )
+            plotted += 1 if line else 0
+    if not plotted:
+        return None
+    axes.set_yscale("log", base=2)
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("loss scale (log2)")
+    axes.set_title(f"Loss scale — {group.key} (× = skipped step)")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return Plot(f"loss_scale_{slug(group.key)}", f"Loss scale — {group.key}", _png(figure))
+
+
+def _bar_labels(group: Group) -> list[str]:
+    return [f"{row.backend}\n{row.policy}" for row in group.rows]
+
+
+def _plot_speed_memory(group: Group) -> Plot | None:
+    rows = group.rows
+    if not any(r.samples_per_s for r in rows) and not any(r.peak_memory_bytes for r in rows):
+        return None
+    colours = _colours(group)
+    figure = _new_figure(max(8, 1.1 * len(rows) + 2), 4.8)
+    speed_axes, memory_axes = figure.subplots(1, 2)
+    positions = np.arange(len(rows))
+    for axes, values, note_of, ylabel in (
+        (
+            speed_axes,
+            [r.samples_per_s or 0 for r in rows],
+            lambda r: (
+                "base"
+                if r.is_baseline
+                else (f"{r.speedup:.2f}×" + ("\nemul." if r.emulated else ""))
+                if r.speedup is not None
+                else ""
+            ),
+            "samples / s",
+        ),
+        (
+            memory_axes,
+            [(r.peak_memory_bytes or 0) / 2**20 for r in rows],
+            lambda r: "base" if r.is_baseline else f"{r.memory_ratio:.2f}×" if r.memory_ratio is not None else "",
+            "peak memory (MiB)",
+        ),
+    ):
+        bars = axes.bar(
+            positions,
+            values,
+            color=[colours[r.framework] for r in rows],
+            hatch=None,
+            edgecolor="black",
+            linewidth=0.5,
+        )
+        for bar, row in zip(bars, rows, strict=True):
+            if row.emulated:
+                bar.set_hatch("//")
+                bar.set_alpha(0.6)
+            axes.annotate(
+                note_of(row),
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+        axes.set_xticks(positions, _bar_labels(group), fontsize=7, rotation=45, ha="right")
+        axes.set_ylabel(ylabel)
+        axes.grid(True, axis="y", alpha=0.3)
+        axes.margins(y=0.15)
+    speed_axes.set_title("Throughput (× = speedup vs fp32; hatched = emulated)", fontsize=9)
+    source = " / ".join(sorted({r.memory_source for r in rows if r.memory_source})) or "?"
+    memory_axes.set_title(f"Peak memory ({source})", fontsize=9)
+    figure.suptitle(f"Speed and memory — {group.key}")
+    return Plot(f"speed_memory_{slug(group.key)}", f"Speed and memory — {group.key}", _png(figure))
+
+
+def _plot_memory_breakdown(group: Group, by_row: dict[str, list[dict[str, Any]]]) -> Plot | None:
+    """Stacked bar per row of the framework-neutral accounting (precision_suite.memory), so a
+    ratio is explained: which component a policy shrinks."""
+    from precision_suite.memory import COMPONENTS, breakdown_shares
+
+    rows, stacks = [], []
+    for row in group.rows:
+        records = by_row.get(row.label) or []
+        breakdown = next(((r.get("metrics") or {}).get("memory_breakdown") for r in records), None)
+        if breakdown:
+            rows.append(row)
+            stacks.append(breakdown)
+    if not rows:
+        return None
+    figure = _new_figure(max(6, 0.9 * len(rows) + 3), 4.8)
+    axes = figure.subplots(1, 1)
+    positions = np.arange(len(rows))
+    bottom = np.zeros(len(rows))
+    for component in COMPONENTS:
+        values = np.array([float(b.get(component) or 0) / 2**20 for b in stacks])
+        axes.bar(positions, values, bottom=bottom, label=component.replace("_", " "), edgecolor="black", linewidth=0.4)
+        bottom += values
+    for position, row, breakdown in zip(positions, rows, stacks, strict=True):
+        share = breakdown_shares(breakdown)["activations"]
+        ratio = "base" if row.is_baseline else f"{row.memory_ratio:.2f}×" if row.memory_ratio is not None else ""
+        axes.annotate(f"{ratio}\nact. {share:.0%}", (position, bottom[position]), ha="center", va="bottom", fontsize=7)
+    axes.set_xticks(positions, [f"{r.backend}\n{r.policy}" for r in rows], fontsize=7, rotation=45, ha="right")
+    axes.set_ylabel("MiB (accounting)")
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes.grid(True, axis="y", alpha=0.3)
+    axes.margins(y=0.2)
+    title = f"Memory by component — {group.key}"
+    axes.set_title("weights, gradients, optimizer state, master copies, saved activations", fontsize=9)
+    figure.suptitle(title)
+    return Plot(f"memory_breakdown_{slug(group.key)}", title, _png(figure))
+
+
+def _plot_accuracy(group: Group) -> Plot | None:
+    rows = group.rows
+    if not any(r.accuracy_mean is not None for r in rows):
+        return None
+    colours = _colours(group)
+    figure = _new_figure(max(8, 1.1 * len(rows) + 2), 4.2)
+    axes = figure.add_subplot()
+    positions = np.arange(len(rows))
+    for position, row in zip(positions, rows, strict=True):
+        if row.accuracy_mean is None:
+            axes.annotate(
+                "failed",
+                (position, 0),
+                ha="center",
+                color="red",
+                fontsize=8,
+                xycoords=("data", "axes fraction"),
+                xytext=(0, 4),
+                textcoords="offset points",
+            )
+            continue
+        axes.errorbar(
+            position,
+            100 * row.accuracy_mean,
+            yerr=None if row.accuracy_ci95 is None else 100 * row.accuracy_ci95,
+            fmt="o" if row.accuracy_ci95 is not None else "s",
+            color=colours[row.framework],
+            capsize=4,
+        )
+        for value in row.accuracy_values:
+            axes.plot(position, 100 * value, ".", color="grey", markersize=3)
+    for row in rows:
+        if row.is_baseline and row.accuracy_mean is not None:
+            level = 100 * row.accuracy_mean
+            axes.axhspan(
+                level - group.tolerance_pts,
+                level + group.tolerance_pts,
+                color=colours[row.framework],
+                alpha=0.08,
+            )
+            axes.axhline(
+                level,
+                color=colours[row.framework],
+                linestyle="--",
+                linewidth=0.8,
+                label=f"{row.label} ± {group.tolerance_pts:g} pt",
+            )
+    axes.set_xticks(positions, _bar_labels(group), fontsize=7, rotation=45, ha="right")
+    axes.set_ylabel("test accuracy % (mean, 95% CI; dots = seeds)")
+    axes.set_title(f"Accuracy — {group.key} (square = one seed, no CI)")
+    axes.grid(True, axis="y", alpha=0.3)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return Plot(f"accuracy_{slug(group.key)}", f"Accuracy — {group.key}", _png(figure))
+
+
+def _plot_forest(comparison: Comparison, group: Group) -> Plot | None:
+    """One line per equivalence verdict: the interval of Δ the verdict was read from, against
+    the ±tolerance band; colour = outcome."""
+    entries = [(label, v) for label, v in equivalence_rows(comparison, group) if v.equivalence.interval is not None]
+    if not entries:
+        return None
+    colours = {PASS: "#137333", FAIL: "#c5221f", INCONCLUSIVE: "#b06000"}
+    figure = _new_figure(7, 1.4 + 0.35 * len(entries))
+    axes = figure.add_subplot()
+    tol = group.tolerance_pts
+    axes.axvspan(-tol, tol, color="#137333", alpha=0.08, label=f"±{tol:g} pt tolerance")
+    axes.axvline(0, color="grey", linewidth=0.8)
+    for y, (_, verdict) in enumerate(reversed(entries)):
+        eq = verdict.equivalence
+        interval = eq.interval
+        colour = colours.get(verdict.outcome, "grey") if verdict.enforced else "grey"
+        axes.plot([interval.low, interval.high], [y, y], color=colour, linewidth=2.5, solid_capstyle="butt")
+        axes.plot(interval.mean, y, "o", color=colour, markersize=5)
+    axes.set_yticks(
+        range(len(entries)),
+        [f"{label} ({v.name}, {v.outcome.upper()})" for label, v in reversed(entries)],
+        fontsize=7,
+    )
+    reach = max([tol] + [max(abs(v.equivalence.interval.low), abs(v.equivalence.interval.high)) for _, v in entries])
+    axes.set_xlim(-1.15 * reach, 1.15 * reach)
+    axes.set_xlabel("Δ accuracy vs baseline, pt (bar: the verdict's CI)", fontsize=8)
+    axes.set_title(f"Equivalence — {group.key}", fontsize=9)
+    axes.grid(True, axis="x", alpha=0.3)
+    axes.legend(fontsize=7, loc="best")
+    return Plot(f"equivalence_{slug(group.key)}", f"Equivalence (Δ, CI, ±tolerance) — {group.key}", _png(figure))
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+
+
+def make_plots(comparison: Comparison, records: list[dict[str, Any]]) -> list[Plot]:
+    ok_records = [
+        Record(r)
+        for r in latest_by_job([r for r in records if "job_id" in r]).values()
+        if r.get("status") == "ok" and not is_noise_floor_run(r)
+    ]
+    by_group: dict[tuple[str, str, str], dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for record in sorted(ok_records, key=lambda r: r.get("seed") or 0):
+        key = (record.model_name, record.dataset_name, record.device)
+        by_group[key][f"{record.get('backend')} {record.get('policy')}"].append(record)
+    plots = []
+    for group in comparison.groups:
+        by_row = by_group[(group.model, group.dataset, group.device)]
+        for plot in (
+            _plot_loss(group, by_row),
+            _plot_loss_scale(group, by_row),
+            _plot_speed_memory(group),
+            _plot_memory_breakdown(group, by_row),
+            _plot_accuracy(group),
+            _plot_forest(comparison, group),
+        ):
+            if plot is not None:
+                plots.append(plot)
+    return plots
