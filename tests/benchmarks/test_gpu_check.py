@@ -53,7 +53,7 @@ def test_gpu_check_keras_jax_overrides_validate():
     """The --set list benchmarks/gpu_check.sh passes for its keras-jax run (entry-point backend)."""
     overrides = [
         "train.steps=40",
-        "train.warmup_steps=10",
+        "train.timing_warmup_steps=10",
         "train.timing_window_steps=10",
         "data.synthetic.train_size=2048",
         "device=cuda",
