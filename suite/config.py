@@ -182,7 +182,9 @@ class BackendsConfig(_Strict):
 
 
 class ParityConfig(_Strict):
-    tolerance_pts: Annotated[float, Field(ge=0)] = 1.0
+    # Three seeds on digits' 360 test rows (one sample = 0.28 pt) can show equivalence within
+    # ±1.5 pt, rarely within ±1 (a single flipped sample widens the 90% CI to about ±1).
+    tolerance_pts: Annotated[float, Field(ge=0)] = 1.5
     check_pure: bool = False
     cross_framework_rtol: PositiveFloat = 1e-3
     # Per-step losses are compared over at most this many first steps (see compare.py for why);

@@ -315,7 +315,7 @@ def speed_tasks(config: Any, jobs: list[Any]) -> list[SpeedTask]:
     from precision_suite.compare import BASELINE_POLICY
 
     settings = config.speed
-    seed = config.seeds[0]
+    seed = config.seeds_at_look(0)[0]
     groups: dict[tuple[str, str], list[Any]] = {}
     for job in jobs:
         if job.seed == seed:

@@ -150,3 +150,15 @@ def test_default_threads_follow_the_cpu_affinity(monkeypatch):
     env = worker_environment(load_config(None))
     assert env["OMP_NUM_THREADS"] == env["TF_NUM_INTRAOP_THREADS"] == "1"
     assert worker_environment(load_config(None, ["runner.threads=4"]))["OMP_NUM_THREADS"] == "4"
+
+
+def test_speed_phase_with_seeds_on_demand_times_the_first_seed():
+    """seeds: {min, max} (seeds on demand) is not a list: the speed phase still finds its seed."""
+    from precision_suite.config import load_config
+    from precision_suite.plan import expand_jobs
+    from precision_suite.speed import speed_tasks
+
+    config = load_config(None, ["seeds={min: 3, max: 6}", "models=[mlp]", "device=cpu"])
+    tasks = speed_tasks(config, expand_jobs(config, "cpu"))
+    assert tasks, "one speed phase per framework"
+    assert {job.seed for task in tasks for job in task.jobs} == {0}
