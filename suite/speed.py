@@ -318,7 +318,10 @@ def speed_tasks(config: Any, jobs: list[Any]) -> list[SpeedTask]:
     seed = config.seeds_at_look(0)[0]
     groups: dict[tuple[str, str], list[Any]] = {}
     for job in jobs:
-        if job.seed == seed:
+        # One process per policy: data-parallel jobs, their one-process references and the
+        # one-ulp noise-floor runs are no policies of their own to time.
+        single = job.world_size == 1 and not job.role and not job.perturb_ulp
+        if job.seed == seed and single:
             groups.setdefault((job.model.name, job.framework), []).append(job)
     tasks = []
     for (model, framework), members in groups.items():
