@@ -100,3 +100,14 @@ def assert_states_equal(a: dict[str, Any], b: dict[str, Any], path: str = "") ->
         assert np.array_equal(a, b, equal_nan=True), f"{path}: values differ"
     else:
         assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def assert_learns_only_with_scaling(unscaled: dict[str, float], scaled: dict[str, float]) -> None:
+    """The underflow positive control: without loss scaling the fp16 run does not learn (loss at
+    ln 10, uniform predictions; accuracy at chance); with scaling the same run learns."""
+    import math
+
+    assert unscaled["loss"] > math.log(10) - 0.01
+    assert unscaled["accuracy"] < 0.15
+    assert scaled["loss"] < math.log(10) - 0.2
+    assert scaled["accuracy"] > unscaled["accuracy"]

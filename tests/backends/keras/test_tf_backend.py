@@ -4,7 +4,6 @@ custom step vs ``model.fit``, fresh-process resume, policies and the global stat
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from precision_suite.data import Dataset, batch_plan
 from precision_suite.jobs import Job
 from precision_suite.models import init_weights
 
+from tests.helpers.backends import assert_learns_only_with_scaling
 from tests.helpers.keras import (
     make_backend,
     make_job,
@@ -139,12 +139,8 @@ def test_underflow_positive_control_learns_only_with_scaling():
     env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
-    (unscaled_loss, unscaled_accuracy), (scaled_loss, scaled_accuracy) = json.loads(result.stdout.splitlines()[-1])
-    # Without scaling it does not learn (loss stays at ln 10, accuracy at chance); with it, it does.
-    assert unscaled_loss > math.log(10) - 0.01
-    assert unscaled_accuracy < 0.15
-    assert scaled_loss < math.log(10) - 0.2
-    assert scaled_accuracy > unscaled_accuracy
+    unscaled, scaled = ({"loss": loss, "accuracy": acc} for loss, acc in json.loads(result.stdout.splitlines()[-1]))
+    assert_learns_only_with_scaling(unscaled, scaled)
 
 
 # ---------------------------------------------------------------- the custom step

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 from precision_suite.backends.reference.loss_scale import simulate
@@ -190,15 +188,10 @@ def test_resume_in_new_process_is_bit_identical(tmp_path, policy):
 
 
 def test_underflow_positive_control():
+    from tests.helpers.backends import assert_learns_only_with_scaling
     from tests.helpers.torch import underflow_control
 
-    unscaled, scaled = underflow_control(BACKEND)
-    # Without scaling it does not learn: the loss stays at ln 10 (uniform predictions) and the
-    # accuracy at chance. With scaling the same fp16 run learns.
-    assert unscaled["loss"] > math.log(10) - 0.01
-    assert unscaled["accuracy"] < 0.15
-    assert scaled["loss"] < math.log(10) - 0.2
-    assert scaled["accuracy"] > unscaled["accuracy"]
+    assert_learns_only_with_scaling(*underflow_control(BACKEND))
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
