@@ -19,7 +19,16 @@ from precision_suite.placement import speed_comparable
 from precision_suite.results import FAILURE_STATUSES, Outcome, Record, is_job_failure, is_noise_floor_run, latest_by_job
 from precision_suite.scaling import ScalingRow, device_label, is_dp_reference, scaling_rows, world_size
 from precision_suite.speed import SPEED_KIND, attach_speed, speed_phases
-from precision_suite.stats import FAIL, INCONCLUSIVE, PASS, Equivalence, describe, equivalence, t_quantile
+from precision_suite.stats import (
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    Equivalence,
+    chaos_aware_agreement,
+    describe,
+    equivalence,
+    t_quantile,
+)
 
 BASELINE_POLICY = "fp32"
 
@@ -363,23 +372,6 @@ def _parity_verdict(
     return Verdict("parity", row.subject, eq.outcome, detail, enforced=enforced, equivalence=eq)
 
 
-def relative_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """|a − b| / max(|a|, |b|) per step over the common length; 0 where both are equal, NaN
-    where either is not finite (a NaN never counts as agreement)."""
-    n = min(a.size, b.size)
-    a, b = a[:n], b[:n]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rel = np.abs(a - b) / np.maximum(np.abs(a), np.abs(b))
-    return np.where(a == b, 0.0, rel)
-
-
-def divergence_horizon(curve: np.ndarray, perturbed: np.ndarray, rtol: float) -> int | None:
-    """The first step at which ``perturbed`` departs from ``curve`` by more than ``rtol``
-    relative; None when it never does over their common length."""
-    bad = ~(relative_difference(curve, perturbed) <= rtol)
-    return int(np.argmax(bad)) if bad.any() else None
-
-
 def _optimizer_rules(records: Any) -> str:
     """Whose optimizer update rules a row's jobs ran: the backend option ``optimizer_rules``
     where the backend has one (tf-keras), else torch's (every built-in backend's default)."""
@@ -458,43 +450,14 @@ def _cross_framework_verdicts(
                 if (record := noise_floor.get((row.backend, row.policy, seed))) is not None
                 and (nudged := record.curve()) is not None
             ]
-            rel = relative_difference(a, b)
-            if not own_pairs:
-                agree_upto, window = min(steps, rel.size), None
-            else:
-                floors += 1
-                selfs = [relative_difference(curve, nudged) for curve, nudged in own_pairs]
-                length = min(s.size for s in selfs)
-                seed_horizons = [
-                    h for curve, nudged in own_pairs if (h := divergence_horizon(curve, nudged, rtol)) is not None
-                ]
-                horizon = min(seed_horizons) if seed_horizons else None
-                if horizon is not None:
-                    horizons.append(horizon)
-                agree_upto = min(rel.size, max(MIN_AGREEMENT_STEPS, length if horizon is None else horizon))
-                window = (agree_upto, length) if length > agree_upto else None
-            head = rel[:agree_upto]
-            bad = ~(head <= rtol)  # NaN counts as a disagreement
-            if head.size:
-                worst = max(worst, float(np.nanmax(head)) if np.isfinite(head).any() else math.inf)
-            if bad.any():
-                step = int(np.argmax(bad))
-                problems.append(
-                    f"seed {seed}: step {step} differs by {head[step]:.2e} relative "
-                    f"(> {rtol:g}; {int(bad.sum())} of the {bad.size} steps held to it)"
-                )
-            if window is not None:
-                lo, hi = window
-                cross_median = float(np.nanmedian(rel[lo:hi])) if np.isfinite(rel[lo:hi]).any() else math.inf
-                self_median = max(float(np.nanmedian(s[lo:hi])) for s in selfs)
-                if not cross_median <= self_median:
-                    problems.append(
-                        f"seed {seed}: past the horizon (steps {lo}–{hi - 1}) frameworks differ by "
-                        f"{cross_median:.2e} median relative, more than fp32 differs from itself "
-                        f"({self_median:.2e})"
-                    )
-                else:
-                    notes.append(f"seed {seed}: steps {lo}–{hi - 1} {cross_median:.1e} ≤ self {self_median:.1e}")
+            found = chaos_aware_agreement(a, b, own_pairs, rtol, steps, MIN_AGREEMENT_STEPS)
+            floors += bool(own_pairs)
+            worst = max(worst, found.worst)
+            if found.horizon is not None:
+                horizons.append(found.horizon)
+            problems += [f"seed {seed}: {p}" for p in found.problems]
+            if found.note:
+                notes.append(f"seed {seed}: {found.note}")
         eq = equivalence(
             accuracy_by_seed(list(other_records.values())),
             accuracy_by_seed(list(ref_records.values())),
@@ -646,7 +609,7 @@ def compare(
                 and (r.model_name, r.dataset_name, str(r.get("device"))) == (model, dataset, device)
             },
         )
-        _distributed_verdicts(group, group_records, records)
+        _distributed_verdicts(group, group_records, records, noise_floor)
         attach_speed(group, phases.pop(group.key_tuple, []), group_records)
         groups.append(group)
         headlines.extend(_headlines(group))
@@ -669,7 +632,9 @@ def compare(
     )
 
 
-def _distributed_verdicts(group: Group, group_records: list[dict[str, Any]], records: list[dict[str, Any]]) -> None:
+def _distributed_verdicts(
+    group: Group, group_records: list[dict[str, Any]], records: list[dict[str, Any]], noise_floor: list[Record]
+) -> None:
     """replica-consistency on every row of an N-replica group, data-parallel on its fp32 rows
     (``precision_suite.scaling``)."""
     from precision_suite.scaling import data_parallel, references_for, replica_consistency
@@ -685,7 +650,7 @@ def _distributed_verdicts(group: Group, group_records: list[dict[str, Any]], rec
         row.verdicts.append(Verdict("replica-consistency", row.subject, *replica_consistency(row.subject, ok)))
         if row.policy == BASELINE_POLICY:
             references = [ref for r in ok for ref in references_for(r, records)]
-            row.verdicts.append(Verdict("data-parallel", row.subject, *data_parallel(ok, references)))
+            row.verdicts.append(Verdict("data-parallel", row.subject, *data_parallel(ok, references, noise_floor)))
 
 
 def _build_group(

@@ -55,16 +55,21 @@ def expand_jobs(config: SuiteConfig, device: str, seeds: list[int] | None = None
                     )
     from precision_suite.distributed import expand_world_sizes
 
-    # Noise-floor runs measure one process's own chaos: never data-parallel.
-    return expand_world_sizes(jobs) + noise_floor_jobs(config, jobs)
+    # Noise-floor runs measure one process's own chaos: never data-parallel themselves.
+    expanded = expand_world_sizes(jobs)
+    return expanded + noise_floor_jobs(config, expanded)
 
 
 def noise_floor_jobs(config: SuiteConfig, jobs: list[Job]) -> list[Job]:
-    """For each fp32 job, when two or more frameworks run fp32: the same job with every initial
-    weight one ulp up, stopped after ``parity.cross_framework_steps`` steps."""
-    fp32 = [job for job in jobs if job.policy == "fp32" and not job.perturb_ulp]
-    if not config.parity.noise_floor_runs or len({job.framework for job in fp32}) < 2:
+    """The same job with every initial weight one ulp up, stopped after
+    ``parity.cross_framework_steps`` steps: for each one-process fp32 job when two or more
+    frameworks run fp32 (the cross-framework verdict), and for each one-process reference of a
+    data-parallel job (the data-parallel verdict)."""
+    if not config.parity.noise_floor_runs:
         return []
+    single = [job for job in jobs if job.policy == "fp32" and job.world_size == 1 and not job.perturb_ulp]
+    plain = [job for job in single if not job.role]
+    fp32 = [job for job in single if job.role] + (plain if len({job.framework for job in plain}) >= 2 else [])
     return [
         replace(
             job,

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 from precision_suite.distributed import DP_REFERENCE
+from precision_suite.results import Record
+from precision_suite.stats import chaos_aware_agreement
 
 DEFAULT_DP_RTOL = 1e-4
 DEFAULT_DP_STEPS = 10
@@ -82,13 +84,21 @@ def replica_consistency(subject: str, records: list[dict[str, Any]]) -> tuple[st
     return "pass", f"{len(records)} seed(s): same {skips} skipped step(s), loss scale and parameters on every replica"
 
 
-def data_parallel(records: list[dict[str, Any]], references: list[dict[str, Any]]) -> tuple[str, str]:
+def data_parallel(
+    records: list[dict[str, Any]], references: list[dict[str, Any]], noise_floor: list[dict[str, Any]] = ()
+) -> tuple[str, str]:
     """(outcome, detail) of the data-parallel verdict of an fp32 N-replica row's ok records
-    against the one-process records at the same global batch."""
+    against the one-process records at the same global batch. Where the reference has a one-ulp
+    noise-floor run, the agreement is chaos-aware (``stats.chaos_aware_agreement``): every step
+    within ``data_parallel_rtol`` up to the reference's own divergence horizon (at least
+    ``data_parallel_steps``), no more than its self divergence past it; otherwise the first
+    ``data_parallel_steps`` steps within the rtol."""
     by_seed = {r.get("seed"): r for r in references if r.get("status") == "ok"}
+    nudged_by_id = {str(r.get("job_id")): r for r in noise_floor if r.get("status") == "ok"}
     worst = 0.0
     compared = []
     problems = []
+    horizons = []
     for record in records:
         seed = record.get("seed")
         reference = by_seed.get(seed)
@@ -97,27 +107,26 @@ def data_parallel(records: list[dict[str, Any]], references: list[dict[str, Any]
             continue
         rtol = float(_distributed_setting(record, "data_parallel_rtol", DEFAULT_DP_RTOL))
         steps = int(_distributed_setting(record, "data_parallel_steps", DEFAULT_DP_STEPS))
-        ours = np.array([np.nan if v is None else v for v in record["curves"]["train_loss"][:steps]], float)
-        theirs = np.array([np.nan if v is None else v for v in reference["curves"]["train_loss"][:steps]], float)
-        n = min(len(ours), len(theirs))
-        if n == 0:
+        ours, theirs = Record(record).curve(), Record(reference).curve()
+        if ours is None or theirs is None or min(ours.size, theirs.size) == 0:
             problems.append(f"seed {seed}: no loss curve")
             continue
-        rel = np.abs(ours[:n] - theirs[:n]) / np.maximum(np.abs(theirs[:n]), 1e-12)
-        if not np.all(np.isfinite(rel)):
-            problems.append(f"seed {seed}: non-finite loss in the first {n} steps")
-            continue
-        step = int(np.argmax(rel))
-        worst = max(worst, float(rel[step]))
+        nudged = nudged_by_id.get(f"{reference.get('job_id')}/ulp+1")
+        own_pairs = [(theirs, curve)] if nudged is not None and (curve := Record(nudged).curve()) is not None else []
+        found = chaos_aware_agreement(ours, theirs, own_pairs, rtol, steps, steps)
+        worst = max(worst, found.worst)
         compared.append(seed)
-        if rel[step] > rtol:
-            problems.append(f"seed {seed}: step {step} loss differs by {rel[step]:.2g} relative (> {rtol:g})")
+        if found.horizon is not None:
+            horizons.append(found.horizon)
+        problems += [f"seed {seed}: {p}" for p in found.problems]
     if not compared and not problems:
         return "n/a", "no seed to compare"
     if problems:
         return ("fail" if compared or records else "n/a"), "; ".join(problems)
+    where = f"divergence horizon step {min(horizons)}" if horizons else "no self-divergence measured or found"
     return "pass", (
-        f"{len(compared)} seed(s): per-step loss within {worst:.2g} relative of one process at the same global batch"
+        f"{len(compared)} seed(s): per-step loss within {worst:.2g} relative of one process at the same global "
+        f"batch ({where})"
     )
 
 

@@ -234,3 +234,85 @@ def describe(eq: Equivalence) -> str:
     if eq.pairing_gain is not None:
         text += f"; pairing: CI width ×{eq.pairing_gain:.2f} of unpaired"
     return text
+
+
+# --- chaos-aware agreement of two loss curves ----------------------------------------------
+
+
+def relative_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a − b| / max(|a|, |b|) per step over the common length; 0 where both are equal, NaN
+    where either is not finite (a NaN never counts as agreement)."""
+    n = min(a.size, b.size)
+    a, b = a[:n], b[:n]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = np.abs(a - b) / np.maximum(np.abs(a), np.abs(b))
+    return np.where(a == b, 0.0, rel)
+
+
+def divergence_horizon(curve: np.ndarray, perturbed: np.ndarray, rtol: float) -> int | None:
+    """The first step at which ``perturbed`` departs from ``curve`` by more than ``rtol``
+    relative; None when it never does over their common length."""
+    bad = ~(relative_difference(curve, perturbed) <= rtol)
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+@dataclass
+class Agreement:
+    """How two per-step loss curves agree, judged against their own noise floor."""
+
+    worst: float  # largest relative difference over the steps held to the rtol
+    problems: list[str]
+    horizon: int | None  # first step where a run departs from its one-ulp twin, if measured
+    note: str | None  # what the past-the-horizon comparison found, when it passed
+
+
+def chaos_aware_agreement(
+    a: np.ndarray,
+    b: np.ndarray,
+    own_pairs: list[tuple[np.ndarray, np.ndarray]],
+    rtol: float,
+    steps: int,
+    min_steps: int,
+) -> Agreement:
+    """Curves ``a`` and ``b`` per step, given ``own_pairs`` (unperturbed, one-ulp-perturbed)
+    curves that measure the runs' own chaos. Up to the divergence horizon (at least
+    ``min_steps``) every step must agree within ``rtol``; past it, over the rest of the
+    noise-floor run, the median difference of ``a`` and ``b`` must be no larger than the median
+    self difference. Without ``own_pairs`` the first ``steps`` steps are held to ``rtol``."""
+    rel = relative_difference(a, b)
+    problems: list[str] = []
+    note = None
+    horizon = None
+    selfs: list[np.ndarray] = []
+    if not own_pairs:
+        agree_upto, window = min(steps, rel.size), None
+    else:
+        selfs = [relative_difference(curve, nudged) for curve, nudged in own_pairs]
+        length = min(s.size for s in selfs)
+        horizons = [h for curve, nudged in own_pairs if (h := divergence_horizon(curve, nudged, rtol)) is not None]
+        horizon = min(horizons) if horizons else None
+        agree_upto = min(rel.size, max(min_steps, length if horizon is None else horizon))
+        window = (agree_upto, length) if length > agree_upto else None
+    head = rel[:agree_upto]
+    bad = ~(head <= rtol)  # NaN counts as a disagreement
+    worst = 0.0
+    if head.size:
+        worst = float(np.nanmax(head)) if np.isfinite(head).any() else math.inf
+    if bad.any():
+        step = int(np.argmax(bad))
+        problems.append(
+            f"step {step} differs by {head[step]:.2e} relative (> {rtol:g}; {int(bad.sum())} of the "
+            f"{bad.size} steps held to it)"
+        )
+    if window is not None:
+        lo, hi = window
+        cross_median = float(np.nanmedian(rel[lo:hi])) if np.isfinite(rel[lo:hi]).any() else math.inf
+        self_median = max(float(np.nanmedian(s[lo:hi])) for s in selfs)
+        if not cross_median <= self_median:
+            problems.append(
+                f"past the horizon (steps {lo}–{hi - 1}) the runs differ by {cross_median:.2e} median "
+                f"relative, more than fp32 differs from itself ({self_median:.2e})"
+            )
+        else:
+            note = f"steps {lo}–{hi - 1} {cross_median:.1e} ≤ self {self_median:.1e}"
+    return Agreement(worst, problems, horizon, note)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 from precision_suite.compare import compare
 from precision_suite.config import ConfigError, load_config, validate
@@ -28,7 +29,10 @@ def test_each_world_size_is_a_job_and_fp32_gets_a_one_process_reference_at_the_g
     reference = by_id[f"{base}/fp32/seed0/ws1-batch64"]
     assert (reference.world_size, reference.role, reference.train.batch_size) == (1, "dp-reference", 64)
     assert f"{base}/bf16-mixed/seed0/ws1-batch32" not in by_id  # references are fp32 only
-    assert len(jobs) == 2 * 3 + 2
+    # ... and each reference a one-ulp noise-floor run: the data-parallel verdict's horizon.
+    nudged = by_id[f"{base}/fp32/seed0/ws1-batch64/ulp+1"]
+    assert (nudged.perturb_ulp, nudged.world_size, nudged.role) == (1, 1, "dp-reference")
+    assert len(jobs) == 2 * 3 + 2 + 2
     # The world size survives the trip to a worker (an executor reserves that many devices).
     from precision_suite.jobs import Job
 
@@ -168,3 +172,26 @@ def test_run_over_one_and_two_replicas_exits_0_with_the_distributed_verdicts_pas
     outcomes = {v.name: v.outcome for v in comparison.verdicts if "cpu×2" in v.subject}
     assert outcomes["replica-consistency"] == outcomes["data-parallel"] == "pass"
     assert [r.world_size for r in comparison.scaling] == [1, 2]
+
+
+def test_data_parallel_verdict_holds_steps_to_the_rtol_only_up_to_the_references_own_horizon():
+    from precision_suite.scaling import data_parallel
+
+    def record(job_id, curve, seed=0):
+        return {"job_id": job_id, "seed": seed, "status": "ok", "curves": {"train_loss": curve}, "config": {}}
+
+    steps = 40
+    reference = np.linspace(2.3, 1.0, steps)
+    nudged = reference.copy()
+    nudged[20:] *= 1 + 1e-2 * np.arange(1, steps - 19)  # the reference departs from itself at step 20
+    dp = reference.copy()
+    dp[25:] *= 1 + 5e-3 * np.arange(1, steps - 24)  # past the horizon, less than the self divergence
+    ref = record("m/d/b/fp32/seed0/ws1-batch64", list(reference))
+    floor = [record("m/d/b/fp32/seed0/ws1-batch64/ulp+1", list(nudged))]
+    outcome, detail = data_parallel([record("m/d/b/fp32/seed0/ws2", list(dp))], [ref], floor)
+    assert outcome == "pass" and "divergence horizon step 20" in detail
+    # A departure inside the horizon fails.
+    early = reference.copy()
+    early[5:] *= 1.01
+    outcome, detail = data_parallel([record("m/d/b/fp32/seed0/ws2", list(early))], [ref], floor)
+    assert outcome == "fail" and "step 5" in detail
