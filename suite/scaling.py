@@ -99,6 +99,7 @@ def data_parallel(
     compared = []
     problems = []
     horizons = []
+    floors = 0
     for record in records:
         seed = record.get("seed")
         reference = by_seed.get(seed)
@@ -113,6 +114,7 @@ def data_parallel(
             continue
         nudged = nudged_by_id.get(f"{reference.get('job_id')}/ulp+1")
         own_pairs = [(theirs, curve)] if nudged is not None and (curve := Record(nudged).curve()) is not None else []
+        floors += bool(own_pairs)
         found = chaos_aware_agreement(ours, theirs, own_pairs, rtol, steps, steps)
         worst = max(worst, found.worst)
         compared.append(seed)
@@ -123,7 +125,12 @@ def data_parallel(
         return "n/a", "no seed to compare"
     if problems:
         return ("fail" if compared or records else "n/a"), "; ".join(problems)
-    where = f"divergence horizon step {min(horizons)}" if horizons else "no self-divergence measured or found"
+    if horizons:
+        where = f"divergence horizon step {min(horizons)}"
+    elif floors:
+        where = f"the one-process run never left the rtol of its one-ulp twin ({floors} seed(s)): all steps held"
+    else:
+        where = "no noise-floor run: the first data_parallel_steps steps held"
     return "pass", (
         f"{len(compared)} seed(s): per-step loss within {worst:.2g} relative of one process at the same global "
         f"batch ({where})"
