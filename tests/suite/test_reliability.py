@@ -130,19 +130,24 @@ def test_kill_9_of_the_runner_never_loses_or_corrupts_a_record(fake_backends, fa
     fake_config.write_text(yaml.safe_dump(config))
     expected = {f"mlp/digits/fake/{p}/seed{s}" for p in ("fp32", "fp16-mixed") for s in range(4)}
     unavailable = {f"mlp/digits/fake/tf32/seed{s}" for s in range(4)}
+
+    def run_args() -> list[str]:
+        # A kill before the run wrote its config.yaml leaves nothing to resume: start it again.
+        if (out / "config.yaml").exists():
+            return ["run", "--resume", str(out)]
+        return ["run", str(fake_config), "--out", str(out)]
+
     kills = 0
     while kills < 50:
-        # A kill before the run wrote its config.yaml leaves nothing to resume: start it again.
-        started = (out / "config.yaml").exists()
-        args = ["run", "--resume", str(out)] if started else ["run", str(fake_config), "--out", str(out)]
-        proc = _cli_process(args)
-        time.sleep(rng.uniform(0.0, 1.2))
+        proc = _cli_process(run_args())
+        # Past the interpreter's start-up too (about a second here), so kills also land mid-run.
+        time.sleep(rng.uniform(0.0, 2.5))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait(timeout=30)
     final = subprocess.run(
-        [sys.executable, "-m", "precision_suite.cli", "run", "--resume", str(out)],
+        [sys.executable, "-m", "precision_suite.cli", *run_args()],
         capture_output=True,
         text=True,
         timeout=300,
