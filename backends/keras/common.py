@@ -216,7 +216,9 @@ class KerasBackend(Backend):
         self.loss_mode = job.loss_scaling_mode
         return keras
 
-    def build_model_and_optimizer(self, keras: Any, init_weights: dict[str, np.ndarray], data: Dataset) -> None:
+    def build_model_and_optimizer(
+        self, keras: Any, init_weights: dict[str, np.ndarray], data: Dataset, optimizer_rules: str = "torch"
+    ) -> None:
         """The job's Keras model under its dtype policy, holding ``init_weights``, and its built
         optimizer (``build_keras_optimizer``), on the runtime's current device."""
         from precision_suite.backends.keras.models import build_keras_model
@@ -224,8 +226,7 @@ class KerasBackend(Backend):
         job = self.job
         policy = keras.DTypePolicy(KERAS_DTYPE_POLICIES[job.policy])
         self.model = build_keras_model(job.model, data.input_shape, data.num_classes, init_weights, policy)
-        rules = getattr(getattr(self, "options", None), "optimizer_rules", "torch")
-        self.optimizer, self.inner_optimizer = build_keras_optimizer(keras, job, data, rules)
+        self.optimizer, self.inner_optimizer = build_keras_optimizer(keras, job, data, optimizer_rules)
         self.optimizer.build(self.model.trainable_variables)
         self.data_shape = tuple(data.input_shape)
         self.num_classes = data.num_classes

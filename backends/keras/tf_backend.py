@@ -99,7 +99,7 @@ class TfKerasBackend(KerasBackend):
             self.y_train = tf.constant(data.y_train.astype(np.int32))
             self.y_test = tf.constant(data.y_test.astype(np.int32))
             self.num_classes = data.num_classes
-            self.build_model_and_optimizer(keras, init_weights, data)
+            self.build_model_and_optimizer(keras, init_weights, data, self.options.optimizer_rules)
         # Each step returns its (loss, scale used, skipped) row as a device tensor; they are kept
         # unread and stacked in one read at the drain (cheaper than writing a device buffer).
         self._rows: list[Any] = []
