@@ -476,3 +476,22 @@ def test_cross_framework_accuracy_is_an_equivalence_test():
     [verdict] = compare(records).groups[0].verdicts
     assert verdict.outcome == INCONCLUSIVE and verdict.equivalence.seeds_suggested > 3
     assert check_exit_code(compare(records)) == 0
+
+
+def test_one_seed_cross_framework_passes_only_when_the_runs_are_one_computation():
+    # One seed: no interval for the accuracy test. Same curve at every step and the same test
+    # accuracy: the two runs are one computation up to rounding, which is a PASS.
+    same = [make_record("torch-amp", "fp32", 0), make_record("tf-keras", "fp32", 0)]
+    [verdict] = compare(same).groups[0].verdicts
+    assert verdict.outcome == PASS and "one computation up to rounding" in verdict.detail
+    # One test sample apart: the seed test is needed, and one seed cannot give it.
+    apart = [make_record("torch-amp", "fp32", 0), make_record("tf-keras", "fp32", 0, accuracy=0.95 + 1 / 360)]
+    [verdict] = compare(apart).groups[0].verdicts
+    assert verdict.outcome == INCONCLUSIVE
+    # Curves apart past the rtol late in the run (within the noise-floor-free window of 100
+    # steps the check holds them to): not one computation either.
+    late = make_record("tf-keras", "fp32", 0, steps=150)
+    loss = late["curves"]["train_loss"]
+    late["curves"]["train_loss"] = loss[:120] + [v * 1.01 for v in loss[120:]]
+    [verdict] = compare([make_record("torch-amp", "fp32", 0, steps=150), late]).groups[0].verdicts
+    assert verdict.outcome == INCONCLUSIVE, verdict.detail
