@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from importlib import resources
 from pathlib import Path
@@ -75,6 +76,8 @@ class TransformerConfig(_Strict):
 
 ModelConfig = Annotated[MlpConfig | CnnConfig | TransformerConfig, Field(discriminator="kind")]
 MODEL_KINDS = ("mlp", "cnn", "transformer")
+# runner.parallel_jobs: auto never runs more training jobs at once than this.
+MAX_AUTO_PARALLEL_JOBS = 4
 
 
 # ---------------------------------------------------------------- data
@@ -255,6 +258,11 @@ class RunnerConfig(_Strict):
     # Training jobs claim no speed: on Ray they then pack densely (one per device) instead of
     # taking their node's timing slot, and their step times are never used for a speedup.
     accuracy_only: bool = False
+    # Local executor: training jobs run this many at a time, each worker with an equal share of
+    # the cores (``SuiteConfig.parallel_jobs``). Above 1 the training jobs claim no speed (like
+    # accuracy_only); the timed speed phase still runs alone with every core. "auto": the
+    # available cores (at most 4) on a CPU, 1 on a GPU or when training jobs are the speed source.
+    parallel_jobs: PositiveInt | Literal["auto"] = 1
 
 
 class DebugConfig(_Strict):
@@ -396,6 +404,26 @@ class SuiteConfig(_Strict):
         if isinstance(self.seeds, SeedRange):
             return list(range(self.seed_looks()[look]))
         return list(self.seeds)
+
+    def parallel_jobs(self) -> int:
+        """How many training jobs the local executor runs at once (``runner.parallel_jobs``)."""
+        from precision_suite.measure import available_cores
+        from precision_suite.placement import visible_gpus
+
+        wanted = self.runner.parallel_jobs
+        if wanted != "auto":
+            return wanted
+        speed_elsewhere = self.runner.accuracy_only or self.speed.enabled or self.speed.speed_only
+        on_gpu = self.device == "cuda" or (
+            self.device == "auto" and bool(visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES")))
+        )
+        if not speed_elsewhere or on_gpu or self.runner.executor != "local":
+            return 1
+        return max(1, min(MAX_AUTO_PARALLEL_JOBS, available_cores()))
+
+    def training_timed(self) -> bool:
+        """Whether training jobs claim their machine for timing (they run alone)."""
+        return not self.runner.accuracy_only and self.parallel_jobs() == 1
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]

@@ -74,8 +74,9 @@ def visible_gpus(cuda_visible_devices: str | None) -> tuple[GpuInfo, ...]:
     return tuple(g for w in wanted for g in gpus if w == g.index or (w.startswith("GPU-") and g.uuid.startswith(w)))
 
 
-def local_placement(timed: bool, started_at: float, finished_at: float) -> Placement:
-    """The local executor runs one job at a time: nothing else of the run shares the node."""
+def local_placement(timed: bool, started_at: float, finished_at: float, concurrent: int = 1) -> Placement:
+    """Where a job of the local executor ran; ``concurrent``: the most jobs of the run at once
+    while it ran (1 unless ``runner.parallel_jobs`` ran jobs side by side)."""
     cuda_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     return Placement(
         executor="local",
@@ -85,7 +86,7 @@ def local_placement(timed: bool, started_at: float, finished_at: float) -> Place
         cuda_visible_devices=cuda_visible,
         gpus=list(visible_gpus(cuda_visible)),
         concurrent_timed_jobs_on_node=int(timed),
-        concurrent_jobs_on_node=1,
+        concurrent_jobs_on_node=concurrent,
         started_at=started_at,
         finished_at=finished_at,
     )

@@ -48,7 +48,7 @@ def expand_jobs(config: SuiteConfig, device: str, seeds: list[int] | None = None
                             runner=config.runner,
                             parity=config.parity,
                             config_hash=config_hash,
-                            timed=not config.runner.accuracy_only,
+                            timed=config.training_timed(),
                             seed_looks=config.seed_looks(),
                             distributed=config.distributed,
                         )

@@ -63,21 +63,24 @@ WORKER_START_TIMEOUT_S = 300.0
 JobProgressFn = Callable[[Job, int, int], None]
 
 
-def worker_environment(config: SuiteConfig) -> dict[str, str]:
+def worker_environment(config: SuiteConfig, threads: int | None = None, preload: str | None = None) -> dict[str, str]:
     """The same thread count for every framework (docs/architecture.md, "Measurement rules"): by default the
-    cores this process may run on."""
-    threads = str(config.runner.threads or available_cores())
+    cores this process may run on (``threads``: a side-by-side worker's share of them). ``preload``:
+    a framework module the worker imports as soon as it has started, before its first job."""
+    count = str(threads or config.runner.threads or available_cores())
     env = dict(os.environ)
     env.update(
         {
-            "OMP_NUM_THREADS": threads,
-            "MKL_NUM_THREADS": threads,
-            "TF_NUM_INTRAOP_THREADS": threads,
-            "PRECISION_SUITE_THREADS": threads,
+            "OMP_NUM_THREADS": count,
+            "MKL_NUM_THREADS": count,
+            "TF_NUM_INTRAOP_THREADS": count,
+            "PRECISION_SUITE_THREADS": count,
             "TF_CPP_MIN_LOG_LEVEL": env.get("TF_CPP_MIN_LOG_LEVEL", "2"),
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if preload:
+        env["PRECISION_SUITE_PRELOAD"] = preload
     return env
 
 
@@ -226,42 +229,122 @@ class JobExecutor(Protocol):
 
 
 class Executor:
-    """Local executor: jobs one at a time (timings must not share the machine), each in the
-    worker of its framework."""
+    """Local executor. Timed jobs run one at a time (timings must not share the machine), each in
+    the worker of its framework. With ``runner.parallel_jobs`` above 1, the jobs that claim no
+    timing (``Job.timed`` false) run that many at a time in side-by-side workers ("lanes"), each
+    with its share of the cores; timed work (the speed phases) and data-parallel jobs still run
+    alone, in workers that have every core."""
 
     def __init__(self, config: SuiteConfig, out_dir: Path, log_dir: Path | None = None) -> None:
         self.config = config
         self.out_dir = out_dir
         self.log_dir = log_dir or out_dir / "logs"
+        self.lanes = config.parallel_jobs()
         self.env = worker_environment(config)
-        self.workers: dict[str, Worker] = {}
+        self.lane_env = worker_environment(config, config.runner.threads or max(1, available_cores() // self.lanes))
+        # (lane, framework) → worker; lane None: the workers with every core.
+        self.workers: dict[tuple[int | None, str], Worker] = {}
         self.warnings: list[str] = []
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
 
-    def _worker(self, framework: str) -> Worker:
-        worker = self.workers.get(framework)
+    def _worker(self, framework: str, lane: int | None = None, preload: bool = False) -> Worker:
+        key = (lane, framework)
+        with self._lock:
+            worker = self.workers.get(key)
         if worker is None or not worker.alive:
-            log = self.log_dir / f"worker-{framework}.log"
+            name = f"worker-{framework}.log" if lane is None else f"worker-{framework}-lane{lane}.log"
+            log = self.log_dir / name
             log.parent.mkdir(parents=True, exist_ok=True)
-            worker = Worker(log, self.env)
-            self.workers[framework] = worker
+            env = self.env if lane is None else self.lane_env
+            worker = Worker(log, {**env, "PRECISION_SUITE_PRELOAD": framework} if preload else env)
+            with self._lock:
+                if self._closing.is_set():
+                    worker.kill()
+                    raise WorkerDied("the run is stopping")
+                self.workers[key] = worker
         return worker
 
+    def _drop(self, framework: str, lane: int | None) -> None:
+        with self._lock:
+            self.workers.pop((lane, framework), None)
+
+    def warm(self, frameworks: set[str]) -> None:
+        """Start (in the background) the every-core workers of ``frameworks``, importing their
+        framework, while side-by-side jobs still run: the speed phases that follow then do not
+        wait for a framework import each."""
+        if self.lanes == 1:
+            return
+
+        def start(framework: str) -> None:
+            try:
+                self._worker(framework, preload=True)
+            except WorkerDied:
+                pass  # started again, with its error, when a job needs it
+
+        for framework in sorted(frameworks):
+            threading.Thread(target=start, args=(framework,), daemon=True).start()
+
+    def _shareable(self, job: Job | SpeedTask) -> bool:
+        return self.lanes > 1 and isinstance(job, Job) and not job.timed and job.world_size == 1
+
     def run_jobs(self, jobs: list[Job], progress: JobProgressFn) -> Iterator[dict[str, Any]]:
-        """Run ``jobs`` in order and yield each one's record as it finishes."""
+        """Run ``jobs`` (the shareable ones side by side first, then the rest in order) and yield
+        each one's record as it finishes."""
+        shared = [job for job in jobs if self._shareable(job)]
+        if shared:
+            yield from self._run_side_by_side(shared, progress)
         for job in jobs:
+            if self._shareable(job):
+                continue
             started_at = time.time()
             record = self.run(job, lambda step, total, job=job: progress(job, step, total))
             record["placement"] = local_placement(job.timed, started_at, time.time()).to_dict()
             yield record
 
-    def run(self, job: Job, progress: ProgressFn) -> dict[str, Any]:
+    def _run_side_by_side(self, jobs: list[Job], progress: JobProgressFn) -> Iterator[dict[str, Any]]:
+        todo: queue.Queue[Job] = queue.Queue()
+        for job in jobs:
+            todo.put(job)
+        finished: queue.Queue[tuple[Job, dict[str, Any]]] = queue.Queue()
+        spans: dict[str, list[float]] = {}  # job id → [started, finished or inf]
+
+        def lane(number: int) -> None:
+            while not self._closing.is_set():
+                try:
+                    job = todo.get_nowait()
+                except queue.Empty:
+                    return
+                with self._lock:
+                    spans[job.job_id] = [time.time(), float("inf")]
+                record = self.run(job, lambda step, total, job=job: progress(job, step, total), lane=number)
+                with self._lock:
+                    spans[job.job_id][1] = time.time()
+                finished.put((job, record))
+
+        for number in range(min(self.lanes, len(jobs))):
+            threading.Thread(target=lane, args=(number,), daemon=True, name=f"lane-{number}").start()
+        for _ in jobs:
+            while True:
+                try:
+                    job, record = finished.get(timeout=0.5)
+                    break
+                except queue.Empty:
+                    continue
+            with self._lock:
+                started_at, finished_at = spans[job.job_id]
+                together = most_at_once(list(spans.values()), started_at, finished_at)
+            record["placement"] = local_placement(job.timed, started_at, finished_at, together).to_dict()
+            yield record
+
+    def run(self, job: Job, progress: ProgressFn, lane: int | None = None) -> dict[str, Any]:
         timeout_s = self.config.runner.job_timeout_s
         if job.world_size > 1:
             from precision_suite.distributed import run_distributed
 
             return run_distributed(job, timeout_s, self.out_dir / "logs", self.env)
         try:
-            worker = self._worker(job.framework)
+            worker = self._worker(job.framework, lane)
         except WorkerDied as exc:
             return failed_record(job, "crashed", str(exc))
         since = worker.log_offset()
@@ -275,31 +358,49 @@ class Executor:
             record = worker.run(job, timeout_s, track)
         except TimeoutError:
             worker.kill()
-            self.workers.pop(job.framework, None)
+            self._drop(job.framework, lane)
             where = f" (last report: step {last_step[0]}/{last_step[1]})" if last_step[1] else ""
             return failed_record(job, "timeout", f"exceeded runner.job_timeout_s={timeout_s:g}s{where}; worker killed")
         except WorkerDied as exc:
             tail = worker.stderr_tail(since)
             worker.kill()
-            self.workers.pop(job.framework, None)
+            self._drop(job.framework, lane)
             where = f" at step {last_step[0]}/{last_step[1]}" if last_step[1] else ""
             record = failed_record(job, "crashed", f"{exc}{where}")
             record["stderr_tail"] = tail
             return record
         if self.config.runner.isolation == "per-job":
             worker.stop()
-            self.workers.pop(job.framework, None)
+            self._drop(job.framework, lane)
         return record
 
+    def _take_workers(self) -> list[Worker]:
+        with self._lock:
+            workers = list(self.workers.values())
+            self.workers.clear()
+        return workers
+
     def close(self) -> None:
-        for worker in self.workers.values():
+        self._closing.set()
+        for worker in self._take_workers():
             worker.stop()
-        self.workers.clear()
 
     def kill_all(self) -> None:
-        for worker in self.workers.values():
+        self._closing.set()
+        for worker in self._take_workers():
             worker.kill()
-        self.workers.clear()
+
+
+def most_at_once(spans: list[list[float]], start: float, end: float) -> int:
+    """The most of ``spans`` ([start, end], end may be inf) running at one moment within
+    [``start``, ``end``]: how many jobs shared the machine with one that ran then, itself included."""
+    inside = [(max(a, start), min(b, end)) for a, b in spans if a <= end and b >= start]
+    events = sorted([(a, 1) for a, _ in inside] + [(b, -1) for _, b in inside], key=lambda e: (e[0], -e[1]))
+    most = running = 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    return max(most, 1)
 
 
 def failed_record(job: Job | SpeedTask, status: str, message: str) -> dict[str, Any]:
@@ -405,11 +506,13 @@ def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool
             # Round by round: the matrix, then (seeds on demand) the jobs of each later look;
             # then the timed speed phases, when no training job is left to compete with them.
             training = [job for job in pending if not isinstance(job, SpeedTask)]
+            phases = [task for task in pending if isinstance(task, SpeedTask)]
+            if training and isinstance(executor, Executor):
+                executor.warm({task.framework for task in phases if availability[task.backend].ok})
             for round_jobs in rounds_on_demand(
                 config, config.device, training, results_path, lambda j: j.job_id in done, more_seeds
             ):
                 _run_round(config, executor, round_jobs, availability, write, on_step)
-            phases = [task for task in pending if isinstance(task, SpeedTask)]
             _run_round(config, executor, phases, availability, write, on_step)
     except KeyboardInterrupt:
         summary.interrupted = True

@@ -54,6 +54,15 @@ def main() -> int:
     from precision_suite.speed import SPEED_KIND, SpeedTask, run_speed_task
 
     _send(out, {"type": "ready", "pid": os.getpid()})
+    preload = os.environ.get("PRECISION_SUITE_PRELOAD")
+    if preload:
+        # Started ahead of its jobs (runner.parallel_jobs): import the framework while it waits.
+        import importlib
+
+        try:
+            importlib.import_module(preload)
+        except Exception as exc:  # the first job that needs it reports the error
+            print(f"[worker {os.getpid()}] preload {preload}: {exc}", file=sys.stderr, flush=True)
     for line in sys.stdin:
         message = json.loads(line)
         if message.get("type") == "exit":
