@@ -1,8 +1,10 @@
 """What a comparison looks like: rich tables in the terminal, report.md, a self-contained
 report.html with plots, summary.csv and the plot PNGs.
 
-``cells`` formats the values every rendering shows; ``terminal``, ``plots`` and ``documents``
-render them; this module re-exports what the CLI and the outputs use.
+``cells`` formats the values every rendering shows; ``sections`` says once what the report
+shows (a list of sections of tables, paragraphs, bullet lists and plots); ``terminal`` and
+``documents`` only draw those sections, ``plots`` draws the figures; this module re-exports what
+the CLI and the outputs use.
 """
 
 from precision_suite.report.cells import (  # noqa: F401
@@ -26,7 +28,6 @@ from precision_suite.report.cells import (  # noqa: F401
 )
 from precision_suite.report.documents import (  # noqa: F401
     SUMMARY_COLUMNS,
-    environment_table,
     render_html,
     render_markdown,
     summary_row,
@@ -38,8 +39,19 @@ from precision_suite.report.plots import (  # noqa: F401
     make_plots,
     slug,
 )
-from precision_suite.report.terminal import (  # noqa: F401
+from precision_suite.report.sections import (  # noqa: F401
+    DOCUMENTS,
+    TERMINAL,
+    Report,
+    Section,
+    build_report,
+    environment_table,
     group_title,
+    job_note_sections,
+    view,
+)
+from precision_suite.report.terminal import (  # noqa: F401
+    print_sections,
     print_verdicts,
     render_terminal,
 )

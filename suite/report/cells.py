@@ -1,5 +1,5 @@
 """Cell formatting shared by every rendering: accuracy, deltas, speedups, memory, verdict
-cells and the equivalence-table cells."""
+cells and the equivalence-table cells; the styles a rendering draws them in."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from precision_suite.compare import (
     FAIL,
     FAILED,
     INCONCLUSIVE,
+    INFO,
     NO_BASELINE,
     PASS,
     Comparison,
@@ -16,8 +17,31 @@ from precision_suite.compare import (
 )
 from precision_suite.stats import MAX_SUGGESTED_SEEDS
 
-STYLE = {PASS: "green", FAIL: "red", FAILED: "red", NO_BASELINE: "yellow", INCONCLUSIVE: "bold yellow"}
-CSS_CLASS = {PASS: "pass", FAIL: "fail", FAILED: "fail", NO_BASELINE: "warn", INCONCLUSIVE: "warn"}
+# Styles a piece of text may carry besides an outcome: a caveat on a number (emulated, noisy,
+# the seeds advice) and a name to be read literally (a job id).
+CAVEAT = "caveat"
+CODE = "code"
+# How each style is drawn: rich styles in the terminal, CSS classes in report.html (a CODE piece
+# is a <code> element there); report.md has no colour.
+STYLE = {
+    PASS: "green",
+    FAIL: "red",
+    FAILED: "red",
+    NO_BASELINE: "yellow",
+    INCONCLUSIVE: "bold yellow",
+    INFO: "dim",
+    CAVEAT: "yellow",
+    CODE: "dim",
+}
+CSS_CLASS = {
+    PASS: "pass",
+    FAIL: "fail",
+    FAILED: "fail",
+    NO_BASELINE: "warn",
+    INCONCLUSIVE: "warn",
+    INFO: "info",
+    CAVEAT: "warn",
+}
 FRAMEWORK_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
 
 # --- cell formatting -------------------------------------------------------------------------
@@ -44,7 +68,8 @@ def fmt_delta(row: Row) -> str:
     return _minus(f"{row.delta_pts:+.2f}")
 
 
-def fmt_speedup(row: Row) -> str:
+def speedup_figure(row: Row) -> str:
+    """The speedup and its CI or range, without the caveat (``speedup_caveat``)."""
     if row.is_baseline:
         return "1.00× (baseline)"
     if row.speedup is None:
@@ -54,10 +79,19 @@ def fmt_speedup(row: Row) -> str:
         spread = f" (CI {row.speedup_min:.2f}–{row.speedup_max:.2f})"
     elif row.speedup_min is not None and row.speedup_max is not None and len(row.seeds_ok) > 1:
         spread = f" ({row.speedup_min:.2f}–{row.speedup_max:.2f})"
-    text = f"{row.speedup:.2f}×{spread}"
-    if row.emulated:
-        return f"{text} emulated"
-    return f"{text} noisy" if row.noisy_reason else text
+    return f"{row.speedup:.2f}×{spread}"
+
+
+def speedup_caveat(row: Row) -> str:
+    """Why a shown speedup is not claimed: "emulated", "noisy", or "" when it is."""
+    if row.is_baseline or row.speedup is None:
+        return ""
+    return "emulated" if row.emulated else "noisy" if row.noisy_reason else ""
+
+
+def fmt_speedup(row: Row) -> str:
+    caveat = speedup_caveat(row)
+    return f"{speedup_figure(row)} {caveat}" if caveat else speedup_figure(row)
 
 
 def speed_explanation(group: Group) -> str:
@@ -111,18 +145,24 @@ def fmt_seeds(row: Row) -> str:
     return text
 
 
+def verdict_label(verdict: Verdict) -> str:
+    """The outcome as a verdict is shown: "PASS", or "FAIL (info)" when it is information only."""
+    return verdict.outcome.upper() + ("" if verdict.enforced else " (info)")
+
+
+def verdict_style(verdict: Verdict) -> str:
+    """The style a verdict is drawn in: its outcome, or INFO when it is information only."""
+    return verdict.outcome if verdict.enforced else INFO
+
+
 def verdict_cells(row: Row) -> list[tuple[str, str]]:
-    """(text, outcome) per verdict of the row, in a fixed order."""
+    """(text, style) per verdict of the row, in a fixed order."""
     cells = []
     for verdict in row.verdicts:
         name = "precision" if verdict.name == "precision-active" else verdict.name
-        if verdict.name == "status":
-            cells.append(("FAILED", FAILED) if verdict.enforced else ("FAILED (info)", "info"))
-            continue
-        text = f"{name} {verdict.outcome.upper()}"
-        if not verdict.enforced:
-            text += " (info)"
-        cells.append((text, verdict.outcome if verdict.enforced else "info"))
+        # A failed status is the whole row's story; its name would only repeat it.
+        text = verdict_label(verdict) if verdict.name == "status" else f"{name} {verdict_label(verdict)}"
+        cells.append((text, verdict_style(verdict)))
     return cells
 
 
@@ -166,7 +206,6 @@ def equivalence_cells(label: str, verdict: Verdict, run_dir: str | None) -> list
     eq = verdict.equivalence
     assert eq is not None
     interval = eq.interval
-    outcome = verdict.outcome.upper() + ("" if verdict.enforced else " (info)")
     return [
         verdict.name,
         label,
@@ -176,7 +215,7 @@ def equivalence_cells(label: str, verdict: Verdict, run_dir: str | None) -> list
         else _minus(f"{100 * eq.ci_level:.4g}% [{interval.low:+.2f}, {interval.high:+.2f}]")
         + f" {eq.method} n={interval.n}",
         f"±{eq.tolerance_pts:g}",
-        outcome,
+        verdict_label(verdict),
         "—" if eq.pairing_gain is None else f"×{eq.pairing_gain:.2f}",
         seeds_advice(verdict, run_dir) or "—",
     ]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import csv
+import html
 import re
 
 import pytest
 from precision_suite import report
 from precision_suite.compare import compare
+from precision_suite.scaling import ScalingRow
 from rich.console import Console
 
 from tests.helpers.records import default_run, make_record
@@ -127,6 +129,42 @@ def test_reports_survive_only_failed_records(tmp_path):
     assert [p.name for p in paths] == ["report.md", "report.html", "summary.csv"]
     assert "check FAILS" in (tmp_path / "report.html").read_text()
     assert "boom" in terminal_text(report.render_terminal, comparison)
+
+
+def test_terminal_markdown_and_html_show_the_models_sections_in_the_same_order():
+    records = run_records()
+    comparison = compare(records)
+    comparison.scaling = [
+        ScalingRow("mlp", "digits", "cpu", "torch-amp", "fp32", n, 1000.0 * n, 1000.0, 1.0, None, None, None)
+        for n in (1, 2)
+    ]
+    model = report.build_report(comparison, records)
+    in_terminal = [s.title for s in report.view(model.sections, report.TERMINAL)]
+    in_documents = [s.title for s in report.view(model.sections, report.DOCUMENTS)]
+    assert in_terminal == [
+        "mlp · digits · cpu — Test CPU",
+        "Data-parallel weak scaling",
+        "Failed jobs (2)",
+        "Unavailable jobs (not failures) (1)",
+    ]
+    # The documents show the terminal's sections, in the same order, and the long-form ones.
+    assert [t for t in in_documents if t in in_terminal] == in_terminal
+    assert {"Verdicts", "Environment"} <= set(in_documents) - set(in_terminal)
+
+    text = "\n" + terminal_text(report.render_terminal, comparison)
+    markdown = report.render_markdown(comparison, records, [])
+    page = report.render_html(comparison, records, [])
+    for rendered, titles, heading in (
+        (text, in_terminal, "\n{}\n"),
+        (markdown, in_documents, "\n## {}\n"),
+        (page, [html.escape(t) for t in in_documents], ">{}</h2>"),
+    ):
+        positions = [rendered.find(heading.format(title)) for title in titles]
+        assert -1 not in positions and positions == sorted(positions), (titles, positions)
+    assert "\nVerdicts\n" not in text and "\nEnvironment\n" not in text
+    # One table, two forms: the terminal's short headers without the dtype columns.
+    assert "acc %" in text and "final scale" not in text
+    assert "| accuracy % (95% CI) |" in markdown and "<th>final scale</th>" in page
 
 
 # --- the HTML in a real browser --------------------------------------------------------------
