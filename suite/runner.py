@@ -303,19 +303,18 @@ class Executor:
             yield record
 
     def _run_side_by_side(self, jobs: list[Job], progress: JobProgressFn) -> Iterator[dict[str, Any]]:
-        todo: queue.Queue[Job] = queue.Queue()
-        for job in jobs:
-            todo.put(job)
+        pending = list(jobs)
+        current: dict[int, tuple[str, ...]] = {}  # lane → the kind of job it runs or ran last
         finished: queue.Queue[tuple[Job, dict[str, Any]]] = queue.Queue()
         spans: dict[str, list[float]] = {}  # job id → [started, finished or inf]
 
         def lane(number: int) -> None:
             while not self._closing.is_set():
-                try:
-                    job = todo.get_nowait()
-                except queue.Empty:
-                    return
                 with self._lock:
+                    if not pending:
+                        return
+                    job = pending.pop(next_for_lane(pending, current.get(number), set(current.values())))
+                    current[number] = job_kind(job)
                     spans[job.job_id] = [time.time(), float("inf")]
                 record = self.run(job, lambda step, total, job=job: progress(job, step, total), lane=number)
                 with self._lock:
@@ -389,6 +388,21 @@ class Executor:
         self._closing.set()
         for worker in self._take_workers():
             worker.kill()
+
+
+def job_kind(job: Job) -> tuple[str, ...]:
+    """Jobs of one kind differ only in seed (or are its noise-floor runs): a worker that just ran
+    one can reuse what it built for it (compiled steps, caches), so a lane keeps to one kind."""
+    return (job.backend, job.model.name, job.policy, job.data.name, str(job.train.batch_size))
+
+
+def next_for_lane(pending: list[Job], last: tuple[str, ...] | None, busy: set[tuple[str, ...]]) -> int:
+    """Index in ``pending`` of the job a free lane takes: one of the kind it ran last, else the
+    first of a kind no other lane is on, else the first."""
+    kinds = [job_kind(job) for job in pending]
+    if last is not None and last in kinds:
+        return kinds.index(last)
+    return next((i for i, kind in enumerate(kinds) if kind not in busy), 0)
 
 
 def most_at_once(spans: list[list[float]], start: float, end: float) -> int:

@@ -11,7 +11,8 @@ import time
 import pytest
 from precision_suite.config import MAX_AUTO_PARALLEL_JOBS, load_config
 from precision_suite.measure import available_cores
-from precision_suite.runner import most_at_once
+from precision_suite.plan import expand_jobs
+from precision_suite.runner import job_kind, most_at_once, next_for_lane
 
 from tests.helpers.cli import REPO_ROOT, read_run, run_cli
 from tests.helpers.marks import needs_torch
@@ -25,6 +26,20 @@ def test_most_at_once_counts_overlaps_at_one_moment():
     assert most_at_once(spans, 0.0, 10.0) == 2
     assert most_at_once([[0.0, 1.0]], 0.0, 1.0) == 1
     assert most_at_once([[0.0, 4.0], [1.0, 3.0], [2.0, 5.0]], 0.0, 4.0) == 3
+
+
+def test_a_free_lane_keeps_to_one_kind_of_job():
+    config = load_config(SMOKE, ["seeds=[0,1,2]", "runner.parallel_jobs=2"])
+    jobs = [j for j in expand_jobs(config, "cpu") if not j.perturb_ulp]
+    fp32, bf16 = job_kind(jobs[0]), job_kind(jobs[3])
+    assert [job_kind(j) for j in jobs] == [fp32] * 3 + [bf16] * 3
+    # A lane that ran fp32 takes the next fp32 job, wherever it is in the queue.
+    assert next_for_lane(jobs[3:] + jobs[2:3], fp32, {fp32}) == 3
+    # A fresh lane takes the first kind no other lane is on.
+    assert next_for_lane(jobs[1:], None, {fp32}) == 2
+    assert next_for_lane(jobs[1:], None, set()) == 0
+    # Every kind taken: the first job.
+    assert next_for_lane(jobs[1:], bf16 + ("x",), {fp32, bf16}) == 0
 
 
 def test_auto_runs_side_by_side_only_where_no_speed_claim_depends_on_it():
@@ -107,7 +122,9 @@ def test_sigint_with_jobs_side_by_side_stops_every_worker(fake_backends, fake_co
         proc.kill()
     assert proc.returncode == 130, stderr
     assert f"precision-suite run --resume {out}" in stdout
-    assert all(r["status"] == "ok" for r in read_run(out))
+    # Only what finished is written (the fake's tf32 is unavailable on a CPU, not a failure).
+    statuses = {r["job_id"]: r["status"] for r in read_run(out)}
+    assert set(statuses.values()) <= {"ok", "unavailable"}, statuses
     pids = _pids_in(out / "logs")
     assert len(pids) >= 2
     time.sleep(0.2)
