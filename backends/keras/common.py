@@ -1,6 +1,7 @@
 """What every Keras 3 runtime backend shares (tf-keras, keras-jax): the policy table, the
 loss-scale mapping and its checks, the optimizer (with its ``LossScaleOptimizer``), the loss,
-the observed precision, CPU memory accounting and checkpoints.
+the observed precision, CPU memory accounting, checkpoints, and the compiled steps a worker's
+later jobs reuse (``COMPILED_STEPS``).
 
 Importing this module imports no framework: ``is_available`` and ``config_problem`` use it in
 the parent process. Keras itself is imported through ``import_keras``, which picks the Keras
@@ -12,9 +13,12 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import json
 import os
 import sys
 import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -79,9 +83,102 @@ def import_keras(runtime: str) -> Any:
     for name in _KERAS_MODULES:
         if name in sys.modules:
             importlib.reload(sys.modules[name])
+    COMPILED_STEPS.clear()  # built with the Keras that was just replaced
     if keras.backend.backend() != runtime:
         raise RuntimeError(f'Keras could not be switched to its "{runtime}" backend (KERAS_BACKEND)')
     return keras
+
+
+# ------------------------------------------------------------------ compiled steps across jobs
+# A worker runs many jobs that differ only in what their compiled functions read as values: the
+# seed (initial weights, batch order, dropout state), the one-ulp nudge of a noise-floor run, where
+# it stops. Tracing and compiling the train step and the evaluation is most of a small CPU job's
+# time, so the next job of the same structure in the worker reuses them (docs/architecture.md,
+# "Compiled steps reused across jobs"). PRECISION_SUITE_KERAS_REUSE=0 turns it off.
+REUSE_ENV = "PRECISION_SUITE_KERAS_REUSE"
+# What the cache may hold, the least recently returned entry dropped first. An entry holds its
+# model, optimizer and compiled functions (tf-keras: also the data tensors its graph captured):
+# for the default models and digits 1-4 MiB of RSS each (all 9 tf-keras structures of the default
+# run: +29 MiB), so a worker keeps every structure until its noise-floor runs, which come last.
+# The byte budget (variables and captured data) keeps a large data set from being held per entry.
+REUSE_MAX_ENTRIES = 16
+REUSE_MAX_BYTES = 512 * 2**20
+# Job fields that only choose values or bookkeeping, never the structure of a compiled step. Every
+# other field is part of the key, whether or not it shapes the step today.
+STEP_NEUTRAL_JOB_FIELDS = ("job_id", "seed", "perturb_ulp", "stop_after_steps", "config_hash", "seed_looks", "timed")
+# What the environment's "compiled_step" says.
+COMPILED_STEP_TRACED = "traced"
+COMPILED_STEP_REUSED = "reused from an earlier job in this worker"
+
+
+@dataclass
+class CompiledFunctions:
+    """What one job's setup compiled, for a later job of the same structure: the model and
+    optimizer the functions were traced with, and the runtime's own functions (and tensors)."""
+
+    model: Any
+    optimizer: Any
+    inner_optimizer: Any
+    runtime: dict[str, Any]
+    nbytes: int = 0  # what its variables and captured tensors hold
+
+
+class CompiledStepCache:
+    """Compiled functions by job structure, for the worker process's later jobs. A job takes its
+    entry out while it runs and puts it back at teardown, so no two live jobs (the speed phase
+    sets several up at once) ever share a model. An entry serves only jobs on the very
+    ``Dataset`` object it was built with (the worker's ``cached_dataset``): a graph may hold the
+    data itself."""
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, tuple[Dataset, CompiledFunctions]] = OrderedDict()
+
+    def take(self, key: str | None, data: Dataset) -> CompiledFunctions | None:
+        if key is None or key not in self._entries or self._entries[key][0] is not data:
+            return None
+        return self._entries.pop(key)[1]
+
+    def put(self, key: str, data: Dataset, functions: CompiledFunctions) -> None:
+        self._entries[key] = (data, functions)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries or self.nbytes > self.max_bytes:
+            self._entries.popitem(last=False)  # the least recently returned (last: this one)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(functions.nbytes for _, functions in self._entries.values())
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+COMPILED_STEPS = CompiledStepCache(REUSE_MAX_ENTRIES, REUSE_MAX_BYTES)
+
+
+def reuse_enabled() -> bool:
+    return os.environ.get(REUSE_ENV, "1").strip() != "0"
+
+
+def compiled_step_key(job: Job, data: Dataset) -> str:
+    """Everything a job's compiled functions may depend on: the job but its
+    ``STEP_NEUTRAL_JOB_FIELDS``, and the data's shapes and dtypes."""
+    described = {k: v for k, v in job.to_dict().items() if k not in STEP_NEUTRAL_JOB_FIELDS}
+    arrays = (data.x_train, data.y_train, data.x_test, data.y_test)
+    shapes = [[list(a.shape), str(a.dtype)] for a in arrays]
+    return json.dumps([described, shapes, data.name, data.num_classes], sort_keys=True, default=str)
+
+
+def same_variable_layout(variables: Any, others: Any) -> bool:
+    """Whether two lists of Keras variables pair up one to one in order, shape and dtype."""
+    variables, others = list(variables), list(others)
+    return len(variables) == len(others) and all(
+        tuple(a.shape) == tuple(b.shape) and a.dtype == b.dtype for a, b in zip(variables, others, strict=True)
+    )
 
 
 def keras_config_problem(backend_name: str, job: Job) -> str | None:
@@ -196,6 +293,9 @@ class KerasBackend(Backend):
 
     policies = tuple(KERAS_DTYPE_POLICIES)
     runtime_name: ClassVar[str]  # for messages: "TensorFlow", "JAX"
+    # Whether a later job may reuse this class's compiled functions (``COMPILED_STEPS``); not a
+    # class whose step holds per-job state (the data-parallel step: its strategy, its faults).
+    reuses_compiled_steps: ClassVar[bool] = True
 
     @classmethod
     def is_available(cls) -> Availability:  # type: ignore[override]
@@ -215,6 +315,50 @@ class KerasBackend(Backend):
         self.policy = POLICY_SPECS[job.policy]
         self.loss_mode = job.loss_scaling_mode
         return keras
+
+    def find_compiled(self, data: Dataset) -> CompiledFunctions | None:
+        """Take the functions an earlier job of this job's structure compiled in this worker out
+        of ``COMPILED_STEPS``, or None; sets ``compiled_step`` to what happens otherwise. Shared
+        only on a CPU: on a GPU a cached model would hold device memory and inflate a later job's
+        allocator peak."""
+        self.compiled_key: str | None = None
+        self.compiled_data = data
+        self.compiled: CompiledFunctions | None = None
+        if not self.reuses_compiled_steps:
+            self.compiled_step = f"{COMPILED_STEP_TRACED} (not shared by {type(self).__name__})"
+        elif not reuse_enabled():
+            self.compiled_step = f"{COMPILED_STEP_TRACED} (reuse off: {REUSE_ENV}=0)"
+        elif self.job.device != "cpu":
+            self.compiled_step = f"{COMPILED_STEP_TRACED} (reused on CPU only)"
+        else:
+            self.compiled_step = COMPILED_STEP_TRACED
+            self.compiled_key = compiled_step_key(self.job, data)
+        return COMPILED_STEPS.take(self.compiled_key, data)
+
+    def adopt_compiled(self, cached: CompiledFunctions | None) -> bool:
+        """Make ``cached``'s model and optimizer this job's: every variable takes the value this
+        job's freshly built one holds (initial weights, dropout seed state, zero slots, step
+        counters, loss scale), exactly what a fresh trace would start from, and the fresh objects
+        are dropped. False, changing nothing, if there is no entry or its variables do not pair up
+        with the fresh ones (the job then traces its own)."""
+        if cached is None:
+            return False
+        pairs = ((cached.model.variables, self.model.variables), (cached.optimizer.variables, self.optimizer.variables))
+        if not all(same_variable_layout(targets, sources) for targets, sources in pairs):
+            return False
+        for targets, sources in pairs:
+            for target, source in zip(targets, sources, strict=True):
+                target.assign(source.value)
+        self.model, self.optimizer, self.inner_optimizer = cached.model, cached.optimizer, cached.inner_optimizer
+        self.compiled, self.compiled_step = cached, COMPILED_STEP_REUSED
+        return True
+
+    def keep_compiled(self, runtime: dict[str, Any], captured_bytes: int = 0) -> None:
+        """This job's compiled functions (``runtime``: the runtime's own, with the tensors they
+        captured, ``captured_bytes`` of them), with the model and optimizer they were traced with:
+        ``release`` offers them to later jobs."""
+        nbytes = _nbytes(self.model.variables) + _nbytes(self.optimizer.variables) + captured_bytes
+        self.compiled = CompiledFunctions(self.model, self.optimizer, self.inner_optimizer, runtime, nbytes)
 
     def build_model_and_optimizer(
         self, keras: Any, init_weights: dict[str, np.ndarray], data: Dataset, optimizer_rules: str = "torch"
@@ -252,8 +396,12 @@ class KerasBackend(Backend):
         return MemoryStats(int(peak), source, breakdown, observed)
 
     def release(self, *runtime_attrs: str) -> None:
-        """Drop the job's model, optimizer, data and compiled functions (and ``runtime_attrs``),
-        then Keras' global state: the start of ``teardown``."""
+        """Offer the job's compiled functions to later jobs (``COMPILED_STEPS``), drop its model,
+        optimizer, data and compiled functions (and ``runtime_attrs``), then Keras' global state
+        unless the functions stay cached: the start of ``teardown``."""
+        key, compiled = getattr(self, "compiled_key", None), getattr(self, "compiled", None)
+        if key is not None and compiled is not None:
+            COMPILED_STEPS.put(key, self.compiled_data, compiled)
         for attr in (
             "_step_fn",
             "_eval_fn",
@@ -264,11 +412,15 @@ class KerasBackend(Backend):
             "y_train",
             "x_test",
             "y_test",
+            "compiled",
+            "compiled_data",
             *runtime_attrs,
         ):
             if hasattr(self, attr):
                 delattr(self, attr)
-        if "keras" in sys.modules:
+        # Clearing the session would also clear TensorFlow's kernel cache (the cached graphs would
+        # be instantiated again on their next call) and collect all garbage (0.2-0.4 s a job).
+        if "keras" in sys.modules and key is None:
             import keras
 
             keras.backend.clear_session()

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 
 class MirroredTfKerasBackend(TfKerasBackend):
+    # Its step holds this job's strategy and injected faults; each such job has its own process.
+    reuses_compiled_steps = False
+
     @classmethod
     def init_process(cls, job: Job) -> None:
         """Split the CPU into N logical devices, before TensorFlow initialises its runtime."""

@@ -13,8 +13,8 @@ Keras ones shared with tf-keras (``backends/keras/common.py``). What is JAX's ow
   donated, so each step updates it in place on the device and nothing waits for the host.
   (Keras' variables hold the state of ``setup`` and are written back only for checkpoints.)
 * XLA always: it is how JAX runs, and the record says so (``jit_compile: true``). A worker
-  compiles the step once per job structure on CPU: later seeds reuse it
-  (``compiled_step_reused``).
+  compiles the step once per job structure on CPU: its later jobs of that structure (other seeds,
+  noise-floor runs) reuse it (``COMPILED_STEPS`` in ``common.py``; the record's ``compiled_step``).
 * Loss, scale used and skipped flag of each step are written into an on-device buffer inside
   the step; ``drain_telemetry`` reads the buffers in one transfer.
 * fp32 matmuls and convolutions run at ``highest`` precision (JAX's GPU default would be TF32);
@@ -26,7 +26,6 @@ Keras ones shared with tf-keras (``backends/keras/common.py``). What is JAX's ow
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -46,12 +45,6 @@ if TYPE_CHECKING:
 
 # Steps a telemetry buffer holds; a full one is set aside (unread) and a new one started.
 TELEMETRY_CAPACITY = 1024
-# Jitted (step, evaluate) functions by job structure, reused by the next CPU job of the same
-# structure in this worker (another seed): tracing and XLA compilation are most of a small job's
-# time on a CPU. The functions read the model and optimizer they were built with for structure
-# only (stateless_call / stateless_apply); every value comes in through their arguments.
-_COMPILED: dict[str, tuple[Any, Any]] = {}
-_COMPILED_MAX = 16
 
 
 def _jax_device(jax: Any, device: str) -> Any:
@@ -94,30 +87,19 @@ class KerasJaxBackend(KerasBackend):
         self.x_train, self.x_test = on_device(np.ascontiguousarray(x_train)), on_device(np.ascontiguousarray(x_test))
         self.y_train = on_device(data.y_train.astype(np.int32))
         self.y_test = on_device(data.y_test.astype(np.int32))
+        cached = self.find_compiled(data)
         with jax.default_device(self.device):
             self.build_model_and_optimizer(keras, init_weights, data)
+        # The jitted functions read the model and optimizer they were traced with for structure
+        # only (stateless_call / stateless_apply): every value comes in through the state.
+        if self.adopt_compiled(cached):
+            self._step_fn, self._eval_fn = cached.runtime["step"], cached.runtime["eval"]
+        else:
+            self._step_fn, self._eval_fn = self._build_functions(jax)
+            self.keep_compiled({"step": self._step_fn, "eval": self._eval_fn})
         self._state_from_variables()
         self._pending = 0  # steps written into the current telemetry buffer
         self._full_buffers: list[Any] = []
-        # Only on CPU: the cached functions keep their first job's model (and its device
-        # memory) alive, which would inflate every later GPU job's allocator peak.
-        key = self._structure_key(keras, data) if job.device == "cpu" else None
-        self.compiled_reused = key in _COMPILED
-        if self.compiled_reused:
-            self._step_fn, self._eval_fn = _COMPILED[key]
-        else:
-            self._step_fn, self._eval_fn = self._build_functions(jax)
-            if key is not None:
-                if len(_COMPILED) >= _COMPILED_MAX:
-                    _COMPILED.pop(next(iter(_COMPILED)))
-                _COMPILED[key] = (self._step_fn, self._eval_fn)
-
-    def _structure_key(self, keras: Any, data: Dataset) -> str:
-        """Everything the jitted functions' structure depends on: the job but its seed (and
-        ids), the data shapes, and which Keras module they were built with."""
-        described = {k: v for k, v in self.job.to_dict().items() if k not in ("job_id", "seed", "config_hash")}
-        shapes = [list(data.x_train.shape), list(data.x_test.shape), data.num_classes]
-        return json.dumps([described, shapes, id(keras)], sort_keys=True, default=str)
 
     def _state_from_variables(self) -> None:
         """The training state, copied from the Keras variables (the step donates its buffers,
@@ -292,9 +274,7 @@ class KerasJaxBackend(KerasBackend):
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "xla_python_client_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
             "jit_compile": True,  # XLA always: it is how JAX runs
-            # The step compiled for an earlier job of the same structure (another seed) was
-            # reused: this job's warm-up holds no tracing or compilation.
-            "compiled_step_reused": self.compiled_reused,
+            "compiled_step": self.compiled_step,
             "matmul_precision": self.matmul_precision,
             "tf32": self.policy.tf32,
             "jax_enable_x64": bool(jax.config.jax_enable_x64),

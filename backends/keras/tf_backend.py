@@ -10,7 +10,8 @@ One optimizer step is a compiled ``tf.function`` (``jit_compile`` is an explicit
 Keras' "auto"): rows gathered on the device from the resident data, micro-batches
 (``grad_accumulation``) each adding ``scale·loss/n`` gradients, then ``optimizer.apply``. Loss,
 scale and skipped flag go into an on-device buffer drained in one read, so no step waits for
-the host.
+the host. The traced step and evaluation serve the worker's later CPU jobs of the same structure
+(other seeds, noise-floor runs): ``COMPILED_STEPS`` in ``common.py``, the record's ``compiled_step``.
 
 Loss scaling (fp16-mixed) follows ``job.loss_scale`` through ``LossScaleOptimizer`` (dynamic)
 or ``loss_scale_factor`` (static, non-finite steps skipped here as GradScaler does); Keras grows
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
+from unittest import mock
 
 import numpy as np
 from precision_suite.backends.base import EvalResult, MemoryStats, Telemetry
@@ -86,18 +88,32 @@ class TfKerasBackend(KerasBackend):
         self.options = TfKerasOptions.model_validate(job.options)
         self._device = "/GPU:0" if job.device == "cuda" else "/CPU:0"
         self._configure_runtime(tf)
-        keras.utils.set_random_seed(job.seed)
+        cached = self.find_compiled(data)
+        if cached is None:
+            keras.utils.set_random_seed(job.seed)
+        else:
+            # Everything but TensorFlow's global seed, whose setter also clears TensorFlow's
+            # kernel cache: the cached graphs would be instantiated again on their first call
+            # (0.6 s for the default transformer on a 2-core CPU). That seed feeds only stateful TF
+            # random ops; the model build draws its seeds from Python's ``random`` and the graphs'
+            # dropout is stateless, seeded from a variable (tests/backends/keras/test_reuse.py).
+            with mock.patch.object(tf.random, "set_seed", lambda seed: None):
+                keras.utils.set_random_seed(job.seed)
 
         with self._placement(tf):
-            x_train = tf.constant(prepare_inputs(job.model, data.x_train))
-            x_test = tf.constant(prepare_inputs(job.model, data.x_test))
-            if job.model.kind == "cnn":
-                # Keras convs are channels-last; transposed once here, not per step.
-                x_train = tf.transpose(x_train, (0, 2, 3, 1))
-                x_test = tf.transpose(x_test, (0, 2, 3, 1))
-            self.x_train, self.x_test = x_train, x_test
-            self.y_train = tf.constant(data.y_train.astype(np.int32))
-            self.y_test = tf.constant(data.y_test.astype(np.int32))
+            if cached is not None:
+                # The data the cached graph captured: this very dataset, prepared for this model.
+                self.x_train, self.y_train, self.x_test, self.y_test = cached.runtime["data"]
+            else:
+                x_train = tf.constant(prepare_inputs(job.model, data.x_train))
+                x_test = tf.constant(prepare_inputs(job.model, data.x_test))
+                if job.model.kind == "cnn":
+                    # Keras convs are channels-last; transposed once here, not per step.
+                    x_train = tf.transpose(x_train, (0, 2, 3, 1))
+                    x_test = tf.transpose(x_test, (0, 2, 3, 1))
+                self.x_train, self.x_test = x_train, x_test
+                self.y_train = tf.constant(data.y_train.astype(np.int32))
+                self.y_test = tf.constant(data.y_test.astype(np.int32))
             self.num_classes = data.num_classes
             self.build_model_and_optimizer(keras, init_weights, data, self.options.optimizer_rules)
         # Each step returns its (loss, scale used, skipped) row as a device tensor; they are kept
@@ -105,7 +121,15 @@ class TfKerasBackend(KerasBackend):
         self._rows: list[Any] = []
         self._last_row: Any = None
         self._n_micro = job.train.grad_accumulation
+        if self.adopt_compiled(cached):
+            self._step_graph, self._eval_fn = cached.runtime["step"], cached.runtime["eval"]
+            return
+        if cached is not None:  # not adopted after all: trace as a job without a cache would
+            tf.random.set_seed(job.seed)
         self._build_functions(tf)
+        data_tensors = (self.x_train, self.y_train, self.x_test, self.y_test)
+        captured = sum(int(np.prod(t.shape)) * t.dtype.size for t in data_tensors)
+        self.keep_compiled({"step": self._step_graph, "eval": self._eval_fn, "data": data_tensors}, captured)
 
     def _placement(self, tf: Any) -> Any:
         """Where data, model and optimizer are created (a distribution strategy's scope in
@@ -188,10 +212,12 @@ class TfKerasBackend(KerasBackend):
 
         jit = self.options.jit_compile
         self._step_fn = tf.function(placed_step, jit_compile=jit, input_signature=[tf.TensorSpec([batch], tf.int32)])
-        self._eval_fn = self._eval_function(tf)
-        # The traced graph itself: calling it skips tf.function's per-call argument binding and
-        # dispatch (about 80 µs a step on a 2-core CPU), which the fixed signature makes moot.
+        # The traced graphs themselves: calling one skips tf.function's per-call argument binding
+        # and dispatch (about 80 µs a step on a 2-core CPU), which the fixed signature makes moot.
+        # Both are traced now, while this job's objects exist: a later job may reuse them.
         self._step_graph = self._step_fn.get_concrete_function()
+        with tf.device(self._device):
+            self._eval_fn = self._eval_function(tf).get_concrete_function()
 
     def _scaled_gradients(self, tf: Any, rows: Any, batch: int, replicas: int = 1) -> tuple[list, Any]:
         """Gradients of the scaled loss of the training ``rows`` (``batch`` of them), summed over
@@ -338,6 +364,7 @@ class TfKerasBackend(KerasBackend):
             "runtime_notes": list(self._runtime_notes),
             "loss_scaling": loss_scale_used(self.job),
             "optimizer_rules": self.options.optimizer_rules,
+            "compiled_step": self.compiled_step,
         }
 
     def teardown(self) -> None:
