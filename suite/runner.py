@@ -16,9 +16,11 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -44,7 +46,7 @@ from precision_suite.results import (
     read_records,
 )
 from precision_suite.sequential import rounds_on_demand
-from precision_suite.speed import SpeedTask, busy_warning, new_speed_record, speed_tasks
+from precision_suite.speed import WARM_KIND, SpeedTask, busy_warning, new_speed_record, speed_tasks
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -63,10 +65,9 @@ WORKER_START_TIMEOUT_S = 300.0
 JobProgressFn = Callable[[Job, int, int], None]
 
 
-def worker_environment(config: SuiteConfig, threads: int | None = None, preload: str | None = None) -> dict[str, str]:
+def worker_environment(config: SuiteConfig, threads: int | None = None) -> dict[str, str]:
     """The same thread count for every framework (docs/architecture.md, "Measurement rules"): by default the
-    cores this process may run on (``threads``: a side-by-side worker's share of them). ``preload``:
-    a framework module the worker imports as soon as it has started, before its first job."""
+    cores this process may run on (``threads``: a side-by-side worker's share of them)."""
     count = str(threads or config.runner.threads or available_cores())
     env = dict(os.environ)
     env.update(
@@ -79,8 +80,6 @@ def worker_environment(config: SuiteConfig, threads: int | None = None, preload:
             "PYTHONUNBUFFERED": "1",
         }
     )
-    if preload:
-        env["PRECISION_SUITE_PRELOAD"] = preload
     return env
 
 
@@ -91,7 +90,10 @@ class WorkerDied(RuntimeError):
 class Worker:
     """One ``python -m precision_suite.worker`` process and the pipe it answers on."""
 
-    def __init__(self, log_path: Path, env: dict[str, str]) -> None:
+    def __init__(self, log_path: Path, env: dict[str, str], wait: bool = True) -> None:
+        """Start the worker; with ``wait`` (default) return once it said it is ready. Without,
+        messages may be sent at once (they wait in its stdin); a worker that never starts shows
+        as a WorkerDied on its first job."""
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(
@@ -104,6 +106,8 @@ class Worker:
         )
         self._lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
+        if not wait:
+            return
         ready = self._next(time.monotonic() + WORKER_START_TIMEOUT_S)
         if ready is None or ready.get("type") != "ready":
             self.kill()
@@ -163,13 +167,16 @@ class Worker:
             return f"worker killed by {name}"
         return f"worker exited with code {code}"
 
-    def run(self, job: Job, timeout_s: float, progress: ProgressFn) -> dict[str, Any]:
+    def send(self, message: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write((json.dumps({"type": job.kind, "job": job.to_dict()}) + "\n").encode())
+            self.proc.stdin.write((json.dumps(message) + "\n").encode())
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             raise WorkerDied(self.describe_exit()) from None
+
+    def run(self, job: Job, timeout_s: float, progress: ProgressFn) -> dict[str, Any]:
+        self.send({"type": job.kind, "job": job.to_dict()})
         deadline = time.monotonic() + timeout_s
         while True:
             message = self._next(deadline)
@@ -242,22 +249,32 @@ class Executor:
         self.lanes = config.parallel_jobs()
         self.env = worker_environment(config)
         self.lane_env = worker_environment(config, config.runner.threads or max(1, available_cores() // self.lanes))
+        # One XLA compilation cache for the run's workers (keras-jax): a program one worker
+        # compiled, another loads instead of compiling it again (the same executable, so the same
+        # numbers). A user's own JAX_COMPILATION_CACHE_DIR is kept; this one is removed at close.
+        self._xla_cache: str | None = None
+        if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+            self._xla_cache = tempfile.mkdtemp(prefix="precision-suite-xla-")
+            for env in (self.env, self.lane_env):
+                env.update(
+                    {
+                        "JAX_COMPILATION_CACHE_DIR": self._xla_cache,
+                        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+                    }
+                )
         # (lane, framework) → worker; lane None: the workers with every core.
         self.workers: dict[tuple[int | None, str], Worker] = {}
         self.warnings: list[str] = []
         self._lock = threading.Lock()
         self._closing = threading.Event()
 
-    def _worker(self, framework: str, lane: int | None = None, preload: bool = False) -> Worker:
+    def _worker(self, framework: str, lane: int | None = None) -> Worker:
         key = (lane, framework)
         with self._lock:
             worker = self.workers.get(key)
         if worker is None or not worker.alive:
-            name = f"worker-{framework}.log" if lane is None else f"worker-{framework}-lane{lane}.log"
-            log = self.log_dir / name
-            log.parent.mkdir(parents=True, exist_ok=True)
-            env = self.env if lane is None else self.lane_env
-            worker = Worker(log, {**env, "PRECISION_SUITE_PRELOAD": framework} if preload else env)
+            worker = Worker(self._log_path(framework, lane), self.env if lane is None else self.lane_env)
             with self._lock:
                 if self._closing.is_set():
                     worker.kill()
@@ -265,25 +282,34 @@ class Executor:
                 self.workers[key] = worker
         return worker
 
+    def _log_path(self, framework: str, lane: int | None) -> Path:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        name = f"worker-{framework}.log" if lane is None else f"worker-{framework}-lane{lane}.log"
+        return self.log_dir / name
+
     def _drop(self, framework: str, lane: int | None) -> None:
         with self._lock:
             self.workers.pop((lane, framework), None)
 
-    def warm(self, frameworks: set[str]) -> None:
-        """Start (in the background) the every-core workers of ``frameworks``, importing their
-        framework, while side-by-side jobs still run: the speed phases that follow then do not
-        wait for a framework import each."""
+    def warm(self, tasks: list[SpeedTask]) -> None:
+        """Start the every-core workers of the speed phases ``tasks`` now and have them set the
+        phases up (``precision_suite.speed.warm_speed_task``) while side-by-side jobs still run:
+        the phases then do not wait for imports and compiles. Started from this (the runner's)
+        thread: a worker dies with the thread that started it (PR_SET_PDEATHSIG)."""
         if self.lanes == 1:
             return
-
-        def start(framework: str) -> None:
+        for task in tasks:
+            key = (None, task.framework)
             try:
-                self._worker(framework, preload=True)
-            except WorkerDied:
-                pass  # started again, with its error, when a job needs it
-
-        for framework in sorted(frameworks):
-            threading.Thread(target=start, args=(framework,), daemon=True).start()
+                with self._lock:
+                    worker = self.workers.get(key)
+                if worker is None or not worker.alive:
+                    worker = Worker(self._log_path(task.framework, None), self.env, wait=False)
+                    with self._lock:
+                        self.workers[key] = worker
+                worker.send({"type": WARM_KIND, "job": task.to_dict()})
+            except (WorkerDied, OSError):
+                pass  # started again, with its error, when a phase needs it
 
     def _shareable(self, job: Job | SpeedTask) -> bool:
         return self.lanes > 1 and isinstance(job, Job) and not job.timed and job.world_size == 1
@@ -383,11 +409,18 @@ class Executor:
         self._closing.set()
         for worker in self._take_workers():
             worker.stop()
+        self._remove_xla_cache()
 
     def kill_all(self) -> None:
         self._closing.set()
         for worker in self._take_workers():
             worker.kill()
+        self._remove_xla_cache()
+
+    def _remove_xla_cache(self) -> None:
+        if self._xla_cache is not None:
+            shutil.rmtree(self._xla_cache, ignore_errors=True)
+            self._xla_cache = None
 
 
 def job_kind(job: Job) -> tuple[str, ...]:
@@ -522,7 +555,7 @@ def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool
             training = [job for job in pending if not isinstance(job, SpeedTask)]
             phases = [task for task in pending if isinstance(task, SpeedTask)]
             if training and isinstance(executor, Executor):
-                executor.warm({task.framework for task in phases if availability[task.backend].ok})
+                executor.warm([task for task in phases if availability[task.backend].ok])
             for round_jobs in rounds_on_demand(
                 config, config.device, training, results_path, lambda j: j.job_id in done, more_seeds
             ):

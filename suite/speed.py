@@ -45,6 +45,8 @@ NOISY_ROUND_CV = 0.10
 NOISY_WINDOW_CV = 0.15
 BUSY_OTHER_CORES = 0.25
 SPEED_KIND = "speed"
+# A worker message: set a phase's sides up ahead of it (``warm_speed_task``).
+WARM_KIND = "warm"
 # Warm-up steps of every side before any timing (compilation, autotuning, allocator growth);
 # more when the job's train.timing_warmup_steps says so.
 MIN_WARMUP_STEPS = 3
@@ -387,12 +389,61 @@ def _size_window(side: _Side, load: SystemLoad, window_ms: float) -> float:
     return step_s
 
 
-def run_speed_task(task: SpeedTask, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Run one timed phase in this process and return its record; never raises for a failure."""
-    import numpy as np
+def _side_backend(job: Any) -> tuple[Any, str | None]:
+    """The backend class of one side of a phase, with ``job.device`` resolved, and why that side
+    cannot run here (None when it can)."""
     from precision_suite.backends import get_backend_class
     from precision_suite.backends.base import Availability, DeviceUnavailable
+
+    cls = get_backend_class(job.backend)
+    available = cls.is_available()
+    try:
+        job.device = cls.resolve_device(job.device)
+    except DeviceUnavailable as exc:
+        available = Availability(False, str(exc))
+    return cls, available.reason if not available.ok else cls.unsupported_reason(job.policy, job.device)
+
+
+def _phase_rows(job: Any, data: Any) -> Any:
+    """The rows of the ``PLAN_STEPS`` batches every side of a phase trains on, (steps, batch)."""
+    import numpy as np
     from precision_suite.data import batch_plan
+
+    plan = batch_plan(len(data.y_train), job.train.batch_size, job.seed, None, PLAN_STEPS)
+    return np.stack([rows for _, rows in plan])
+
+
+def warm_speed_task(task: SpeedTask) -> None:
+    """Do ahead of a phase (while other work still runs) what its timing must not wait for: the
+    framework and data loaded, each side set up once and torn down (a backend may keep what it
+    compiled for the phase's own setup: the Keras compiled-step cache). Never raises: the phase
+    itself reports what fails."""
+    from precision_suite.loop import cached_dataset
+    from precision_suite.models import init_weights
+
+    try:
+        base_job = task.jobs[0]
+        data = cached_dataset(base_job)
+        weights = init_weights(base_job.model, data.input_shape, data.num_classes, base_job.seed)
+        probe = _half_batch_job(base_job) if task.batch_probe else None
+        for job in [*task.jobs, *([probe] if probe is not None else [])]:
+            cls, reason = _side_backend(job)
+            if reason:
+                continue
+            backend = cls()
+            try:
+                # Setup only: a first step would compile what compiles lazily (a jitted step) too,
+                # but measured on the 2-core CPU that work, done beside the side-by-side training
+                # jobs, cost them more time than it saved the phases.
+                backend.setup(job, weights, data)
+            finally:
+                backend.teardown()
+    except Exception:
+        traceback.print_exc()
+
+
+def run_speed_task(task: SpeedTask, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Run one timed phase in this process and return its record; never raises for a failure."""
     from precision_suite.loop import cached_dataset, is_oom, one_line
     from precision_suite.measure import available_cores, base_environment
     from precision_suite.models import init_weights
@@ -407,18 +458,10 @@ def run_speed_task(task: SpeedTask, progress: Callable[[int, int], None] | None 
         data = cached_dataset(base_job)
         weights = init_weights(base_job.model, data.input_shape, data.num_classes, base_job.seed)
         train = base_job.train
-        rows = np.stack(
-            [r for _, r in batch_plan(len(data.y_train), train.batch_size, base_job.seed, None, PLAN_STEPS)]
-        )
+        rows = _phase_rows(base_job, data)
         for job in task.jobs:
             label = f"{job.backend} {job.policy}"
-            cls = get_backend_class(job.backend)
-            available = cls.is_available()
-            try:
-                job.device = cls.resolve_device(job.device)
-            except DeviceUnavailable as exc:
-                available = Availability(False, str(exc))
-            reason = available.reason if not available.ok else cls.unsupported_reason(job.policy, job.device)
+            cls, reason = _side_backend(job)
             if reason:
                 if job is base_job:
                     record.update(status="unavailable", error=f"baseline {label}: {reason}")
@@ -492,18 +535,28 @@ def run_speed_task(task: SpeedTask, progress: Callable[[int, int], None] | None 
     return record
 
 
+def _half_batch_job(job: Any) -> Any | None:
+    """The baseline job at half its batch (the batch probe's other side), if that splits into its
+    micro-batches."""
+    import dataclasses
+
+    half = job.train.batch_size // 2
+    if half < 1 or half % job.train.grad_accumulation:
+        return None
+    return dataclasses.replace(job, train=job.train.model_copy(update={"batch_size": half}))
+
+
 def _batch_scaling(base: _Side, data: Any, weights: Any, rows: Any, load: SystemLoad) -> dict[str, Any] | None:
     """fp32 step time at the full batch over the step time at half of it, timed alternately
     (3 rounds): ≈ 2 when the step is compute-bound, ≈ 1 when fixed per-step overhead dominates."""
-    import dataclasses
 
     from precision_suite.backends import get_backend_class
 
     job = base.job
-    half = job.train.batch_size // 2
-    if half < 1 or half % job.train.grad_accumulation:
+    half_job = _half_batch_job(job)
+    if half_job is None:
         return None
-    half_job = dataclasses.replace(job, train=job.train.model_copy(update={"batch_size": half}))
+    half = half_job.train.batch_size
     backend = get_backend_class(job.backend)()
     backend.setup(half_job, weights, data)
     try:

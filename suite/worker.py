@@ -3,7 +3,8 @@
 Started as ``python -m precision_suite.worker`` in its own process session (so the runner can kill the
 whole group on a timeout, and a terminal Ctrl-C reaches only the runner). Protocol: JSON lines.
 The runner writes ``{"type": "job", "job": {...}}``, ``{"type": "speed", "job": {...}}`` (a
-timed phase, ``precision_suite.speed.SpeedTask``) or ``{"type": "exit"}`` to stdin; the worker
+timed phase, ``precision_suite.speed.SpeedTask``), ``{"type": "warm", "job": {...}}`` (a phase to
+come: set its sides up ahead, no answer) or ``{"type": "exit"}`` to stdin; the worker
 answers on a private copy of its original stdout with ``{"type": "ready"}``, ``{"type":
 "progress", "step": k, "total": n}`` and ``{"type": "result", "record": {...}}``. Everything the
 frameworks print goes to stderr (the run's worker log), never into the protocol stream.
@@ -51,25 +52,20 @@ def main() -> int:
     from precision_suite.jobs import Job
     from precision_suite.loop import run_job
     from precision_suite.results import jsonable
-    from precision_suite.speed import SPEED_KIND, SpeedTask, run_speed_task
+    from precision_suite.speed import SPEED_KIND, WARM_KIND, SpeedTask, run_speed_task, warm_speed_task
 
     _send(out, {"type": "ready", "pid": os.getpid()})
-    preload = os.environ.get("PRECISION_SUITE_PRELOAD")
-    if preload:
-        # Started ahead of its jobs (runner.parallel_jobs): import the framework while it waits.
-        import importlib
-
-        try:
-            importlib.import_module(preload)
-        except Exception as exc:  # the first job that needs it reports the error
-            print(f"[worker {os.getpid()}] preload {preload}: {exc}", file=sys.stderr, flush=True)
     for line in sys.stdin:
         message = json.loads(line)
         if message.get("type") == "exit":
             break
-        timed_phase = message.get("type") == SPEED_KIND
+        timed_phase = message.get("type") in (SPEED_KIND, WARM_KIND)
         job = (SpeedTask if timed_phase else Job).from_dict(message["job"])
         print(f"[worker {os.getpid()}] {message.get('type')} {job.job_id}", file=sys.stderr, flush=True)
+        if message.get("type") == WARM_KIND:
+            # A phase to come (runner.parallel_jobs): load and set up its sides now; no answer.
+            warm_speed_task(job)
+            continue
 
         def progress(step: int, total: int) -> None:
             _send(out, {"type": "progress", "step": step, "total": total})

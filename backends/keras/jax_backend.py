@@ -272,6 +272,9 @@ class KerasJaxBackend(KerasBackend):
             "jax_platform": self.device.platform,
             "platform_version": getattr(self.device.client, "platform_version", None),
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            # XLA's persistent compilation cache (the runner shares one per run across its workers:
+            # the same program compiled once, loaded by the others; the executable is identical).
+            "compilation_cache_dir": jax.config.jax_compilation_cache_dir,
             "xla_python_client_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
             "jit_compile": True,  # XLA always: it is how JAX runs
             "compiled_step": self.compiled_step,

@@ -15,7 +15,7 @@ from precision_suite.plan import expand_jobs
 from precision_suite.runner import job_kind, most_at_once, next_for_lane
 
 from tests.helpers.cli import REPO_ROOT, read_run, run_cli
-from tests.helpers.marks import needs_torch
+from tests.helpers.marks import needs_jax, needs_torch
 
 SMOKE = REPO_ROOT / "configs" / "smoke.yaml"
 
@@ -131,3 +131,24 @@ def test_sigint_with_jobs_side_by_side_stops_every_worker(fake_backends, fake_co
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@needs_jax
+def test_workers_share_one_xla_cache_and_it_changes_no_number(tmp_path, monkeypatch):
+    overrides = ["backends.names=[keras-jax]", "backends.policies={keras-jax: [fp32]}", "seeds=[0,1]"]
+    overrides += ["runner.parallel_jobs=2", "speed.enabled=false", "parity.noise_floor_runs=false"]
+    assert run_cli(SMOKE, tmp_path / "own", *overrides) == 0
+    own = {r["job_id"]: r for r in read_run(tmp_path / "own")}
+    # The runner's own cache: shared by the run's workers, removed when the run ends.
+    cache_dirs = {r["environ"]["compilation_cache_dir"] for r in own.values()}
+    assert len(cache_dirs) == 1 and not os.path.exists(cache_dirs.pop())
+    # A user's cache (and its thresholds) is used as it is, and kept.
+    user_cache = tmp_path / "xla"
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(user_cache))
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    assert run_cli(SMOKE, tmp_path / "user", *overrides) == 0
+    user = {r["job_id"]: r for r in read_run(tmp_path / "user")}
+    assert {r["environ"]["compilation_cache_dir"] for r in user.values()} == {str(user_cache)}
+    assert any(user_cache.iterdir())
+    for job_id, record in own.items():
+        assert record["curves"]["train_loss"] == user[job_id]["curves"]["train_loss"], job_id
