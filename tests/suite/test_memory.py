@@ -80,7 +80,9 @@ def test_torch_and_keras_report_the_same_memory_for_the_same_model():
     from precision_suite.loop import cached_dataset
     from precision_suite.models import init_weights
 
-    jobs = [j for j in _jobs("backends.names=[torch-amp, tf-keras]", "models=[transformer]")]
+    every = "[fp32, fp16-mixed, bf16-mixed]"
+    policies = f"backends.policies={{torch-amp: {every}, tf-keras: {every}}}"
+    jobs = _jobs("backends.names=[torch-amp, tf-keras]", policies, "models=[transformer]")
     totals: dict[tuple[str, str], dict[str, int]] = {}
     for job in jobs:
         data = cached_dataset(job)
