@@ -17,6 +17,7 @@ def expand_jobs(config: SuiteConfig, device: str, seeds: list[int] | None = None
     order, then the noise-floor runs. Policies and options are assumed already checked against
     the registry (``check_backends``)."""
     config_hash = config.config_hash()
+    timed = config.training_timed()
     jobs: list[Job] = []
     resolved = {}
     for name in config.backends.names:
@@ -48,7 +49,7 @@ def expand_jobs(config: SuiteConfig, device: str, seeds: list[int] | None = None
                             runner=config.runner,
                             parity=config.parity,
                             config_hash=config_hash,
-                            timed=config.training_timed(),
+                            timed=timed,
                             seed_looks=config.seed_looks(),
                             distributed=config.distributed,
                         )

@@ -269,12 +269,14 @@ class Executor:
         self._lock = threading.Lock()
         self._closing = threading.Event()
 
-    def _worker(self, framework: str, lane: int | None = None) -> Worker:
+    def _worker(self, framework: str, lane: int | None = None, wait: bool = True) -> Worker:
+        """The live worker of ``framework`` in ``lane`` (None: the every-core one), started if
+        needed (``wait``: see ``Worker``)."""
         key = (lane, framework)
         with self._lock:
             worker = self.workers.get(key)
         if worker is None or not worker.alive:
-            worker = Worker(self._log_path(framework, lane), self.env if lane is None else self.lane_env)
+            worker = Worker(self._log_path(framework, lane), self.env if lane is None else self.lane_env, wait)
             with self._lock:
                 if self._closing.is_set():
                     worker.kill()
@@ -299,15 +301,8 @@ class Executor:
         if self.lanes == 1:
             return
         for task in tasks:
-            key = (None, task.framework)
             try:
-                with self._lock:
-                    worker = self.workers.get(key)
-                if worker is None or not worker.alive:
-                    worker = Worker(self._log_path(task.framework, None), self.env, wait=False)
-                    with self._lock:
-                        self.workers[key] = worker
-                worker.send({"type": WARM_KIND, "job": task.to_dict()})
+                self._worker(task.framework, wait=False).send({"type": WARM_KIND, "job": task.to_dict()})
             except (WorkerDied, OSError):
                 pass  # started again, with its error, when a phase needs it
 

@@ -264,6 +264,7 @@ class Agreement:
     problems: list[str]
     horizon: int | None  # first step where a run departs from its one-ulp twin, if measured
     note: str | None  # what the past-the-horizon comparison found, when it passed
+    everywhere: bool = False  # every step of the curves, not only those held to it, within the rtol
 
 
 def chaos_aware_agreement(
@@ -315,4 +316,4 @@ def chaos_aware_agreement(
             )
         else:
             note = f"steps {lo}–{hi - 1} {cross_median:.1e} ≤ self {self_median:.1e}"
-    return Agreement(worst, problems, horizon, note)
+    return Agreement(worst, problems, horizon, note, bool(np.all(rel <= rtol)))

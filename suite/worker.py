@@ -59,10 +59,10 @@ def main() -> int:
         message = json.loads(line)
         if message.get("type") == "exit":
             break
-        timed_phase = message.get("type") in (SPEED_KIND, WARM_KIND)
-        job = (SpeedTask if timed_phase else Job).from_dict(message["job"])
-        print(f"[worker {os.getpid()}] {message.get('type')} {job.job_id}", file=sys.stderr, flush=True)
-        if message.get("type") == WARM_KIND:
+        kind = message.get("type")
+        job = (SpeedTask if kind in (SPEED_KIND, WARM_KIND) else Job).from_dict(message["job"])
+        print(f"[worker {os.getpid()}] {kind} {job.job_id}", file=sys.stderr, flush=True)
+        if kind == WARM_KIND:
             # A phase to come (runner.parallel_jobs): load and set up its sides now; no answer.
             warm_speed_task(job)
             continue
@@ -70,7 +70,7 @@ def main() -> int:
         def progress(step: int, total: int) -> None:
             _send(out, {"type": "progress", "step": step, "total": total})
 
-        record = run_speed_task(job, progress) if timed_phase else run_job(job, progress)
+        record = run_speed_task(job, progress) if kind == SPEED_KIND else run_job(job, progress)
         _send(out, {"type": "result", "record": jsonable(record)})
     return 0
 

@@ -3,6 +3,11 @@ batch plan, bit-for-bit state comparison."""
 
 from __future__ import annotations
 
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -111,3 +116,17 @@ def assert_learns_only_with_scaling(unscaled: dict[str, float], scaled: dict[str
     assert unscaled["accuracy"] < 0.15
     assert scaled["loss"] < math.log(10) - 0.2
     assert scaled["accuracy"] > unscaled["accuracy"]
+
+
+def resume_in_fresh_process(module: str, spec: dict[str, Any], state_in: Path, state_out: Path, timeout: float) -> Any:
+    """Run ``python -m MODULE resume SPEC STATE_IN STATE_OUT`` from the repository root (a fresh
+    interpreter loads the checkpoint pickled at ``state_in`` and finishes the run) and return what
+    it pickled to ``state_out``."""
+    subprocess.run(
+        [sys.executable, "-m", module, "resume", json.dumps(spec), str(state_in), str(state_out)],
+        cwd=Path(__file__).resolve().parents[2],
+        check=True,
+        capture_output=True,
+        timeout=timeout,
+    )
+    return pickle.loads(state_out.read_bytes())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,7 @@ from precision_suite.data import Dataset, batch_plan, load_dataset
 from precision_suite.jobs import Job
 
 from tests.helpers import backends
-from tests.helpers.backends import POISON, assert_states_equal, make_backend
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers.backends import POISON, assert_states_equal, make_backend, resume_in_fresh_process
 
 
 def tiny_data(poison: bool = True) -> Dataset:
@@ -100,22 +97,7 @@ def assert_resume_matches_uninterrupted(tmp_path: Path, backend_name: str, spec:
 
     state_in, state_out = tmp_path / "k.pkl", tmp_path / "n.pkl"
     state_in.write_bytes(pickle.dumps(checkpoint))
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.helpers.keras",
-            "resume",
-            json.dumps(spec),
-            str(state_in),
-            str(state_out),
-        ],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    resumed = pickle.loads(state_out.read_bytes())
+    resumed = resume_in_fresh_process("tests.helpers.keras", spec, state_in, state_out, timeout=300)
     assert_states_equal(uninterrupted, resumed["state"])
     np.testing.assert_array_equal(tail, resumed["telemetry"])
     return {"checkpoint": checkpoint, "final": uninterrupted}

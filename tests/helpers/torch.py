@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,15 @@ from precision_suite.config import DataConfig, MlpConfig
 from precision_suite.data import Dataset
 from precision_suite.jobs import Job
 
-from tests.helpers.backends import assert_states_equal, make_backend, make_job, plan, run, tiny_data
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers.backends import (
+    assert_states_equal,
+    make_backend,
+    make_job,
+    plan,
+    resume_in_fresh_process,
+    run,
+    tiny_data,
+)
 
 
 class OverflowInjector:
@@ -91,21 +96,7 @@ def assert_resume_matches_uninterrupted(tmp_path: Path, spec: dict) -> None:
     state_path.write_bytes(pickle.dumps(backend.state_dict()))
     run(backend, rows[spec["k"] :], start=spec["k"], inject=inject)
     uninterrupted = backend.state_dict()
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.helpers.torch",
-            "resume",
-            json.dumps(spec),
-            str(state_path),
-            str(out_path),
-        ],
-        cwd=REPO,
-        check=True,
-        timeout=120,
-    )
-    resumed = pickle.loads(out_path.read_bytes())
+    resumed = resume_in_fresh_process("tests.helpers.torch", spec, state_path, out_path, timeout=120)
     assert_states_equal(uninterrupted, resumed)
     assert uninterrupted["skipped_steps"] == len(spec["overflow"])
 
