@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class PolicySpec:
-    """What a framework-neutral policy means (docs/architecture.md, "Precision policies").
+    """What a framework-neutral policy means (docs/architecture.md, "The precision policy table").
     Frameworks keep only what is truly theirs beside it (e.g. the Keras ``DTypePolicy`` name)."""
 
     compute_dtype: str  # dtype of matmul outputs where the policy applies

@@ -2,8 +2,9 @@
 
 Exit codes:
   0    everything ran and every verdict passed
-  1    a verdict failed (parity, cross-framework or precision-active); with `check --strict`,
-       also a verdict that is INCONCLUSIVE (more seeds needed)
+  1    a verdict failed (parity, cross-framework, precision-active, replica-consistency,
+       data-parallel, or a policy none of whose seeds finished); with `check --strict`, also a
+       verdict that is INCONCLUSIVE (more seeds needed); `diff`: a regression
   2    bad config or usage (nothing was run)
   3    some jobs failed (crashed, timeout, oom, diverged, error); `unavailable` is not a failure,
        nor is a -pure policy diverging (information) unless parity.check_pure

@@ -168,7 +168,7 @@ class LossScaleConfig(_Strict):
 
 
 class BackendsConfig(_Strict):
-    names: list[str] = ["torch-amp", "torch-manual", "tf-keras"]
+    names: list[str] = ["torch-amp", "torch-manual", "tf-keras", "keras-jax"]
     # Per backend: which policies to run. A backend not listed runs all its policies.
     policies: dict[str, list[str]] = {}
     # Per backend: its own options, validated by the backend's Options schema.

@@ -94,7 +94,7 @@ def import_keras(runtime: str) -> Any:
 # seed (initial weights, batch order, dropout state), the one-ulp nudge of a noise-floor run, where
 # it stops. Tracing and compiling the train step and the evaluation is most of a small CPU job's
 # time, so the next job of the same structure in the worker reuses them (docs/architecture.md,
-# "Compiled steps reused across jobs"). PRECISION_SUITE_KERAS_REUSE=0 turns it off.
+# "Compiled steps reused across jobs (Keras runtimes)"). PRECISION_SUITE_KERAS_REUSE=0 turns it off.
 REUSE_ENV = "PRECISION_SUITE_KERAS_REUSE"
 # What the cache may hold, the least recently returned entry dropped first. An entry holds its
 # model, optimizer and compiled functions (tf-keras: also the data tensors its graph captured):

@@ -23,7 +23,7 @@ from tests.helpers.marks import needs_tf, needs_torch
 pytestmark = [needs_torch, needs_tf]
 
 KINDS = ("mlp", "cnn", "transformer")
-# The acceptance tolerances of the cross-framework equivalence (issue 3).
+# The acceptance tolerances of the cross-framework equivalence.
 LOGITS_RTOL = 1e-5
 LOSS_RTOL = 1e-4
 SGD = {"name": "sgd", "lr": 0.05, "momentum": 0.9}

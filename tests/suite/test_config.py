@@ -136,4 +136,4 @@ def test_parity_tolerance_has_one_default_and_the_readme_states_it():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     stated = {float(x) for x in re.findall(r"tolerance ±([0-9.]+) pt", readme)}
     assert stated == {default}
-    assert f"`tolerance_pts` (accuracy points, default {default:.1f}" in readme
+    assert f"| `parity.tolerance_pts` | number ≥ 0 | `{default}` |" in readme

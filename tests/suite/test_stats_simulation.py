@@ -6,7 +6,7 @@ on demand, the runner's own decision (``precision_suite.sequential.undecided_row
 simulated runs get more seeds at each look. Each simulated run is its own model, so one
 ``compare`` call judges all of them at once.
 
-Noise level of issue 11 (a noisy 10-class benchmark): seed-to-seed std 1.3 pt per policy,
+Noise level of a noisy 10-class benchmark: seed-to-seed std 1.3 pt per policy,
 nearly uncorrelated between baseline and candidate by the end of a long chaotic run, so the
 paired per-seed difference has a std of 1.8 pt; tolerance ±1 pt.
 """
@@ -89,7 +89,7 @@ def simulate(
 
 
 # Monte Carlo standard error of a 5 % rate over 2,000 runs is 0.49 pt; the runs are seeded, so
-# each rate below is one fixed number (printed with -s, quoted in the README "Verdicts").
+# each rate below is one fixed number (printed with -s, quoted in the README "Measured results").
 
 
 @pytest.mark.parametrize("looks", [(3,), look_schedule(3, 10)], ids=["3 seeds", "3 to 10 seeds"])

@@ -17,7 +17,7 @@ from tests.helpers.marks import needs_tf
 
 pytestmark = needs_tf
 
-# The issue's reproduction: batch 64 on 2 replicas, an inf in row 40 (replica 1's half).
+# Stock Keras missing another replica's overflow: batch 64 on 2 replicas, an inf in row 40 (replica 1's half).
 STOCK_KERAS = textwrap.dedent(
     """
     import numpy as np, tensorflow as tf, keras

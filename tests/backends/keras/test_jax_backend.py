@@ -139,7 +139,7 @@ def test_telemetry_buffers_grad_accumulation_and_prepared_batches_agree(monkeypa
 )
 def test_fp32_losses_agree_with_torch(kind):
     """The same model on the same batches from the same weights: per-step fp32 losses agree with
-    torch-amp's to float32 rounding (tests/test_cross_framework.py does torch vs tf-keras)."""
+    torch-amp's to float32 rounding (tests/integration/test_cross_framework.py does torch vs tf-keras)."""
     from precision_suite.config import SuiteConfig
     from precision_suite.data import batch_plan, load_dataset
     from precision_suite.models import init_weights

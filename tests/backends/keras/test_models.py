@@ -1,5 +1,5 @@
 """The Keras builders load exactly the canonical weights and set every constant that Keras
-defaults differently from torch. (Logit equality with torch is in tests/test_cross_framework.py.)
+defaults differently from torch. (Logit equality with torch is in tests/integration/test_cross_framework.py.)
 """
 
 from __future__ import annotations

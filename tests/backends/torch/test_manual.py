@@ -225,7 +225,7 @@ def test_pure_sgd_trains_on_cpu(policy, momentum):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 def test_fused_probe_agrees_with_a_direct_check_of_the_kernel(dtype, device):
-    """The probe's verdict on the fused SGD kernel equals what the issue's reproduction shows
+    """The probe's verdict on the fused SGD kernel equals what a direct reproduction shows
     (an SGD step that changes almost every weight), whatever the torch version."""
     import torch
     from precision_suite.backends.torch.optim import fused_kernel_ok

@@ -287,7 +287,7 @@ def test_export_from_a_half_module_is_float32_canonical():
 
 
 # ---------------------------------------------------------------- accuracy on digits
-# Targets of issue 3 for fp32 after the default training (configs/default.yaml).
+# Targets for fp32 after the default training (configs/default.yaml).
 TARGET_ACCURACY = {"mlp": 0.95, "cnn": 0.96, "transformer": 0.93}
 
 
