@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 from precision_suite.backends.base import POLICY_SPECS
 from precision_suite.config import ParityConfig
-from precision_suite.placement import speed_comparable
+from precision_suite.placement import device_model, speed_comparable, timing_exclusive
 from precision_suite.results import FAILURE_STATUSES, Outcome, Record, is_job_failure, is_noise_floor_run, latest_by_job
 from precision_suite.scaling import ScalingRow, device_label, is_dp_reference, scaling_rows, world_size
-from precision_suite.speed import SPEED_KIND, attach_speed, speed_phases
+from precision_suite.speed import SPEED_KIND, SpeedEstimate, SpeedPhase, Windows, speed_phases
 from precision_suite.stats import (
     FAIL,
     INCONCLUSIVE,
@@ -54,6 +54,10 @@ PARITY_DEFAULTS = ParityConfig()
 # early the run's own divergence horizon comes.
 MIN_AGREEMENT_STEPS = 10
 
+# Where a row's speedup was measured (``Speedup.source``).
+PAIRED = "paired"  # the speed phase: baseline and policy timed in rotation in one worker
+TIMED_JOBS = "timed jobs"  # the training jobs, each timed alone (speed phase off, one job at a time)
+
 
 @dataclass
 class Verdict:
@@ -81,6 +85,27 @@ class Verdict:
         return self.enforced and self.outcome == INCONCLUSIVE
 
 
+@dataclass(frozen=True)
+class Speedup:
+    """A row's speedup over its fp32 baseline (baseline step time / row step time) with its 95 %
+    interval and where it was measured: the one figure the report, ``advise``, ``diff`` and
+    ``benchmark.json`` read (``row_speed`` sets it). ``noisy_reason``: shown, never claimed."""
+
+    estimate: float
+    ci_low: float | None  # None: no interval (one seed timed without windows)
+    ci_high: float | None
+    source: str  # PAIRED | TIMED_JOBS
+    noisy_reason: str = ""
+
+    @property
+    def defined(self) -> bool:
+        return self.ci_low is not None and self.ci_high is not None
+
+    @classmethod
+    def paired(cls, estimate: SpeedEstimate) -> Speedup:
+        return cls(estimate.speedup, estimate.ci_low, estimate.ci_high, PAIRED, estimate.noisy_reason)
+
+
 @dataclass
 class Row:
     """One backend × policy of one (model, dataset, device) group, aggregated over seeds."""
@@ -99,11 +124,9 @@ class Row:
     baseline: str | None = None  # "torch-amp fp32"; None when this row has no baseline
     is_baseline: bool = False
     delta_pts: float | None = None
+    # The training jobs' own timing, as information: never a speedup unless they were timed alone.
     step_time_ms_p50: float | None = None
     samples_per_s: float | None = None
-    speedup: float | None = None
-    speedup_min: float | None = None
-    speedup_max: float | None = None
     peak_memory_bytes: float | None = None
     memory_source: str | None = None
     memory_ratio: float | None = None
@@ -113,15 +136,38 @@ class Row:
     emulated: bool = False
     emulated_reason: str = ""
     verdicts: list[Verdict] = field(default_factory=list)
-    # "paired": speedup/min/max are the speed phase's median and 95% CI (precision_suite.speed);
-    # "separate jobs": a ratio of separately timed training jobs (older results, no phase).
-    speed_source: str = ""
-    noisy_reason: str = ""  # set: the speedup is shown but never claimed (like emulated)
+    # The speedup over ``baseline`` (``row_speed``); None: not measured, ``speed_unmeasured`` says why.
+    speed: Speedup | None = None
+    speed_unmeasured: str = ""
+    # The timed windows this row's speed figures come from (a baseline's too): benchmark.json's rounds.
+    speed_windows: Windows | None = None
     why_not_faster: list[str] = field(default_factory=list)  # precision_suite.diagnose
 
     @property
     def label(self) -> str:
         return f"{self.backend} {self.policy}"
+
+    @property
+    def speedup(self) -> float | None:
+        return None if self.speed is None else self.speed.estimate
+
+    @property
+    def speedup_min(self) -> float | None:
+        """The lower end of the speedup's 95 % interval."""
+        return None if self.speed is None else self.speed.ci_low
+
+    @property
+    def speedup_max(self) -> float | None:
+        return None if self.speed is None else self.speed.ci_high
+
+    @property
+    def speed_source(self) -> str:
+        return "" if self.speed is None else self.speed.source
+
+    @property
+    def noisy_reason(self) -> str:
+        """Set: the speedup is shown but never claimed (like emulated)."""
+        return "" if self.speed is None else self.speed.noisy_reason
 
     @property
     def subject(self) -> str:
@@ -233,23 +279,57 @@ def mean_ci95(values: list[float]) -> tuple[float | None, float | None]:
     return mean, t_quantile(0.975, len(finite) - 1) * sem
 
 
-def speedup_stats(
-    baseline_ms: dict[int, float], policy_ms: dict[int, float]
-) -> tuple[float | None, float | None, float | None]:
-    """Speedup = baseline step time / policy step time (ratio of seed means) and its min–max
-    over seeds, pairing each seed with the baseline of the same seed where one exists."""
-    base = [v for v in baseline_ms.values() if _finite_positive(v)]
-    pol = {s: v for s, v in policy_ms.items() if _finite_positive(v)}
-    if not base or not pol:
-        return None, None, None
-    base_mean = float(np.mean(base))
-    ratio = base_mean / float(np.mean(list(pol.values())))
-    per_seed = [(baseline_ms[s] if _finite_positive(baseline_ms.get(s)) else base_mean) / v for s, v in pol.items()]
-    return ratio, min(per_seed), max(per_seed)
-
-
 def _finite_positive(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _exp_interval(mean: float, half: float | None) -> tuple[float, float | None, float | None]:
+    if half is None:
+        return math.exp(mean), None, None
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+
+
+def _welch_log_diff(base_s: tuple[float, ...], row_s: tuple[float, ...]) -> tuple[float, float | None]:
+    """Difference of mean log window times and the half-width of its Welch 95 % interval."""
+    a, b = np.log(base_s), np.log(row_s)
+    diff = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return diff, None
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se2 = va + vb
+    if se2 == 0:
+        return diff, 0.0
+    df = se2**2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return diff, t_quantile(0.975, df) * math.sqrt(se2)
+
+
+def jobs_speedup(base_records: list[Record], row_records: list[Record]) -> Speedup | None:
+    """The speedup of training jobs timed alone (ok records of the baseline and of the row) on
+    the log scale, so its interval is symmetric in "faster" and "slower": with two or more seeds
+    in both, the geometric mean of the per-seed ratios of ``step_time_ms_p50`` and its Student t
+    interval (seeds paired: same weights and batches); with one, Welch's interval of the
+    difference of mean log window times (each timed window one observation), or no interval
+    when the records kept no windows. Labelled noisy when the interval includes 1.0."""
+    base = {r.get("seed"): v for r in base_records if _finite_positive(v := r.metric("step_time_ms_p50"))}
+    row = {r.get("seed"): v for r in row_records if _finite_positive(v := r.metric("step_time_ms_p50"))}
+    shared = sorted(set(base) & set(row), key=str)
+    if len(shared) >= 2:
+        mean, half = mean_ci95([math.log(base[s] / row[s]) for s in shared])
+        if mean is None:
+            return None
+        estimate, low, high = _exp_interval(mean, half)
+    elif len(shared) == 1:
+        seed = shared[0]
+        base_w = Windows.from_records([r for r in base_records if r.get("seed") == seed])
+        row_w = Windows.from_records([r for r in row_records if r.get("seed") == seed])
+        if base_w is not None and row_w is not None:
+            estimate, low, high = _exp_interval(*_welch_log_diff(base_w.step_s, row_w.step_s))
+        else:
+            estimate, low, high = base[seed] / row[seed], None, None
+    else:
+        return None
+    noisy = f"95% CI {low:.2f}–{high:.2f} includes 1.0" if low is not None and low <= 1.0 <= high else ""  # type: ignore[operator]
+    return Speedup(estimate, low, high, TIMED_JOBS, noisy)
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -622,13 +702,13 @@ def compare(
             },
         )
         _distributed_verdicts(group, group_records, records, noise_floor)
-        attach_speed(group, phases.pop(group.key_tuple, []), group_records)
+        row_speed(group, phases.pop(group.key_tuple, []), group_records)
         groups.append(group)
         headlines.extend(_headlines(group))
     for (model, dataset, device), group_phases in sorted(phases.items()):  # speed_only: no job records
         name = group_phases[0].environ.get("device_name") or ""
         group = Group(model, dataset, device, name, PARITY_DEFAULTS.tolerance_pts)
-        attach_speed(group, group_phases, [])
+        row_speed(group, group_phases, [])
         groups.append(group)
         headlines.extend(_headlines(group))
 
@@ -760,21 +840,6 @@ def _attach_baseline(row: Row, group: Group, ok_by_row: dict[tuple[str, str], li
     row.baseline = base.label
     if row.accuracy_mean is not None and base.accuracy_mean is not None:
         row.delta_pts = 100.0 * (row.accuracy_mean - base.accuracy_mean)
-    base_ms = {
-        r.get("seed"): v
-        for r in ok_by_row[(base.backend, base.policy)]
-        if (v := r.metric("step_time_ms_p50")) is not None
-    }
-    row_ms = {
-        r.get("seed"): v
-        for r in ok_by_row[(row.backend, row.policy)]
-        if (v := r.metric("step_time_ms_p50")) is not None
-    }
-    # Step times are only set against each other when every one had its node to itself and
-    # all ran on one device model (a cluster may mix GPU models and pack accuracy-only jobs).
-    if speed_comparable(ok_by_row[(base.backend, base.policy)] + ok_by_row[(row.backend, row.policy)]):
-        row.speedup, row.speedup_min, row.speedup_max = speedup_stats(base_ms, row_ms)
-    row.speed_source = "separate jobs" if row.speedup is not None else ""
     # Allocator peaks and CPU accountings measure different things: no ratio across sources.
     if (
         row.peak_memory_bytes
@@ -785,12 +850,88 @@ def _attach_baseline(row: Row, group: Group, ok_by_row: dict[tuple[str, str], li
         row.memory_ratio = row.peak_memory_bytes / base.peak_memory_bytes
 
 
+# --- speed -------------------------------------------------------------------------------------
+
+
+def _unmeasured_reason(records: list[Record]) -> str:
+    """Why the step times of these (a baseline's and a row's) training jobs give no speedup, or ""
+    when they may be set against each other (``speed_comparable``)."""
+    if speed_comparable(records):
+        return ""
+    if not all(timing_exclusive(r) for r in records):
+        return "not measured: the training jobs ran side by side (untimed) and no speed phase timed this row"
+    models = sorted({str(device_model(r)) for r in records})
+    return f"not measured: the training jobs ran on different device models ({', '.join(models)})"
+
+
+def row_speed(group: Group, phases: list[SpeedPhase], records: list[Record]) -> None:
+    """Set every row's speed (``Row.speed``, ``speed_windows``, ``speed_unmeasured``) by the one
+    rule every output reads:
+
+    1. the paired speed phase where one timed the row (``precision_suite.speed``: median of the
+       per-round ratios, its order-statistic 95 % CI, its noise label); a phase's rows that no
+       training job produced (``speed_only``) are added;
+    2. else the row's and its baseline's training jobs (``jobs_speedup``), where every one was
+       timed alone (``placement.timed``, nothing beside it: ``speed.enabled: false`` and
+       ``runner.parallel_jobs: 1``) on one device model;
+    3. else not measured, saying why: never a figure from jobs that ran side by side.
+
+    Then the "why no speedup" lines of the group's half-precision rows (``precision_suite.diagnose``)."""
+    from precision_suite.diagnose import diagnose_group
+
+    rows = {(row.backend, row.policy): row for row in group.rows}
+    timed_by_phase: set[tuple[str, str]] = set()
+    for phase in phases:
+
+        def row_for(backend: str, policy: str, phase: SpeedPhase = phase) -> Row:
+            row = rows.get((backend, policy))
+            if row is None:
+                row = Row(group.model, group.dataset, group.device, backend, phase.framework, policy)
+                row.emulated_reason = emulation(policy, group.device, phase.environ)
+                row.emulated = bool(row.emulated_reason)
+                rows[(backend, policy)] = row
+                group.rows.append(row)
+            timed_by_phase.add((backend, policy))
+            return row
+
+        base = row_for(phase.baseline_backend, phase.baseline_policy)
+        base.is_baseline, base.baseline = True, None
+        base.speed_windows = phase.windows.get(phase.baseline_label)
+        for candidate in phase.candidates:
+            row = row_for(candidate.backend, candidate.policy)
+            row.baseline = base.label
+            row.speed = Speedup.paired(candidate.estimate)
+            row.speed_windows = phase.windows.get(candidate.label)
+
+    ok: dict[tuple[str, str], list[Record]] = defaultdict(list)
+    for record in records:
+        if record.get("status") == "ok":
+            ok[(str(record.get("backend")), str(record.get("policy")))].append(record)
+    for row in group.rows:
+        own = ok[(row.backend, row.policy)]
+        if (row.backend, row.policy) in timed_by_phase or not own:
+            continue
+        if row.is_baseline:
+            if not _unmeasured_reason(own):
+                row.speed_windows = Windows.from_records(own)
+            continue
+        if row.baseline is None:
+            continue
+        base_backend, base_policy = row.baseline.split(" ", 1)
+        both = ok[(base_backend, base_policy)] + own
+        row.speed_unmeasured = _unmeasured_reason(both)
+        if not row.speed_unmeasured:
+            row.speed = jobs_speedup(ok[(base_backend, base_policy)], own)
+            row.speed_windows = Windows.from_records(own)
+    diagnose_group(group, {phase.framework: phase for phase in phases}, records)
+
+
 # --- headlines ---------------------------------------------------------------------------------
 
 
 def format_speed(row: Row) -> str:
     if row.speedup is None:
-        return "speed n/a"
+        return "speed not measured" if row.speed_unmeasured else "speed n/a"
     if row.emulated:
         return f"emulated ({row.speedup:.2f}×, no speed claim)"
     if row.noisy_reason:

@@ -588,6 +588,37 @@ def _matmul_rates(base: _Side) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- reading speed records
+@dataclass(frozen=True)
+class Windows:
+    """Timed windows of one side: the mean step time (seconds) and the steps of each window —
+    what a row's speed figures come from, and what ``benchmark.json`` reports as rounds."""
+
+    step_s: tuple[float, ...]
+    steps: tuple[int, ...]
+
+    @classmethod
+    def from_samples(cls, samples: Sequence[dict[str, Any]]) -> Windows | None:
+        """From a speed record's ``WindowSample``s (``speed.windows[label].samples``)."""
+        pairs = [
+            (w["wall_s"] / w["steps"], int(w["steps"]))
+            for w in samples
+            if w.get("steps") and isinstance(w.get("wall_s"), int | float) and math.isfinite(w["wall_s"])
+        ]
+        return cls(tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)) if pairs else None
+
+    @classmethod
+    def from_records(cls, records: Sequence[dict[str, Any]]) -> Windows | None:
+        """From training jobs' ``curves.window_step_time_ms`` / ``window_steps``, pooled over seeds."""
+        pairs = []
+        for record in records:
+            curves = record.get("curves") or {}
+            windows = zip(curves.get("window_step_time_ms") or [], curves.get("window_steps") or [], strict=False)
+            for ms, steps in windows:
+                if isinstance(ms, int | float) and math.isfinite(ms) and ms > 0 and steps:
+                    pairs.append((ms / 1e3, int(steps)))
+        return cls(tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)) if pairs else None
+
+
 @dataclass
 class CandidateSpeed:
     """One candidate of a speed record, as the comparison reads it."""
@@ -595,6 +626,10 @@ class CandidateSpeed:
     backend: str
     policy: str
     estimate: SpeedEstimate
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend} {self.policy}"
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> CandidateSpeed:
@@ -621,12 +656,23 @@ class SpeedPhase:
     batch_size: int | None
     environ: dict[str, Any]
     model_config: dict[str, Any]
+    # Each side's timed windows by label ("backend policy"); the baseline's pooled over every round.
+    windows: dict[str, Windows] = field(default_factory=dict)
+
+    @property
+    def baseline_label(self) -> str:
+        return f"{self.baseline_backend} {self.baseline_policy}"
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> SpeedPhase:
         speed = record.get("speed") or {}
         scaling = speed.get("batch_scaling") or {}
         jobs = (record.get("config") or {}).get("jobs") or [{}]
+        windows = {
+            label: found
+            for label, side in (speed.get("windows") or {}).items()
+            if (found := Windows.from_samples(side.get("samples") or [])) is not None
+        }
         return cls(
             model=str(record.get("model")),
             dataset=str(record.get("dataset")),
@@ -643,6 +689,7 @@ class SpeedPhase:
             batch_size=speed.get("batch_size"),
             environ=dict(record.get("environ") or {}),
             model_config=dict(jobs[0].get("model") or {}),
+            windows=windows,
         )
 
     @property
@@ -656,35 +703,3 @@ def speed_phases(records: list[dict[str, Any]]) -> list[SpeedPhase]:
 
     latest = latest_by_job([r for r in records if r.get("kind") == SPEED_KIND])
     return [SpeedPhase.from_record(r) for r in latest.values() if r.get("status") == "ok"]
-
-
-def attach_speed(group: Any, phases: list[SpeedPhase], records: list[dict[str, Any]]) -> None:
-    """Give a comparison group (``precision_suite.compare.Group``) the paired speedups of its
-    speed phases (one per framework) — rows the training jobs did not produce are added
-    (``speed_only``) — and the "why no speedup" lines of its half-precision rows."""
-    from precision_suite.compare import Row, emulation
-    from precision_suite.diagnose import diagnose_group
-
-    rows = {(row.backend, row.policy): row for row in group.rows}
-    for phase in phases:
-
-        def row_for(backend: str, policy: str, phase: SpeedPhase = phase) -> Any:
-            row = rows.get((backend, policy))
-            if row is None:
-                row = Row(group.model, group.dataset, group.device, backend, phase.framework, policy)
-                row.emulated_reason = emulation(policy, group.device, phase.environ)
-                row.emulated = bool(row.emulated_reason)
-                rows[(backend, policy)] = row
-                group.rows.append(row)
-            return row
-
-        base = row_for(phase.baseline_backend, phase.baseline_policy)
-        base.is_baseline, base.baseline = True, None
-        for candidate in phase.candidates:
-            row = row_for(candidate.backend, candidate.policy)
-            estimate = candidate.estimate
-            row.baseline = base.label
-            row.speedup, row.speedup_min, row.speedup_max = estimate.speedup, estimate.ci_low, estimate.ci_high
-            row.speed_source = "paired"
-            row.noisy_reason = estimate.noisy_reason
-    diagnose_group(group, {phase.framework: phase for phase in phases}, records)

@@ -5,8 +5,11 @@ users already use.
 A policy is recommended only when its parity verdict is PASS (not merely "not FAIL": an
 inconclusive one is not evidence), its precision was observed active, its hardware is not
 emulating it, and it is faster than fp32 beyond noise (the lower end of the speedup's 95 %
-interval above 1). Among those, the fastest. Every other policy is listed with why not. When
-none qualifies, the advice is to stay with fp32, said plainly.
+interval above 1, and not labelled noisy). Among those, the fastest. Every other policy is listed
+with why not. When none qualifies, the advice is to stay with fp32, said plainly.
+
+The speedup is the comparison row's (``compare.row_speed``), the one the report shows: the paired
+speed phase where it ran, training jobs only where they were timed alone, else "not measured".
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from precision_suite.compare import PASS, Comparison, Group, Row
-from precision_suite.outputs.intervals import Interval, ratio_interval, speedup_interval
+from precision_suite.outputs.intervals import Interval, ratio_interval, speedup_of
 from precision_suite.outputs.rundir import RunDir, baseline_key, ok_records_by_row, row_key
 
 _TORCH_TOOLS = ("Lightning", "accelerate", "PyTorch")
@@ -124,13 +127,15 @@ def why_not(row: Row, speedup: Interval, check_pure: bool) -> list[str]:
     if row.emulated:
         reasons.append(f"emulated: {row.emulated_reason}, so no speed claim")
     elif speedup.estimate is None:
-        reasons.append("no speed measurement")
+        reasons.append(f"speed {row.speed_unmeasured}" if row.speed_unmeasured else "no speed measurement")
     elif not speedup.defined:
         reasons.append(f"speed {speedup.estimate:.2f}× without an interval (one seed, no timed windows)")
     elif speedup.low <= 1 <= speedup.high:  # type: ignore[operator]
         reasons.append(f"noisy: speedup {_fmt(speedup)} straddles 1.0, not faster beyond noise")
     elif speedup.high < 1:  # type: ignore[operator]
         reasons.append(f"slower: {_fmt(speedup)}")
+    elif row.noisy_reason:
+        reasons.append(f"noisy: speedup {_fmt(speedup)} not claimed ({row.noisy_reason})")
     return reasons
 
 
@@ -143,7 +148,7 @@ def advise_group(group: Group, records: dict, check_pure: bool) -> list[Advice]:
                 continue
             base = records.get(baseline_key(row), []) if row.baseline else []
             own = records.get(row_key(row), [])
-            speedup = speedup_interval(base, own)
+            speedup = speedup_of(row)
             memory = ratio_interval(base, own, "peak_memory_bytes")
             candidates.append(Candidate(row, speedup, memory, why_not(row, speedup, check_pure)))
         eligible = [c for c in candidates if not c.reasons]
@@ -189,6 +194,7 @@ def render_text(advice: list[Advice], comparison: Comparison) -> str:
     if tolerance is not None:
         lines.append(
             f"parity: accuracy within ±{tolerance:g} pt of fp32 of the same framework; speedups vs fp32 of "
-            "the same framework with 95% intervals over seeds (timed windows with one seed)."
+            "the same framework with 95% intervals, as in the report: the paired speed phase where it ran, "
+            "else training jobs timed alone (over seeds; timed windows with one seed)."
         )
     return "\n".join(lines).rstrip() + "\n"

@@ -2,17 +2,20 @@
 tooling that reads pytest-benchmark files (``pytest-benchmark compare``, benchmark-tracking
 CI actions) tracks precision-suite's speedups across commits with no adapter.
 
-One benchmark per row (backend × policy of a model/dataset/device group). A *round* is one
-timed window of the training loop and its value the window's mean step time in seconds
-(the loop times windows closed by a device sync, never single steps — DESIGN.md), pooled over
-the row's seeds; ``iterations`` is the steps per window. ``extra_info`` carries what the
-comparison concluded: accuracy Δ, speedup, memory, verdicts.
+One benchmark per row (backend × policy of a model/dataset/device group) whose speed was
+measured. A *round* is one timed window (closed by a device sync, never single steps —
+DESIGN.md) and its value the window's mean step time in seconds; ``iterations`` is the steps per
+window. The windows are the ones the row's speedup came from (``compare.row_speed``,
+``Row.speed_windows``): the paired speed phase's windows of the row where it ran (a baseline's
+pooled over its rounds), else the windows of its training jobs timed alone, pooled over seeds. A
+row whose jobs ran side by side with no speed phase has no benchmark: its step times are not a
+measurement to track. ``extra_info`` carries what the comparison concluded: accuracy Δ, the
+speedup with its interval and source, memory, verdicts.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from bisect import bisect_left, bisect_right
 from collections import Counter
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from precision_suite.compare import Comparison, Group, Row
-from precision_suite.outputs.rundir import ok_records_by_row, row_key, versions
+from precision_suite.outputs.rundir import versions
 from precision_suite.results import jsonable
 
 BENCHMARK_FILE = "benchmark.json"
@@ -56,7 +59,9 @@ def step_time_stats(rounds_s: list[float], iterations: int = 1) -> dict[str, Any
         ld15iqr = hd15iqr = data[0]
     else:
         ld15iqr = ordered[bisect_left(ordered, q1 - 1.5 * iqr)]
-        hd15iqr = ordered[bisect_right(ordered, q3 + 1.5 * iqr) - 1]
+        # pytest-benchmark's own definition, kept so its files and ours agree: the first datum
+        # *above* the upper fence when there is one, else the largest.
+        hd15iqr = ordered[min(bisect_right(ordered, q3 + 1.5 * iqr), len(ordered) - 1)]
     stddev_outliers = sum(v < mean - stddev or v > mean + stddev for v in data)
     iqr_outliers = sum(v < q1 - 1.5 * iqr or v > q3 + 1.5 * iqr for v in data)
     total = sum(data)
@@ -80,15 +85,6 @@ def step_time_stats(rounds_s: list[float], iterations: int = 1) -> dict[str, Any
         "data": data,
         "iterations": iterations,
     }
-
-
-def window_times(record: dict[str, Any]) -> tuple[list[float], list[int]]:
-    """A record's timed windows: mean step time (seconds) and steps of each."""
-    curves = record.get("curves") or {}
-    ms = curves.get("window_step_time_ms") or []
-    steps = curves.get("window_steps") or []
-    pairs = [(v / 1e3, n) for v, n in zip(ms, steps, strict=False) if v is not None and math.isfinite(v) and n]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def suite_version() -> str:
@@ -147,8 +143,11 @@ def _extra_info(group: Group, row: Row) -> dict[str, Any]:
         "baseline": row.baseline,
         "is_baseline": row.is_baseline,
         "speedup": row.speedup,
-        "speedup_min": row.speedup_min,
+        "speedup_min": row.speedup_min,  # its 95 % interval
         "speedup_max": row.speedup_max,
+        "speed_source": row.speed_source or None,
+        "noisy": row.noisy_reason or False,
+        "speed_unmeasured": row.speed_unmeasured or None,
         "emulated": row.emulated_reason or False,
         "peak_memory_bytes": row.peak_memory_bytes,
         "memory_source": row.memory_source,
@@ -159,19 +158,15 @@ def _extra_info(group: Group, row: Row) -> dict[str, Any]:
 
 
 def benchmark_document(comparison: Comparison, records: list[dict[str, Any]]) -> dict[str, Any]:
-    ok_records = ok_records_by_row(records)
+    """``records``: the run's job records, for the machine and commit only; every figure is the
+    comparison's."""
     benchmarks = []
     for group in comparison.groups:
         for row in group.rows:
-            rounds: list[float] = []
-            window_steps: list[int] = []
-            for record in ok_records.get(row_key(row), []):
-                times, steps = window_times(record)
-                rounds += times
-                window_steps += steps
-            if not rounds:
-                continue  # no timed window (all seeds failed, or a record from before windows were kept)
-            iterations = Counter(window_steps).most_common(1)[0][0]
+            windows = row.speed_windows
+            if windows is None:
+                continue  # speed not measured, or no timed window kept (a record from before windows were)
+            iterations = Counter(windows.steps).most_common(1)[0][0]
             benchmarks.append(
                 {
                     "group": group.key,
@@ -181,7 +176,7 @@ def benchmark_document(comparison: Comparison, records: list[dict[str, Any]]) ->
                     "param": row.policy,
                     "extra_info": _extra_info(group, row),
                     "options": {"timer": "perf_counter", "unit": "timed window of training steps"},
-                    "stats": step_time_stats(rounds, iterations),
+                    "stats": step_time_stats(list(windows.step_s), iterations),
                 }
             )
     return jsonable(

@@ -2,8 +2,10 @@
 upgrade, on two machines, with an option changed), row by row.
 
 A change is only called a change when it is beyond noise (``intervals``): accuracy, mean train
-loss and peak memory by the paired per-seed difference and its 95 % interval; speedup by its
-interval in each run, a change when the two intervals do not overlap. Verdicts are compared as
+loss and peak memory by the paired per-seed difference and its 95 % interval; speedup by the
+speedup of the row in each run (``compare.row_speed``: the speed phase where it ran, training jobs
+only where they were timed alone), a change when the two intervals do not overlap — so step times
+of training jobs that ran side by side never make a speed change. Verdicts are compared as
 the comparison states them. ``diff`` exits 1 when a verdict that passed in OLD fails in NEW,
 or a claimed (not emulated) speedup regressed beyond its interval.
 
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 from precision_suite.compare import FAILED, PASS, Row, Verdict
-from precision_suite.outputs.intervals import Interval, metric, paired_change, speedup_interval
+from precision_suite.outputs.intervals import Interval, metric, paired_change, speedup_of
 from precision_suite.outputs.rundir import RunDir, RunDirError, baseline_key, ok_records_by_row, row_key, versions
 
 # Job-config keys that say how a job was run, not what it trained: free to differ.
@@ -107,11 +109,13 @@ def check_comparable(old: RunDir, new: RunDir) -> tuple[list[str], list[str], li
     ``RunDirError`` naming the differing keys when the runs are not comparable."""
     old_jobs = {str(r["job_id"]): r for r in old.records}
     new_jobs = {str(r["job_id"]): r for r in new.records}
+    old_ids = set(old_jobs) | {str(r["job_id"]) for r in old.speed_records}
+    new_ids = set(new_jobs) | {str(r["job_id"]) for r in new.speed_records}
     shared = sorted(set(old_jobs) & set(new_jobs))
-    if not shared:
+    if not old_ids & new_ids:
         raise RunDirError(
-            f"{old.path} and {new.path} have no job in common (e.g. {next(iter(old_jobs))} vs "
-            f"{next(iter(new_jobs))}): not runs of the same config"
+            f"{old.path} and {new.path} have no job in common (e.g. {min(old_ids)} vs "
+            f"{min(new_ids)}): not runs of the same config"
         )
     differing: dict[str, list[str]] = {}
     noted: list[str] = []
@@ -132,7 +136,7 @@ def check_comparable(old: RunDir, new: RunDir) -> tuple[list[str], list[str], li
         raise RunDirError(
             f"{old.path} and {new.path} are not comparable: the job configs differ in " + "; ".join(shown) + more
         )
-    return sorted(set(old_jobs) - set(new_jobs)), sorted(set(new_jobs) - set(old_jobs)), noted
+    return sorted(old_ids - new_ids), sorted(new_ids - old_ids), noted
 
 
 # --- per row -------------------------------------------------------------------------------------
@@ -179,6 +183,12 @@ def _change(quantity: str, unit: str, old_value: float | None, new_value: float 
     return Change(quantity, unit, old_value, new_value, delta, delta.excludes(0.0), note)
 
 
+def _speed_note(row: Row, speed: Interval) -> str:
+    if row.speed is None:
+        return row.speed_unmeasured or "n/a"
+    return f"{speed.format('×')} {row.speed.source}"
+
+
 def _verdict_map(row: Row) -> dict[str, Verdict]:
     return {v.name: v for v in row.verdicts}
 
@@ -221,13 +231,11 @@ def diff_row(
             paired_change(_by_seed(old_ok, "peak_memory_bytes"), _by_seed(new_ok, "peak_memory_bytes")),
         )
     )
-    old_base, new_base = baseline_key(old_row), baseline_key(new_row)
-    if old_base is not None and new_base is not None:
-        old_speed = speedup_interval(old_records.get(old_base, []), old_ok)
-        new_speed = speedup_interval(new_records.get(new_base, []), new_ok)
+    if baseline_key(old_row) is not None and baseline_key(new_row) is not None:
+        old_speed, new_speed = speedup_of(old_row), speedup_of(new_row)
         changed = new_speed.below(old_speed) or new_speed.above(old_speed)
         emulated = old_row.emulated or new_row.emulated
-        note = f"OLD {old_speed.format('×')}; NEW {new_speed.format('×')}"
+        note = f"OLD {_speed_note(old_row, old_speed)}; NEW {_speed_note(new_row, new_speed)}"
         if emulated:
             note += "; emulated: no speed claim"
         delta = Interval(
@@ -391,8 +399,8 @@ def render_markdown(result: RunDiff) -> str:
     lines += [
         "",
         "Δ = NEW − OLD: mean of per-seed paired differences with its 95% t interval (accuracy, mean train "
-        "loss, memory); speedup: each run's speedup with its 95% interval, a change when the intervals do not "
-        "overlap (Δ is NEW/OLD).",
+        "loss, memory); speedup: each run's speedup as its report shows it (the paired speed phase, or training "
+        "jobs timed alone) with its 95% interval, a change when the intervals do not overlap (Δ is NEW/OLD).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,10 @@ class RunDir:
     path: Path
     records: list[dict[str, Any]]  # the newest record of each job
     warnings: list[str]  # damaged lines skipped while reading
+    # Rows, verdicts and speedups (the speed phase's where it ran: ``compare.row_speed``); every
+    # output reads its figures from here, never again from the records.
     comparison: Comparison
+    speed_records: list[dict[str, Any]] = field(default_factory=list)  # the speed phases' (newest per id)
 
 
 def load_run(path: Path | str, tolerance_pts: float | None = None) -> RunDir:
@@ -29,9 +32,12 @@ def load_run(path: Path | str, tolerance_pts: float | None = None) -> RunDir:
         raise RunDirError(f"{results}: no such file (is {path} a run directory?)")
     read = read_records(results)
     records = list(latest_by_job(read.records).values())
-    if not records:
+    speed = list(latest_by_job(read.speed).values())
+    if not records and not speed:
         raise RunDirError(f"{results}: no valid records")
-    return RunDir(path, records, read.warnings, compare(records, tolerance_pts=tolerance_pts))
+    comparison = compare(records, tolerance_pts=tolerance_pts, speed_records=speed)
+    comparison.run_dir = str(path)
+    return RunDir(path, records, read.warnings, comparison, speed)
 
 
 def versions(environ: dict[str, Any]) -> dict[str, str]:

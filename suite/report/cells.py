@@ -9,7 +9,9 @@ from precision_suite.compare import (
     INCONCLUSIVE,
     INFO,
     NO_BASELINE,
+    PAIRED,
     PASS,
+    TIMED_JOBS,
     Comparison,
     Group,
     Row,
@@ -69,17 +71,13 @@ def fmt_delta(row: Row) -> str:
 
 
 def speedup_figure(row: Row) -> str:
-    """The speedup and its CI or range, without the caveat (``speedup_caveat``)."""
+    """The speedup and its 95 % CI, without the caveat (``speedup_caveat``)."""
     if row.is_baseline:
         return "1.00× (baseline)"
-    if row.speedup is None:
-        return "—"
-    spread = ""
-    if row.speed_source == "paired" and row.speedup_min is not None and row.speedup_max is not None:
-        spread = f" (CI {row.speedup_min:.2f}–{row.speedup_max:.2f})"
-    elif row.speedup_min is not None and row.speedup_max is not None and len(row.seeds_ok) > 1:
-        spread = f" ({row.speedup_min:.2f}–{row.speedup_max:.2f})"
-    return f"{row.speedup:.2f}×{spread}"
+    if row.speed is None:
+        return "not measured" if row.speed_unmeasured else "—"
+    spread = f" (CI {row.speed.ci_low:.2f}–{row.speed.ci_high:.2f})" if row.speed.defined else ""
+    return f"{row.speed.estimate:.2f}×{spread}"
 
 
 def speedup_caveat(row: Row) -> str:
@@ -94,14 +92,28 @@ def fmt_speedup(row: Row) -> str:
     return f"{speedup_figure(row)} {caveat}" if caveat else speedup_figure(row)
 
 
+SPEED_EXPLANATIONS = {
+    PAIRED: (
+        "speedup = paired, interleaved timing (fp32 and each policy in rotation in one worker): median of "
+        "per-round fp32/policy step-time ratios, 95% CI in parentheses; noisy = shown, not claimed"
+    ),
+    TIMED_JOBS: (
+        "speedup = fp32 step time / policy step time of training jobs each timed alone: geometric mean over "
+        "seeds, 95% CI in parentheses; noisy = shown, not claimed"
+    ),
+}
+
+
 def speed_explanation(group: Group) -> str:
-    """How the group's speedups were measured (paired phase or separate jobs)."""
-    if any(row.speed_source == "paired" for row in group.rows):
-        return (
-            "speedup = paired, interleaved timing (fp32 and each policy in rotation in one worker): median of "
-            "per-round fp32/policy step-time ratios, 95% CI in parentheses; noisy = shown, not claimed"
+    """How the group's speedups were measured (``precision_suite.compare.row_speed``)."""
+    sources = dict.fromkeys(row.speed_source for row in group.rows if row.speed is not None)
+    parts = [SPEED_EXPLANATIONS[source] for source in sources if source in SPEED_EXPLANATIONS]
+    if any(row.speed is None and row.speed_unmeasured for row in group.rows):
+        parts.append(
+            "speedup not measured where the training jobs ran side by side and no speed phase ran "
+            "(enable speed, or set runner.parallel_jobs: 1)"
         )
-    return "speedup = fp32 step time p50 / step time p50 of separately timed jobs; range over seeds in parentheses"
+    return "; ".join(parts) or "speedup: no timed measurement"
 
 
 def speed_notes(group: Group) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 from precision_suite.compare import (
     FAIL,
@@ -12,12 +13,14 @@ from precision_suite.compare import (
     INCONCLUSIVE,
     NO_BASELINE,
     PASS,
+    TIMED_JOBS,
     check_exit_code,
     compare,
     emulation,
+    jobs_speedup,
     mean_ci95,
-    speedup_stats,
 )
+from precision_suite.results import Record
 
 from tests.helpers.records import default_run, make_record
 
@@ -61,15 +64,49 @@ def test_ci_of_one_seed_is_undefined_not_zero():
     assert mean_ci95([0.9, float("nan")]) == (0.9, None)
 
 
-def test_speedup_is_ratio_of_means_with_per_seed_spread():
-    ratio, low, high = speedup_stats({0: 10.0, 1: 12.0}, {0: 5.0, 1: 4.0})
-    assert ratio == pytest.approx(11.0 / 4.5)
-    assert (low, high) == (pytest.approx(2.0), pytest.approx(3.0))
-    # A policy seed without a baseline of the same seed is paired with the baseline mean.
-    ratio, low, high = speedup_stats({0: 10.0, 1: 12.0}, {5: 5.5})
-    assert ratio == low == high == pytest.approx(2.0)
-    assert speedup_stats({}, {0: 5.0}) == (None, None, None)
-    assert speedup_stats({0: 10.0}, {0: None}) == (None, None, None)
+def _timed(backend, policy, seed, step_ms, windows_ms=None):
+    record = make_record(backend, policy, seed, step_ms=step_ms)
+    if windows_ms is not None:
+        record["curves"].update(window_step_time_ms=windows_ms, window_steps=[4] * len(windows_ms))
+    return Record(record)
+
+
+def test_speedup_of_jobs_timed_alone_is_the_geometric_mean_with_a_t_interval_on_the_log_scale():
+    base = [_timed("torch-amp", "fp32", s, ms) for s, ms in enumerate([10.0, 12.0, 11.0])]
+    row = [_timed("torch-amp", "bf16-mixed", s, ms) for s, ms in enumerate([5.0, 4.0, 5.5])]
+    speed = jobs_speedup(base, row)
+    # Per-seed ratios 2, 3, 2: geometric mean 12^(1/3); the t interval of ln 2, ln 3, ln 2.
+    logs = [math.log(2), math.log(3), math.log(2)]
+    mean = sum(logs) / 3
+    sd = math.sqrt(sum((v - mean) ** 2 for v in logs) / 2)
+    half = T975[2] * sd / math.sqrt(3)
+    assert speed.source == TIMED_JOBS and speed.estimate == pytest.approx(12 ** (1 / 3))
+    assert speed.ci_low == pytest.approx(math.exp(mean - half)) and speed.ci_high == pytest.approx(
+        math.exp(mean + half)
+    )
+    assert speed.ci_low > 1.0 and not speed.noisy_reason
+    # Faster on one seed, slower on another: the interval includes 1.0, so the speedup is noisy.
+    slower = [_timed("torch-amp", "bf16-mixed", s, ms) for s, ms in enumerate([7.0, 14.0, 9.0])]
+    straddles = jobs_speedup(base, slower)
+    assert straddles.ci_low < 1.0 < straddles.ci_high and "includes 1.0" in straddles.noisy_reason
+    # Only seeds timed on both sides are paired; none in common: no speedup.
+    assert jobs_speedup(base, [_timed("torch-amp", "bf16-mixed", 5, 5.0)]) is None
+    assert jobs_speedup([], row) is None
+
+
+def test_one_seed_speedup_is_welchs_interval_over_its_timed_windows():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    base_ms, row_ms = [10.0, 10.4, 9.8, 10.1, 10.3], [5.1, 4.9, 5.2, 5.0]
+    speed = jobs_speedup(
+        [_timed("torch-amp", "fp32", 0, 10.0, base_ms)], [_timed("torch-amp", "bf16-mixed", 0, 5.0, row_ms)]
+    )
+    welch = scipy_stats.ttest_ind(np.log(base_ms), np.log(row_ms), equal_var=False).confidence_interval(0.95)
+    assert (speed.ci_low, speed.ci_high) == (pytest.approx(math.exp(welch.low)), pytest.approx(math.exp(welch.high)))
+    assert speed.estimate == pytest.approx(math.exp(np.mean(np.log(base_ms)) - np.mean(np.log(row_ms))))
+    assert not speed.noisy_reason
+    # Without windows (records from before they were kept): the p50 ratio, no interval.
+    bare = jobs_speedup([_timed("torch-amp", "fp32", 0, 10.0)], [_timed("torch-amp", "bf16-mixed", 0, 4.0)])
+    assert bare.estimate == pytest.approx(2.5) and not bare.defined
 
 
 def test_row_statistics_against_fp32_of_same_framework():
@@ -92,8 +129,10 @@ def test_row_statistics_against_fp32_of_same_framework():
     assert row.accuracy_mean == pytest.approx(0.945)
     assert row.accuracy_ci95 == pytest.approx(T975[2] * 0.005 / math.sqrt(3), rel=1e-6)
     assert row.delta_pts == pytest.approx(-0.5)
-    assert row.speedup == pytest.approx(11.0 / (14.5 / 3))
-    assert (row.speedup_min, row.speedup_max) == (pytest.approx(2.0), pytest.approx(3.0))
+    # The jobs carry no placement (written before placements existed: one at a time), so their
+    # step times are a speedup: per-seed ratios 2, 3, 2.
+    assert row.speed_source == TIMED_JOBS and row.speedup == pytest.approx(12 ** (1 / 3))
+    assert row.speedup_min < 2.0 and row.speedup_max > 3.0
     assert row.memory_ratio == pytest.approx(0.6)
     assert row_of(comparison, "torch-amp", "fp32").is_baseline
 

@@ -116,6 +116,20 @@ def test_speed_phase_end_to_end_with_the_fake_backend(fake_backends, fake_config
     assert row.speed_source == "paired" and row.speedup == pytest.approx(candidate["speedup"])
     assert bool(row.noisy_reason) == bool(candidate["noisy_reason"])
 
+    # advise and benchmark.json (written by the run) quote the same phase: its speedup, its windows.
+    from precision_suite.outputs.advise import advise
+    from precision_suite.outputs.rundir import load_run
+
+    (item,) = advise(load_run(out))
+    (fp16,) = [c for c in [item.choice, *item.avoid, *item.alternatives] if c and c.row.policy == "fp16-mixed"]
+    assert fp16.speedup.estimate == candidate["speedup"]
+    assert (fp16.speedup.low, fp16.speedup.high) == (candidate["ci_low"], candidate["ci_high"])
+    benches = {b["name"]: b for b in json.loads((out / "benchmark.json").read_text())["benchmarks"]}
+    windows = phase["windows"]["fake fp16-mixed"]
+    assert benches["fake[fp16-mixed]"]["stats"]["data"] == [w["wall_s"] / w["steps"] for w in windows["samples"]]
+    assert benches["fake[fp16-mixed]"]["stats"]["iterations"] == windows["steps_per_window"]
+    assert benches["fake[fp16-mixed]"]["extra_info"]["speedup"] == candidate["speedup"]
+
     # --resume does not run an ok phase again.
     from precision_suite.cli import main
 

@@ -3,9 +3,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from precision_suite.cli import main
+from precision_suite.compare import jobs_speedup
 from precision_suite.outputs.diff import diff_runs, render_html, render_markdown
-from precision_suite.outputs.intervals import Interval, paired_change, speedup_interval
+from precision_suite.outputs.intervals import Interval, paired_change
 from precision_suite.outputs.rundir import RunDirError, load_run
+from precision_suite.results import Record
 
 from tests.helpers.cli import read_run, run_cli
 from tests.helpers.records import default_run, make_record
@@ -141,12 +143,16 @@ def test_speedup_interval_coverage_and_false_regression_rate():
 
     def run():
         load = rng.lognormal(0, 0.2, 3)
-        base = [{"seed": s, "metrics": {"step_time_ms_p50": 10 * load[s] * rng.lognormal(0, 0.03)}} for s in range(3)]
-        cand = [
-            {"seed": s, "metrics": {"step_time_ms_p50": 10 / true_speedup * load[s] * rng.lognormal(0, 0.03)}}
+        base = [
+            Record({"seed": s, "metrics": {"step_time_ms_p50": 10 * load[s] * rng.lognormal(0, 0.03)}})
             for s in range(3)
         ]
-        return speedup_interval(base, cand)
+        cand = [
+            Record({"seed": s, "metrics": {"step_time_ms_p50": 10 / true_speedup * load[s] * rng.lognormal(0, 0.03)}})
+            for s in range(3)
+        ]
+        speed = jobs_speedup(base, cand)
+        return Interval(speed.estimate, speed.ci_low, speed.ci_high)
 
     intervals = [run() for _ in range(trials)]
     coverage = np.mean([i.low <= true_speedup <= i.high for i in intervals])
