@@ -1,5 +1,5 @@
-"""What every Keras 3 runtime backend shares (tf-keras, keras-jax): the policy table, the
-loss-scale mapping and its checks, the optimizer (with its ``LossScaleOptimizer``), the loss,
+"""What every Keras 3 runtime backend shares (tf-keras, keras-jax): the options schema, the policy
+table, the loss-scale mapping and its checks, the optimizer (with its ``LossScaleOptimizer``), the loss,
 the observed precision, CPU memory accounting, checkpoints, and the compiled steps a worker's
 later jobs reuse (``COMPILED_STEPS``).
 
@@ -19,11 +19,12 @@ import sys
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from precision_suite.backends.base import EVAL_BATCH, POLICY_SPECS, Availability, Backend, MemoryStats
 from precision_suite.memory import PrecisionLayout, account_job
+from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from precision_suite.data import Dataset
@@ -37,6 +38,35 @@ KERAS_BACKOFF_FACTOR = 0.5
 # Modules of this package that import keras at module level: rebound when the Keras runtime is
 # switched in-process (see ``import_keras``).
 _KERAS_MODULES = ("precision_suite.backends.keras.models", "precision_suite.backends.keras.optim")
+
+
+# Whose optimizer update rules a Keras backend runs (``OPTIMIZER_RULES`` in optim.py builds each):
+# torch's, so fp32 curves match PyTorch step for step, or stock Keras', what ``model.fit`` runs.
+OptimizerRules = Literal["torch", "keras"]
+
+
+class KerasOptions(BaseModel):
+    """``backends.options.<Keras backend>``: the options of every Keras runtime (tf-keras,
+    keras-jax), declared once, so both take the same keys with the same meaning. A runtime's
+    subclass may change a default, never add or drop a key (``KerasJaxOptions``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # XLA for the train and eval steps, Keras' ``compile(jit_compile=...)``. Explicit, never Keras'
+    # "auto", which on TensorFlow turns it on silently on a GPU. Off, TensorFlow runs the steps as
+    # graphs and JAX op by op (as Keras on JAX does with jit_compile=False).
+    jit_compile: bool = False
+    # Deterministic kernels: TensorFlow's enable_op_determinism; on JAX, XLA's
+    # xla_gpu_deterministic_ops (a GPU compiler option, applied on a GPU only). None follows
+    # runner.deterministic.
+    deterministic: bool | None = None
+    # Whose optimizer update rules: torch's (fp32 curves match PyTorch; backends/keras/optim.py)
+    # or stock Keras' (what model.fit runs; the cross-framework verdict is then n/a).
+    optimizer_rules: OptimizerRules = "torch"
+
+    def deterministic_for(self, job: Job) -> bool:
+        """Whether ``job`` runs deterministic kernels: ``deterministic``, else ``runner.deterministic``."""
+        return job.runner.deterministic if self.deterministic is None else self.deterministic
 
 
 # The only Keras-specific part of a policy: its DTypePolicy name (the rest is POLICY_SPECS).
@@ -224,8 +254,8 @@ def loss_scale_used(job: Job) -> dict[str, Any]:
     return {"mode": "none"}
 
 
-def build_keras_optimizer(keras: Any, job: Job, data: Dataset, rules: str = "torch") -> tuple[Any, Any]:
-    """(the optimizer a step applies, the torch-style optimizer inside it) for ``job``:
+def build_keras_optimizer(keras: Any, job: Job, data: Dataset, rules: OptimizerRules = "torch") -> tuple[Any, Any]:
+    """(the optimizer a step applies, the inner optimizer that updates the weights) for ``job``:
 
     * dynamic: ``LossScaleOptimizer(initial_scale=init_scale, dynamic_growth_steps=growth_interval)``.
       Its skip/grow/backoff rule is GradScaler's: a non-finite gradient halves the scale and
@@ -292,6 +322,7 @@ class KerasBackend(Backend):
     state whenever ``state_dict`` reads them)."""
 
     policies = tuple(KERAS_DTYPE_POLICIES)
+    Options: ClassVar[type[KerasOptions]] = KerasOptions
     runtime_name: ClassVar[str]  # for messages: "TensorFlow", "JAX"
     # Whether a later job may reuse this class's compiled functions (``COMPILED_STEPS``); not a
     # class whose step holds per-job state (the data-parallel step: its strategy, its faults).
@@ -306,10 +337,13 @@ class KerasBackend(Backend):
         return keras_config_problem(cls.name, job)
 
     def start_setup(self, job: Job) -> Any:
-        """Reject what cannot run, load Keras on this runtime, note the job's policy; returns keras."""
+        """Reject what cannot run, load Keras on this runtime, note the job's policy and options
+        (``deterministic`` resolved against ``runner.deterministic``); returns keras."""
         problem = self.config_problem(job)
         if problem:
             raise ValueError(problem)
+        self.options = self.Options.model_validate(job.options)
+        self.deterministic = self.options.deterministic_for(job)
         keras = import_keras(self.framework)
         self.job = job
         self.policy = POLICY_SPECS[job.policy]
@@ -360,17 +394,16 @@ class KerasBackend(Backend):
         nbytes = _nbytes(self.model.variables) + _nbytes(self.optimizer.variables) + captured_bytes
         self.compiled = CompiledFunctions(self.model, self.optimizer, self.inner_optimizer, runtime, nbytes)
 
-    def build_model_and_optimizer(
-        self, keras: Any, init_weights: dict[str, np.ndarray], data: Dataset, optimizer_rules: str = "torch"
-    ) -> None:
+    def build_model_and_optimizer(self, keras: Any, init_weights: dict[str, np.ndarray], data: Dataset) -> None:
         """The job's Keras model under its dtype policy, holding ``init_weights``, and its built
-        optimizer (``build_keras_optimizer``), on the runtime's current device."""
+        optimizer (``build_keras_optimizer``, with the options' ``optimizer_rules``), on the
+        runtime's current device."""
         from precision_suite.backends.keras.models import build_keras_model
 
         job = self.job
         policy = keras.DTypePolicy(KERAS_DTYPE_POLICIES[job.policy])
         self.model = build_keras_model(job.model, data.input_shape, data.num_classes, init_weights, policy)
-        self.optimizer, self.inner_optimizer = build_keras_optimizer(keras, job, data, optimizer_rules)
+        self.optimizer, self.inner_optimizer = build_keras_optimizer(keras, job, data, self.options.optimizer_rules)
         self.optimizer.build(self.model.trainable_variables)
         self.data_shape = tuple(data.input_shape)
         self.num_classes = data.num_classes

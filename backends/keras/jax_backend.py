@@ -4,17 +4,22 @@ through JAX), with Keras' own mixed precision (``DTypePolicy``) and ``LossScaleO
 Registered only through the ``precision_suite.backends`` entry-point group (the project's own
 ``pyproject.toml``), exactly as a third-party backend would be: the worked example of adding one.
 
-The model, optimizer, loss scaling, policy table, checkpoints and CPU memory accounting are the
-Keras ones shared with tf-keras (``backends/keras/common.py``). What is JAX's own:
+The model, optimizer, loss scaling, policy table, checkpoints, CPU memory accounting and options
+(``KerasOptions``: ``jit_compile``, ``deterministic``, ``optimizer_rules``) are the Keras ones
+shared with tf-keras (``backends/keras/common.py``). What is JAX's own:
 
 * One optimizer step is one ``jax.jit`` function of the whole training state (trainable and
   non-trainable model variables, optimizer variables, telemetry buffer), built from
   ``model.stateless_call`` and ``optimizer.stateless_apply``: the state is threaded through and
   donated, so each step updates it in place on the device and nothing waits for the host.
   (Keras' variables hold the state of ``setup`` and are written back only for checkpoints.)
-* XLA always: it is how JAX runs, and the record says so (``jit_compile: true``). A worker
-  compiles the step once per job structure on CPU: its later jobs of that structure (other seeds,
-  noise-floor runs) reuse it (``COMPILED_STEPS`` in ``common.py``; the record's ``compiled_step``).
+* XLA by default (``jit_compile: true``, Keras' own default on JAX: it is how JAX runs);
+  ``jit_compile: false`` runs the same step op by op, as Keras on JAX does. A worker compiles the
+  step once per job structure on CPU: its later jobs of that structure (other seeds, noise-floor
+  runs) reuse it (``COMPILED_STEPS`` in ``common.py``; the record's ``compiled_step``).
+* ``deterministic`` (default: ``runner.deterministic``) compiles the steps with XLA's
+  ``xla_gpu_deterministic_ops`` on a GPU (scatter-adds, e.g. an embedding's gradient, otherwise
+  accumulate in a racy order); it is a GPU compiler option, not passed on a CPU.
 * Loss, scale used and skipped flag of each step are written into an on-device buffer inside
   the step; ``drain_telemetry`` reads the buffers in one transfer.
 * fp32 matmuls and convolutions run at ``highest`` precision (JAX's GPU default would be TF32);
@@ -35,6 +40,7 @@ from precision_suite.backends.base import EvalResult, MemoryStats, Telemetry
 from precision_suite.backends.keras.common import (
     EVAL_BATCH,
     KerasBackend,
+    KerasOptions,
     cross_entropy,
     loss_scale_used,
 )
@@ -51,10 +57,31 @@ def _jax_device(jax: Any, device: str) -> Any:
     return jax.devices("gpu" if device == "cuda" else "cpu")[0]
 
 
+class KerasJaxOptions(KerasOptions):
+    """The Keras options with JAX's own default for ``jit_compile``: on (Keras' "auto" on JAX)."""
+
+    jit_compile: bool = True
+
+
 class KerasJaxBackend(KerasBackend):
     name = "keras-jax"
     framework = "jax"
     runtime_name = "JAX"
+    Options = KerasJaxOptions
+
+    @classmethod
+    def config_problem(cls, job: Job) -> str | None:
+        problem = super().config_problem(job)
+        if problem or job.device != "cuda":  # "auto" is checked again in the worker, resolved
+            return problem
+        options = cls.Options.model_validate(job.options)
+        if options.deterministic_for(job) and not options.jit_compile:
+            return (
+                f"{cls.name}: jit_compile: false runs JAX op by op on the GPU, where XLA's deterministic "
+                f"kernels cannot be asked for; set backends.options.{cls.name}.deterministic: false "
+                "(it follows runner.deterministic) or jit_compile: true"
+            )
+        return None
 
     @classmethod
     def sees_cuda(cls) -> bool:
@@ -195,7 +222,21 @@ class KerasJaxBackend(KerasBackend):
                     hits.append(jnp.sum(jnp.argmax(logits, axis=1) == y))
                 return jnp.stack(losses), jnp.stack(hits)
 
-        return jax.jit(step, donate_argnums=0), jax.jit(evaluate)
+        if not self.options.jit_compile:
+            return step, evaluate
+        compiler_options = self.compiler_options()
+        return (
+            jax.jit(step, donate_argnums=0, compiler_options=compiler_options),
+            jax.jit(evaluate, compiler_options=compiler_options),
+        )
+
+    def compiler_options(self) -> dict[str, Any] | None:
+        """XLA options of the jitted steps: deterministic kernels where asked, on a GPU (the
+        option is XLA's GPU compiler's; on a CPU nothing is passed, so the compiled program and its
+        cache key stay those of a run without it)."""
+        if self.deterministic and self.job.device == "cuda":
+            return {"xla_gpu_deterministic_ops": True}
+        return None
 
     # -------------------------------------------------- training
     def prepare_batches(self, rows: np.ndarray) -> Sequence[Any]:
@@ -276,7 +317,9 @@ class KerasJaxBackend(KerasBackend):
             # the same program compiled once, loaded by the others; the executable is identical).
             "compilation_cache_dir": jax.config.jax_compilation_cache_dir,
             "xla_python_client_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
-            "jit_compile": True,  # XLA always: it is how JAX runs
+            "jit_compile": self.options.jit_compile,
+            "xla_compiler_options": self.compiler_options() if self.options.jit_compile else None,
+            "optimizer_rules": self.options.optimizer_rules,
             "compiled_step": self.compiled_step,
             "matmul_precision": self.matmul_precision,
             "tf32": self.policy.tf32,

@@ -196,5 +196,5 @@ def build_stock_optimizer(
     raise ValueError(f"train.optimizer.name: unknown optimizer {cfg.name!r}; known: sgd, adam, adamw")
 
 
-# ``optimizer_rules`` option of tf-keras → builder.
+# The Keras backends' ``optimizer_rules`` option (``OptimizerRules`` in common.py) → builder.
 OPTIMIZER_RULES = {"torch": build_optimizer, "keras": build_stock_optimizer}

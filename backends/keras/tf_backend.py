@@ -17,15 +17,16 @@ Loss scaling (fp16-mixed) follows ``job.loss_scale`` through ``LossScaleOptimize
 or ``loss_scale_factor`` (static, non-finite steps skipped here as GradScaler does); Keras grows
 by 2 and backs off by 0.5, fixed, and other factors are rejected (``config_problem``). The
 policy table, that mapping, checkpoints and the CPU memory accounting are shared with every Keras
-runtime (``backends/keras/common.py``); optimizers follow torch's update rules
-(``backends/keras/optim.py``) unless the option ``optimizer_rules: keras`` asks for stock
-Keras optimizers (what ``model.fit`` runs).
+runtime (``backends/keras/common.py``), and so are the options (``KerasOptions``: ``jit_compile``,
+``deterministic``, ``optimizer_rules``); optimizers follow torch's update rules
+(``backends/keras/optim.py``) unless ``optimizer_rules: keras`` asks for stock Keras optimizers
+(what ``model.fit`` runs).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 from unittest import mock
 
 import numpy as np
@@ -37,23 +38,10 @@ from precision_suite.backends.keras.common import (
     import_keras,
     loss_scale_used,
 )
-from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from precision_suite.data import Dataset
     from precision_suite.jobs import Job
-
-
-class TfKerasOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    # XLA for the train/eval steps. Explicit: Keras' own "auto" turns it on silently on GPU.
-    jit_compile: bool = False
-    # tf.config.experimental.enable_op_determinism; None follows runner.deterministic.
-    deterministic: bool | None = None
-    # Whose optimizer update rules: torch's (fp32 curves match PyTorch; backends/keras/optim.py)
-    # or stock Keras' (what model.fit runs; the cross-framework verdict is then n/a).
-    optimizer_rules: Literal["torch", "keras"] = "torch"
 
 
 def _import_tf() -> tuple[Any, Any]:
@@ -72,7 +60,6 @@ class TfKerasBackend(KerasBackend):
     name = "tf-keras"
     framework = "tensorflow"
     runtime_name = "TensorFlow"
-    Options = TfKerasOptions
 
     @classmethod
     def sees_cuda(cls) -> bool:
@@ -85,7 +72,6 @@ class TfKerasBackend(KerasBackend):
         import tensorflow as tf
         from precision_suite.models import prepare_inputs
 
-        self.options = TfKerasOptions.model_validate(job.options)
         self._device = "/GPU:0" if job.device == "cuda" else "/CPU:0"
         self._configure_runtime(tf)
         cached = self.find_compiled(data)
@@ -115,7 +101,7 @@ class TfKerasBackend(KerasBackend):
                 self.y_train = tf.constant(data.y_train.astype(np.int32))
                 self.y_test = tf.constant(data.y_test.astype(np.int32))
             self.num_classes = data.num_classes
-            self.build_model_and_optimizer(keras, init_weights, data, self.options.optimizer_rules)
+            self.build_model_and_optimizer(keras, init_weights, data)
         # Each step returns its (loss, scale used, skipped) row as a device tensor; they are kept
         # unread and stacked in one read at the drain (cheaper than writing a device buffer).
         self._rows: list[Any] = []
@@ -162,8 +148,6 @@ class TfKerasBackend(KerasBackend):
         }
         # Set both ways explicitly: the fp32 baseline must never silently run TF32.
         tf.config.experimental.enable_tensor_float_32_execution(self.policy.tf32)
-        deterministic = self.options.deterministic
-        self.deterministic = self.job.runner.deterministic if deterministic is None else deterministic
         if self.deterministic:
             tf.config.experimental.enable_op_determinism()
         else:

@@ -7,14 +7,11 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any
 
 import numpy as np
 import pytest
 from precision_suite.backends.keras.tf_backend import TfKerasBackend
-from precision_suite.config import MlpConfig
-from precision_suite.data import Dataset, batch_plan
-from precision_suite.jobs import Job
+from precision_suite.data import batch_plan
 from precision_suite.models import init_weights
 
 from tests.helpers.backends import assert_learns_only_with_scaling
@@ -268,74 +265,3 @@ def test_digits_mixed_policies_reach_fp32_accuracy_within_parity_tolerance():
         baseline = np.mean(accuracy[(model, "fp32")])
         assert len(values) == len(config.seeds)
         assert abs(np.mean(values) - baseline) <= tolerance, (model, policy, values, baseline)
-
-
-# ---------------------------------------------------------------- optimizer_rules: keras
-def _stock_fit_losses(job: Job, data: Dataset, weights: dict, plan: list, optimizer: Any) -> list[float]:
-    """Per-step losses of stock ``model.fit`` (fresh model from ``weights``) over ``plan``."""
-    import keras
-    from precision_suite.backends.keras.models import build_keras_model, to_keras_inputs
-
-    model = build_keras_model(job.model, data.input_shape, data.num_classes, weights, "float32")
-    model.compile(
-        optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=False
-    )
-    order = np.concatenate([rows for _, rows in plan])
-    losses: list[float] = []
-
-    class PerBatchLoss(keras.callbacks.Callback):
-        # fit reports a running mean; resetting the tracker each batch leaves the batch loss.
-        def on_train_batch_begin(self, batch, logs=None):
-            for metric in self.model.metrics:
-                metric.reset_state()
-
-        def on_train_batch_end(self, batch, logs=None):
-            losses.append(float(logs["loss"]))
-
-    model.fit(
-        to_keras_inputs(job.model, data.x_train[order]),
-        data.y_train[order],
-        batch_size=job.train.batch_size,
-        epochs=1,
-        shuffle=False,
-        verbose=0,
-        callbacks=[PerBatchLoss()],
-    )
-    return losses
-
-
-@needs_tf
-@pytest.mark.parametrize("name", ["sgd", "adam"])
-def test_keras_optimizer_rules_reproduce_stock_model_fit(name):
-    """``optimizer_rules: keras`` is what a Keras user's ``model.fit`` runs: the same per-step
-    fp32 losses on the same weights and batches. (The default torch rules are not: stock Adam
-    adds ε before bias correction.)"""
-    import keras
-
-    data = tiny_data(poison=False)
-    optimizer = {"name": name, "lr": 0.05 if name == "sgd" else 3e-3, "momentum": 0.9 if name == "sgd" else 0.0}
-    optimizer["eps"] = 1e-3  # large enough that where ε sits (Keras vs torch) shows within 12 steps
-    train = {"steps": 12, "batch_size": 16, "optimizer": optimizer}
-    stock_args = (
-        {"learning_rate": optimizer["lr"], "momentum": optimizer["momentum"]}
-        if name == "sgd"
-        else {"learning_rate": optimizer["lr"], "epsilon": optimizer["eps"]}
-    )
-    stock_cls = {"sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam}[name]
-    weights = init_weights(MlpConfig(hidden=[16]), data.input_shape, data.num_classes, 0)
-    plan = batch_plan(len(data.y_train), 16, 0, None, 12)
-    losses = {}
-    for rules in ("keras", "torch"):
-        job = make_job("fp32", train=train, options={"optimizer_rules": rules})
-        backend = TfKerasBackend()
-        backend.setup(job, weights, data)
-        for _, rows in plan:
-            backend.train_step(rows)
-        losses[rules] = backend.drain_telemetry().loss
-        assert backend.environment()["optimizer_rules"] == rules
-        backend.teardown()
-    stock = _stock_fit_losses(job, data, weights, plan, stock_cls(**stock_args))
-    np.testing.assert_allclose(losses["keras"], stock, **TOLERANCES["float32"])
-    if name == "adam":
-        relative = np.abs(losses["torch"] - stock) / np.abs(stock)
-        assert relative.max() > 100 * TOLERANCES["float32"]["rtol"]
