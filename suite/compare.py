@@ -454,7 +454,7 @@ def _parity_verdict(
 
 def _optimizer_rules(records: Any) -> str:
     """Whose optimizer update rules a row's jobs ran: the backend option ``optimizer_rules``
-    where the backend has one (tf-keras), else torch's (every built-in backend's default)."""
+    where the backend has one (tf-keras, keras-jax), else torch's (every built-in backend's default)."""
     for record in records:
         options = (record.get("config") or {}).get("options") or {}
         if options.get("optimizer_rules"):
