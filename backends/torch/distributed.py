@@ -15,15 +15,16 @@ BatchNorm: every rank normalises its own slice with that slice's statistics, on 
 computation as tf-keras' replicas, and one the one-process reference reproduces
 (``precision_suite.distributed.replica_shards_reference``). ``SyncBatchNorm`` is not used: it
 only runs on GPU inputs, so a run's BatchNorm would depend on its device, and torch-manual's
-fp32 hooks sit on the module objects that conversion replaces. ``broadcast_buffers=False``: each
-rank's running statistics follow its own slices; rank 0's, the ones its evaluation and record
-use, are what DDP's default broadcast would copy to the other ranks, without a broadcast per
-forward pass.
+fp32 hooks sit on the module objects that conversion replaces. No buffer broadcast per forward
+pass (``broadcast_buffers``/``forward_sync_buffers=False``): each rank's running statistics
+follow its own slices; rank 0's, the ones its evaluation and record use, are what DDP's default
+broadcast would copy to the other ranks.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -93,10 +94,13 @@ class DdpMixin:
         super().setup(job, init_weights, data)
         has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
         self.batchnorm = BATCHNORM_PER_REPLICA if has_batchnorm else BATCHNORM_NONE
+        # No buffer broadcast before each forward pass; torch 2.13 renamed the flag (the old name
+        # warns). Equal at the start anyway: every rank loads the same initial weights.
+        renamed = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
         self.forward_module = DistributedDataParallel(
             self.forward_module,
             device_ids=[self.device.index] if self.device.type == "cuda" else None,
-            broadcast_buffers=False,
+            **{"forward_sync_buffers" if renamed else "broadcast_buffers": False},
         )
         self.step_index = 0
         self.local_scale: list[np.ndarray] = []
