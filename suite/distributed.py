@@ -14,6 +14,21 @@ the union of a step's rows is exactly the one-process step's rows.
   on a GPU node), the backend's own compiled step under ``strategy.run``
   (``backends/keras/distributed.py``).
 
+BatchNorm: every replica normalises its own slice with that slice's statistics, as DDP does
+without ``SyncBatchNorm`` and tf.distribute does with Keras' ``BatchNormalization(synchronized=False)``
+(``record["distributed"]["batchnorm"]``: ``BATCHNORM_PER_REPLICA``). Replica 0's running
+statistics follow its own slices only (DDP: rank 0's buffers; tf.distribute: the Keras variables
+of the running statistics have no aggregation, so each replica writes its own copy, and a read
+outside the replicas' step, as evaluation does, gets replica 0's), and only replica 0 evaluates
+into the record.
+
+The ``data-parallel`` verdict compares an fp32 N-replica job with what it is supposed to equal,
+``replica_shards_reference``: one process, the same batch plan at the global batch, each step
+trained as the N replicas' contiguous slices one after the other (micro-batches,
+``train.grad_accumulation`` × N) with their gradients summed — what DDP's all-reduce computes. So
+BatchNorm normalises each replica's slice on its own (a "ghost batch"), which no one-process run
+at the whole global batch does.
+
 Rank 0 (the only process for tf-keras) writes the record; every replica's skip decisions, final
 loss scale and a digest of its parameters are gathered into ``record["distributed"]`` for the
 ``replica-consistency`` verdict. The launcher owns the processes: all ranks share one process
@@ -44,6 +59,9 @@ if TYPE_CHECKING:
     from precision_suite.jobs import Job
 
 DP_REFERENCE = "dp-reference"
+# record["distributed"]["batchnorm"]: what the replicas' BatchNorm layers normalise with.
+BATCHNORM_NONE = "none"
+BATCHNORM_PER_REPLICA = "per-replica statistics"
 RESULT_FILE_ENV = "PRECISION_SUITE_DP_RESULT"
 REPLICAS_ENV = "PRECISION_SUITE_DP_REPLICAS"
 STDERR_TAIL_LINES = 15
@@ -80,8 +98,8 @@ def data_parallel_impl(job: Job) -> DataParallelImpl:
 # ---------------------------------------------------------------- planning
 def expand_world_sizes(jobs: list[Job]) -> list[Job]:
     """Each job once per world size (id suffix ``/wsN`` for N > 1; N = 1 keeps the plain id), and
-    for each fp32 job at N > 1 the one-process reference at its global batch (``/ws1-batchG``)
-    that the ``data-parallel`` verdict compares it with."""
+    for each fp32 job at N > 1 of a backend that runs data-parallel the one-process reference the
+    ``data-parallel`` verdict compares it with (``replica_shards_reference``)."""
     out: list[Job] = []
     references: list[Job] = []
     for job in jobs:
@@ -90,17 +108,27 @@ def expand_world_sizes(jobs: list[Job]) -> list[Job]:
                 out.append(job)
                 continue
             out.append(replace(job, world_size=size, job_id=f"{job.job_id}/ws{size}"))
-            if job.policy == "fp32":
-                global_batch = size * job.train.batch_size
-                references.append(
-                    replace(
-                        job,
-                        role=DP_REFERENCE,
-                        job_id=f"{job.job_id}/ws1-batch{global_batch}",
-                        train=job.train.model_copy(update={"batch_size": global_batch}),
-                    )
-                )
+            # A backend with no data-parallel variant records its N-replica jobs unavailable:
+            # nothing to compare, so no reference to run.
+            if job.policy == "fp32" and job.backend in DATA_PARALLEL:
+                references.append(replica_shards_reference(job, size))
     return out + references
+
+
+def replica_shards_reference(job: Job, size: int) -> Job:
+    """The one-process run that ``job`` over ``size`` replicas is supposed to equal (id suffix
+    ``/ws1-batchG-shardsN``): the batch plan at the global batch G, each step's rows trained as
+    the replicas' contiguous slices in turn (``grad_accumulation`` × N micro-batches, so a
+    replica's own micro-batches stay its own), the gradients summed. Each slice's forward pass is
+    a replica's: BatchNorm normalises it with its own statistics, as the replicas do. Its running
+    statistics see every slice, replica 0's only its own: the reference's test metrics are not the
+    replicas', which the verdict does not compare (a training loss uses the batch's own
+    statistics)."""
+    global_batch = size * job.train.batch_size
+    train = job.train.model_copy(
+        update={"batch_size": global_batch, "grad_accumulation": size * job.train.grad_accumulation}
+    )
+    return replace(job, role=DP_REFERENCE, job_id=f"{job.job_id}/ws1-batch{global_batch}-shards{size}", train=train)
 
 
 def global_batch_size(job: Job) -> int:

@@ -210,9 +210,11 @@ class JobBoard:
         if job_id in self.running:
             self.running[job_id].step, self.running[job_id].total = step, total
 
-    def finished(self, job_id: str) -> tuple[int, int]:
+    def finished(self, job_id: str) -> tuple[int, int, dict[str, Any] | None]:
+        """Take the job off the board: the most timed jobs and jobs that shared its node, and
+        where it ran (None if it never started or was taken off already)."""
         entry = self.running.pop(job_id, None)
-        return (entry.most_timed, entry.most_jobs) if entry else (0, 0)
+        return (entry.most_timed, entry.most_jobs, entry.placement) if entry else (0, 0, None)
 
     def snapshot(self) -> dict[str, tuple[int, int, dict[str, Any]]]:
         return {job_id: (r.step, r.total, r.placement) for job_id, r in self.running.items()}
@@ -251,8 +253,9 @@ def run_job_on_node(job: Job, config: SuiteConfig, run_log_dir: str, board: Any)
         node_ip=ray.util.get_node_ip_address(),
         gpu_ids=gpu_ids,
     )
-    ray.get(board.started.remote(job.job_id, placement.node_id, job.timed, placement.to_dict()))
+    # Started before the board hears of it: the board's copy is the record's if the task dies.
     placement.started_at = time.time()
+    ray.get(board.started.remote(job.job_id, placement.node_id, job.timed, placement.to_dict()))
     executor = Executor(config, Path(run_log_dir), log_dir=_log_dir(run_log_dir, job.job_id))
     executor.env["CUDA_VISIBLE_DEVICES"] = cuda_visible
     try:
@@ -260,7 +263,7 @@ def run_job_on_node(job: Job, config: SuiteConfig, run_log_dir: str, board: Any)
     finally:
         executor.close()
         placement.finished_at = time.time()
-        most_timed, most_jobs = ray.get(board.finished.remote(job.job_id))
+        most_timed, most_jobs, _ = ray.get(board.finished.remote(job.job_id))
     placement.concurrent_timed_jobs_on_node = most_timed
     placement.concurrent_jobs_on_node = most_jobs
     record["placement"] = placement.to_dict()
@@ -389,11 +392,26 @@ class RayExecutor:
                 self.ray.cancel(ref, force=True)
         return given_up
 
+    def _lost_task_placement(self, out: _Outstanding) -> dict[str, Any] | None:
+        """Where a task that never reported back ran, from the board, which then forgets it (or
+        it would count as running beside every later job on its node). Its ``finished_at`` is
+        when the driver gave it up, on the driver's clock: the task never said."""
+        try:
+            most_timed, most_jobs, on_board = self.ray.get(self._board.finished.remote(out.job.job_id))
+        except self.ray.exceptions.RayError:
+            most_timed, most_jobs, on_board = 0, 0, None
+        if on_board is None and out.placement is None:
+            return None  # it never started
+        placement = dict(on_board or out.placement, finished_at=time.time())
+        if on_board is not None:
+            placement.update(concurrent_timed_jobs_on_node=most_timed, concurrent_jobs_on_node=most_jobs)
+        return placement
+
     def _timeout_record(self, out: _Outstanding) -> dict[str, Any]:
-        self._board.finished.remote(out.job.job_id)
         record = failed_record(out.job, "timeout", out.timeout_message or "timeout")
-        if out.placement is not None:
-            record["placement"] = out.placement
+        placement = self._lost_task_placement(out)
+        if placement is not None:
+            record["placement"] = placement
         return record
 
     def _record(self, ref: Any, out: _Outstanding) -> dict[str, Any]:
@@ -401,19 +419,17 @@ class RayExecutor:
         try:
             return self.ray.get(ref)
         except exceptions.RayError as exc:
-            # A task that died never said it finished: take it off the board, or it would count
-            # as running beside every later job on its node.
             if out.timeout_message is not None:
                 return self._timeout_record(out)
-            self._board.finished.remote(out.job.job_id)
             if isinstance(exc, exceptions.OutOfMemoryError):
                 record = failed_record(out.job, "oom", f"Ray killed the task: {one_line(exc)}")
             else:
                 cause = getattr(exc, "cause", None)
                 message = one_line(cause) if isinstance(cause, BaseException) else one_line(exc)
                 record = failed_record(out.job, "crashed", f"Ray task died: {message}")
-        if out.placement is not None:
-            record["placement"] = out.placement
+        placement = self._lost_task_placement(out)
+        if placement is not None:
+            record["placement"] = placement
         return record
 
     def kill_all(self) -> None:

@@ -5,12 +5,18 @@ weak-scaling table. Pure Python + NumPy, from ``results.jsonl`` alone (like ``co
   skip decisions, ended with the same loss scale and with bit-identical parameters (equal
   sha256 digests), in every seed.
 * ``data-parallel`` (the fp32 row of an N-replica group): the per-step training loss over N
-  replicas matches the one-process run at the same global batch (the ``dp-reference`` job) to a
-  relative ``distributed.data_parallel_rtol`` over the first ``distributed.data_parallel_steps``
-  steps. Why a tolerance: the all-reduce sums the replicas' gradients in another order than one
-  process sums its rows, a difference of a few ulps per step that training then amplifies (the
-  loss curves of chaotic training separate exponentially), so only an initial horizon is
-  compared; beyond it the runs are different samples of the same process.
+  replicas matches what it is supposed to equal, the one-process run at the same global batch
+  that trains each replica's slice of a step as a micro-batch of its own (the ``dp-reference``
+  job, ``distributed.replica_shards_reference``: BatchNorm normalises each slice on its own, as
+  the replicas do), to a relative ``distributed.data_parallel_rtol`` over the first
+  ``distributed.data_parallel_steps`` steps. Why a tolerance: the all-reduce may sum the
+  replicas' gradients in another order than one process does, a difference of a few ulps per
+  step that training then amplifies (the loss curves of chaotic training separate
+  exponentially), so only an initial horizon is compared; beyond it the runs are different
+  samples of the same process. ``n/a`` (never FAIL) where no one-process run computes what the
+  replicas do: dropout (every replica draws its masks from the same seed), or a reference that
+  normalises BatchNorm over another batch than the replicas (a run directory from before the
+  per-slice reference, or synchronized BatchNorm).
 * the scaling table: per (model, dataset, device, backend, policy) and world size, samples/s
   per device, weak-scaling efficiency throughput_N / (N × throughput_1), the policy's speedup
   over fp32 at N beside the same at 1, and the share of step time in gradient communication
@@ -24,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from precision_suite.distributed import DP_REFERENCE
+from precision_suite.distributed import BATCHNORM_NONE, BATCHNORM_PER_REPLICA, DP_REFERENCE
 from precision_suite.results import Record
 from precision_suite.stats import chaos_aware_agreement
 
@@ -49,6 +55,64 @@ def device_label(record: dict[str, Any]) -> str:
 
 def _batch_size(record: dict[str, Any]) -> int | None:
     return ((record.get("config") or {}).get("train") or {}).get("batch_size")
+
+
+def _grad_accumulation(record: dict[str, Any]) -> int:
+    return int(((record.get("config") or {}).get("train") or {}).get("grad_accumulation") or 1)
+
+
+def batchnorm_per_replica(record: dict[str, Any]) -> bool | None:
+    """Whether the replicas of an N-replica record normalised BatchNorm with their own slices'
+    statistics (True) or over the global batch (False: synchronized BatchNorm); None when the
+    model has no BatchNorm."""
+    value = str((record.get("distributed") or {}).get("batchnorm") or "")
+    if value.startswith(BATCHNORM_PER_REPLICA):
+        return True
+    if value in ("", BATCHNORM_NONE) or value.startswith("no BatchNorm"):
+        # The built-in cnn has BatchNorm whatever an older record says (tf-keras said it had none).
+        return True if ((record.get("config") or {}).get("model") or {}).get("kind") == "cnn" else None
+    return False
+
+
+def not_comparable_reason(record: dict[str, Any]) -> str | None:
+    """Why no one-process run can compute what the replicas of ``record`` computed, or None."""
+    dropout = ((record.get("config") or {}).get("model") or {}).get("dropout") or 0
+    if dropout > 0:
+        return (
+            f"dropout {dropout:g}: every replica draws its masks from the same seed, which no one-process "
+            "run reproduces"
+        )
+    return None
+
+
+def matching_reference(
+    record: dict[str, Any], references: list[dict[str, Any]]
+) -> tuple[dict[str, Any] | None, str | None]:
+    """(the reference of one N-replica record among its seed's ok dp-reference records, why there is
+    none to compare with). Preferred: the one that trains each replica's slice as a micro-batch of
+    its own (``replica_shards_reference``); a whole-batch one (a run from before it) only where the
+    replicas' BatchNorm saw the whole batch too, or the model has none. (None, None): no reference."""
+    per_replica = batchnorm_per_replica(record)
+    accumulation = _grad_accumulation(record)
+    per_slice = [r for r in references if _grad_accumulation(r) == world_size(record) * accumulation]
+    whole = [r for r in references if _grad_accumulation(r) == accumulation]
+    batchnorm = (record.get("distributed") or {}).get("batchnorm")
+    if per_slice:
+        if per_replica is False:
+            return None, (
+                f"the replicas normalise BatchNorm over the global batch ({batchnorm}); the one-process run "
+                "normalises each replica's slice"
+            )
+        return per_slice[-1], None
+    if whole:
+        if per_replica:
+            return None, (
+                "each replica normalises BatchNorm with its own slice's statistics; the one-process run at the "
+                "global batch normalises the whole batch (a run from before the per-slice reference: --resume "
+                "adds it)"
+            )
+        return whole[-1], None
+    return None, None
 
 
 def _distributed_setting(record: dict[str, Any], key: str, default: float) -> float:
@@ -88,21 +152,27 @@ def data_parallel(
     records: list[dict[str, Any]], references: list[dict[str, Any]], noise_floor: list[dict[str, Any]] = ()
 ) -> tuple[str, str]:
     """(outcome, detail) of the data-parallel verdict of an fp32 N-replica row's ok records
-    against the one-process records at the same global batch. Where the reference has a one-ulp
-    noise-floor run, the agreement is chaos-aware (``stats.chaos_aware_agreement``): every step
-    within ``data_parallel_rtol`` up to the reference's own divergence horizon (at least
-    ``data_parallel_steps``), no more than its self divergence past it; otherwise the first
-    ``data_parallel_steps`` steps within the rtol."""
-    by_seed = {r.get("seed"): r for r in references if r.get("status") == "ok"}
+    against the one-process records at the same global batch (``matching_reference``). Where the
+    reference has a one-ulp noise-floor run, the agreement is chaos-aware
+    (``stats.chaos_aware_agreement``): every step within ``data_parallel_rtol`` up to the
+    reference's own divergence horizon (at least ``data_parallel_steps``), no more than its self
+    divergence past it; otherwise the first ``data_parallel_steps`` steps within the rtol. A seed
+    no one-process run can reproduce is n/a, with the reason; a missing reference fails."""
+    ok_references = [r for r in references if r.get("status") == "ok"]
     nudged_by_id = {str(r.get("job_id")): r for r in noise_floor if r.get("status") == "ok"}
     worst = 0.0
     compared = []
     problems = []
+    not_comparable: dict[str, list[Any]] = defaultdict(list)
     horizons = []
     floors = 0
     for record in records:
         seed = record.get("seed")
-        reference = by_seed.get(seed)
+        reference, reason = matching_reference(record, [r for r in ok_references if r.get("seed") == seed])
+        reason = not_comparable_reason(record) or reason
+        if reason:
+            not_comparable[reason].append(seed)
+            continue
         if reference is None:
             problems.append(f"seed {seed}: no ok one-process run at the global batch")
             continue
@@ -121,20 +191,22 @@ def data_parallel(
         if found.horizon is not None:
             horizons.append(found.horizon)
         problems += [f"seed {seed}: {p}" for p in found.problems]
-    if not compared and not problems:
-        return "n/a", "no seed to compare"
+    not_compared = "; ".join(f"seed(s) {', '.join(map(str, seeds))}: {why}" for why, seeds in not_comparable.items())
     if problems:
-        return ("fail" if compared or records else "n/a"), "; ".join(problems)
+        return "fail", "; ".join(problems)
+    if not compared:
+        return "n/a", not_compared or "no seed to compare"
     if horizons:
         where = f"divergence horizon step {min(horizons)}"
     elif floors:
         where = f"the one-process run never left the rtol of its one-ulp twin ({floors} seed(s)): all steps held"
     else:
         where = "no noise-floor run: the first data_parallel_steps steps held"
-    return "pass", (
+    detail = (
         f"{len(compared)} seed(s): per-step loss within {worst:.2g} relative of one process at the same global "
         f"batch ({where})"
     )
+    return "pass", detail + (f"; not compared: {not_compared}" if not_compared else "")
 
 
 def references_for(record: dict[str, Any], all_records: list[dict[str, Any]]) -> list[dict[str, Any]]:

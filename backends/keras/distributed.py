@@ -15,7 +15,12 @@ local check then sees the overflow, and all skip together.
 
 Each replica reports, per step, whether its copy of the optimizer's step counter advanced (what
 it really applied), and at the end its copy of the loss scale and a digest of its copies of the
-variables: the ``replica-consistency`` verdict compares them.
+trainable variables: the ``replica-consistency`` verdict compares them.
+
+BatchNorm: each replica normalises its slice with that slice's statistics, and the running
+statistics are Keras variables without aggregation, which each replica writes with its own
+slice's statistics (the copies differ: not part of the digest); evaluation reads replica 0's
+copy. The same per-replica statistics as the torch backends' (``distributed.batchnorm``).
 
 Not supported data-parallel (a config error, not a silent difference): a static loss scale (its
 skip is a ``tf.cond`` around ``apply``, and ``apply`` cannot run inside a replica-context cond)
@@ -36,6 +41,25 @@ from precision_suite.backends.keras.tf_backend import TfKerasBackend, grads_all_
 if TYPE_CHECKING:
     from precision_suite.data import Dataset
     from precision_suite.jobs import Job
+
+
+def batchnorm_statistics(model: Any) -> str:
+    """What the replicas' BatchNorm layers normalise with (``distributed.batchnorm``): each
+    replica its own slice's statistics, unless every BatchNorm layer is Keras' synchronized one."""
+    import keras
+    from precision_suite.backends.keras.models import TorchStyleBatchNorm
+    from precision_suite.distributed import BATCHNORM_NONE, BATCHNORM_PER_REPLICA
+
+    norms = [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, TorchStyleBatchNorm | keras.layers.BatchNormalization)
+    ]
+    if not norms:
+        return BATCHNORM_NONE
+    if all(getattr(layer, "synchronized", False) for layer in norms):
+        return "synchronized (Keras BatchNormalization, synchronized=True)"
+    return BATCHNORM_PER_REPLICA
 
 
 class MirroredTfKerasBackend(TfKerasBackend):
@@ -173,7 +197,8 @@ class MirroredTfKerasBackend(TfKerasBackend):
         local = len(strategy.extended.worker_devices)
         digests = [hashlib.sha256() for _ in range(local)]
         # A Keras variable's ``.value`` is the tf.distribute variable holding one copy per replica.
-        for variable in self.model.weights:
+        # The parameters only: each replica keeps its own BatchNorm running statistics.
+        for variable in self.model.trainable_weights:
             for replica, value in enumerate(strategy.experimental_local_results(variable.value)):
                 digests[replica].update(np.ascontiguousarray(value.numpy()).tobytes())
         if self.loss_mode == "dynamic":
@@ -183,9 +208,7 @@ class MirroredTfKerasBackend(TfKerasBackend):
         return {
             "launcher": "one process" if local == self.world_size else "one process per worker (TF_CONFIG)",
             "strategy": f"tf.distribute.{self.strategy_name} over {', '.join(strategy.extended.worker_devices)}",
-            "batchnorm": "no BatchNorm in the model"
-            if not any("batch_normalization" in w.path for w in self.model.weights)
-            else "per-replica statistics (Keras BatchNormalization, synchronized=False)",
+            "batchnorm": batchnorm_statistics(self.model),
             "replicas": [
                 {
                     "rank": self.first_replica + replica,

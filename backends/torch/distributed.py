@@ -10,16 +10,21 @@ inf on one rank is an inf on all, and every rank makes the same skip decision (t
 all-reduced at each drain (not each step) into the global batch's mean loss, so every rank
 takes the same divergence decision too.
 
-BatchNorm: on CUDA, torch-amp's model is converted to ``SyncBatchNorm`` (statistics over the
-global batch, as the one-process run has them). Not on CPU: torch's ``SyncBatchNorm`` only runs
-on GPU/XPU inputs, so on CPU every replica normalises with its own slice's statistics (recorded
-as ``distributed.batchnorm``). torch-manual keeps its norms in fp32 through hooks on the module
-objects, which conversion would replace, so it is never converted.
+BatchNorm: every rank normalises its own slice with that slice's statistics, on every device
+(recorded as ``distributed.batchnorm``), as DDP does without ``SyncBatchNorm``: the same
+computation as tf-keras' replicas, and one the one-process reference reproduces
+(``precision_suite.distributed.replica_shards_reference``). ``SyncBatchNorm`` is not used: it
+only runs on GPU inputs, so a run's BatchNorm would depend on its device, and torch-manual's
+fp32 hooks sit on the module objects that conversion replaces. No buffer broadcast per forward
+pass (``broadcast_buffers``/``forward_sync_buffers=False``): each rank's running statistics
+follow its own slices; rank 0's, the ones its evaluation and record use, are what DDP's default
+broadcast would copy to the other ranks.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -74,23 +79,28 @@ class DdpMixin:
     def setup(self, job: Job, init_weights: dict[str, np.ndarray], data: Dataset) -> None:
         import torch
         import torch.distributed as dist
-        from precision_suite.distributed import ProcessFaults, fault_steps, replica_slice
+        from precision_suite.distributed import (
+            BATCHNORM_NONE,
+            BATCHNORM_PER_REPLICA,
+            ProcessFaults,
+            fault_steps,
+            replica_slice,
+        )
         from torch.nn.parallel import DistributedDataParallel
 
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         self.rows = replica_slice(self.rank, job.train.batch_size // self.world_size)
         super().setup(job, init_weights, data)
-        self.batchnorm = "none"
-        if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
-            self.batchnorm = "per-replica statistics (SyncBatchNorm needs GPU inputs)"
-            if self.device.type == "cuda" and isinstance(self, TorchAmpBackend):
-                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-                self.batchnorm = "SyncBatchNorm"
+        has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+        self.batchnorm = BATCHNORM_PER_REPLICA if has_batchnorm else BATCHNORM_NONE
+        # No buffer broadcast before each forward pass; torch 2.13 renamed the flag (the old name
+        # warns). Equal at the start anyway: every rank loads the same initial weights.
+        renamed = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
         self.forward_module = DistributedDataParallel(
             self.forward_module,
             device_ids=[self.device.index] if self.device.type == "cuda" else None,
-            broadcast_buffers=False,
+            **{"forward_sync_buffers" if renamed else "broadcast_buffers": False},
         )
         self.step_index = 0
         self.local_scale: list[np.ndarray] = []

@@ -16,9 +16,10 @@ from precision_suite.scaling import data_parallel, replica_consistency, scaling_
 from tests.helpers.data_parallel import dp_config
 
 
-def test_each_world_size_is_a_job_and_fp32_gets_a_one_process_reference_at_the_global_batch():
+def test_each_world_size_is_a_job_and_fp32_gets_a_one_process_reference_trained_in_the_replicas_slices():
     raw = dp_config("torch-amp", "fp32", world_size=[1, 2, 4])
     raw["backends"]["policies"]["torch-amp"] = ["fp32", "bf16-mixed"]
+    raw["train"]["grad_accumulation"] = 2
     jobs = expand_jobs(validate(raw, "test"), "cpu")
     by_id = {j.job_id: j for j in jobs}
     base = "mlp/digits/torch-amp"
@@ -26,17 +27,29 @@ def test_each_world_size_is_a_job_and_fp32_gets_a_one_process_reference_at_the_g
     assert by_id[f"{base}/fp32/seed0/ws2"].world_size == 2
     assert by_id[f"{base}/bf16-mixed/seed0/ws4"].world_size == 4
     assert by_id[f"{base}/fp32/seed0/ws2"].train.batch_size == 16  # per replica
-    reference = by_id[f"{base}/fp32/seed0/ws1-batch64"]
-    assert (reference.world_size, reference.role, reference.train.batch_size) == (1, "dp-reference", 64)
-    assert f"{base}/bf16-mixed/seed0/ws1-batch32" not in by_id  # references are fp32 only
+    # The reference: one process at the global batch of 64 rows, in 4 replicas' slices of 16
+    # rows, each its replica's 2 micro-batches of 8 rows: 8 micro-batches of 8 rows.
+    reference = by_id[f"{base}/fp32/seed0/ws1-batch64-shards4"]
+    assert (reference.world_size, reference.role) == (1, "dp-reference")
+    assert (reference.train.batch_size, reference.train.grad_accumulation) == (64, 8)
+    assert by_id[f"{base}/fp32/seed0/ws1-batch32-shards2"].train.grad_accumulation == 4
+    assert not [j for j in jobs if j.role and j.policy != "fp32"]  # references are fp32 only
     # ... and each reference a one-ulp noise-floor run: the data-parallel verdict's horizon.
-    nudged = by_id[f"{base}/fp32/seed0/ws1-batch64/ulp+1"]
+    nudged = by_id[f"{base}/fp32/seed0/ws1-batch64-shards4/ulp+1"]
     assert (nudged.perturb_ulp, nudged.world_size, nudged.role) == (1, 1, "dp-reference")
+    assert nudged.train.grad_accumulation == 8
     assert len(jobs) == 2 * 3 + 2 + 2
     # The world size survives the trip to a worker (an executor reserves that many devices).
     from precision_suite.jobs import Job
 
     assert Job.from_dict(by_id[f"{base}/fp32/seed0/ws2"].to_dict()).world_size == 2
+
+
+def test_a_backend_without_a_data_parallel_variant_gets_no_reference_to_run():
+    raw = dp_config("keras-jax", "fp32", world_size=[1, 2])
+    jobs = expand_jobs(validate(raw, "test"), "cpu")
+    # Its two-replica job is recorded unavailable: a reference would be compared with nothing.
+    assert [j.job_id for j in jobs] == ["mlp/digits/keras-jax/fp32/seed0", "mlp/digits/keras-jax/fp32/seed0/ws2"]
 
 
 @pytest.mark.parametrize(
@@ -110,10 +123,68 @@ def test_data_parallel_passes_within_the_tolerance_over_the_horizon_only():
     assert data_parallel([close], [])[0] == "fail"  # no reference: not a silent pass
 
 
+def _reference(loss, grad_accumulation=2, model="mlp"):
+    """The one-process dp-reference record of a two-replica job at 16 rows per replica: in the
+    replicas' slices (``grad_accumulation`` 2, as planned now) or at the whole batch (1)."""
+    reference = _record(ws=1, batch=32, loss=loss)
+    reference["job_id"] += "/ws1-batch32" + ("-shards2" if grad_accumulation == 2 else "")
+    reference["config"].update(role="dp-reference", model={"kind": model})
+    reference["config"]["train"]["grad_accumulation"] = grad_accumulation
+    reference["model"] = model
+    return reference
+
+
+def _cnn_over_two_replicas(loss, batchnorm="per-replica statistics", dropout=0.0):
+    record = _record(loss=loss)
+    record["model"] = "cnn"
+    record["config"]["model"] = {"kind": "cnn", "dropout": dropout}
+    record["distributed"]["batchnorm"] = batchnorm
+    return record
+
+
+# Step 0 of the issue's run: the replicas' loss, and the one-process run at the whole batch 4.41e-4 off.
+CNN_LOSS = [2.3026, 2.2011, 2.0453, 1.9012]
+WHOLE_BATCH_LOSS = [CNN_LOSS[0] * (1 + 4.41e-4), 2.2031, 2.0489, 1.9071]
+
+
+def test_a_batchnorm_model_is_compared_with_the_reference_in_the_replicas_slices_never_the_whole_batch():
+    record = _cnn_over_two_replicas(CNN_LOSS)
+    in_slices = _reference([v * (1 + 5e-8) for v in CNN_LOSS], model="cnn")
+    whole = _reference(WHOLE_BATCH_LOSS, grad_accumulation=1, model="cnn")
+    outcome, detail = data_parallel([record], [whole, in_slices])
+    assert outcome == "pass", detail
+    # Only the whole-batch run (a run directory from before): n/a with the reason, not FAIL.
+    outcome, detail = data_parallel([record], [whole])
+    assert outcome == "n/a" and "own slice's statistics" in detail and "--resume" in detail, detail
+    # Positive control: a replica that really departs fails against the reference in slices.
+    diverged = _cnn_over_two_replicas([CNN_LOSS[0], CNN_LOSS[1] * 1.01, *CNN_LOSS[2:]])
+    outcome, detail = data_parallel([diverged], [whole, in_slices])
+    assert outcome == "fail" and "step 1" in detail, detail
+    # No reference at all is no pass either.
+    assert data_parallel([record], [])[0] == "fail"
+
+
+def test_a_run_no_one_process_run_reproduces_is_n_a_with_the_reason():
+    in_slices = _reference(CNN_LOSS, model="cnn")
+    synced = _cnn_over_two_replicas(WHOLE_BATCH_LOSS, batchnorm="SyncBatchNorm")
+    outcome, detail = data_parallel([synced], [in_slices])
+    assert outcome == "n/a" and "over the global batch (SyncBatchNorm)" in detail, detail
+    # ... whose reference is the whole-batch run.
+    whole = _reference(WHOLE_BATCH_LOSS, grad_accumulation=1, model="cnn")
+    assert data_parallel([synced], [whole, in_slices])[0] == "n/a"  # the planned one is in slices
+    assert data_parallel([synced], [whole])[0] == "pass"
+    dropout = _cnn_over_two_replicas(CNN_LOSS, dropout=0.1)
+    outcome, detail = data_parallel([dropout], [in_slices])
+    assert outcome == "n/a" and "dropout 0.1" in detail, detail
+    # tf-keras records before this fix said "no BatchNorm in the model" for the cnn: it has BatchNorm.
+    old_tf_keras = _cnn_over_two_replicas(CNN_LOSS, batchnorm="no BatchNorm in the model")
+    assert data_parallel([old_tf_keras], [whole])[0] == "n/a"
+    # A model without BatchNorm: the whole-batch run computes the same, and is compared.
+    assert data_parallel([_record(loss=CNN_LOSS)], [_reference(CNN_LOSS, grad_accumulation=1)])[0] == "pass"
+
+
 def test_compare_keeps_replica_counts_apart_and_adds_the_distributed_verdicts():
-    reference = _record(ws=1, batch=32)
-    reference["job_id"] += "/ws1-batch32"
-    reference["config"]["role"] = "dp-reference"
+    reference = _reference([2.0, 1.5, 1.2, 1.0])
     records = [_record(ws=1), _record(ws=2), reference]
     comparison = compare(records)
     assert [g.device for g in comparison.groups] == ["cpu", "cpu×2"]  # the reference is no group
@@ -152,20 +223,23 @@ def test_a_setting_the_data_parallel_variant_cannot_run_is_a_config_error(tmp_pa
 
 
 @pytest.mark.slow
-def test_run_over_one_and_two_replicas_exits_0_with_the_distributed_verdicts_passing(tmp_path):
+def test_a_batchnorm_model_over_one_and_two_replicas_exits_0_with_the_distributed_verdicts_passing(tmp_path):
     import yaml
 
     from tests.helpers.cli import read_run, run_cli
 
     pytest.importorskip("torch")
     path = tmp_path / "dp.yaml"
-    path.write_text(yaml.safe_dump(dp_config("torch-amp", "fp32", world_size=[1, 2])))
+    raw = dp_config("torch-amp", "fp32", world_size=[1, 2])
+    raw["models"] = [{"kind": "cnn", "channels": [8, 16], "dense": 32}]  # BatchNorm: per replica on a CPU
+    path.write_text(yaml.safe_dump(raw))
     assert run_cli(path, tmp_path / "out") == 0
     records = {r["job_id"]: r for r in read_run(tmp_path / "out")}
     assert set(records) == {
-        "mlp/digits/torch-amp/fp32/seed0",
-        "mlp/digits/torch-amp/fp32/seed0/ws2",
-        "mlp/digits/torch-amp/fp32/seed0/ws1-batch32",
+        "cnn/digits/torch-amp/fp32/seed0",
+        "cnn/digits/torch-amp/fp32/seed0/ws2",
+        "cnn/digits/torch-amp/fp32/seed0/ws1-batch32-shards2",
+        "cnn/digits/torch-amp/fp32/seed0/ws1-batch32-shards2/ulp+1",
     }
     assert all(r["status"] == "ok" for r in records.values())
     comparison = compare(list(records.values()))

@@ -223,7 +223,10 @@ def test_a_dead_task_is_crashed_with_the_ray_error_and_resume_reruns_only_it(
     crashed = by_seed[0]
     assert crashed["status"] == "crashed"
     assert crashed["error"].startswith("Ray task died: ") and "\n" not in crashed["error"]
-    assert crashed["placement"]["node_ip"] == "127.0.0.1"  # it had started: where is known
+    placement = crashed["placement"]
+    assert placement["node_ip"] == "127.0.0.1"  # it had started: where and when are known
+    assert isinstance(placement["started_at"], float) and placement["started_at"] <= placement["finished_at"]
+    assert placement["concurrent_jobs_on_node"] >= 1
 
     code = main(["run", "--resume", str(out), "--set", "backends.options.fake={}"])
     assert code == 0
@@ -240,6 +243,9 @@ def test_a_job_past_its_timeout_is_cancelled_and_recorded_timeout(ray_instance, 
     assert code == 3
     assert record["status"] == "timeout"
     assert "runner.job_timeout_s=4s" in record["error"] and "Ray task cancelled" in record["error"]
+    # Started, then given up at least the timeout later (the clock starts once it runs).
+    placement = record["placement"]
+    assert placement["finished_at"] - placement["started_at"] >= 4
     assert time.monotonic() - started < 4 + 30  # the timeout, not the task's own backstop (+60 s)
     assert _wait_for_idle(ray_instance)["CPU"] == 2, "the cancelled task still holds its CPU"
 

@@ -1,9 +1,12 @@
 """Data-parallel tf-keras (MirroredStrategy over two logical CPU devices): an overflow on one
 replica is skipped by every replica, with the same loss scale and bit-identical weights; and
-the stock Keras behaviour this guards against, reproduced (all weights NaN)."""
+the stock Keras behaviour this guards against, reproduced (all weights NaN). fp32 over two
+replicas matches the one-process reference the suite plans for it, BatchNorm model included; what
+stock Keras BatchNorm does with its running statistics under MirroredStrategy, reproduced."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -12,8 +15,8 @@ import textwrap
 
 import pytest
 
-from tests.helpers.data_parallel import assert_replicas_consistent, dp_job, rank_processes_left, run_dp
-from tests.helpers.marks import needs_tf
+from tests.helpers.data_parallel import assert_replicas_consistent, dp_config, dp_job, rank_processes_left, run_dp
+from tests.helpers.marks import TOLERANCES, needs_tf
 
 pytestmark = needs_tf
 
@@ -35,6 +38,29 @@ STOCK_KERAS = textwrap.dedent(
     x[ROW, 0] = np.inf
     model.fit(x, y, batch_size=64, epochs=1, verbose=0, shuffle=False)
     print("NAN", sum(int(np.isnan(v.numpy()).sum()) for v in model.trainable_variables))
+    """
+)
+
+PER_REPLICA_BATCHNORM = textwrap.dedent(
+    """
+    import json, numpy as np, tensorflow as tf, keras
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+    with strategy.scope():
+        norm = keras.layers.BatchNormalization(momentum=0.5)
+        norm.build((None, 1))
+
+    @tf.function
+    def step(rows):
+        def replica_step(rows):
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            norm(rows[replica * 2 : (replica + 1) * 2], training=True)
+        strategy.run(replica_step, args=(rows,))
+
+    step(tf.constant([[0.0], [2.0], [10.0], [14.0]]))
+    copies = [v.numpy().tolist() for v in strategy.experimental_local_results(norm.moving_mean.value)]
+    print(json.dumps([copies, keras.ops.convert_to_numpy(norm.moving_mean).tolist()]))
     """
 )
 
@@ -77,19 +103,52 @@ def test_stock_keras_misses_an_overflow_on_replica_1_and_the_backend_does_not(tm
 
 
 @pytest.mark.slow
-def test_tf_keras_fp32_over_two_replicas_matches_one_process_at_the_global_batch(tmp_path):
+@pytest.mark.parametrize(
+    ("model", "batchnorm"),
+    [
+        ({"kind": "mlp", "hidden": [32]}, "none"),
+        ({"kind": "cnn", "channels": [8, 16], "dense": 32}, "per-replica statistics"),
+    ],
+)
+def test_tf_keras_fp32_over_two_replicas_passes_the_data_parallel_verdict(tmp_path, model, batchnorm):
     import numpy as np
+    from precision_suite.config import validate
     from precision_suite.loop import run_job
+    from precision_suite.plan import expand_jobs
     from precision_suite.scaling import data_parallel
 
-    record = run_dp(dp_job("tf-keras", "fp32", steps=20), tmp_path)
+    raw = dp_config("tf-keras", "fp32", world_size=[1, 2], steps=20)
+    raw["models"] = [model]
+    jobs = expand_jobs(validate(raw, "test"), "cpu")
+    record = run_dp(next(j for j in jobs if j.world_size == 2), tmp_path)
     assert record["status"] == "ok", record.get("error")
-    reference_job = dp_job("tf-keras", "fp32", world_size=1, steps=20)
-    reference_job.train = reference_job.train.model_copy(update={"batch_size": 32})
-    reference = run_job(reference_job)
+    assert record["distributed"]["batchnorm"] == batchnorm
+    # The replicas' parameters agree bit for bit; their BatchNorm running statistics may not.
+    assert_replicas_consistent(record, [])
+    reference = run_job(next(j for j in jobs if j.role == "dp-reference" and not j.perturb_ulp))
+    ours, theirs = np.array(record["curves"]["train_loss"]), np.array(reference["curves"]["train_loss"])
+    np.testing.assert_allclose(ours[:10], theirs[:10], **TOLERANCES["float32"])
     outcome, detail = data_parallel([record], [reference])
     assert outcome == "pass", detail
-    assert np.isfinite(record["curves"]["train_loss"]).all()
+
+
+@pytest.mark.slow
+def test_the_running_statistics_of_keras_batchnorm_are_per_replica_under_mirrored_strategy():
+    """What the data-parallel docs say tf.distribute does with BatchNorm, in stock Keras: each
+    replica normalises and updates the running statistics with its own slice (no aggregation),
+    and a read outside the step gets replica 0's copy."""
+    out = subprocess.run(
+        [sys.executable, "-c", PER_REPLICA_BATCHNORM],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES=""),
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    copies, read = json.loads(out.stdout.strip().splitlines()[-1])
+    # Slices [0, 2] and [10, 14], momentum 0.5 from 0: each replica 0.5 × its own slice's mean.
+    assert copies == [[0.5], [6.0]]
+    assert read == [0.5]
 
 
 @pytest.mark.slow
