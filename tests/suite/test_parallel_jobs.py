@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -14,7 +12,7 @@ from precision_suite.measure import available_cores
 from precision_suite.plan import expand_jobs
 from precision_suite.runner import job_kind, most_at_once, next_for_lane
 
-from tests.helpers.cli import REPO_ROOT, read_run, run_cli
+from tests.helpers.cli import REPO_ROOT, read_run, run_cli, start_cli
 from tests.helpers.marks import needs_jax, needs_torch
 
 SMOKE = REPO_ROOT / "configs" / "smoke.yaml"
@@ -91,11 +89,8 @@ def _pids_in(log_dir) -> set[int]:
 
 def test_sigint_with_jobs_side_by_side_stops_every_worker(fake_backends, fake_config, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen(
+    proc = start_cli(
         [
-            sys.executable,
-            "-m",
-            "precision_suite.cli",
             "run",
             str(fake_config),
             "--out",
@@ -106,10 +101,7 @@ def test_sigint_with_jobs_side_by_side_stops_every_worker(fake_backends, fake_co
             "seeds=[0,1,2,3]",
             "--set",
             "runner.parallel_jobs=2",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        ]
     )
     try:
         deadline = time.monotonic() + 60
