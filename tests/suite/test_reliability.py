@@ -109,10 +109,11 @@ def test_sigint_keeps_finished_records_stops_worker_and_exits_130(fake_backends,
         os.kill(worker_pid, 0)
 
 
-def test_kill_9_of_the_runner_never_loses_or_corrupts_a_record(fake_backends, fake_config, tmp_path):
-    """>= 50 SIGKILLs of the runner at random moments, each followed by a resume; then a final
-    resume. Every record is valid, no `ok` job runs twice, and the job set equals that of an
-    uninterrupted run."""
+@pytest.mark.parametrize("kills", [pytest.param(50, marks=pytest.mark.slow), 5])
+def test_kill_9_of_the_runner_never_loses_or_corrupts_a_record(fake_backends, fake_config, tmp_path, kills):
+    """SIGKILLs of the runner at random moments (50 in the slow run, 5 in the quick one), each
+    followed by a resume; then a final resume. Every record is valid, no `ok` job runs twice,
+    and the job set equals that of an uninterrupted run."""
     rng = random.Random(1234)
     out = tmp_path / "run"
     config = yaml.safe_load(fake_config.read_text())
@@ -128,14 +129,14 @@ def test_kill_9_of_the_runner_never_loses_or_corrupts_a_record(fake_backends, fa
             return ["run", "--resume", str(out)]
         return ["run", str(fake_config), "--out", str(out)]
 
-    kills = 0
-    while kills < 50:
+    done = 0
+    while done < kills:
         proc = start_cli(run_args())
         # Past the interpreter's start-up too (about a second here), so kills also land mid-run.
         time.sleep(rng.uniform(0.0, 2.5))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
-            kills += 1
+            done += 1
         proc.wait(timeout=30)
     final = subprocess.run(
         [sys.executable, "-m", "precision_suite.cli", *run_args()],
