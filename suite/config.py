@@ -171,6 +171,11 @@ class BackendsConfig(_Strict):
     names: list[str] = ["torch-amp", "torch-manual", "tf-keras", "keras-jax"]
     # Per backend: which policies to run. A backend not listed runs all its policies.
     policies: dict[str, list[str]] = {}
+    # Per policy: the only models (by name) it runs on, for every backend; a policy not listed
+    # runs on every model. E.g. {fp16-mixed: [mlp]}: fp16 where it is cheap on a CPU. fp32, the
+    # baseline every other policy is compared with, runs on every model. Checked against the
+    # run's policies and models (``precision_suite.plan.check_backends``).
+    policy_models: dict[str, list[str]] = {}
     # Per backend: its own options, validated by the backend's Options schema.
     options: dict[str, dict[str, Any]] = {}
 

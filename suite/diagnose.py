@@ -29,6 +29,14 @@ OVERHEAD_FLOPS_FRACTION = 0.10
 OVERHEAD_BATCH_RATIO = 1.3
 GEMM_MULTIPLE = 8
 _AMX = {"bfloat16": ("avx512_bf16", "amx_bf16", "AVX512_BF16"), "float16": ("avx512_fp16", "amx_fp16", "AVX512_FP16")}
+# The causes that are the device's, the same for every row of a half type on it (emulation, no
+# AMX), rather than the row's: a report says them once per run (``is_hardware_cause``).
+HARDWARE_CAUSES = ("emulated: ", "CPU has ")
+
+
+def is_hardware_cause(line: str) -> bool:
+    """Whether a ``why_not_faster`` line is about the device rather than the row."""
+    return line.startswith(HARDWARE_CAUSES)
 
 
 def gemm_dims(model: Any, input_shape: tuple[int, ...], num_classes: int, batch_size: int) -> dict[str, int]:

@@ -24,10 +24,11 @@ def expand_jobs(config: SuiteConfig, device: str, seeds: list[int] | None = None
         cls = get_backend_class(name)
         options = cls.Options.model_validate(config.backends.options.get(name, {}))
         resolved[name] = (cls, config.backends.policies.get(name, list(cls.policies)), options)
+    only = config.backends.policy_models
     for model in config.models:
         for name in config.backends.names:
             cls, policies, options = resolved[name]
-            for policy in policies:
+            for policy in (p for p in policies if model.name in only.get(p, [model.name])):
                 train = config.train
                 if (scale := config.debug.lr_scale.get(f"{name}/{policy}")) is not None:
                     optimizer = train.optimizer.model_copy(update={"lr": train.optimizer.lr * scale})
@@ -82,6 +83,24 @@ def noise_floor_jobs(config: SuiteConfig, jobs: list[Job]) -> list[Job]:
     ]
 
 
+def _check_policy_models(config: SuiteConfig, policies: set[str], source: str) -> None:
+    """``backends.policy_models``: policies of this run other than the baseline, models of this run."""
+    from precision_suite.compare import BASELINE_POLICY
+
+    models = [model.name for model in config.models]
+    for policy, names in config.backends.policy_models.items():
+        where = f"{source}: backends.policy_models.{policy}"
+        if policy == BASELINE_POLICY:
+            raise ConfigError(f"{where}: {BASELINE_POLICY} is the baseline of every model and runs on each of them")
+        if policy not in policies:
+            raise ConfigError(f"{where}: not a policy of this run; it has: {', '.join(sorted(policies))}")
+        if not names:
+            raise ConfigError(f"{where}: expected at least one model name")
+        for j, name in enumerate(names):
+            if name not in models:
+                raise ConfigError(f'{where}.{j}: no model named "{name}"; the models are: {", ".join(models)}')
+
+
 def check_backends(config: SuiteConfig, source: str) -> None:
     """Check the ``backends`` section against the registry before anything runs: known names,
     implemented policies, valid options, settings each backend can express."""
@@ -124,6 +143,7 @@ def check_backends(config: SuiteConfig, source: str) -> None:
             raise ConfigError(
                 f"{source}: debug.lr_scale.{key}: not a backend/policy of this run; it has: {', '.join(sorted(rows))}"
             )
+    _check_policy_models(config, {row.split("/", 1)[1] for row in rows}, source)
     from precision_suite.distributed import config_problem as data_parallel_problem
 
     for job in expand_jobs(config, config.device):

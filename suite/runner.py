@@ -13,6 +13,7 @@ finish; the runner is the only writer of results.jsonl.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import queue
@@ -48,6 +49,7 @@ from precision_suite.results import (
 from precision_suite.sequential import rounds_on_demand
 from precision_suite.speed import WARM_KIND, SpeedTask, busy_warning, new_speed_record, speed_tasks
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -486,7 +488,29 @@ def _status_line(record: dict[str, Any]) -> str:
         parts = [f"acc {acc * 100:.1f}%" if acc is not None else "", f"{ms:.2f} ms/step" if ms else ""]
         return f"[green]ok[/] {record['job_id']}  " + "  ".join(p for p in parts if p)
     colour = "yellow" if status == "unavailable" else "red"
-    return f"[{colour}]{status}[/] {record['job_id']}: {record.get('error')}"
+    return f"[{colour}]{status}[/] {record['job_id']}: {escape(str(record.get('error')))}"
+
+
+def install_command(framework: str) -> str | None:
+    """``pip install "precision-suite[FRAMEWORK]"`` where the distribution has an extra named for
+    the framework (pyproject's optional-dependencies: torch, tensorflow, jax), else None."""
+    try:
+        extras = importlib.metadata.metadata("precision-suite").get_all("Provides-Extra") or []
+    except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+        return None
+    return f'pip install "precision-suite[{framework}]"' if framework in extras else None
+
+
+def unavailable_lines(jobs: list[Job | SpeedTask], availability: dict[str, Any]) -> list[str]:
+    """One line per backend whose framework is missing here: how many of ``jobs`` (speed phases
+    included) it cannot run, why, and the command that installs it — never a line per job."""
+    counts = Counter(job.backend for job in jobs if not availability[job.backend].ok)
+    lines = []
+    for backend, count in counts.items():
+        hint = install_command(get_backend_class(backend).framework)
+        reason = availability[backend].reason + (f"; {hint}" if hint else "")
+        lines.append(f"[yellow]unavailable[/] {backend}: {count} job(s) — {escape(reason)}")
+    return lines
 
 
 def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool = False) -> RunSummary:
@@ -513,6 +537,10 @@ def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool
     # Backends whose framework is missing never start a worker: their jobs are recorded
     # `unavailable` with the reason.
     availability = {name: get_backend_class(name).is_available() for name in config.backends.names}
+    for line in unavailable_lines(pending, availability):
+        console.print(line, highlight=False, soft_wrap=True)
+    # Jobs a worker finds it cannot run (tf32 on a CPU) are listed once per backend and reason.
+    unavailable_said: set[tuple[str, str]] = set()
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -531,9 +559,14 @@ def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool
             def on_step(job: Job, step: int, total: int) -> None:
                 progress.update(task, description=f"{job.job_id}  step {step}/{total}")
 
-            def write(record: dict[str, Any], final: bool = True) -> None:
+            def write(record: dict[str, Any], final: bool = True, echo: bool = True) -> None:
                 append_record(results_path, record)
-                progress.console.print(_status_line(record), highlight=False, soft_wrap=True)
+                if record["status"] == "unavailable":
+                    reason = (record.get("backend") or record.get("framework") or "", str(record.get("error")))
+                    echo = echo and reason not in unavailable_said
+                    unavailable_said.add(reason)
+                if echo:
+                    progress.console.print(_status_line(record), highlight=False, soft_wrap=True)
                 if final:
                     summary.statuses[record["status"]] += 1
                     summary.failed += is_job_failure(record, config.parity.check_pure)
@@ -583,7 +616,7 @@ def _run_round(
         if available.ok:
             batch.append(job)
         else:
-            write(failed_record(job, "unavailable", available.reason))
+            write(failed_record(job, "unavailable", available.reason), echo=False)  # said once, up front
     retried: dict[str, Job] = {}
     while batch:
         by_id = {job.job_id: job for job in batch}

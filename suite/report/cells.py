@@ -17,6 +17,7 @@ from precision_suite.compare import (
     Row,
     Verdict,
 )
+from precision_suite.diagnose import is_hardware_cause
 from precision_suite.stats import MAX_SUGGESTED_SEEDS
 
 # Styles a piece of text may carry besides an outcome: a caveat on a number (emulated, noisy,
@@ -117,10 +118,10 @@ def speed_explanation(group: Group) -> str:
 
 
 def speed_notes(group: Group) -> list[str]:
-    """One line per row that is not claimed faster and has measured causes."""
-    return [
-        f"why not faster — {row.label}: " + "; ".join(row.why_not_faster) for row in group.rows if row.why_not_faster
-    ]
+    """One line per row that is not claimed faster and has measured causes of its own; the
+    device's (emulation, no AMX) are said once per run (``sections.hardware_notes``)."""
+    own = {row.label: [cause for cause in row.why_not_faster if not is_hardware_cause(cause)] for row in group.rows}
+    return [f"why not faster — {label}: " + "; ".join(causes) for label, causes in own.items() if causes]
 
 
 def fmt_bytes(value: float | None) -> str:

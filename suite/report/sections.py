@@ -29,6 +29,7 @@ from precision_suite.compare import (
     Verdict,
     check_exit_code,
 )
+from precision_suite.diagnose import is_hardware_cause
 from precision_suite.report.cells import (
     CAVEAT,
     CODE,
@@ -272,12 +273,31 @@ def _group_items(comparison: Comparison, group: Group) -> list[Item]:
             items += _verdict_items(comparison, "parity", row.label, parity, only=TERMINAL)
     for verdict in group.verdicts:
         items += _verdict_items(comparison, "cross-framework", verdict.subject.split(" ", 1)[-1], verdict, only=None)
-    items += [
-        Item((Span("emulated", CAVEAT), Span(f" {row.label}: {row.emulated_reason} — kept out of speed claims")))
-        for row in group.rows
-        if row.emulated
-    ]
     return items + [Item(plain(note)) for note in speed_notes(group)]
+
+
+def hardware_notes(comparison: Comparison) -> list[Spans]:
+    """What the device does to a half type, said once per run rather than on every row: each
+    emulated half type (kept out of speed claims) and each device-level cause of "why not
+    faster" (``diagnose.is_hardware_cause``), with the policies it concerns."""
+    policies: dict[tuple[str, str], list[str]] = {}
+    for group in comparison.groups:
+        where = f"{group.device} ({group.device_name})" if group.device_name else group.device
+        for row in group.rows:
+            causes = [f"emulated: {row.emulated_reason}"] if row.emulated else []
+            causes += [cause for cause in row.why_not_faster if is_hardware_cause(cause) and cause not in causes]
+            for cause in causes:
+                names = policies.setdefault((where, cause), [])
+                names += [row.policy] * (row.policy not in names)
+    lines = []
+    for (where, cause), names in policies.items():
+        emulated = cause.removeprefix("emulated: ")
+        head = Span(f"{', '.join(names)} on {where}: ")
+        if emulated != cause:
+            lines.append((head, Span("emulated", CAVEAT), Span(f" ({emulated}): speedups shown, never claimed")))
+        else:
+            lines.append((head, Span(cause)))
+    return lines
 
 
 def _plain_table(header: list[str], rows: list[list[str]], **kwargs: Any) -> Table:
@@ -322,11 +342,25 @@ def _notes_section(title: str, notes: list[JobNote], style: str) -> list[Section
     return [Section(f"{title} ({len(notes)})", [Bullets(items)], style=style)] if notes else []
 
 
+def _unavailable_section(notes: list[JobNote]) -> list[Section]:
+    """One line per backend and reason (a sweep's thousand jobs of a missing framework are one
+    line), naming the job where there is only one."""
+    by_reason: dict[tuple[str, str], list[JobNote]] = {}
+    for note in notes:
+        by_reason.setdefault((note.backend, note.message), []).append(note)
+    items = [
+        Item(
+            (Span(same[0].job_id if len(same) == 1 else backend, CODE), Span(" — "), Span("unavailable", INFO))
+            + (Span(f": {message}" + (f" ({len(same)} jobs)" if len(same) > 1 else "")),)
+        )
+        for (backend, message), same in by_reason.items()
+    ]
+    return [Section(f"Unavailable jobs (not failures) ({len(notes)})", [Bullets(items)], style=INFO)] if notes else []
+
+
 def job_note_sections(comparison: Comparison) -> list[Section]:
-    """The jobs that produced no result: failed ones first, then the unavailable ones."""
-    return _notes_section("Failed jobs", comparison.failed_jobs, FAILED) + _notes_section(
-        "Unavailable jobs (not failures)", comparison.unavailable, INFO
-    )
+    """The jobs that produced no result: failed ones first (each), then the unavailable ones."""
+    return _notes_section("Failed jobs", comparison.failed_jobs, FAILED) + _unavailable_section(comparison.unavailable)
 
 
 def _fmt_env_value(value: Any) -> str:
@@ -363,6 +397,8 @@ def build_report(comparison: Comparison, records: Sequence[dict[str, Any]] = (),
     if comparison.scaling:
         table = _plain_table(SCALING_HEADER, [scaling_cells(r) for r in comparison.scaling])
         sections.append(Section("Data-parallel weak scaling", [table, Paragraph(plain(SCALING_NOTE), style=INFO)]))
+    if hardware := hardware_notes(comparison):
+        sections.append(Section("Half precision on this hardware", [Bullets([Item(line) for line in hardware])]))
     verdicts = [Item(plain(_verdict_text(v, comparison.run_dir)), marker=verdict_style(v)) for v in comparison.verdicts]
     sections.append(Section("Verdicts", [Bullets(verdicts)], only=DOCUMENTS))
     sections += job_note_sections(comparison)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -46,3 +48,22 @@ def read_run(out: Path) -> list[dict]:
     from precision_suite.results import read_records
 
     return read_records(out / "results.jsonl").records
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_cli(args: list[str]) -> subprocess.Popen:
+    """``python -m precision_suite.cli ARGS`` in a child process that takes Ctrl-C as it would
+    from a terminal: SIGINT at its default disposition (Python then raises KeyboardInterrupt),
+    whatever this process inherited. ``nohup``, a background job of a script and some CI runners
+    start the tests with SIGINT ignored, and an ignored signal stays ignored across exec — the
+    CLI rightly keeps it so (Python does the same), so a test that sends SIGINT restores it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "precision_suite.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
+    )

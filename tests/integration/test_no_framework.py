@@ -70,6 +70,10 @@ def test_without_jax_keras_jax_is_unavailable_and_the_rest_runs(tmp_path):
     assert statuses["keras-jax"]["status"] == "unavailable"
     assert statuses["keras-jax"]["error"] == "jax is not installed"
     assert statuses["torch-amp"]["status"] == "ok" or not HAS_TORCH
+    # Said once, with the command that installs it, not once per job.
+    jobs = len([r for r in records if r["framework"] == "jax"])  # its jobs and speed phase
+    said = [line for line in result.stdout.splitlines() if line.startswith("unavailable")]
+    assert said == [f'unavailable keras-jax: {jobs} job(s) — jax is not installed; pip install "precision-suite[jax]"']
 
 
 def test_run_without_frameworks_records_every_job_unavailable(tmp_path):

@@ -1,5 +1,6 @@
 """An installed copy (not the editable checkout) exposes one namespace, ``precision_suite``, and
-no generic top-level names such as ``backends`` or ``suite``."""
+no generic top-level names such as ``backends`` or ``suite``; ``.[all]`` installs every optional
+extra."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository root
 
 
 @pytest.mark.slow
@@ -41,3 +44,22 @@ def test_installed_wheel_has_one_namespace(tmp_path):
         [sys.executable, "-I", str(script), str(target)], capture_output=True, text=True, timeout=120, cwd=tmp_path
     )
     assert check.returncode == 0, check.stderr[-2000:]
+
+
+def test_all_extra_installs_every_optional_extra_but_dev():
+    """``pip install ".[all]"`` then ``export --to mlflow`` must find mlflow: ``all`` names each
+    other extra (or repeats its every requirement), ``dev`` only excepted."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    covered = set()
+    listed = set()
+    for text in extras["all"]:
+        requirement = Requirement(text)
+        if canonicalize_name(requirement.name) == canonicalize_name(project["name"]):
+            assert set(requirement.extras) <= set(extras), f"all names an extra that does not exist: {text}"
+            covered |= set(requirement.extras)
+        else:
+            listed.add(str(requirement))
+    covered |= {name for name, requirements in extras.items() if {str(Requirement(r)) for r in requirements} <= listed}
+    assert covered - {"all"} == set(extras) - {"all", "dev"}

@@ -137,3 +137,74 @@ def test_parity_tolerance_has_one_default_and_the_readme_states_it():
     stated = {float(x) for x in re.findall(r"tolerance ±([0-9.]+) pt", readme)}
     assert stated == {default}
     assert f"| `parity.tolerance_pts` | number ≥ 0 | `{default}` |" in readme
+
+
+POLICY_MODELS = """
+models: [mlp, cnn]
+backends:
+  names: [torch-amp, torch-manual]
+  policies: {torch-amp: [fp32, fp16-mixed, bf16-mixed], torch-manual: [fp16-mixed, bf16-pure]}
+  policy_models: {fp16-mixed: [cnn]}
+seeds: [0, 1]
+parity: {noise_floor_runs: false}
+"""
+
+
+def test_policy_models_runs_a_policy_on_the_named_models_only(tmp_path):
+    from precision_suite.plan import check_backends, expand_jobs
+
+    path = tmp_path / "x.yaml"
+    path.write_text(POLICY_MODELS)
+    config = load_config(path)
+    check_backends(config, str(path))
+    rows = {(job.model.name, job.backend, job.policy) for job in expand_jobs(config, "cpu")}
+    assert rows == {
+        ("mlp", "torch-amp", "fp32"),
+        ("mlp", "torch-amp", "bf16-mixed"),
+        ("mlp", "torch-manual", "bf16-pure"),
+        ("cnn", "torch-amp", "fp32"),
+        ("cnn", "torch-amp", "fp16-mixed"),
+        ("cnn", "torch-amp", "bf16-mixed"),
+        ("cnn", "torch-manual", "fp16-mixed"),
+        ("cnn", "torch-manual", "bf16-pure"),
+    }
+    assert len(expand_jobs(config, "cpu")) == len(rows) * 2
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("{fp32: [mlp]}", "backends.policy_models.fp32: fp32 is the baseline of every model and runs on each of them"),
+        (
+            "{fp16-pure: [mlp]}",
+            "backends.policy_models.fp16-pure: not a policy of this run; "
+            "it has: bf16-mixed, bf16-pure, fp16-mixed, fp32",
+        ),
+        ("{fp16-mixed: []}", "backends.policy_models.fp16-mixed: expected at least one model name"),
+        ("{fp16-mixed: [vit]}", 'backends.policy_models.fp16-mixed.0: no model named "vit"; the models are: mlp, cnn'),
+    ],
+)
+def test_policy_models_names_policies_and_models_of_the_run(tmp_path, value, expected):
+    from precision_suite.plan import check_backends
+
+    path = tmp_path / "x.yaml"
+    path.write_text(POLICY_MODELS)
+    config = load_config(path, [f"backends.policy_models={value}"])
+    with pytest.raises(ConfigError) as info:
+        check_backends(config, "x.yaml")
+    assert str(info.value) == f"x.yaml: {expected}"
+
+
+def test_the_default_run_shows_loss_scaling_on_every_backend_that_scales():
+    """fp16-mixed (dynamic loss scaling) on at least one model for every backend of the default
+    that implements it, by the backends' own declarations."""
+    from precision_suite.backends import get_backend_class
+    from precision_suite.plan import check_backends, expand_jobs
+
+    config = load_config(None)
+    check_backends(config, "default.yaml")
+    jobs = expand_jobs(config, "cpu")
+    scaling = {job.backend for job in jobs if job.policy == "fp16-mixed" and job.loss_scaling_mode == "dynamic"}
+    with_fp16 = {name for name in config.backends.names if "fp16-mixed" in get_backend_class(name).policies}
+    assert with_fp16 == {"torch-amp", "torch-manual", "tf-keras", "keras-jax"}
+    assert scaling == with_fp16

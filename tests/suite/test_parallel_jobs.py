@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
-from precision_suite.config import MAX_AUTO_PARALLEL_JOBS, load_config
-from precision_suite.measure import available_cores
+from precision_suite.config import load_config
 from precision_suite.plan import expand_jobs
 from precision_suite.runner import job_kind, most_at_once, next_for_lane
 
-from tests.helpers.cli import REPO_ROOT, read_run, run_cli
+from tests.helpers.cli import REPO_ROOT, read_run, run_cli, start_cli
 from tests.helpers.marks import needs_jax, needs_torch
 
 SMOKE = REPO_ROOT / "configs" / "smoke.yaml"
@@ -42,21 +39,35 @@ def test_a_free_lane_keeps_to_one_kind_of_job():
     assert next_for_lane(jobs[1:], bf16 + ("x",), {fp32, bf16}) == 0
 
 
-def test_auto_runs_side_by_side_only_where_no_speed_claim_depends_on_it():
+def test_auto_runs_side_by_side_only_where_no_speed_claim_depends_on_it(monkeypatch):
     def resolved(*overrides: str) -> int:
         return load_config(SMOKE, list(overrides)).parallel_jobs()
 
-    expected = max(1, min(MAX_AUTO_PARALLEL_JOBS, available_cores()))
-    assert resolved("runner.parallel_jobs=auto") == expected
+    # The cores this process may use, as the OS gives them; "auto" takes every one, at most 4.
+    for cores, expected in ((1, 1), (2, 2), (3, 3), (16, 4)):
+        monkeypatch.setattr("precision_suite.measure.available_cores", lambda cores=cores: cores)
+        assert resolved("runner.parallel_jobs=auto") == expected, cores
+    monkeypatch.setattr("precision_suite.measure.available_cores", lambda: 8)
     # The speed phase off: the training jobs are the speed source, so they run alone.
     assert resolved("runner.parallel_jobs=auto", "speed.enabled=false") == 1
-    assert resolved("runner.parallel_jobs=auto", "speed.enabled=false", "runner.accuracy_only=true") == expected
+    assert resolved("runner.parallel_jobs=auto", "speed.enabled=false", "runner.accuracy_only=true") == 4
     # GPU jobs would share one device (and its allocator peaks): one at a time.
     assert resolved("runner.parallel_jobs=auto", "device=cuda") == 1
     assert resolved("runner.parallel_jobs=3") == 3
     assert resolved() == 1
     config = load_config(SMOKE, ["runner.parallel_jobs=2"])
     assert not config.training_timed()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux CPU affinity")
+def test_auto_counts_the_cores_this_process_may_use_not_the_machines():
+    """Under `taskset -c 0` (or a container's cpuset) one core is all there is."""
+    allowed = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(allowed)})
+        assert load_config(SMOKE, ["runner.parallel_jobs=auto"]).parallel_jobs() == 1
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
 @needs_torch
@@ -91,11 +102,8 @@ def _pids_in(log_dir) -> set[int]:
 
 def test_sigint_with_jobs_side_by_side_stops_every_worker(fake_backends, fake_config, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen(
+    proc = start_cli(
         [
-            sys.executable,
-            "-m",
-            "precision_suite.cli",
             "run",
             str(fake_config),
             "--out",
@@ -106,10 +114,7 @@ def test_sigint_with_jobs_side_by_side_stops_every_worker(fake_backends, fake_co
             "seeds=[0,1,2,3]",
             "--set",
             "runner.parallel_jobs=2",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        ]
     )
     try:
         deadline = time.monotonic() + 60

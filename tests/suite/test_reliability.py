@@ -17,18 +17,9 @@ import yaml
 from precision_suite.cli import main
 from precision_suite.results import append_record, read_records
 
-from tests.helpers.cli import read_run, run_cli
+from tests.helpers.cli import read_run, run_cli, start_cli
 
 FAKE_JOB_IDS = {f"mlp/digits/fake/{p}/seed{s}" for p in ("fp32", "tf32", "fp16-mixed") for s in (0, 1)}
-
-
-def _cli_process(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "precision_suite.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def test_tf32_on_cpu_is_unavailable_with_reason(fake_backends, fake_config, tmp_path):
@@ -97,7 +88,7 @@ def test_append_after_a_torn_write_starts_a_new_line(tmp_path):
 
 def test_sigint_keeps_finished_records_stops_worker_and_exits_130(fake_backends, fake_config, tmp_path):
     out = tmp_path / "run"
-    proc = _cli_process(
+    proc = start_cli(
         ["run", str(fake_config), "--out", str(out), "--set", "backends.options.fake={step_sleep_s: 0.2}"]
     )
     deadline = time.monotonic() + 60
@@ -118,10 +109,11 @@ def test_sigint_keeps_finished_records_stops_worker_and_exits_130(fake_backends,
         os.kill(worker_pid, 0)
 
 
-def test_kill_9_of_the_runner_never_loses_or_corrupts_a_record(fake_backends, fake_config, tmp_path):
-    """>= 50 SIGKILLs of the runner at random moments, each followed by a resume; then a final
-    resume. Every record is valid, no `ok` job runs twice, and the job set equals that of an
-    uninterrupted run."""
+@pytest.mark.parametrize("kills", [pytest.param(50, marks=pytest.mark.slow), 5])
+def test_kill_9_of_the_runner_never_loses_or_corrupts_a_record(fake_backends, fake_config, tmp_path, kills):
+    """SIGKILLs of the runner at random moments (50 in the slow run, 5 in the quick one), each
+    followed by a resume; then a final resume. Every record is valid, no `ok` job runs twice,
+    and the job set equals that of an uninterrupted run."""
     rng = random.Random(1234)
     out = tmp_path / "run"
     config = yaml.safe_load(fake_config.read_text())
@@ -137,14 +129,14 @@ def test_kill_9_of_the_runner_never_loses_or_corrupts_a_record(fake_backends, fa
             return ["run", "--resume", str(out)]
         return ["run", str(fake_config), "--out", str(out)]
 
-    kills = 0
-    while kills < 50:
-        proc = _cli_process(run_args())
+    done = 0
+    while done < kills:
+        proc = start_cli(run_args())
         # Past the interpreter's start-up too (about a second here), so kills also land mid-run.
         time.sleep(rng.uniform(0.0, 2.5))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
-            kills += 1
+            done += 1
         proc.wait(timeout=30)
     final = subprocess.run(
         [sys.executable, "-m", "precision_suite.cli", *run_args()],

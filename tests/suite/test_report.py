@@ -40,12 +40,45 @@ def test_terminal_table_headlines_and_job_lists():
     assert "mlp · digits · cpu" in text
     assert "torch-amp bf16-mixed: 1.7× faster, −0.2 pt, parity PASS" in text
     assert re.search(r"fp16-mixed .*emulated", text)
-    assert "kept out of speed claims" in text
+    assert "fp16-mixed on cpu (Test CPU): emulated (CPU has no avx512_fp16 / amx_fp16)" in text
     assert "95.20 ± 0.50" in text  # torch-amp fp32: mean of 0.950/0.952/0.954, t·s/√3
     assert "cross-framework PASS" in text
     assert "SIGSEGV x" in text and "out of memory" in text
     assert "tf32 needs a CUDA device" in text
     assert "FAILED" in text  # torch-amp bf16-pure: its only seed failed
+
+
+def test_the_hardware_is_described_once_per_run_not_on_every_row():
+    """fp16 emulated on two models and two backends: said once, the rows' own "why not faster"
+    lines without it; a sweep of jobs whose framework is missing is one line."""
+    records = default_run(models=("mlp", "cnn"))
+    records += [
+        make_record("torch-manual", "fp16-mixed", s, step_ms=80.0, model=m) for m in ("mlp", "cnn") for s in (0, 1, 2)
+    ]
+    records += [
+        make_record("keras-jax", "fp32", s, model="mlp", status="unavailable", error="jax is not installed")
+        for s in range(40)
+    ]
+    comparison = compare(records)
+    no_amx = "CPU has AVX512_BF16 but no AMX for bfloat16: half matmuls gain at most the vector width"
+    for group in comparison.groups:
+        for row in group.rows:
+            if row.policy == "bf16-mixed":
+                row.why_not_faster = ["GEMM dims not multiples of 8: classes 10", no_amx]
+    lines = terminal_text(report.render_terminal, comparison).splitlines()
+    assert [line.strip() for line in lines if "avx512_fp16" in line] == [
+        "fp16-mixed on cpu (Test CPU): emulated (CPU has no avx512_fp16 / amx_fp16): speedups shown, never claimed"
+    ]
+    assert [line.strip() for line in lines if "no AMX" in line] == [f"bf16-mixed on cpu (Test CPU): {no_amx}"]
+    # Each row keeps its own causes: torch-amp and torch-manual, on two models.
+    assert [line.strip() for line in lines if line.strip().startswith("why not faster")] == [
+        f"why not faster — {backend} bf16-mixed: GEMM dims not multiples of 8: classes 10"
+        for _model in ("cnn", "mlp")
+        for backend in ("torch-amp", "torch-manual", "tf-keras")
+    ]
+    assert [line.strip() for line in lines if "jax is not installed" in line] == [
+        "keras-jax — unavailable: jax is not installed (40 jobs)"
+    ]
 
 
 def test_terminal_marks_a_failing_policy():
@@ -145,6 +178,7 @@ def test_terminal_markdown_and_html_show_the_models_sections_in_the_same_order()
     assert in_terminal == [
         "mlp · digits · cpu — Test CPU",
         "Data-parallel weak scaling",
+        "Half precision on this hardware",
         "Failed jobs (2)",
         "Unavailable jobs (not failures) (1)",
     ]

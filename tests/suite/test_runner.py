@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from precision_suite.cli import main
 
-from tests.helpers.cli import read_run, run_cli
+from tests.helpers.cli import REPO_ROOT, read_run, run_cli
 
 
 def test_run_writes_one_ok_record_per_job(fake_backends, fake_config, tmp_path):
@@ -113,6 +113,61 @@ def test_missing_framework_is_unavailable_not_failure(fake_backends, fake_config
         "nonexistent-framework is not installed",
     )
     assert statuses["mlp/digits/fake/fp32/seed0"][0] == "ok"
+
+
+def test_a_missing_framework_is_one_line_per_backend_not_one_per_job(fake_backends, fake_config, tmp_path, capsys):
+    """A sweep of a backend whose framework is missing: every job recorded unavailable, one line
+    saying how many and why — not a line per job, neither while running nor in the report."""
+    out = tmp_path / "run"
+    seeds = list(range(12))
+    code = run_cli(
+        str(fake_config),
+        out,
+        "backends.names=[fake, fake-missing]",
+        "backends.policies={fake: [fp32], fake-missing: [fp32, fp16-mixed]}",
+        f"seeds={seeds}",
+    )
+    printed = capsys.readouterr().out
+    assert code == 0
+    missing = [r for r in read_run(out) if r["backend"] == "fake-missing"]
+    # fp32 and fp16-mixed, and fp32's one-ulp noise-floor runs (two frameworks run fp32), per seed
+    assert len(missing) == 3 * len(seeds) and {r["status"] for r in missing} == {"unavailable"}
+    lines = [line for line in printed.splitlines() if "fake-missing" in line]
+    # Up front every job the run cannot start; in the report the results that are missing (a
+    # noise-floor run is no result of its own).
+    assert lines == [
+        "unavailable fake-missing: 36 job(s) — nonexistent-framework is not installed",
+        "  fake-missing — unavailable: nonexistent-framework is not installed (24 jobs)",
+    ]
+    assert "Unavailable jobs (not failures) (24)" in printed
+
+
+def test_a_job_a_worker_finds_unavailable_is_said_once_per_reason(fake_backends, fake_config, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(str(fake_config), out, "backends.policies.fake=[tf32]", "seeds=[0, 1, 2]") == 0
+    printed = capsys.readouterr().out
+    assert len(read_run(out)) == 3
+    reason = "tf32 needs a CUDA device (device is cpu)"
+    assert [line for line in printed.splitlines() if line.startswith("unavailable")] == [
+        f"unavailable mlp/digits/fake/tf32/seed0: {reason}"
+    ]
+    assert f"  fake — unavailable: {reason} (3 jobs)" in printed.splitlines()
+
+
+def test_the_install_command_names_the_extra_of_each_builtin_framework():
+    """Every built-in backend's framework is an extra of pyproject.toml, so a missing one is
+    reported with the command that installs it."""
+    tomllib = pytest.importorskip("tomllib")
+    from precision_suite.backends import BUILTIN_BACKENDS, get_backend_class
+    from precision_suite.runner import install_command
+
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    extras = set(pyproject["project"]["optional-dependencies"])
+    for name in [*BUILTIN_BACKENDS, "keras-jax"]:
+        framework = get_backend_class(name).framework
+        assert framework in extras, name
+        assert install_command(framework) == f'pip install "precision-suite[{framework}]"'
+    assert install_command("nonexistent") is None
 
 
 def test_per_job_isolation_uses_a_fresh_process_per_job(fake_backends, fake_config, tmp_path):
