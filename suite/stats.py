@@ -293,7 +293,7 @@ class PastHorizon:
         return not self.cross <= PAST_HORIZON_FACTOR * self.own
 
     def describe(self) -> str:
-        return f"steps {self.lo}–{self.hi - 1} {self.cross:.1e} = ×{self.ratio:.2g} self {self.own:.1e}"
+        return f"steps {self.lo}–{self.hi - 1} {self.cross:.1e} = ×{self.ratio:.2f} self {self.own:.1e}"
 
 
 def past_horizon_problem(past: dict[Any, PastHorizon]) -> str | None:

@@ -122,7 +122,7 @@ def test_past_the_horizon_a_seed_is_beyond_its_chaos_only_past_the_factor():
     # Twins that never left each other: any cross difference is beyond them; none is not.
     assert PastHorizon(40, 100, 1e-6, 0.0).beyond and PastHorizon(40, 100, 1e-6, 0.0).ratio == math.inf
     assert not PastHorizon(40, 100, 0.0, 0.0).beyond and PastHorizon(40, 100, 0.0, 0.0).ratio == 0.0
-    assert PastHorizon(74, 100, 3.97e-3, 3.97e-3).describe() == "steps 74–99 4.0e-03 = ×1 self 4.0e-03"
+    assert PastHorizon(74, 100, 3.97e-3, 3.97e-3).describe() == "steps 74–99 4.0e-03 = ×1.00 self 4.0e-03"
 
 
 def test_past_the_horizon_fails_a_verdict_only_when_more_than_half_of_its_seeds_are_beyond():
@@ -131,7 +131,7 @@ def test_past_the_horizon_fails_a_verdict_only_when_more_than_half_of_its_seeds_
     assert past_horizon_problem({0: within}) is None
     assert past_horizon_problem({0: beyond}) == (
         "past the horizon the runs differ by more than 3× as much as fp32 differs from itself (median "
-        "relative) in 1 of 1 seed(s): seed 0 steps 50–99 5.0e-03 = ×5 self 1.0e-03"
+        "relative) in 1 of 1 seed(s): seed 0 steps 50–99 5.0e-03 = ×5.00 self 1.0e-03"
     )
     assert past_horizon_problem({0: beyond, 1: within}) is None  # half is not more than half
     assert "in 2 of 3 seed(s): seed 0 steps 50–99" in past_horizon_problem({0: beyond, 1: within, 2: beyond})
