@@ -171,15 +171,23 @@ def test_a_loss_that_drifts_off_past_the_horizon_is_caught_beyond_a_few_times_th
     assert by_multiple[2]["new"] <= 0.2
 
 
+def drifted(null: np.ndarray, self_pairs: int) -> dict[str, np.ndarray]:
+    """The null curves, the same with B's loss biased by 4× the seed's own chaos from its
+    horizon on, and the same with only the first seed of each three biased."""
+    late, first_only = null.copy(), null.copy()
+    for seed, found in enumerate(agreements(null, self_pairs)):
+        if found.past is not None:
+            late[seed, 2:, found.past.lo :] *= 1 + 4 * found.past.own
+            if seed % 3 == 0:
+                first_only[seed] = late[seed]
+    return {"null": null, "late bias": late, "late bias in one seed of three": first_only}
+
+
 def test_the_comparison_judges_past_the_horizon_over_the_seeds_as_the_rule_does():
     """``compare`` on run records of the simulated curves (three seeds a verdict, a verdict a
     model): its cross-framework verdict fails past the horizon exactly where the rule does."""
     verdicts = 60
-    curves = {"null": simulate(0)[: 3 * verdicts], "late bias": simulate(0)[: 3 * verdicts].copy()}
-    found = agreements(curves["late bias"])
-    for seed, f in enumerate(found):
-        if f.past is not None:
-            curves["late bias"][seed, 2:, f.past.lo :] *= 1 + 4 * f.past.own
+    curves = drifted(simulate(0)[: 3 * verdicts], self_pairs=2)
     templates = {backend: make_record(backend, "fp32", 0, steps=STEPS) for backend in ("tf-keras", "keras-jax")}
     failed_past = {}
     for name, sim in curves.items():
@@ -203,3 +211,32 @@ def test_the_comparison_judges_past_the_horizon_over_the_seeds_as_the_rule_does(
         expected = [bool(rates(agreements(sim[3 * v : 3 * v + 3]), 3)["new"]) for v in range(verdicts)]
         assert failed_past[name] == expected, name
     assert sum(failed_past["late bias"]) > verdicts / 2  # the comparison saw it
+    # One seed of three is no majority, unless it is the only one compared past the horizon.
+    assert sum(failed_past["late bias in one seed of three"]) < verdicts / 4
+
+
+def test_the_data_parallel_verdict_judges_past_the_horizon_over_the_seeds_as_the_rule_does():
+    """``scaling.data_parallel`` on the same curves, A as the N-replica run and B as its
+    one-process reference, B's one-ulp run as the reference's noise floor (one twin)."""
+    from precision_suite.scaling import data_parallel
+
+    def record(job_id: str, seed: int, curve: np.ndarray) -> dict:
+        config = {"distributed": {"data_parallel_rtol": RTOL, "data_parallel_steps": MIN_STEPS}}
+        return {"job_id": job_id, "seed": seed, "status": "ok", "curves": {"train_loss": list(curve)}, "config": config}
+
+    verdicts = 60
+    failed_past = {}
+    for name, sim in drifted(simulate(0)[: 3 * verdicts], self_pairs=1).items():
+        failed_past[name] = []
+        for v in range(verdicts):
+            seeds = range(3)
+            ours = [record(f"m/d/b/fp32/seed{s}/ws2", s, sim[3 * v + s, 0]) for s in seeds]
+            references = [record(f"m/d/b/fp32/seed{s}/ws1", s, sim[3 * v + s, 2]) for s in seeds]
+            twins = [record(f"m/d/b/fp32/seed{s}/ws1/ulp+1", s, sim[3 * v + s, 3]) for s in seeds]
+            outcome, detail = data_parallel(ours, references, twins)
+            failed_past[name].append(outcome == "fail" and "past the horizon the runs differ" in detail)
+        expected = [bool(rates(agreements(sim[3 * v : 3 * v + 3], self_pairs=1), 3)["new"]) for v in range(verdicts)]
+        assert failed_past[name] == expected, name
+    assert sum(failed_past["late bias"]) > verdicts / 2  # the verdict saw it
+    # One seed of three is no majority, unless it is the only one compared past the horizon.
+    assert sum(failed_past["late bias in one seed of three"]) < verdicts / 4
