@@ -24,9 +24,11 @@ from precision_suite.stats import (
     INCONCLUSIVE,
     PASS,
     Equivalence,
+    PastHorizon,
     chaos_aware_agreement,
     describe,
     equivalence,
+    past_horizon_problem,
     t_quantile,
 )
 
@@ -479,9 +481,11 @@ def _cross_framework_verdicts(
     initial weight nudged by one ulp. Its divergence horizon is the first step where that
     curve departs from the unperturbed one by more than ``rtol``. Cross-framework losses must
     agree within ``rtol`` at every step up to the horizon (and at least ``MIN_AGREEMENT_STEPS``);
-    past it, the median cross-framework divergence over the rest of the noise-floor run must
-    be no larger than the median self divergence. Without noise-floor runs, the first ``steps``
-    steps are held to ``rtol``. Accuracy: the equivalence test of parity, paired per seed."""
+    past it, where both are draws of the same chaos, the median cross-framework divergence over
+    the rest of the noise-floor run may not exceed ``stats.PAST_HORIZON_FACTOR`` times the median
+    self divergence in more than half of the seeds (``stats.past_horizon_problem``). Without
+    noise-floor runs, the first ``steps`` steps are held to ``rtol``. Accuracy: the equivalence
+    test of parity, paired per seed."""
     fp32_rows = {}
     for row in group.rows:
         if row.policy == BASELINE_POLICY and row.seeds_ok and row.framework not in fp32_rows:
@@ -514,6 +518,7 @@ def _cross_framework_verdicts(
         notes = []
         worst = 0.0
         horizons: list[int] = []
+        past: dict[int, PastHorizon] = {}
         floors = 0
         same_computation = True  # every step within rtol and the same test accuracy, every seed
         for seed in shared:
@@ -540,8 +545,12 @@ def _cross_framework_verdicts(
             if found.horizon is not None:
                 horizons.append(found.horizon)
             problems += [f"seed {seed}: {p}" for p in found.problems]
+            if found.past is not None:
+                past[seed] = found.past
             if found.note:
                 notes.append(f"seed {seed}: {found.note}")
+        if (past_problem := past_horizon_problem(past)) is not None:
+            problems.append(past_problem)
         eq = equivalence(
             accuracy_by_seed(list(other_records.values())),
             accuracy_by_seed(list(ref_records.values())),

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from precision_suite.distributed import BATCHNORM_NONE, BATCHNORM_PER_REPLICA, DP_REFERENCE
 from precision_suite.results import Record
-from precision_suite.stats import chaos_aware_agreement
+from precision_suite.stats import PastHorizon, chaos_aware_agreement, past_horizon_problem
 
 DEFAULT_DP_RTOL = 1e-4
 DEFAULT_DP_STEPS = 10
@@ -155,9 +155,11 @@ def data_parallel(
     against the one-process records at the same global batch (``matching_reference``). Where the
     reference has a one-ulp noise-floor run, the agreement is chaos-aware
     (``stats.chaos_aware_agreement``): every step within ``data_parallel_rtol`` up to the
-    reference's own divergence horizon (at least ``data_parallel_steps``), no more than its self
-    divergence past it; otherwise the first ``data_parallel_steps`` steps within the rtol. A seed
-    no one-process run can reproduce is n/a, with the reason; a missing reference fails."""
+    reference's own divergence horizon (at least ``data_parallel_steps``); past it, no more than
+    ``stats.PAST_HORIZON_FACTOR`` times its self divergence in more than half of the seeds
+    (``stats.past_horizon_problem``); otherwise the first ``data_parallel_steps`` steps within
+    the rtol. A seed no one-process run can reproduce is n/a, with the reason; a missing
+    reference fails."""
     ok_references = [r for r in references if r.get("status") == "ok"]
     nudged_by_id = {str(r.get("job_id")): r for r in noise_floor if r.get("status") == "ok"}
     worst = 0.0
@@ -165,6 +167,7 @@ def data_parallel(
     problems = []
     not_comparable: dict[str, list[Any]] = defaultdict(list)
     horizons = []
+    past: dict[Any, PastHorizon] = {}
     floors = 0
     for record in records:
         seed = record.get("seed")
@@ -191,6 +194,10 @@ def data_parallel(
         if found.horizon is not None:
             horizons.append(found.horizon)
         problems += [f"seed {seed}: {p}" for p in found.problems]
+        if found.past is not None:
+            past[seed] = found.past
+    if (past_problem := past_horizon_problem(past)) is not None:
+        problems.append(past_problem)
     not_compared = "; ".join(f"seed(s) {', '.join(map(str, seeds))}: {why}" for why, seeds in not_comparable.items())
     if problems:
         return "fail", "; ".join(problems)

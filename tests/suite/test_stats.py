@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from precision_suite.stats import (
     FAIL,
     INCONCLUSIVE,
     PASS,
+    PAST_HORIZON_FACTOR,
     Interval,
+    PastHorizon,
+    chaos_aware_agreement,
     equivalence,
     look_schedule,
     paired_interval,
+    past_horizon_problem,
     per_look_alpha,
     seeds_needed,
     sequential_seeds_needed,
@@ -104,3 +109,49 @@ def test_one_seed_is_always_inconclusive():
     for cand in (0.95, 0.50):
         eq = equivalence({0: cand}, {0: 0.95}, 1.0)
         assert eq.outcome == INCONCLUSIVE and eq.interval is None and eq.seeds_suggested == 3
+
+
+# --- past the divergence horizon --------------------------------------------------------------
+
+
+def test_past_the_horizon_a_seed_is_beyond_its_chaos_only_past_the_factor():
+    assert PAST_HORIZON_FACTOR == 3.0
+    assert not PastHorizon(40, 100, 3e-3, 1e-3).beyond  # exactly 3×: still the run's own chaos
+    assert PastHorizon(40, 100, 3.1e-3, 1e-3).beyond
+    assert PastHorizon(40, 100, 3.1e-3, 1e-3).ratio == pytest.approx(3.1)
+    # Twins that never left each other: any cross difference is beyond them; none is not.
+    assert PastHorizon(40, 100, 1e-6, 0.0).beyond and PastHorizon(40, 100, 1e-6, 0.0).ratio == math.inf
+    assert not PastHorizon(40, 100, 0.0, 0.0).beyond and PastHorizon(40, 100, 0.0, 0.0).ratio == 0.0
+    assert PastHorizon(74, 100, 3.97e-3, 3.97e-3).describe() == "steps 74–99 4.0e-03 = ×1.00 self 4.0e-03"
+
+
+def test_past_the_horizon_fails_a_verdict_only_when_more_than_half_of_its_seeds_are_beyond():
+    within, beyond = PastHorizon(40, 100, 2e-3, 1e-3), PastHorizon(50, 100, 5e-3, 1e-3)
+    assert past_horizon_problem({}) is None
+    assert past_horizon_problem({0: within}) is None
+    assert past_horizon_problem({0: beyond}) == (
+        "past the horizon the runs differ by more than 3× as much as fp32 differs from itself (median "
+        "relative) in 1 of 1 seed(s): seed 0 steps 50–99 5.0e-03 = ×5.00 self 1.0e-03"
+    )
+    assert past_horizon_problem({0: beyond, 1: within}) is None  # half is not more than half
+    assert "in 2 of 3 seed(s): seed 0 steps 50–99" in past_horizon_problem({0: beyond, 1: within, 2: beyond})
+    assert past_horizon_problem({0: beyond, 1: within, 2: within}) is None
+
+
+def test_chaos_aware_agreement_measures_past_the_horizon_over_the_rest_of_the_noise_floor_run():
+    steps = np.arange(60)
+    curve = 2.0 - steps / 60
+    # The twin leaves the rtol 1e-3 at step 30 and stays 1e-2 off (relative 1e-2 / 1.01).
+    twin = curve * (1 + np.where(steps >= 30, 1e-2, 0.0))
+    other = curve * (1 + np.where(steps >= 40, 2e-2, 0.0))
+    found = chaos_aware_agreement(curve, other, [(curve, twin[:50])], 1e-3, 100, 10)
+    assert found.horizon == 30 and found.problems == []
+    past = found.past
+    assert (past.lo, past.hi) == (30, 50)  # up to the end of the (shorter) noise-floor run
+    # Steps 30–39 agree, 40–49 are 2e-2 / 1.02 off: the median of 20 is their midpoint.
+    assert past.cross == pytest.approx(0.5 * 2e-2 / 1.02) and past.own == pytest.approx(1e-2 / 1.01)
+    assert found.note == past.describe()
+    # A loss that is not finite past the horizon is no draw of chaos.
+    other[45] = np.nan
+    found = chaos_aware_agreement(curve, other, [(curve, twin[:50])], 1e-3, 100, 10)
+    assert found.past is None and found.problems == ["past the horizon, step 45: a loss that is not finite"]
