@@ -54,7 +54,7 @@ def expand_jobs(config: SuiteConfig, device: str, seeds: list[int] | None = None
                             distributed=config.distributed,
                         )
                     )
-    from precision_suite.distributed import expand_world_sizes
+    from precision_suite.execution.data_parallel import expand_world_sizes
 
     # Noise-floor runs measure one process's own chaos: never data-parallel themselves.
     expanded = expand_world_sizes(jobs)
@@ -124,7 +124,7 @@ def check_backends(config: SuiteConfig, source: str) -> None:
             raise ConfigError(
                 f"{source}: debug.lr_scale.{key}: not a backend/policy of this run; it has: {', '.join(sorted(rows))}"
             )
-    from precision_suite.distributed import config_problem as data_parallel_problem
+    from precision_suite.execution.data_parallel import config_problem as data_parallel_problem
 
     for job in expand_jobs(config, config.device):
         problem = classes[job.backend].config_problem(job) or data_parallel_problem(job)

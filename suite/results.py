@@ -191,7 +191,7 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
 class ReadResult:
     records: list[Record] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    # Records of the timed speed phase (``"kind": "speed"``, precision_suite.speed); kept apart
+    # Records of the timed speed phase (``"kind": "speed"``, precision_suite.measure.speed_phase); kept apart
     # so readers of job records see only those.
     speed: list[Record] = field(default_factory=list)
 

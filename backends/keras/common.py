@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from precision_suite.backends.base import EVAL_BATCH, POLICY_SPECS, Availability, Backend, MemoryStats
-from precision_suite.memory import PrecisionLayout, account_job
+from precision_suite.measure.memory import PrecisionLayout, account_job
 
 if TYPE_CHECKING:
     from precision_suite.data import Dataset
@@ -386,7 +386,7 @@ class KerasBackend(Backend):
         return PrecisionLayout(param, compute, (param,), None, param)
 
     def memory_with_peak(self, peak: int | None, source: str) -> MemoryStats:
-        """The shared accounting (``precision_suite.memory``) beside what the variables really
+        """The shared accounting (``precision_suite.measure.memory``) beside what the variables really
         hold; the figure is the allocator's ``peak`` where the runtime has one (GPU), else the
         accounting (CPU)."""
         breakdown = account_job(self.job, self.data_shape, self.num_classes, self.memory_layout()).breakdown()

@@ -1,9 +1,9 @@
 """Data-parallel PyTorch: the torch backends under ``DistributedDataParallel``, one process per
-replica (``precision_suite.distributed`` launches them as torchrun does and owns their lifetime).
+replica (``precision_suite.execution.data_parallel`` launches them as torchrun does and owns their lifetime).
 
 The job these classes receive has the *global* batch (the suite's loop walks the one-process
 batch plan at that size); each rank keeps its slice of every step's rows
-(``precision_suite.distributed.replica_slice``). DDP all-reduces (averages) the gradients
+(``precision_suite.execution.data_parallel.replica_slice``). DDP all-reduces (averages) the gradients
 during ``backward``, so every rank's loss scaler sees the same, already-reduced gradients: an
 inf on one rank is an inf on all, and every rank makes the same skip decision (torch-amp's
 ``GradScaler.unscale_`` and torch-manual's on-device scaler alike). The loss telemetry is
@@ -74,7 +74,7 @@ class DdpMixin:
     def setup(self, job: Job, init_weights: dict[str, np.ndarray], data: Dataset) -> None:
         import torch
         import torch.distributed as dist
-        from precision_suite.distributed import ProcessFaults, fault_steps, replica_slice
+        from precision_suite.execution.data_parallel import ProcessFaults, fault_steps, replica_slice
         from torch.nn.parallel import DistributedDataParallel
 
         self.rank = dist.get_rank()

@@ -1,7 +1,7 @@
 """Confidence intervals the diff and the advice need and the comparison does not (yet) give:
 a paired change between two runs, and a speedup or memory ratio with its interval.
 
-This is the one seam to swap when paired-statistics helpers land in ``precision_suite.stats``;
+This is the one seam to swap when paired-statistics helpers land in ``precision_suite.verdicts.stats``;
 the rest of ``outputs`` only calls the functions below.
 
 - Paired change (run-to-run, per seed): the mean of per-seed differences with the 95 % Student t
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from precision_suite.compare import mean_ci95
+from precision_suite.verdicts.compare import mean_ci95
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ cells and the equivalence-table cells; the styles a rendering draws them in."""
 
 from __future__ import annotations
 
-from precision_suite.compare import (
+from precision_suite.verdicts.compare import (
     FAIL,
     FAILED,
     INCONCLUSIVE,
@@ -15,7 +15,7 @@ from precision_suite.compare import (
     Row,
     Verdict,
 )
-from precision_suite.stats import MAX_SUGGESTED_SEEDS
+from precision_suite.verdicts.stats import MAX_SUGGESTED_SEEDS
 
 # Styles a piece of text may carry besides an outcome: a caveat on a number (emulated, noisy,
 # the seeds advice) and a name to be read literally (a job id).

@@ -79,8 +79,8 @@ def test_stock_keras_misses_an_overflow_on_replica_1_and_the_backend_does_not(tm
 @pytest.mark.slow
 def test_tf_keras_fp32_over_two_replicas_matches_one_process_at_the_global_batch(tmp_path):
     import numpy as np
-    from precision_suite.loop import run_job
-    from precision_suite.scaling import data_parallel
+    from precision_suite.measure.loop import run_job
+    from precision_suite.verdicts.data_parallel import data_parallel
 
     record = run_dp(dp_job("tf-keras", "fp32", steps=20), tmp_path)
     assert record["status"] == "ok", record.get("error")

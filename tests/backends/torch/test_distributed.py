@@ -49,8 +49,8 @@ def test_a_hung_collective_ends_as_timeout_with_nothing_left_running(tmp_path):
 @pytest.mark.slow
 def test_fp32_over_two_ranks_matches_one_process_at_the_global_batch(tmp_path):
     import numpy as np
-    from precision_suite.loop import run_job
-    from precision_suite.scaling import data_parallel
+    from precision_suite.measure.loop import run_job
+    from precision_suite.verdicts.data_parallel import data_parallel
 
     job = dp_job("torch-amp", "fp32", steps=20)
     record = run_dp(job, tmp_path)

@@ -1,0 +1,389 @@
+"""Data-parallel jobs: one job over N replicas, launched the way the frameworks' own tools do it.
+
+``distributed.world_size: N`` (a list sweeps sizes) runs each job at a fixed *per-replica*
+batch ``train.batch_size``: the global batch is N × batch_size (weak scaling). Every step's
+global batch is the single-process batch plan's step at that global batch size
+(``precision_suite.data.batch_plan``), split into N contiguous slices, slice r for replica r, so
+the union of a step's rows is exactly the one-process step's rows.
+
+* PyTorch backends: N processes, launched as ``torchrun`` does (``MASTER_ADDR=127.0.0.1``, a
+  free ``MASTER_PORT`` chosen now, ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``; gloo on the
+  loopback interface on CPU, nccl on CUDA), ``DistributedDataParallel``
+  (``backends/torch/distributed.py``).
+* tf-keras: one process, ``tf.distribute.MirroredStrategy`` over N logical CPU devices (N GPUs
+  on a GPU node), the backend's own compiled step under ``strategy.run``
+  (``backends/keras/distributed.py``).
+
+Rank 0 (the only process for tf-keras) writes the record; every replica's skip decisions, final
+loss scale and a digest of its parameters are gathered into ``record["distributed"]`` for the
+``replica-consistency`` verdict. The launcher owns the processes: all ranks share one process
+group that is killed as a whole; a rank that dies ends the job ``crashed`` naming the rank; a
+job past ``runner.job_timeout_s`` (a hung collective) ends ``timeout``; nothing is left running.
+
+This module never imports a framework; ``main`` (``python -m precision_suite.execution.data_parallel``) is
+the rank process.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from precision_suite.jobs import Job
+
+DP_REFERENCE = "dp-reference"
+RESULT_FILE_ENV = "PRECISION_SUITE_DP_RESULT"
+REPLICAS_ENV = "PRECISION_SUITE_DP_REPLICAS"
+STDERR_TAIL_LINES = 15
+# Exit code of a rank whose job failed in Python (its record says why; rank 0 writes it).
+RANK_JOB_FAILED = 3
+
+
+@dataclass(frozen=True)
+class DataParallelImpl:
+    """How one backend runs data-parallel: its class and whether it needs one process per
+    replica (torch.distributed) or one process for all (tf.distribute.MirroredStrategy)."""
+
+    backend_class: str  # "module:Class"
+    process_per_replica: bool
+
+
+DATA_PARALLEL: dict[str, DataParallelImpl] = {
+    "torch-amp": DataParallelImpl("precision_suite.backends.torch.distributed:DdpTorchAmpBackend", True),
+    "torch-manual": DataParallelImpl("precision_suite.backends.torch.distributed:DdpTorchManualBackend", True),
+    "tf-keras": DataParallelImpl("precision_suite.backends.keras.distributed:MirroredTfKerasBackend", False),
+}
+# Variants chosen by distributed.tf_strategy.
+DATA_PARALLEL_VARIANTS: dict[tuple[str, str], DataParallelImpl] = {
+    ("tf-keras", "multi-worker"): DataParallelImpl(
+        "precision_suite.backends.keras.distributed:MultiWorkerTfKerasBackend", True
+    ),
+}
+
+
+def data_parallel_impl(job: Job) -> DataParallelImpl:
+    return DATA_PARALLEL_VARIANTS.get((job.backend, job.distributed.tf_strategy), DATA_PARALLEL[job.backend])
+
+
+# ---------------------------------------------------------------- planning
+def expand_world_sizes(jobs: list[Job]) -> list[Job]:
+    """Each job once per world size (id suffix ``/wsN`` for N > 1; N = 1 keeps the plain id), and
+    for each fp32 job at N > 1 the one-process reference at its global batch (``/ws1-batchG``)
+    that the ``data-parallel`` verdict compares it with."""
+    out: list[Job] = []
+    references: list[Job] = []
+    for job in jobs:
+        for size in job.distributed.world_sizes:
+            if size == 1:
+                out.append(job)
+                continue
+            out.append(replace(job, world_size=size, job_id=f"{job.job_id}/ws{size}"))
+            if job.policy == "fp32":
+                global_batch = size * job.train.batch_size
+                references.append(
+                    replace(
+                        job,
+                        role=DP_REFERENCE,
+                        job_id=f"{job.job_id}/ws1-batch{global_batch}",
+                        train=job.train.model_copy(update={"batch_size": global_batch}),
+                    )
+                )
+    return out + references
+
+
+def global_batch_size(job: Job) -> int:
+    return job.world_size * job.train.batch_size
+
+
+def as_global_batch_job(job: Job) -> Job:
+    """The job as the suite's loop runs it in a rank: the batch plan at the global batch (the
+    backend takes its own slice of each step's rows)."""
+    return replace(job, train=job.train.model_copy(update={"batch_size": global_batch_size(job)}))
+
+
+def replica_slice(rank: int, per_replica: int) -> slice:
+    """The columns of a global batch row that replica ``rank`` trains on."""
+    return slice(rank * per_replica, (rank + 1) * per_replica)
+
+
+def fault_steps(job: Job, replica: int, kind: str) -> frozenset[int]:
+    """Steps at which the debug fault injection hits ``replica`` with ``kind`` (empty if none)."""
+    fault = job.distributed.debug_fault_injection
+    if fault is None or fault.kind != kind or fault.rank != replica:
+        return frozenset()
+    return frozenset(fault.steps)
+
+
+@dataclass(frozen=True)
+class ProcessFaults:
+    """The debug faults that end or stall a whole process (``crash``, ``hang``) at a step."""
+
+    crash_steps: frozenset[int] = frozenset()
+    hang_steps: frozenset[int] = frozenset()
+
+    @classmethod
+    def for_replicas(cls, job: Job, replicas: range) -> ProcessFaults:
+        crash = [fault_steps(job, r, "crash") for r in replicas]
+        hang = [fault_steps(job, r, "hang") for r in replicas]
+        return cls(frozenset().union(*crash), frozenset().union(*hang))
+
+    def before_step(self, step: int) -> None:
+        if step in self.crash_steps:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if step in self.hang_steps:
+            while True:  # stop answering collectives; the launcher's timeout ends the job
+                time.sleep(60)
+
+
+def unsupported_reason(job: Job) -> str | None:
+    if job.world_size > 1 and job.backend not in DATA_PARALLEL:
+        return f"backend {job.backend} has no data-parallel implementation (have: {', '.join(DATA_PARALLEL)})"
+    return None
+
+
+def config_problem(job: Job) -> str | None:
+    """Why the data-parallel variant of the job's backend cannot run it as configured (checked
+    with the config, before anything runs; never imports a framework). A backend with no
+    data-parallel variant is not a config error: its N-replica jobs are recorded unavailable."""
+    if job.world_size == 1 or job.backend not in DATA_PARALLEL:
+        return None
+    problem = load_backend_class(job).config_problem(job)
+    return f"over {job.world_size} replicas: {problem}" if problem else None
+
+
+def load_backend_class(job: Job) -> type:
+    module, _, name = data_parallel_impl(job).backend_class.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+# ---------------------------------------------------------------- launcher
+def free_port() -> int:
+    """A TCP port free on the loopback interface now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _describe_code(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _tail(path: Path) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return "\n".join(lines[-STDERR_TAIL_LINES:])
+
+
+def _kill_group(pgid: int, procs: list[subprocess.Popen]) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def run_distributed(job: Job, timeout_s: float, log_dir: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Run one data-parallel job to its record; never raises for a failure of the job."""
+    from precision_suite.measure.loop import new_record
+
+    def failed(status: str, message: str, tail: str = "") -> dict[str, Any]:
+        record = new_record(job)
+        record.update(status=status, error=message, world_size=job.world_size)
+        if tail:
+            record["stderr_tail"] = tail
+        return record
+
+    reason = unsupported_reason(job)
+    if reason:
+        return failed("unavailable", reason)
+    impl = data_parallel_impl(job)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    slug = job.job_id.replace("/", "_")
+    with tempfile.TemporaryDirectory(prefix="precision-suite-dp-") as tmp:
+        job_path = Path(tmp) / "job.json"
+        job_path.write_text(json.dumps(job.to_dict()))
+        result_path = Path(tmp) / "record.json"
+        n_procs = job.world_size if impl.process_per_replica else 1
+        base_env = dict(env)
+        base_env.update(
+            {
+                RESULT_FILE_ENV: str(result_path),
+                REPLICAS_ENV: str(job.world_size),
+                # torchrun's rendezvous variables; loopback only.
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(free_port()),
+                "WORLD_SIZE": str(n_procs),
+                "GLOO_SOCKET_IFNAME": "lo",
+            }
+        )
+        procs: list[subprocess.Popen] = []
+        logs: list[Path] = []
+        pgid = 0
+        if n_procs > 1:
+            # runner.threads is per replica; left unset, the ranks share the cores.
+            threads = str(job.runner.threads or max(1, int(base_env.get("PRECISION_SUITE_THREADS", "1")) // n_procs))
+            for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PRECISION_SUITE_THREADS"):
+                base_env[key] = threads
+        try:
+            # tf.distribute's cluster (MultiWorkerMirroredStrategy): one loopback port per worker.
+            workers = [f"127.0.0.1:{free_port()}" for _ in range(n_procs)]
+            for rank in range(n_procs):
+                tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": rank}}
+                rank_env = dict(base_env, RANK=str(rank), LOCAL_RANK=str(rank), TF_CONFIG=json.dumps(tf_config))
+                log = log_dir / f"{slug}.rank{rank}.log"
+                logs.append(log)
+                with open(log, "wb") as fh:
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "precision_suite.execution.data_parallel", str(job_path)],
+                        stdin=subprocess.DEVNULL,
+                        stdout=fh,
+                        stderr=subprocess.STDOUT,
+                        env=rank_env,
+                        # One process group of their own for all ranks (out of the terminal's
+                        # foreground group): killed as a whole, never orphaned.
+                        process_group=pgid if rank else 0,
+                    )
+                if rank == 0:
+                    pgid = proc.pid
+                procs.append(proc)
+            deadline = time.monotonic() + timeout_s
+            first_death: tuple[int, int] | None = None
+            while True:
+                codes = [p.poll() for p in procs]
+                if first_death is None:
+                    first_death = next(((r, c) for r, c in enumerate(codes) if c not in (None, 0)), None)
+                if all(c is not None for c in codes) or first_death is not None:
+                    break
+                if time.monotonic() > deadline:
+                    _kill_group(pgid, procs)
+                    return failed(
+                        "timeout",
+                        f"exceeded runner.job_timeout_s={timeout_s:g}s over {job.world_size} replicas "
+                        "(a hung collective or a slow job); every rank killed",
+                    )
+                time.sleep(0.05)
+            if first_death is not None:
+                # The others are now waiting on the dead rank's collectives: end them.
+                time.sleep(0.5)
+                _kill_group(pgid, procs)
+        except BaseException:
+            if pgid:
+                _kill_group(pgid, procs)
+            raise
+        record = json.loads(result_path.read_text()) if result_path.exists() else None
+        if first_death is not None:
+            rank, code = first_death
+            if record is not None and code == RANK_JOB_FAILED and record.get("status") != "ok":
+                return record  # rank 0's own record of the job's failure
+            if code == RANK_JOB_FAILED:
+                return failed("error", f"rank {rank} of {job.world_size}: job failed", _tail(logs[rank]))
+            return failed("crashed", f"rank {rank} of {job.world_size} {_describe_code(code)}", _tail(logs[rank]))
+        if record is None:
+            return failed("crashed", "rank 0 exited without writing the record", _tail(logs[0]))
+        _merge_rank_reports(record, result_path, n_procs)
+        return record
+
+
+def _rank_report_path(result_path: Path, rank: int) -> Path:
+    return result_path.with_name(f"replicas.rank{rank}.json")
+
+
+def _merge_rank_reports(record: dict[str, Any], result_path: Path, n_procs: int) -> None:
+    """Where each process could only report its own replicas (no cross-process gather in the
+    framework), the launcher joins the ranks' reports into rank 0's record."""
+    report = record.get("distributed") or {}
+    replicas = report.get("replicas") or []
+    if len(replicas) >= record.get("world_size", 1):
+        return
+    for rank in range(1, n_procs):
+        path = _rank_report_path(result_path, rank)
+        if path.exists():
+            replicas.extend(json.loads(path.read_text()))
+    report["replicas"] = sorted(replicas, key=lambda r: r.get("rank", 0))
+
+
+# ---------------------------------------------------------------- rank process
+def main() -> int:
+    from precision_suite.execution.worker import die_with_parent
+
+    die_with_parent()
+    from precision_suite.jobs import Job
+    from precision_suite.measure.loop import one_line, run_job
+    from precision_suite.results import jsonable
+
+    job = Job.from_dict(json.loads(Path(sys.argv[1]).read_text()))
+    rank = int(os.environ.get("RANK", "0"))
+    cls = load_backend_class(job)
+    cls.init_process(job)
+    report: dict[str, Any] = {}
+
+    def finish(backend: Any, record: dict[str, Any]) -> None:
+        # A collective: only when every rank got here (a failed rank leaves instead, below).
+        if record["status"] in ("ok", "diverged"):
+            try:
+                report.update(backend.replica_report())
+            except Exception as exc:
+                traceback.print_exc()
+                record.update(status="error", error=f"replica report: {one_line(exc)}")
+
+    record = run_job(as_global_batch_job(job), None, backend_cls=cls, finish=finish)
+    ok = record["status"] in ("ok", "diverged")
+    if not ok and rank != 0:
+        # Leave at once: the other ranks are blocked on this one and the launcher ends them.
+        print(f"rank {rank}: {record['status']}: {record['error']}", file=sys.stderr, flush=True)
+        os._exit(RANK_JOB_FAILED)
+    if ok:
+        cls.shutdown_process()
+    if rank != 0:
+        path = _rank_report_path(Path(os.environ[RESULT_FILE_ENV]), rank)
+        path.write_text(json.dumps(jsonable(report.get("replicas", []))))
+    if rank == 0:
+        record["job_id"] = job.job_id
+        record["config"] = job.to_dict()
+        record["world_size"] = job.world_size
+        samples_per_s = record["metrics"].get("samples_per_s")
+        record["metrics"]["global_batch_size"] = global_batch_size(job)
+        record["metrics"]["samples_per_s_per_device"] = samples_per_s / job.world_size if samples_per_s else None
+        record["distributed"] = {
+            "world_size": job.world_size,
+            "per_replica_batch_size": job.train.batch_size,
+            "global_batch_size": global_batch_size(job),
+            **report,
+        }
+        path = Path(os.environ[RESULT_FILE_ENV])
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(jsonable(record), allow_nan=False))
+        tmp.rename(path)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Past the process group's teardown nothing is left to run; skip the interpreter's exit,
+    # where gloo's static destructors can abort.
+    os._exit(0 if ok else RANK_JOB_FAILED)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

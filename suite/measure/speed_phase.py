@@ -1,0 +1,690 @@
+"""Speed you can trust: paired, interleaved timing with noise detection.
+
+A speedup is never a ratio of two jobs timed alone at different moments: load drift (another
+process, a thermal step, a noisy neighbour) would land on one side only. Instead, per
+(framework, model, dataset, device) one worker sets up every policy's backend once — the same
+initial weights, the same batches — and times them in rotation in short windows::
+
+    round r:  fp32, c1, fp32, c2, fp32, ..., cn, fp32        (candidate order reversed on odd r)
+
+A candidate's round ratio is the mean of the two fp32 windows around it over its own window
+(both as per-step times), so drift within a round cancels too. The speedup is the median of
+the per-round ratios; its 95 % CI is the distribution-free order-statistic interval for a
+median (``median_ci``: coverage ≥ 95 % for any continuous distribution of i.i.d. round
+ratios, checked by simulation in tests/suite/measure/test_speed_phase.py).
+
+Noise is measured, not assumed. Per window the phase records wall time, the process's CPU time,
+the 1-minute load average and — from ``/proc/stat`` on Linux — how many cores *other*
+processes kept busy during the window (``other_cores``). A speedup is labelled ``noisy``
+(shown, never claimed as faster or slower, like ``emulated``) when, with the reason:
+
+* its 95 % CI includes 1.0 (the direction is not established);
+* the round ratios disagree: their coefficient of variation exceeds ``NOISY_ROUND_CV``;
+* either side's window times vary by more than ``NOISY_WINDOW_CV`` (CV);
+* other processes used more than ``BUSY_OTHER_CORES`` cores (median over the windows) of the
+  cores this process may run on: contention that hits multi-threaded frameworks unevenly.
+
+The round/ratio machinery (``WindowSample``, ``measure_window``, ``rotation``, ``median_ci``)
+is framework-free; ``benchmarks/harness_overhead.py`` uses it too.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+from precision_suite.results import SCHEMA
+
+NOISY_ROUND_CV = 0.10
+NOISY_WINDOW_CV = 0.15
+BUSY_OTHER_CORES = 0.25
+SPEED_KIND = "speed"
+# A worker message: set a phase's sides up ahead of it (``warm_speed_task``).
+WARM_KIND = "warm"
+# Warm-up steps of every side before any timing (compilation, autotuning, allocator growth);
+# more when the job's train.timing_warmup_steps says so.
+MIN_WARMUP_STEPS = 3
+# Rows of the batch plan staged on the device; windows cycle through them.
+PLAN_STEPS = 200
+MAX_WINDOW_STEPS = 10_000
+
+
+# ---------------------------------------------------------------- system load
+def _proc_stat_busy(cpus: set[int] | None) -> float | None:
+    """Busy CPU seconds since boot over ``cpus`` (all when None), from /proc/stat; None when
+    unreadable (not Linux)."""
+    try:
+        with open("/proc/stat") as fh:
+            lines = fh.readlines()
+    except OSError:
+        return None
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    busy = 0
+    for line in lines:
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        if cpus is not None and int(name[3:]) not in cpus:
+            continue
+        values = [int(v) for v in fields]
+        # user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait.
+        busy += sum(values[:8]) - values[3] - values[4]
+    return busy / tick
+
+
+def _allowed_cpus() -> set[int] | None:
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+class SystemLoad:
+    """CPU seconds other processes spent on this process's cores between ``start`` and ``stop``."""
+
+    def __init__(self) -> None:
+        self.cpus = _allowed_cpus()
+
+    def start(self) -> tuple[float | None, float]:
+        return _proc_stat_busy(self.cpus), time.process_time()
+
+    def other_cores(self, started: tuple[float | None, float], wall_s: float) -> float | None:
+        busy0, cpu0 = started
+        busy1 = _proc_stat_busy(self.cpus)
+        if busy0 is None or busy1 is None or wall_s <= 0:
+            return None
+        own = time.process_time() - cpu0
+        # /proc/stat counts in clock ticks (10 ms): short windows are coarse, never negative.
+        return max(0.0, (busy1 - busy0 - own) / wall_s)
+
+
+def busy_warning(sample_s: float = 0.5) -> str | None:
+    """A warning when other processes keep this process's cores busy right now (sampled for
+    ``sample_s``): speed numbers measured now will likely be labelled noisy."""
+    load = SystemLoad()
+    started = load.start()
+    time.sleep(sample_s)
+    other = load.other_cores(started, sample_s)
+    cores = len(load.cpus) if load.cpus else os.cpu_count() or 1
+    if other is None or other <= BUSY_OTHER_CORES:
+        return None
+    return (
+        f"machine busy: other processes use {other:.1f} of the {cores} core(s) this run may use; "
+        "speedups will likely be labelled noisy (rerun on a quiet machine to claim them)"
+    )
+
+
+# ---------------------------------------------------------------- windows and rounds
+@dataclass
+class WindowSample:
+    """One timed window: ``steps`` steps in ``wall_s`` seconds (closed by a device sync)."""
+
+    steps: int
+    wall_s: float
+    cpu_s: float  # process CPU time (all threads) during the window
+    loadavg_1m: float | None
+    other_cores: float | None  # cores other processes kept busy (see SystemLoad)
+
+    @property
+    def step_s(self) -> float:
+        return self.wall_s / self.steps
+
+
+def measure_window(run: Callable[[], int], load: SystemLoad | None = None) -> WindowSample:
+    """Time ``run`` (which does its steps, syncs the device and returns how many it did)."""
+    load = load or SystemLoad()
+    started = load.start()
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    steps = run()
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    try:
+        loadavg = os.getloadavg()[0]
+    except OSError:
+        loadavg = None
+    return WindowSample(steps, wall, cpu, loadavg, load.other_cores(started, wall))
+
+
+@dataclass
+class Rotation:
+    """Windows of a rotation: ``baseline[r]`` holds n+1 windows, ``candidates[i][r]`` one."""
+
+    baseline: list[list[WindowSample]] = field(default_factory=list)
+    candidates: list[list[WindowSample]] = field(default_factory=list)
+    # Per candidate, per round: baseline step time / candidate step time.
+    speedups: list[list[float]] = field(default_factory=list)
+
+
+def rotation(
+    baseline: Callable[[], WindowSample],
+    candidates: Sequence[Callable[[], WindowSample]],
+    rounds: int,
+    on_round: Callable[[int], None] | None = None,
+) -> Rotation:
+    """Time baseline and candidates in rotation (module docstring); each candidate's round
+    ratio uses the baseline windows on both sides of it."""
+    n = len(candidates)
+    out = Rotation(candidates=[[] for _ in range(n)], speedups=[[] for _ in range(n)])
+    for r in range(rounds):
+        order = list(range(n)) if r % 2 == 0 else list(reversed(range(n)))
+        base_windows = [baseline()]
+        for i in order:
+            out.candidates[i].append(candidates[i]())
+            base_windows.append(baseline())
+        out.baseline.append(base_windows)
+        for position, i in enumerate(order):
+            around = (base_windows[position].step_s + base_windows[position + 1].step_s) / 2
+            out.speedups[i].append(around / out.candidates[i][-1].step_s)
+        if on_round is not None:
+            on_round(r + 1)
+    return out
+
+
+def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float, float]:
+    """(median, low, high, coverage): the order-statistic interval [x_(k), x_(n+1-k)] with the
+    largest k whose coverage 1 - 2·P(Bin(n, ½) < k) is ≥ ``confidence``. With too few values
+    for that (n < 6 at 95 %) it is [min, max] and ``coverage`` says how much less it covers."""
+    xs = sorted(values)
+    n = len(xs)
+    if n == 0:
+        raise ValueError("median_ci needs at least one value")
+    k, coverage = 1, 1 - 2 * 0.5**n
+    cdf = 0.0  # P(Bin(n, 1/2) <= j - 1) for the next candidate k = j
+    for j in range(1, n // 2 + 1):
+        cdf += math.comb(n, j - 1) * 0.5**n
+        if 1 - 2 * cdf < confidence:
+            break
+        k, coverage = j, 1 - 2 * cdf
+    return statistics.median(xs), xs[k - 1], xs[n - k], coverage
+
+
+def cv(values: Sequence[float]) -> float:
+    """Coefficient of variation (sample std / mean); 0 for fewer than two values."""
+    if len(values) < 2:
+        return 0.0
+    mean = statistics.fmean(values)
+    return statistics.stdev(values) / mean if mean else math.inf
+
+
+@dataclass
+class SpeedEstimate:
+    """A paired speedup and whether it can be claimed."""
+
+    speedup: float
+    ci_low: float
+    ci_high: float
+    ci_coverage: float
+    rounds: int
+    round_cv: float
+    window_cv: float  # the larger of baseline's and candidate's window-time CV
+    other_cores: float | None  # median over the windows
+    noisy_reason: str = ""
+
+    @property
+    def noisy(self) -> bool:
+        return bool(self.noisy_reason)
+
+
+def assess(
+    speedups: Sequence[float],
+    baseline_windows: Sequence[WindowSample],
+    candidate_windows: Sequence[WindowSample],
+) -> SpeedEstimate:
+    """Median, CI and the noise label of one candidate (module docstring for the rules)."""
+    median, low, high, coverage = median_ci(speedups)
+    window_cv = max(cv([w.step_s for w in baseline_windows]), cv([w.step_s for w in candidate_windows]))
+    others = [w.other_cores for w in [*baseline_windows, *candidate_windows] if w.other_cores is not None]
+    other = statistics.median(others) if others else None
+    reasons = []
+    if low <= 1.0 <= high:
+        reasons.append(f"95% CI {low:.2f}–{high:.2f} includes 1.0")
+    round_cv = cv(speedups)
+    if round_cv > NOISY_ROUND_CV:
+        reasons.append(f"rounds disagree (CV {round_cv:.0%} > {NOISY_ROUND_CV:.0%})")
+    if window_cv > NOISY_WINDOW_CV:
+        reasons.append(f"window times vary (CV {window_cv:.0%} > {NOISY_WINDOW_CV:.0%})")
+    if other is not None and other > BUSY_OTHER_CORES:
+        reasons.append(f"other processes busy on {other:.1f} core(s)")
+    return SpeedEstimate(median, low, high, coverage, len(speedups), round_cv, window_cv, other, "; ".join(reasons))
+
+
+# ---------------------------------------------------------------- the speed phase
+@dataclass
+class SpeedTask:
+    """One timed phase: the jobs of one (framework, model, dataset, device), baseline first.
+    ``kind`` tells an executor this is a timed phase (exclusive use of the machine)."""
+
+    job_id: str
+    framework: str
+    jobs: list[Any]  # precision_suite.jobs.Job; jobs[0] is the fp32 baseline
+    rounds: int
+    window_ms: float
+    batch_probe: bool
+    kind: ClassVar[str] = SPEED_KIND
+    is_timed_phase: ClassVar[bool] = True
+    world_size: ClassVar[int] = 1  # one device: the phase times policies against each other there
+
+    @property
+    def model(self) -> Any:
+        return self.jobs[0].model
+
+    @property
+    def backend(self) -> str:
+        """The baseline's backend: whose framework must be available for the phase to run."""
+        return self.jobs[0].backend
+
+    @property
+    def timed(self) -> bool:
+        """An executor gives a timed phase the machine (a cluster node) to itself."""
+        return self.is_timed_phase
+
+    @property
+    def device(self) -> str:
+        return self.jobs[0].device
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "framework": self.framework,
+            "jobs": [job.to_dict() for job in self.jobs],
+            "rounds": self.rounds,
+            "window_ms": self.window_ms,
+            "batch_probe": self.batch_probe,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> SpeedTask:
+        from precision_suite.jobs import Job
+
+        jobs = [Job.from_dict(j) for j in raw["jobs"]]
+        return cls(raw["job_id"], raw["framework"], jobs, raw["rounds"], raw["window_ms"], raw["batch_probe"])
+
+
+def speed_task_id(model: str, dataset: str, framework: str) -> str:
+    return f"speed/{model}/{dataset}/{framework}"
+
+
+def speed_tasks(config: Any, jobs: list[Any]) -> list[SpeedTask]:
+    """One task per (model, framework) with an fp32 baseline and at least one other policy:
+    the first seed's jobs, the baseline the first backend (in ``backends.names`` order) that
+    runs fp32."""
+    from precision_suite.verdicts.compare import BASELINE_POLICY
+
+    settings = config.speed
+    seed = config.seeds_at_look(0)[0]
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for job in jobs:
+        # One process per policy: data-parallel jobs, their one-process references and the
+        # one-ulp noise-floor runs are no policies of their own to time.
+        single = job.world_size == 1 and not job.role and not job.perturb_ulp
+        if job.seed == seed and single:
+            groups.setdefault((job.model.name, job.framework), []).append(job)
+    tasks = []
+    for (model, framework), members in groups.items():
+        baseline = next((j for j in members if j.policy == BASELINE_POLICY), None)
+        if baseline is None or len(members) < 2:
+            continue
+        ordered = [baseline, *(j for j in members if j is not baseline)]
+        task_id = speed_task_id(model, baseline.data.name, framework)
+        tasks.append(SpeedTask(task_id, framework, ordered, settings.rounds, settings.window_ms, settings.batch_probe))
+    return tasks
+
+
+def new_speed_record(task: SpeedTask) -> dict[str, Any]:
+    """A speed record: shares the job record's identifying keys (``job_id``, ``status``), told
+    apart by ``kind`` (``precision_suite.results.read_records`` files it under ``speed``)."""
+    first = task.jobs[0]
+    return {
+        "schema": SCHEMA,
+        "kind": SPEED_KIND,
+        "job_id": task.job_id,
+        "framework": task.framework,
+        "model": first.model.name,
+        "dataset": first.data.name,
+        "device": first.device,
+        "status": None,
+        "error": None,
+        "config": task.to_dict(),
+        "environ": {},
+        "speed": {},
+    }
+
+
+@dataclass
+class _Side:
+    label: str
+    job: Any
+    backend: Any
+    batches: Sequence[Any]
+    steps: int = 1
+    cursor: int = 0
+
+    def run(self, steps: int) -> int:
+        for _ in range(steps):
+            self.backend.train_step(self.batches[self.cursor % len(self.batches)])
+            self.cursor += 1
+        self.backend.synchronize()
+        return steps
+
+    def window(self, load: SystemLoad, steps: int | None = None) -> WindowSample:
+        self.backend.activate()
+        sample = measure_window(lambda: self.run(steps or self.steps), load)
+        self.backend.drain_telemetry()  # outside the window: keeps device telemetry bounded
+        return sample
+
+
+def _size_window(side: _Side, load: SystemLoad, window_ms: float) -> float:
+    """Steps per window so one lasts about ``window_ms``; returns the probed step time (s)."""
+    # Single-step probes: a large model's step can take a second; the median of three keeps
+    # one preempted probe from sizing every window.
+    probes = [side.window(load, 1).step_s for _ in range(3)]
+    step_s = max(statistics.median(probes), 1e-7)
+    side.steps = int(min(max(math.ceil(window_ms / 1e3 / step_s), 1), MAX_WINDOW_STEPS))
+    return step_s
+
+
+def _side_backend(job: Any) -> tuple[Any, str | None]:
+    """The backend class of one side of a phase, with ``job.device`` resolved, and why that side
+    cannot run here (None when it can)."""
+    from precision_suite.backends import get_backend_class
+    from precision_suite.backends.base import Availability, DeviceUnavailable
+
+    cls = get_backend_class(job.backend)
+    available = cls.is_available()
+    try:
+        job.device = cls.resolve_device(job.device)
+    except DeviceUnavailable as exc:
+        available = Availability(False, str(exc))
+    return cls, available.reason if not available.ok else cls.unsupported_reason(job.policy, job.device)
+
+
+def _phase_rows(job: Any, data: Any) -> Any:
+    """The rows of the ``PLAN_STEPS`` batches every side of a phase trains on, (steps, batch)."""
+    import numpy as np
+    from precision_suite.data import batch_plan
+
+    plan = batch_plan(len(data.y_train), job.train.batch_size, job.seed, None, PLAN_STEPS)
+    return np.stack([rows for _, rows in plan])
+
+
+def warm_speed_task(task: SpeedTask) -> None:
+    """Do ahead of a phase (while other work still runs) what its timing must not wait for: the
+    framework and data loaded, each side set up once and torn down (a backend may keep what it
+    compiled for the phase's own setup: the Keras compiled-step cache). Never raises: the phase
+    itself reports what fails."""
+    from precision_suite.measure.loop import cached_dataset
+    from precision_suite.models import init_weights
+
+    try:
+        base_job = task.jobs[0]
+        data = cached_dataset(base_job)
+        weights = init_weights(base_job.model, data.input_shape, data.num_classes, base_job.seed)
+        probe = _half_batch_job(base_job) if task.batch_probe else None
+        for job in [*task.jobs, *([probe] if probe is not None else [])]:
+            cls, reason = _side_backend(job)
+            if reason:
+                continue
+            backend = cls()
+            try:
+                # Setup only: a first step would compile what compiles lazily (a jitted step) too,
+                # but measured on the 2-core CPU that work, done beside the side-by-side training
+                # jobs, cost them more time than it saved the phases.
+                backend.setup(job, weights, data)
+            finally:
+                backend.teardown()
+    except Exception:
+        traceback.print_exc()
+
+
+def run_speed_task(task: SpeedTask, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Run one timed phase in this process and return its record; never raises for a failure."""
+    from precision_suite.measure.environment import available_cores, base_environment
+    from precision_suite.measure.loop import cached_dataset, is_oom, one_line
+    from precision_suite.models import init_weights
+
+    started = time.perf_counter()
+    record = new_speed_record(task)
+    record["environ"] = base_environment()
+    sides: list[_Side] = []
+    skipped: dict[str, str] = {}
+    try:
+        base_job = task.jobs[0]
+        data = cached_dataset(base_job)
+        weights = init_weights(base_job.model, data.input_shape, data.num_classes, base_job.seed)
+        train = base_job.train
+        rows = _phase_rows(base_job, data)
+        for job in task.jobs:
+            label = f"{job.backend} {job.policy}"
+            cls, reason = _side_backend(job)
+            if reason:
+                if job is base_job:
+                    record.update(status="unavailable", error=f"baseline {label}: {reason}")
+                    return record
+                skipped[label] = reason
+                continue
+            backend = cls()
+            backend.setup(job, weights, data)
+            sides.append(_Side(label, job, backend, backend.prepare_batches(rows)))
+        record["device"] = base_job.device
+        record["environ"].update(sides[0].backend.environment())
+        load = SystemLoad()
+        for side in sides:
+            side.backend.activate()
+            side.run(max(train.timing_warmup_steps, MIN_WARMUP_STEPS))
+            side.backend.drain_telemetry()
+        probe_step_s = {side.label: _size_window(side, load, task.window_ms) for side in sides}
+
+        def on_round(r: int) -> None:
+            if progress is not None:
+                progress(r, task.rounds)
+
+        base, candidates = sides[0], sides[1:]
+        rot = rotation(
+            lambda: base.window(load), [lambda s=s: s.window(load) for s in candidates], task.rounds, on_round
+        )
+        baseline_windows = [w for ws in rot.baseline for w in ws]
+        results = []
+        for side, windows, speedups in zip(candidates, rot.candidates, rot.speedups, strict=True):
+            estimate = assess(speedups, baseline_windows, windows)
+            results.append(
+                {"backend": side.job.backend, "policy": side.job.policy, **asdict(estimate), "round_speedups": speedups}
+            )
+        speed: dict[str, Any] = {
+            "baseline": {"backend": base.job.backend, "policy": base.job.policy},
+            "rounds": task.rounds,
+            "window_ms": task.window_ms,
+            "threads_available": available_cores(),
+            "candidates": results,
+            "skipped": skipped,
+            "windows": {
+                side.label: {
+                    "steps_per_window": side.steps,
+                    "probe_step_ms": probe_step_s[side.label] * 1e3,
+                    "samples": [asdict(w) for w in windows],
+                }
+                for side, windows in [(base, baseline_windows), *zip(candidates, rot.candidates, strict=True)]
+            },
+            "environ_by_side": {side.label: side.backend.environment() for side in sides},
+            "observed_by_side": {side.label: side.backend.observed_precision() for side in sides},
+        }
+        speed["baseline_step_ms"] = statistics.median(w.step_s for w in baseline_windows) * 1e3
+        speed["input_shape"] = list(data.input_shape)
+        speed["num_classes"] = data.num_classes
+        speed["batch_size"] = train.batch_size
+        if task.batch_probe:
+            speed["batch_scaling"] = _batch_scaling(base, data, weights, rows, load)
+        speed["matmul_tflops"] = _matmul_rates(base)
+        record["speed"] = speed
+        record["status"] = "ok"
+    except Exception as exc:  # a failed phase is data, not a crash of the run
+        traceback.print_exc()
+        record.update(status="oom" if is_oom(exc) else "error", error=one_line(exc))
+    finally:
+        for side in reversed(sides):
+            try:
+                side.backend.teardown()
+            except Exception:
+                traceback.print_exc()
+        record["speed"]["wall_s"] = time.perf_counter() - started
+    return record
+
+
+def _half_batch_job(job: Any) -> Any | None:
+    """The baseline job at half its batch (the batch probe's other side), if that splits into its
+    micro-batches."""
+    import dataclasses
+
+    half = job.train.batch_size // 2
+    if half < 1 or half % job.train.grad_accumulation:
+        return None
+    return dataclasses.replace(job, train=job.train.model_copy(update={"batch_size": half}))
+
+
+def _batch_scaling(base: _Side, data: Any, weights: Any, rows: Any, load: SystemLoad) -> dict[str, Any] | None:
+    """fp32 step time at the full batch over the step time at half of it, timed alternately
+    (3 rounds): ≈ 2 when the step is compute-bound, ≈ 1 when fixed per-step overhead dominates."""
+
+    from precision_suite.backends import get_backend_class
+
+    job = base.job
+    half_job = _half_batch_job(job)
+    if half_job is None:
+        return None
+    half = half_job.train.batch_size
+    backend = get_backend_class(job.backend)()
+    backend.setup(half_job, weights, data)
+    try:
+        side = _Side(f"{base.label} batch {half}", half_job, backend, backend.prepare_batches(rows[:, :half]))
+        side.run(MIN_WARMUP_STEPS)
+        backend.drain_telemetry()
+        side.steps = base.steps
+        full_s, half_s = [], []
+        for _ in range(3):
+            full_s.append(base.window(load).step_s)
+            half_s.append(side.window(load).step_s)
+        ratio = statistics.median(full_s) / statistics.median(half_s)
+        return {"batch_size": job.train.batch_size, "half_batch_size": half, "step_time_ratio": ratio}
+    finally:
+        backend.teardown()
+        base.backend.activate()
+
+
+def _matmul_rates(base: _Side) -> dict[str, float]:
+    """The framework's measured large-matmul TFLOP/s in the baseline's dtype on this device:
+    the ceiling the baseline's achieved FLOP/s is held against (diagnose.py). Half dtypes are
+    not measured: an emulated one (fp16 in TF on a CPU) would take seconds."""
+    from precision_suite.backends.base import POLICY_SPECS
+
+    dtype = POLICY_SPECS[base.job.policy].compute_dtype
+    base.backend.activate()
+    rate = base.backend.matmul_tflops(dtype)
+    return {} if rate is None else {dtype: rate}
+
+
+# ---------------------------------------------------------------- reading speed records
+@dataclass
+class CandidateSpeed:
+    """One candidate of a speed record, as the comparison reads it."""
+
+    backend: str
+    policy: str
+    estimate: SpeedEstimate
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> CandidateSpeed:
+        names = {f.name for f in fields(SpeedEstimate)}
+        return cls(raw["backend"], raw["policy"], SpeedEstimate(**{k: v for k, v in raw.items() if k in names}))
+
+
+@dataclass
+class SpeedPhase:
+    """A speed record of one (model, dataset, device, framework), typed."""
+
+    model: str
+    dataset: str
+    device: str
+    framework: str
+    baseline_backend: str
+    baseline_policy: str
+    candidates: list[CandidateSpeed]
+    baseline_step_ms: float | None
+    batch_scaling: float | None
+    matmul_tflops: dict[str, float]
+    input_shape: tuple[int, ...] | None
+    num_classes: int | None
+    batch_size: int | None
+    environ: dict[str, Any]
+    model_config: dict[str, Any]
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> SpeedPhase:
+        speed = record.get("speed") or {}
+        scaling = speed.get("batch_scaling") or {}
+        jobs = (record.get("config") or {}).get("jobs") or [{}]
+        return cls(
+            model=str(record.get("model")),
+            dataset=str(record.get("dataset")),
+            device=str(record.get("device")),
+            framework=str(record.get("framework")),
+            baseline_backend=speed["baseline"]["backend"],
+            baseline_policy=speed["baseline"]["policy"],
+            candidates=[CandidateSpeed.from_dict(c) for c in speed.get("candidates", [])],
+            baseline_step_ms=speed.get("baseline_step_ms"),
+            batch_scaling=scaling.get("step_time_ratio"),
+            matmul_tflops=dict(speed.get("matmul_tflops") or {}),
+            input_shape=tuple(speed["input_shape"]) if speed.get("input_shape") else None,
+            num_classes=speed.get("num_classes"),
+            batch_size=speed.get("batch_size"),
+            environ=dict(record.get("environ") or {}),
+            model_config=dict(jobs[0].get("model") or {}),
+        )
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.model, self.dataset, self.device
+
+
+def speed_phases(records: list[dict[str, Any]]) -> list[SpeedPhase]:
+    """The ok speed records (newest per id) as ``SpeedPhase``s."""
+    from precision_suite.results import latest_by_job
+
+    latest = latest_by_job([r for r in records if r.get("kind") == SPEED_KIND])
+    return [SpeedPhase.from_record(r) for r in latest.values() if r.get("status") == "ok"]
+
+
+def attach_speed(group: Any, phases: list[SpeedPhase], records: list[dict[str, Any]]) -> None:
+    """Give a comparison group (``precision_suite.verdicts.compare.Group``) the paired speedups of its
+    speed phases (one per framework) — rows the training jobs did not produce are added
+    (``speed_only``) — and the "why no speedup" lines of its half-precision rows."""
+    from precision_suite.verdicts.compare import Row, emulation
+    from precision_suite.verdicts.diagnose import diagnose_group
+
+    rows = {(row.backend, row.policy): row for row in group.rows}
+    for phase in phases:
+
+        def row_for(backend: str, policy: str, phase: SpeedPhase = phase) -> Any:
+            row = rows.get((backend, policy))
+            if row is None:
+                row = Row(group.model, group.dataset, group.device, backend, phase.framework, policy)
+                row.emulated_reason = emulation(policy, group.device, phase.environ)
+                row.emulated = bool(row.emulated_reason)
+                rows[(backend, policy)] = row
+                group.rows.append(row)
+            return row
+
+        base = row_for(phase.baseline_backend, phase.baseline_policy)
+        base.is_baseline, base.baseline = True, None
+        for candidate in phase.candidates:
+            row = row_for(candidate.backend, candidate.policy)
+            estimate = candidate.estimate
+            row.baseline = base.label
+            row.speedup, row.speedup_min, row.speedup_max = estimate.speedup, estimate.ci_low, estimate.ci_high
+            row.speed_source = "paired"
+            row.noisy_reason = estimate.noisy_reason
+    diagnose_group(group, {phase.framework: phase for phase in phases}, records)

@@ -1,0 +1,186 @@
+"""The paired speed phase: its statistics (proven by simulation), its rotation, its noise
+labels, and one end-to-end run through the runner with the fake backend."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from precision_suite.measure.speed_phase import (
+    NOISY_ROUND_CV,
+    WindowSample,
+    assess,
+    median_ci,
+    rotation,
+)
+
+from tests.helpers.cli import run_cli
+
+
+def _window(step_s: float, other: float | None = 0.0) -> WindowSample:
+    return WindowSample(steps=10, wall_s=10 * step_s, cpu_s=10 * step_s, loadavg_1m=0.0, other_cores=other)
+
+
+@pytest.mark.parametrize("n", [6, 8, 10, 20])
+def test_median_ci_covers_the_true_median_at_least_95_percent(n):
+    # Skewed, heavy-ish tailed round ratios (lognormal): the interval is distribution-free.
+    rng = np.random.default_rng(n)
+    true_median = 1.3
+    trials, hits = 4000, 0
+    for _ in range(trials):
+        values = true_median * np.exp(rng.normal(0, 0.2, n))
+        _, low, high, coverage = median_ci(list(values))
+        hits += low <= true_median <= high
+    assert coverage >= 0.95
+    # Binomial noise of 4000 trials: 3 standard errors below the nominal coverage at most.
+    assert hits / trials >= coverage - 3 * math.sqrt(coverage * (1 - coverage) / trials)
+
+
+def test_median_ci_order_statistics():
+    values = list(range(1, 11))  # n = 10: [x_(2), x_(9)], coverage 1 - 2·11/1024
+    median, low, high, coverage = median_ci(values)
+    assert (median, low, high) == (5.5, 2, 9)
+    assert coverage == pytest.approx(1 - 22 / 1024)
+    # Too few values for 95%: the full range, with the smaller coverage said.
+    assert median_ci([1.0, 2.0, 3.0])[1:] == (1.0, 3.0, 0.75)
+
+
+def test_rotation_cancels_linear_drift():
+    # The machine slows down steadily (load drift); the candidate always takes half the baseline's
+    # time at the same moment. Timing each side alone would mix drift into the ratio; the rotation
+    # averages the baseline windows on both sides of each candidate window, so it sees exactly 2.
+    clock = [0]
+
+    def at(scale: float):
+        def window() -> WindowSample:
+            clock[0] += 1
+            return _window(scale * (1 + 0.05 * clock[0]))
+
+        return window
+
+    rot = rotation(at(1.0), [at(0.5), at(0.25)], rounds=6)
+    assert [len(ws) for ws in rot.baseline] == [3] * 6
+    assert np.allclose(rot.speedups[0], 2.0, rtol=0.03)
+    assert np.allclose(rot.speedups[1], 4.0, rtol=0.03)
+    naive = rot.baseline[0][0].step_s / rot.candidates[1][-1].step_s  # first fp32 vs a late window
+    assert abs(naive - 4.0) > 0.5
+
+
+def test_clean_speedup_is_claimed_noisy_ones_are_not():
+    base = [_window(1.0) for _ in range(10)]
+    fast = [_window(0.5) for _ in range(10)]
+    clean = assess([2.0 + 0.01 * i for i in range(10)], base, fast)
+    assert not clean.noisy and clean.ci_low > 1.0
+
+    straddles = assess([0.9, 1.1] * 5, base, fast)
+    assert "includes 1.0" in straddles.noisy_reason
+
+    disagree = assess([1.5, 3.0] * 5, base, fast)
+    assert "rounds disagree" in disagree.noisy_reason and disagree.round_cv > NOISY_ROUND_CV
+
+    jittery = assess([2.0] * 10, [_window(1.0 + 0.5 * (i % 2)) for i in range(10)], fast)
+    assert "window times vary" in jittery.noisy_reason
+
+    busy = assess([2.0] * 10, [_window(1.0, other=1.0) for _ in range(10)], fast)
+    assert "other processes busy" in busy.noisy_reason
+
+
+def _speed_run(config, out, *overrides: str) -> int:
+    """The fake backend's fp32 and fp16-mixed, one seed, with the speed phase on."""
+    phase = ["speed.enabled=true", "speed.window_ms=5", "seeds=[0]"]
+    return run_cli(config, out, "backends.policies.fake=[fp32, fp16-mixed]", *phase, *overrides)
+
+
+def test_speed_phase_end_to_end_with_the_fake_backend(fake_backends, fake_config, tmp_path):
+    out = tmp_path / "run"
+    assert _speed_run(fake_config, out, "speed.rounds=4") == 0
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    speed = [r for r in lines if r.get("kind") == "speed"]
+    assert len(speed) == 1 and speed[0]["status"] == "ok", speed
+    phase = speed[0]["speed"]
+    [candidate] = phase["candidates"]
+    assert candidate["policy"] == "fp16-mixed" and len(candidate["round_speedups"]) == 4
+    assert candidate["ci_low"] <= candidate["speedup"] <= candidate["ci_high"]
+    # Every window is recorded: 4 rounds × (2 baseline + 1 candidate).
+    assert len(phase["windows"]["fake fp32"]["samples"]) == 8
+    assert len(phase["windows"]["fake fp16-mixed"]["samples"]) == 4
+
+    from precision_suite.results import read_records
+    from precision_suite.verdicts.compare import compare
+
+    read = read_records(out / "results.jsonl")
+    assert all(r.get("kind") != "speed" for r in read.records) and len(read.speed) == 1
+    [row] = [r for r in compare(read.records, speed_records=read.speed).rows if r.policy == "fp16-mixed"]
+    assert row.speed_source == "paired" and row.speedup == pytest.approx(candidate["speedup"])
+    assert bool(row.noisy_reason) == bool(candidate["noisy_reason"])
+
+    # --resume does not run an ok phase again.
+    from precision_suite.cli import main
+
+    main(["run", "--resume", str(out)])
+    again = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len([r for r in again if r.get("kind") == "speed"]) == 1
+
+
+def test_speed_only_makes_rows_without_training_jobs(fake_backends, fake_config, tmp_path):
+    out = tmp_path / "run"
+    assert _speed_run(fake_config, out, "speed.speed_only=true", "speed.rounds=3") == 0
+    from precision_suite.results import read_records
+    from precision_suite.verdicts.compare import compare
+
+    read = read_records(out / "results.jsonl")
+    assert read.records == [] and len(read.speed) == 1
+    rows = compare(read.records, speed_records=read.speed).rows
+    assert [(r.policy, r.is_baseline, r.speed_source) for r in rows] == [
+        ("fp32", True, ""),
+        ("fp16-mixed", False, "paired"),
+    ]
+
+
+def test_default_threads_follow_the_cpu_affinity(monkeypatch):
+    """Not every core of the machine: the cores this process may run on (taskset, cpusets)."""
+    import os
+
+    from precision_suite.config import load_config
+    from precision_suite.execution.runner import worker_environment
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    env = worker_environment(load_config(None))
+    assert env["OMP_NUM_THREADS"] == env["TF_NUM_INTRAOP_THREADS"] == "1"
+    assert worker_environment(load_config(None, ["runner.threads=4"]))["OMP_NUM_THREADS"] == "4"
+
+
+def test_speed_phase_with_seeds_on_demand_times_the_first_seed():
+    """seeds: {min, max} (seeds on demand) is not a list: the speed phase still finds its seed."""
+    from precision_suite.config import load_config
+    from precision_suite.measure.speed_phase import speed_tasks
+    from precision_suite.plan import expand_jobs
+
+    config = load_config(None, ["seeds={min: 3, max: 6}", "models=[mlp]", "device=cpu"])
+    tasks = speed_tasks(config, expand_jobs(config, "cpu"))
+    assert tasks, "one speed phase per framework"
+    assert {job.seed for task in tasks for job in task.jobs} == {0}
+
+
+def test_speed_phase_times_each_policy_once_without_data_parallel_or_noise_floor_jobs():
+    from precision_suite.config import load_config
+    from precision_suite.measure.speed_phase import speed_tasks
+    from precision_suite.plan import expand_jobs
+
+    config = load_config(
+        None,
+        [
+            "models=[mlp]",
+            "device=cpu",
+            "distributed={world_size: [1, 2]}",
+            "backends.names=[torch-amp, tf-keras]",
+            "backends.policies={torch-amp: [fp32, bf16-mixed], tf-keras: [fp32, bf16-mixed]}",
+        ],
+    )
+    jobs = expand_jobs(config, "cpu")
+    assert any(job.world_size == 2 for job in jobs) and any(job.perturb_ulp for job in jobs)
+    for task in speed_tasks(config, jobs):
+        assert [job.policy for job in task.jobs] == ["fp32", "bf16-mixed"], task.job_id
+        assert all(job.world_size == 1 and not job.role and not job.perturb_ulp for job in task.jobs)
