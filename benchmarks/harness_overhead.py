@@ -12,10 +12,10 @@ bf16-mixed; fp16-mixed too on CUDA), in one process per framework:
   autocast + GradScaler and ``torch.optim.Adam``; for Keras a plain ``tf.function`` step with
   ``keras.optimizers.Adam`` (and separately ``model.fit``).
 
-Rounds are the suite's paired rotation (``precision_suite.measure.speed_phase.rotation``: hand, suite, hand,
+Rounds are the suite's paired rotation (``precision_suite.measure.timing.rotation``: hand, suite, hand,
 after a warm-up of both); each round's ratio is suite time per step / the mean of the hand
 windows around it, wall clock, closed by a device sync; the 95% CI is
-``precision_suite.measure.speed_phase.median_ci``'s. The suite side runs with
+``precision_suite.measure.timing.median_ci``'s. The suite side runs with
 ``train.eval_every_epochs: 0`` (the hand loop does not evaluate; the final evaluation is timed
 and subtracted). Printed per case:
 
@@ -76,7 +76,7 @@ class Case:
         return statistics.median(self.ratios)
 
     def line(self) -> str:
-        from precision_suite.measure.speed_phase import median_ci
+        from precision_suite.measure.timing import median_ci
 
         _, low, high, _ = median_ci(self.ratios)
         return (
@@ -162,9 +162,9 @@ class SuiteSide:
 
 
 def timed_side(side: Callable[[int], float], steps: int) -> Callable[[], Any]:
-    """A window of ``side`` for ``precision_suite.measure.speed_phase.rotation``; the side times itself
+    """A window of ``side`` for ``precision_suite.measure.timing.rotation``; the side times itself
     (the suite side subtracts its evaluation time)."""
-    from precision_suite.measure.speed_phase import WindowSample
+    from precision_suite.measure.timing import WindowSample
 
     def window() -> WindowSample:
         cpu0 = time.process_time()
@@ -178,9 +178,9 @@ def measure(
     suite: Callable[[int], float], hand: Callable[[int], float], args: argparse.Namespace
 ) -> tuple[list[float], float, float, int]:
     """Warm both sides, size a window to ``args.round_s`` seconds, then ``args.rounds`` rounds
-    of the suite's paired rotation (``precision_suite.measure.speed_phase.rotation``: hand, suite, hand; the
+    of the suite's paired rotation (``precision_suite.measure.timing.rotation``: hand, suite, hand; the
     order alternates). Returns per-round ratios suite/hand, median ms/step of each side, steps."""
-    from precision_suite.measure.speed_phase import rotation
+    from precision_suite.measure.timing import rotation
 
     suite(10)
     hand(10)

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 when the target is missed")
     args = parser.parse_args(argv)
 
-    from precision_suite.measure.speed_phase import busy_warning
+    from precision_suite.measure.timing import busy_warning
     from precision_suite.verdicts.compare import emulation
 
     overrides = ([] if args.config else DEFAULT_OVERRIDES) + args.set

@@ -1,69 +1,17 @@
-"""Measurement: timing windows closed by a device sync, and the environment of a record.
-
-Timing rules (docs/architecture.md, "Measurement rules"): warm-up steps are excluded and reported apart; a timing window
-closes with ``backend.synchronize()``; per-step times are window means (no per-step sync);
-evaluation and telemetry reads happen outside the timed windows.
-"""
+"""The environment of a record: the cores this process may use, the CPU model and its ISA
+flags, the suite's git commit, versions and thread settings (docs/architecture.md,
+"Measurement rules": every record carries them)."""
 
 from __future__ import annotations
 
 import os
 import platform
 import subprocess
-import time
-from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-
-class WindowTimer:
-    """Accumulates timed windows of whole steps. ``open()`` starts a window; ``close(steps)``
-    syncs the device, then stops the clock and records the window's mean step time."""
-
-    def __init__(self, synchronize: Callable[[], None]) -> None:
-        self._synchronize = synchronize
-        self._start: float | None = None
-        self.window_step_s: list[float] = []
-        self.window_steps: list[int] = []
-
-    @property
-    def is_open(self) -> bool:
-        return self._start is not None
-
-    def open(self) -> None:
-        self._start = time.perf_counter()
-
-    def close(self, steps: int) -> None:
-        if self._start is None:
-            return
-        self._synchronize()
-        elapsed = time.perf_counter() - self._start
-        self._start = None
-        if steps > 0:
-            self.window_step_s.append(elapsed / steps)
-            self.window_steps.append(steps)
-
-    @property
-    def timed_s(self) -> float:
-        return float(sum(s * n for s, n in zip(self.window_step_s, self.window_steps, strict=True)))
-
-    @property
-    def timed_steps(self) -> int:
-        return int(sum(self.window_steps))
-
-    def summary(self, batch_size: int) -> dict[str, float | None]:
-        if not self.window_step_s:
-            return {"samples_per_s": None, "step_time_ms_p50": None, "step_time_ms_p90": None}
-        # Percentiles over per-step times, each window's mean standing for its steps.
-        per_step_ms = np.repeat(np.array(self.window_step_s) * 1e3, self.window_steps)
-        return {
-            "samples_per_s": self.timed_steps * batch_size / self.timed_s,
-            "step_time_ms_p50": float(np.percentile(per_step_ms, 50)),
-            "step_time_ms_p90": float(np.percentile(per_step_ms, 90)),
-        }
 
 
 def available_cores() -> int:

@@ -19,7 +19,8 @@ from precision_suite.backends import get_backend_class
 from precision_suite.backends.base import Backend, DeviceUnavailable
 from precision_suite.data import Dataset, batch_plan, load_dataset
 from precision_suite.jobs import Job
-from precision_suite.measure.environment import WindowTimer, base_environment
+from precision_suite.measure.environment import base_environment
+from precision_suite.measure.timing import WindowTimer
 from precision_suite.models import init_weights, perturb_weights
 from precision_suite.results import SCHEMA
 
