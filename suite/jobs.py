@@ -18,6 +18,8 @@ from precision_suite.config import (
 from pydantic import TypeAdapter
 
 MODEL_ADAPTER: TypeAdapter[Any] = TypeAdapter(ModelConfig)
+# The policy every other one of a framework is compared with (speedups, parity, cross-framework).
+BASELINE_POLICY = "fp32"
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""Planning: the job matrix (backend × policy × model × dataset × seed) of a config, and the
-check of its ``backends`` section against the registry before anything runs."""
+"""Planning: the job matrix (backend × policy × model × dataset × seed) of a config, the check of
+its ``backends`` section against the registry before anything runs, and the timed speed phases
+(one per framework and model) that follow the training jobs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from dataclasses import replace
 from precision_suite.backends import RegistryError, get_backend_class
 from precision_suite.backends.base import POLICIES
 from precision_suite.config import ConfigError, SuiteConfig, format_error
-from precision_suite.jobs import Job, job_id
+from precision_suite.jobs import BASELINE_POLICY, Job, job_id
+from precision_suite.measure.speed_phase import SpeedTask
 from pydantic import ValidationError
 
 
@@ -130,3 +132,32 @@ def check_backends(config: SuiteConfig, source: str) -> None:
         problem = classes[job.backend].config_problem(job) or data_parallel_problem(job)
         if problem:
             raise ConfigError(f"{source}: {job.backend} ({job.policy}): {problem}")
+
+
+# ---------------------------------------------------------------- speed phases
+def speed_task_id(model: str, dataset: str, framework: str) -> str:
+    return f"speed/{model}/{dataset}/{framework}"
+
+
+def speed_tasks(config: SuiteConfig, jobs: list[Job]) -> list[SpeedTask]:
+    """One task per (model, framework) with an fp32 baseline and at least one other policy:
+    the first seed's jobs, the baseline the first backend (in ``backends.names`` order) that
+    runs fp32."""
+    settings = config.speed
+    seed = config.seeds_at_look(0)[0]
+    groups: dict[tuple[str, str], list[Job]] = {}
+    for job in jobs:
+        # One process per policy: data-parallel jobs, their one-process references and the
+        # one-ulp noise-floor runs are no policies of their own to time.
+        single = job.world_size == 1 and not job.role and not job.perturb_ulp
+        if job.seed == seed and single:
+            groups.setdefault((job.model.name, job.framework), []).append(job)
+    tasks = []
+    for (model, framework), members in groups.items():
+        baseline = next((j for j in members if j.policy == BASELINE_POLICY), None)
+        if baseline is None or len(members) < 2:
+            continue
+        ordered = [baseline, *(j for j in members if j is not baseline)]
+        task_id = speed_task_id(model, baseline.data.name, framework)
+        tasks.append(SpeedTask(task_id, framework, ordered, settings.rounds, settings.window_ms, settings.batch_probe))
+    return tasks

@@ -19,6 +19,8 @@ import numpy as np
 
 SCHEMA = "precision-suite/result/v1"
 RESULTS_FILE = "results.jsonl"
+# The ``kind`` of a speed phase's record (a job's record has none).
+SPEED_KIND = "speed"
 
 STATUSES = ("ok", "diverged", "oom", "crashed", "timeout", "unavailable", "error")
 # Statuses that mean the job could not produce a result for reasons that are not failures.
@@ -214,7 +216,7 @@ def read_records(path: Path) -> ReadResult:
             if not isinstance(record, dict) or "job_id" not in record or "status" not in record:
                 out.warnings.append(f"{path}: line {number}: not a result record, skipped")
                 continue
-            (out.speed if record.get("kind") == "speed" else out.records).append(Record(record))
+            (out.speed if record.get("kind") == SPEED_KIND else out.records).append(Record(record))
     return out
 
 

@@ -3,7 +3,7 @@
 Every record carries a ``placement``: the node, the GPUs the job was given (name and UUID), its
 ``CUDA_VISIBLE_DEVICES``, and how many timed jobs (and jobs of any kind) of the run shared the
 node while it ran. Step times are only compared between records whose timing was exclusive and
-that ran on the same device model (``speed_comparable``).
+that ran on the same device model (``precision_suite.verdicts.speed.speed_comparable``).
 """
 
 from __future__ import annotations
@@ -90,27 +90,3 @@ def local_placement(timed: bool, started_at: float, finished_at: float, concurre
         started_at=started_at,
         finished_at=finished_at,
     )
-
-
-def device_model(record: dict[str, Any]) -> str | None:
-    """The device model a record ran on: the backend's device name, else the first GPU's name."""
-    name = (record.get("environ") or {}).get("device_name")
-    if name:
-        return str(name)
-    gpus = (record.get("placement") or {}).get("gpus") or []
-    return str(gpus[0].get("name")) if gpus else None
-
-
-def timing_exclusive(record: dict[str, Any]) -> bool:
-    """Whether a record's step times were measured with no other job of the run beside it.
-    Records written before placements existed ran one at a time (the local executor)."""
-    placement = record.get("placement")
-    if not placement:
-        return True
-    return bool(placement.get("timed")) and placement.get("concurrent_jobs_on_node", 1) <= 1
-
-
-def speed_comparable(records: list[dict[str, Any]]) -> bool:
-    """Whether the step times of these records (a baseline's and a candidate's) may be set
-    against each other: every one timed with the node to itself, all on one device model."""
-    return all(timing_exclusive(r) for r in records) and len({device_model(r) for r in records}) <= 1

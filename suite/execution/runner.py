@@ -37,9 +37,9 @@ from precision_suite.execution.seeds_on_demand import rounds_on_demand
 from precision_suite.jobs import Job
 from precision_suite.measure.environment import available_cores
 from precision_suite.measure.loop import ProgressFn, new_record
-from precision_suite.measure.speed_phase import WARM_KIND, SpeedTask, new_speed_record, speed_tasks
+from precision_suite.measure.speed_phase import WARM_KIND, SpeedTask, new_speed_record
 from precision_suite.measure.timing import busy_warning
-from precision_suite.plan import expand_jobs
+from precision_suite.plan import expand_jobs, speed_tasks
 from precision_suite.results import (
     RESULTS_FILE,
     append_record,

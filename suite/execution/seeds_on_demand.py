@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from precision_suite.config import SuiteConfig
-from precision_suite.jobs import Job
+from precision_suite.jobs import BASELINE_POLICY, Job
 from precision_suite.plan import expand_jobs
 from precision_suite.results import read_records
-from precision_suite.verdicts.compare import BASELINE_POLICY, Comparison, compare
+from precision_suite.verdicts.compare import Comparison, compare
 
 RowKey = tuple[str, str, str]  # model, backend, policy
 

@@ -51,8 +51,8 @@ def main() -> int:
     # Imported after the redirect: importing the loop imports numpy, and jobs import frameworks.
     from precision_suite.jobs import Job
     from precision_suite.measure.loop import run_job
-    from precision_suite.measure.speed_phase import SPEED_KIND, WARM_KIND, SpeedTask, run_speed_task, warm_speed_task
-    from precision_suite.results import jsonable
+    from precision_suite.measure.speed_phase import WARM_KIND, SpeedTask, run_speed_task, warm_speed_task
+    from precision_suite.results import SPEED_KIND, jsonable
 
     _send(out, {"type": "ready", "pid": os.getpid()})
     for line in sys.stdin:

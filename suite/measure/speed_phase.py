@@ -19,13 +19,12 @@ import statistics
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-from precision_suite.measure.timing import SpeedEstimate, SystemLoad, WindowSample, assess, measure_window, rotation
-from precision_suite.results import SCHEMA
+from precision_suite.measure.timing import SystemLoad, WindowSample, assess, measure_window, rotation
+from precision_suite.results import SCHEMA, SPEED_KIND
 
-SPEED_KIND = "speed"
 # A worker message: set a phase's sides up ahead of it (``warm_speed_task``).
 WARM_KIND = "warm"
 # Warm-up steps of every side before any timing (compilation, autotuning, allocator growth);
@@ -86,36 +85,6 @@ class SpeedTask:
 
         jobs = [Job.from_dict(j) for j in raw["jobs"]]
         return cls(raw["job_id"], raw["framework"], jobs, raw["rounds"], raw["window_ms"], raw["batch_probe"])
-
-
-def speed_task_id(model: str, dataset: str, framework: str) -> str:
-    return f"speed/{model}/{dataset}/{framework}"
-
-
-def speed_tasks(config: Any, jobs: list[Any]) -> list[SpeedTask]:
-    """One task per (model, framework) with an fp32 baseline and at least one other policy:
-    the first seed's jobs, the baseline the first backend (in ``backends.names`` order) that
-    runs fp32."""
-    from precision_suite.verdicts.compare import BASELINE_POLICY
-
-    settings = config.speed
-    seed = config.seeds_at_look(0)[0]
-    groups: dict[tuple[str, str], list[Any]] = {}
-    for job in jobs:
-        # One process per policy: data-parallel jobs, their one-process references and the
-        # one-ulp noise-floor runs are no policies of their own to time.
-        single = job.world_size == 1 and not job.role and not job.perturb_ulp
-        if job.seed == seed and single:
-            groups.setdefault((job.model.name, job.framework), []).append(job)
-    tasks = []
-    for (model, framework), members in groups.items():
-        baseline = next((j for j in members if j.policy == BASELINE_POLICY), None)
-        if baseline is None or len(members) < 2:
-            continue
-        ordered = [baseline, *(j for j in members if j is not baseline)]
-        task_id = speed_task_id(model, baseline.data.name, framework)
-        tasks.append(SpeedTask(task_id, framework, ordered, settings.rounds, settings.window_ms, settings.batch_probe))
-    return tasks
 
 
 def new_speed_record(task: SpeedTask) -> dict[str, Any]:
@@ -367,106 +336,3 @@ def _matmul_rates(base: _Side) -> dict[str, float]:
     base.backend.activate()
     rate = base.backend.matmul_tflops(dtype)
     return {} if rate is None else {dtype: rate}
-
-
-# ---------------------------------------------------------------- reading speed records
-@dataclass
-class CandidateSpeed:
-    """One candidate of a speed record, as the comparison reads it."""
-
-    backend: str
-    policy: str
-    estimate: SpeedEstimate
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> CandidateSpeed:
-        names = {f.name for f in fields(SpeedEstimate)}
-        return cls(raw["backend"], raw["policy"], SpeedEstimate(**{k: v for k, v in raw.items() if k in names}))
-
-
-@dataclass
-class SpeedPhase:
-    """A speed record of one (model, dataset, device, framework), typed."""
-
-    model: str
-    dataset: str
-    device: str
-    framework: str
-    baseline_backend: str
-    baseline_policy: str
-    candidates: list[CandidateSpeed]
-    baseline_step_ms: float | None
-    batch_scaling: float | None
-    matmul_tflops: dict[str, float]
-    input_shape: tuple[int, ...] | None
-    num_classes: int | None
-    batch_size: int | None
-    environ: dict[str, Any]
-    model_config: dict[str, Any]
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> SpeedPhase:
-        speed = record.get("speed") or {}
-        scaling = speed.get("batch_scaling") or {}
-        jobs = (record.get("config") or {}).get("jobs") or [{}]
-        return cls(
-            model=str(record.get("model")),
-            dataset=str(record.get("dataset")),
-            device=str(record.get("device")),
-            framework=str(record.get("framework")),
-            baseline_backend=speed["baseline"]["backend"],
-            baseline_policy=speed["baseline"]["policy"],
-            candidates=[CandidateSpeed.from_dict(c) for c in speed.get("candidates", [])],
-            baseline_step_ms=speed.get("baseline_step_ms"),
-            batch_scaling=scaling.get("step_time_ratio"),
-            matmul_tflops=dict(speed.get("matmul_tflops") or {}),
-            input_shape=tuple(speed["input_shape"]) if speed.get("input_shape") else None,
-            num_classes=speed.get("num_classes"),
-            batch_size=speed.get("batch_size"),
-            environ=dict(record.get("environ") or {}),
-            model_config=dict(jobs[0].get("model") or {}),
-        )
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return self.model, self.dataset, self.device
-
-
-def speed_phases(records: list[dict[str, Any]]) -> list[SpeedPhase]:
-    """The ok speed records (newest per id) as ``SpeedPhase``s."""
-    from precision_suite.results import latest_by_job
-
-    latest = latest_by_job([r for r in records if r.get("kind") == SPEED_KIND])
-    return [SpeedPhase.from_record(r) for r in latest.values() if r.get("status") == "ok"]
-
-
-def attach_speed(group: Any, phases: list[SpeedPhase], records: list[dict[str, Any]]) -> None:
-    """Give a comparison group (``precision_suite.verdicts.compare.Group``) the paired speedups of its
-    speed phases (one per framework) — rows the training jobs did not produce are added
-    (``speed_only``) — and the "why no speedup" lines of its half-precision rows."""
-    from precision_suite.verdicts.compare import Row, emulation
-    from precision_suite.verdicts.diagnose import diagnose_group
-
-    rows = {(row.backend, row.policy): row for row in group.rows}
-    for phase in phases:
-
-        def row_for(backend: str, policy: str, phase: SpeedPhase = phase) -> Any:
-            row = rows.get((backend, policy))
-            if row is None:
-                row = Row(group.model, group.dataset, group.device, backend, phase.framework, policy)
-                row.emulated_reason = emulation(policy, group.device, phase.environ)
-                row.emulated = bool(row.emulated_reason)
-                rows[(backend, policy)] = row
-                group.rows.append(row)
-            return row
-
-        base = row_for(phase.baseline_backend, phase.baseline_policy)
-        base.is_baseline, base.baseline = True, None
-        for candidate in phase.candidates:
-            row = row_for(candidate.backend, candidate.policy)
-            estimate = candidate.estimate
-            row.baseline = base.label
-            row.speedup, row.speedup_min, row.speedup_max = estimate.speedup, estimate.ci_low, estimate.ci_high
-            row.speed_source = "paired"
-            row.noisy_reason = estimate.noisy_reason
-    diagnose_group(group, {phase.framework: phase for phase in phases}, records)

@@ -15,10 +15,18 @@ from typing import Any
 import numpy as np
 from precision_suite.backends.base import POLICY_SPECS
 from precision_suite.config import ParityConfig
-from precision_suite.execution.placement import speed_comparable
-from precision_suite.measure.speed_phase import SPEED_KIND, attach_speed, speed_phases
-from precision_suite.results import FAILURE_STATUSES, Outcome, Record, is_job_failure, is_noise_floor_run, latest_by_job
+from precision_suite.jobs import BASELINE_POLICY
+from precision_suite.results import (
+    FAILURE_STATUSES,
+    SPEED_KIND,
+    Outcome,
+    Record,
+    is_job_failure,
+    is_noise_floor_run,
+    latest_by_job,
+)
 from precision_suite.verdicts.data_parallel import ScalingRow, device_label, is_dp_reference, scaling_rows, world_size
+from precision_suite.verdicts.speed import attach_speed, speed_comparable, speed_phases
 from precision_suite.verdicts.stats import (
     FAIL,
     INCONCLUSIVE,
@@ -29,8 +37,6 @@ from precision_suite.verdicts.stats import (
     equivalence,
     t_quantile,
 )
-
-BASELINE_POLICY = "fp32"
 
 # Outcomes of a verdict: PASS, FAIL and INCONCLUSIVE (precision_suite.verdicts.stats) and these. Only
 # FAIL and FAILED of an enforced verdict make `check` exit 1; `check --strict` adds INCONCLUSIVE.

@@ -121,7 +121,7 @@ def why_not_faster(
 
 def diagnose_group(group: Any, phases: dict[str, Any], records: list[dict[str, Any]]) -> None:
     """Fill ``row.why_not_faster`` for every half-precision row of ``group`` not claimed faster;
-    ``phases``: the group's ``precision_suite.measure.speed_phase.SpeedPhase`` by framework."""
+    ``phases``: the group's ``precision_suite.verdicts.speed.SpeedPhase`` by framework."""
     from precision_suite.measure.flops import as_model_config, dataset_shape
 
     by_row: dict[tuple[str, str], dict[str, Any]] = {}

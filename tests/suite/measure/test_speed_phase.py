@@ -1,5 +1,5 @@
 """The paired speed phase end to end: through the runner with the fake backend, speed-only runs,
-the threads of its workers, which jobs it times."""
+the threads of its workers."""
 
 from __future__ import annotations
 
@@ -73,37 +73,3 @@ def test_default_threads_follow_the_cpu_affinity(monkeypatch):
     env = worker_environment(load_config(None))
     assert env["OMP_NUM_THREADS"] == env["TF_NUM_INTRAOP_THREADS"] == "1"
     assert worker_environment(load_config(None, ["runner.threads=4"]))["OMP_NUM_THREADS"] == "4"
-
-
-def test_speed_phase_with_seeds_on_demand_times_the_first_seed():
-    """seeds: {min, max} (seeds on demand) is not a list: the speed phase still finds its seed."""
-    from precision_suite.config import load_config
-    from precision_suite.measure.speed_phase import speed_tasks
-    from precision_suite.plan import expand_jobs
-
-    config = load_config(None, ["seeds={min: 3, max: 6}", "models=[mlp]", "device=cpu"])
-    tasks = speed_tasks(config, expand_jobs(config, "cpu"))
-    assert tasks, "one speed phase per framework"
-    assert {job.seed for task in tasks for job in task.jobs} == {0}
-
-
-def test_speed_phase_times_each_policy_once_without_data_parallel_or_noise_floor_jobs():
-    from precision_suite.config import load_config
-    from precision_suite.measure.speed_phase import speed_tasks
-    from precision_suite.plan import expand_jobs
-
-    config = load_config(
-        None,
-        [
-            "models=[mlp]",
-            "device=cpu",
-            "distributed={world_size: [1, 2]}",
-            "backends.names=[torch-amp, tf-keras]",
-            "backends.policies={torch-amp: [fp32, bf16-mixed], tf-keras: [fp32, bf16-mixed]}",
-        ],
-    )
-    jobs = expand_jobs(config, "cpu")
-    assert any(job.world_size == 2 for job in jobs) and any(job.perturb_ulp for job in jobs)
-    for task in speed_tasks(config, jobs):
-        assert [job.policy for job in task.jobs] == ["fp32", "bf16-mixed"], task.job_id
-        assert all(job.world_size == 1 and not job.role and not job.perturb_ulp for job in task.jobs)
