@@ -20,6 +20,8 @@ from pydantic import TypeAdapter
 MODEL_ADAPTER: TypeAdapter[Any] = TypeAdapter(ModelConfig)
 # The policy every other one of a framework is compared with (speedups, parity, cross-framework).
 BASELINE_POLICY = "fp32"
+# ``Job.role`` of the one-process run at an N-replica job's global batch (the data-parallel verdict's reference).
+DP_REFERENCE = "dp-reference"
 
 
 @dataclass

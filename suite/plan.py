@@ -4,12 +4,13 @@ its ``backends`` section against the registry before anything runs, and the time
 
 from __future__ import annotations
 
-from dataclasses import replace
+import importlib
+from dataclasses import dataclass, replace
 
 from precision_suite.backends import RegistryError, get_backend_class
 from precision_suite.backends.base import POLICIES
 from precision_suite.config import ConfigError, SuiteConfig, format_error
-from precision_suite.jobs import BASELINE_POLICY, Job, job_id
+from precision_suite.jobs import BASELINE_POLICY, DP_REFERENCE, Job, job_id
 from precision_suite.measure.speed_phase import SpeedTask
 from pydantic import ValidationError
 
@@ -56,8 +57,6 @@ def expand_jobs(config: SuiteConfig, device: str, seeds: list[int] | None = None
                             distributed=config.distributed,
                         )
                     )
-    from precision_suite.execution.data_parallel import expand_world_sizes
-
     # Noise-floor runs measure one process's own chaos: never data-parallel themselves.
     expanded = expand_world_sizes(jobs)
     return expanded + noise_floor_jobs(config, expanded)
@@ -126,12 +125,83 @@ def check_backends(config: SuiteConfig, source: str) -> None:
             raise ConfigError(
                 f"{source}: debug.lr_scale.{key}: not a backend/policy of this run; it has: {', '.join(sorted(rows))}"
             )
-    from precision_suite.execution.data_parallel import config_problem as data_parallel_problem
-
     for job in expand_jobs(config, config.device):
         problem = classes[job.backend].config_problem(job) or data_parallel_problem(job)
         if problem:
             raise ConfigError(f"{source}: {job.backend} ({job.policy}): {problem}")
+
+
+# ---------------------------------------------------------------- data-parallel jobs
+@dataclass(frozen=True)
+class DataParallelImpl:
+    """How one backend runs data-parallel: its class and whether it needs one process per
+    replica (torch.distributed) or one process for all (tf.distribute.MirroredStrategy)."""
+
+    backend_class: str  # "module:Class"
+    process_per_replica: bool
+
+
+DATA_PARALLEL: dict[str, DataParallelImpl] = {
+    "torch-amp": DataParallelImpl("precision_suite.backends.torch.distributed:DdpTorchAmpBackend", True),
+    "torch-manual": DataParallelImpl("precision_suite.backends.torch.distributed:DdpTorchManualBackend", True),
+    "tf-keras": DataParallelImpl("precision_suite.backends.keras.distributed:MirroredTfKerasBackend", False),
+}
+# Variants chosen by distributed.tf_strategy.
+DATA_PARALLEL_VARIANTS: dict[tuple[str, str], DataParallelImpl] = {
+    ("tf-keras", "multi-worker"): DataParallelImpl(
+        "precision_suite.backends.keras.distributed:MultiWorkerTfKerasBackend", True
+    ),
+}
+
+
+def data_parallel_impl(job: Job) -> DataParallelImpl:
+    return DATA_PARALLEL_VARIANTS.get((job.backend, job.distributed.tf_strategy), DATA_PARALLEL[job.backend])
+
+
+def expand_world_sizes(jobs: list[Job]) -> list[Job]:
+    """Each job once per world size (id suffix ``/wsN`` for N > 1; N = 1 keeps the plain id), and
+    for each fp32 job at N > 1 the one-process reference at its global batch (``/ws1-batchG``)
+    that the ``data-parallel`` verdict compares it with."""
+    out: list[Job] = []
+    references: list[Job] = []
+    for job in jobs:
+        for size in job.distributed.world_sizes:
+            if size == 1:
+                out.append(job)
+                continue
+            out.append(replace(job, world_size=size, job_id=f"{job.job_id}/ws{size}"))
+            if job.policy == "fp32":
+                global_batch = size * job.train.batch_size
+                references.append(
+                    replace(
+                        job,
+                        role=DP_REFERENCE,
+                        job_id=f"{job.job_id}/ws1-batch{global_batch}",
+                        train=job.train.model_copy(update={"batch_size": global_batch}),
+                    )
+                )
+    return out + references
+
+
+def data_parallel_unavailable_reason(job: Job) -> str | None:
+    if job.world_size > 1 and job.backend not in DATA_PARALLEL:
+        return f"backend {job.backend} has no data-parallel implementation (have: {', '.join(DATA_PARALLEL)})"
+    return None
+
+
+def data_parallel_problem(job: Job) -> str | None:
+    """Why the data-parallel variant of the job's backend cannot run it as configured (checked
+    with the config, before anything runs; never imports a framework). A backend with no
+    data-parallel variant is not a config error: its N-replica jobs are recorded unavailable."""
+    if job.world_size == 1 or job.backend not in DATA_PARALLEL:
+        return None
+    problem = data_parallel_backend_class(job).config_problem(job)
+    return f"over {job.world_size} replicas: {problem}" if problem else None
+
+
+def data_parallel_backend_class(job: Job) -> type:
+    module, _, name = data_parallel_impl(job).backend_class.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 # ---------------------------------------------------------------- speed phases

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from precision_suite.jobs import DP_REFERENCE
 
 SCHEMA = "precision-suite/result/v1"
 RESULTS_FILE = "results.jsonl"
@@ -155,6 +156,21 @@ def is_noise_floor_run(record: dict[str, Any]) -> bool:
     """A short fp32 run with its initial weights nudged by one ulp (``Job.perturb_ulp``): it
     measures the run's own chaos for the cross-framework verdict and is no result of its own."""
     return bool((record.get("config") or {}).get("perturb_ulp"))
+
+
+def world_size(record: dict[str, Any]) -> int:
+    return int(record.get("world_size") or (record.get("config") or {}).get("world_size") or 1)
+
+
+def is_dp_reference(record: dict[str, Any]) -> bool:
+    return (record.get("config") or {}).get("role") == DP_REFERENCE
+
+
+def device_label(record: dict[str, Any]) -> str:
+    """The comparison group's device: ``cpu`` for one process, ``cpu×2`` for two replicas."""
+    size = world_size(record)
+    device = str(record.get("device"))
+    return f"{device}×{size}" if size > 1 else device
 
 
 def jsonable(value: Any) -> Any:

@@ -20,13 +20,13 @@ loss scale and a digest of its parameters are gathered into ``record["distribute
 group that is killed as a whole; a rank that dies ends the job ``crashed`` naming the rank; a
 job past ``runner.job_timeout_s`` (a hung collective) ends ``timeout``; nothing is left running.
 
-This module never imports a framework; ``main`` (``python -m precision_suite.execution.data_parallel``) is
-the rank process.
+Planning (the jobs per world size, which backend class runs a job over N replicas, what it
+cannot run) is ``precision_suite.plan``'s. This module never imports a framework; ``main``
+(``python -m precision_suite.execution.data_parallel``) is the rank process.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import signal
@@ -40,10 +40,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from precision_suite.plan import data_parallel_backend_class, data_parallel_impl, data_parallel_unavailable_reason
+
 if TYPE_CHECKING:
     from precision_suite.jobs import Job
 
-DP_REFERENCE = "dp-reference"
 RESULT_FILE_ENV = "PRECISION_SUITE_DP_RESULT"
 REPLICAS_ENV = "PRECISION_SUITE_DP_REPLICAS"
 STDERR_TAIL_LINES = 15
@@ -51,58 +52,7 @@ STDERR_TAIL_LINES = 15
 RANK_JOB_FAILED = 3
 
 
-@dataclass(frozen=True)
-class DataParallelImpl:
-    """How one backend runs data-parallel: its class and whether it needs one process per
-    replica (torch.distributed) or one process for all (tf.distribute.MirroredStrategy)."""
-
-    backend_class: str  # "module:Class"
-    process_per_replica: bool
-
-
-DATA_PARALLEL: dict[str, DataParallelImpl] = {
-    "torch-amp": DataParallelImpl("precision_suite.backends.torch.distributed:DdpTorchAmpBackend", True),
-    "torch-manual": DataParallelImpl("precision_suite.backends.torch.distributed:DdpTorchManualBackend", True),
-    "tf-keras": DataParallelImpl("precision_suite.backends.keras.distributed:MirroredTfKerasBackend", False),
-}
-# Variants chosen by distributed.tf_strategy.
-DATA_PARALLEL_VARIANTS: dict[tuple[str, str], DataParallelImpl] = {
-    ("tf-keras", "multi-worker"): DataParallelImpl(
-        "precision_suite.backends.keras.distributed:MultiWorkerTfKerasBackend", True
-    ),
-}
-
-
-def data_parallel_impl(job: Job) -> DataParallelImpl:
-    return DATA_PARALLEL_VARIANTS.get((job.backend, job.distributed.tf_strategy), DATA_PARALLEL[job.backend])
-
-
-# ---------------------------------------------------------------- planning
-def expand_world_sizes(jobs: list[Job]) -> list[Job]:
-    """Each job once per world size (id suffix ``/wsN`` for N > 1; N = 1 keeps the plain id), and
-    for each fp32 job at N > 1 the one-process reference at its global batch (``/ws1-batchG``)
-    that the ``data-parallel`` verdict compares it with."""
-    out: list[Job] = []
-    references: list[Job] = []
-    for job in jobs:
-        for size in job.distributed.world_sizes:
-            if size == 1:
-                out.append(job)
-                continue
-            out.append(replace(job, world_size=size, job_id=f"{job.job_id}/ws{size}"))
-            if job.policy == "fp32":
-                global_batch = size * job.train.batch_size
-                references.append(
-                    replace(
-                        job,
-                        role=DP_REFERENCE,
-                        job_id=f"{job.job_id}/ws1-batch{global_batch}",
-                        train=job.train.model_copy(update={"batch_size": global_batch}),
-                    )
-                )
-    return out + references
-
-
+# ---------------------------------------------------------------- in the rank processes
 def global_batch_size(job: Job) -> int:
     return job.world_size * job.train.batch_size
 
@@ -145,27 +95,6 @@ class ProcessFaults:
         if step in self.hang_steps:
             while True:  # stop answering collectives; the launcher's timeout ends the job
                 time.sleep(60)
-
-
-def unsupported_reason(job: Job) -> str | None:
-    if job.world_size > 1 and job.backend not in DATA_PARALLEL:
-        return f"backend {job.backend} has no data-parallel implementation (have: {', '.join(DATA_PARALLEL)})"
-    return None
-
-
-def config_problem(job: Job) -> str | None:
-    """Why the data-parallel variant of the job's backend cannot run it as configured (checked
-    with the config, before anything runs; never imports a framework). A backend with no
-    data-parallel variant is not a config error: its N-replica jobs are recorded unavailable."""
-    if job.world_size == 1 or job.backend not in DATA_PARALLEL:
-        return None
-    problem = load_backend_class(job).config_problem(job)
-    return f"over {job.world_size} replicas: {problem}" if problem else None
-
-
-def load_backend_class(job: Job) -> type:
-    module, _, name = data_parallel_impl(job).backend_class.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 # ---------------------------------------------------------------- launcher
@@ -217,7 +146,7 @@ def run_distributed(job: Job, timeout_s: float, log_dir: Path, env: dict[str, st
             record["stderr_tail"] = tail
         return record
 
-    reason = unsupported_reason(job)
+    reason = data_parallel_unavailable_reason(job)
     if reason:
         return failed("unavailable", reason)
     impl = data_parallel_impl(job)
@@ -337,7 +266,7 @@ def main() -> int:
 
     job = Job.from_dict(json.loads(Path(sys.argv[1]).read_text()))
     rank = int(os.environ.get("RANK", "0"))
-    cls = load_backend_class(job)
+    cls = data_parallel_backend_class(job)
     cls.init_process(job)
     report: dict[str, Any] = {}
 

@@ -21,11 +21,14 @@ from precision_suite.results import (
     SPEED_KIND,
     Outcome,
     Record,
+    device_label,
+    is_dp_reference,
     is_job_failure,
     is_noise_floor_run,
     latest_by_job,
+    world_size,
 )
-from precision_suite.verdicts.data_parallel import ScalingRow, device_label, is_dp_reference, scaling_rows, world_size
+from precision_suite.verdicts.data_parallel import ScalingRow, scaling_rows
 from precision_suite.verdicts.speed import attach_speed, speed_comparable, speed_phases
 from precision_suite.verdicts.stats import (
     FAIL,

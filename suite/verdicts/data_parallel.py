@@ -24,27 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from precision_suite.execution.data_parallel import DP_REFERENCE
-from precision_suite.results import Record
+from precision_suite.results import Record, is_dp_reference, world_size
 from precision_suite.verdicts.stats import chaos_aware_agreement
 
 DEFAULT_DP_RTOL = 1e-4
 DEFAULT_DP_STEPS = 10
-
-
-def world_size(record: dict[str, Any]) -> int:
-    return int(record.get("world_size") or (record.get("config") or {}).get("world_size") or 1)
-
-
-def is_dp_reference(record: dict[str, Any]) -> bool:
-    return (record.get("config") or {}).get("role") == DP_REFERENCE
-
-
-def device_label(record: dict[str, Any]) -> str:
-    """The comparison group's device: ``cpu`` for one process, ``cpu×2`` for two replicas."""
-    size = world_size(record)
-    device = str(record.get("device"))
-    return f"{device}×{size}" if size > 1 else device
 
 
 def _batch_size(record: dict[str, Any]) -> int | None:
