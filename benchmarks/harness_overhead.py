@@ -471,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.in_process:
         return run_framework(frameworks[0], args)
 
-    from precision_suite.execution.runner import worker_environment
+    from precision_suite.execution.local import worker_environment
 
     # One process per framework, with the runner's thread settings (frameworks never share a
     # process in a suite run either).

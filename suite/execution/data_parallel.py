@@ -40,6 +40,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from precision_suite.execution.process import exit_text, kill_group, log_tail
 from precision_suite.plan import data_parallel_backend_class, data_parallel_impl, data_parallel_unavailable_reason
 
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 
 RESULT_FILE_ENV = "PRECISION_SUITE_DP_RESULT"
 REPLICAS_ENV = "PRECISION_SUITE_DP_REPLICAS"
-STDERR_TAIL_LINES = 15
 # Exit code of a rank whose job failed in Python (its record says why; rank 0 writes it).
 RANK_JOB_FAILED = 3
 
@@ -103,36 +103,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _describe_code(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exited with code {code}"
-
-
-def _tail(path: Path) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    return "\n".join(lines[-STDERR_TAIL_LINES:])
-
-
-def _kill_group(pgid: int, procs: list[subprocess.Popen]) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    for proc in procs:
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def run_distributed(job: Job, timeout_s: float, log_dir: Path, env: dict[str, str]) -> dict[str, Any]:
@@ -208,7 +178,7 @@ def run_distributed(job: Job, timeout_s: float, log_dir: Path, env: dict[str, st
                 if all(c is not None for c in codes) or first_death is not None:
                     break
                 if time.monotonic() > deadline:
-                    _kill_group(pgid, procs)
+                    kill_group(pgid, procs)
                     return failed(
                         "timeout",
                         f"exceeded runner.job_timeout_s={timeout_s:g}s over {job.world_size} replicas "
@@ -218,10 +188,10 @@ def run_distributed(job: Job, timeout_s: float, log_dir: Path, env: dict[str, st
             if first_death is not None:
                 # The others are now waiting on the dead rank's collectives: end them.
                 time.sleep(0.5)
-                _kill_group(pgid, procs)
+                kill_group(pgid, procs)
         except BaseException:
             if pgid:
-                _kill_group(pgid, procs)
+                kill_group(pgid, procs)
             raise
         record = json.loads(result_path.read_text()) if result_path.exists() else None
         if first_death is not None:
@@ -229,10 +199,10 @@ def run_distributed(job: Job, timeout_s: float, log_dir: Path, env: dict[str, st
             if record is not None and code == RANK_JOB_FAILED and record.get("status") != "ok":
                 return record  # rank 0's own record of the job's failure
             if code == RANK_JOB_FAILED:
-                return failed("error", f"rank {rank} of {job.world_size}: job failed", _tail(logs[rank]))
-            return failed("crashed", f"rank {rank} of {job.world_size} {_describe_code(code)}", _tail(logs[rank]))
+                return failed("error", f"rank {rank} of {job.world_size}: job failed", log_tail(logs[rank]))
+            return failed("crashed", f"rank {rank} of {job.world_size} {exit_text(code)}", log_tail(logs[rank]))
         if record is None:
-            return failed("crashed", "rank 0 exited without writing the record", _tail(logs[0]))
+            return failed("crashed", "rank 0 exited without writing the record", log_tail(logs[0]))
         _merge_rank_reports(record, result_path, n_procs)
         return record
 
@@ -257,7 +227,7 @@ def _merge_rank_reports(record: dict[str, Any], result_path: Path, n_procs: int)
 
 # ---------------------------------------------------------------- rank process
 def main() -> int:
-    from precision_suite.execution.worker import die_with_parent
+    from precision_suite.execution.process import die_with_parent
 
     die_with_parent()
     from precision_suite.jobs import Job

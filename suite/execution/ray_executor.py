@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from precision_suite.config import ConfigError, SuiteConfig
+from precision_suite.execution.local import Executor, JobProgressFn, failed_record
 from precision_suite.execution.placement import Placement, visible_gpus
-from precision_suite.execution.runner import Executor, JobProgressFn, failed_record
 from precision_suite.jobs import Job
 from precision_suite.measure.loop import one_line
 

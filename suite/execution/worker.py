@@ -17,6 +17,8 @@ import os
 import sys
 from typing import Any, TextIO
 
+from precision_suite.execution.process import die_with_parent
+
 
 def _protocol_stream() -> TextIO:
     # Keep the real stdout for the protocol, and point fd 1 at stderr so stray prints from the
@@ -30,19 +32,6 @@ def _protocol_stream() -> TextIO:
 def _send(stream: TextIO, message: dict[str, Any]) -> None:
     stream.write(json.dumps(message, allow_nan=False) + "\n")
     stream.flush()
-
-
-def die_with_parent() -> None:
-    # If the runner is killed (even with SIGKILL) its workers must not live on as orphans.
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        parent = os.getppid()
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
 
 
 def main() -> int:

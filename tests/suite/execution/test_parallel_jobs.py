@@ -10,7 +10,7 @@ import time
 
 import pytest
 from precision_suite.config import MAX_AUTO_PARALLEL_JOBS, load_config
-from precision_suite.execution.runner import job_kind, most_at_once, next_for_lane
+from precision_suite.execution.local import job_kind, most_at_once, next_for_lane
 from precision_suite.measure.environment import available_cores
 from precision_suite.plan import expand_jobs
 

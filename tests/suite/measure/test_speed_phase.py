@@ -67,7 +67,7 @@ def test_default_threads_follow_the_cpu_affinity(monkeypatch):
     import os
 
     from precision_suite.config import load_config
-    from precision_suite.execution.runner import worker_environment
+    from precision_suite.execution.local import worker_environment
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
     env = worker_environment(load_config(None))
