@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from precision_suite.measure.timing import busy_warning
-    from precision_suite.verdicts.compare import emulation
+    from precision_suite.verdicts.hardware import emulation
 
     overrides = ([] if args.config else DEFAULT_OVERRIDES) + args.set
     # SIGTERM unwinds like Ctrl-C, so the busy process is always stopped.

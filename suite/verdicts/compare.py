@@ -28,14 +28,16 @@ from precision_suite.results import (
     latest_by_job,
     world_size,
 )
+from precision_suite.verdicts.cross_framework import framework_pair
 from precision_suite.verdicts.data_parallel import ScalingRow, scaling_rows
+from precision_suite.verdicts.hardware import emulation
 from precision_suite.verdicts.speed import attach_speed, speed_comparable, speed_phases
 from precision_suite.verdicts.stats import (
     FAIL,
     INCONCLUSIVE,
     PASS,
     Equivalence,
-    chaos_aware_agreement,
+    accuracy_by_seed,
     describe,
     equivalence,
     t_quantile,
@@ -49,19 +51,8 @@ NOT_COMPARABLE = Outcome.NOT_COMPARABLE
 INFO = Outcome.INFO  # a headline whose only failure is information-only
 
 
-# CPU ISA flags any one of which lets the hardware compute in the policy's half type natively.
-_CPU_ACCELERATION_FLAGS: dict[str, tuple[str, ...]] = {
-    "float16": ("avx512_fp16", "amx_fp16"),
-    "bfloat16": ("avx512_bf16", "amx_bf16"),
-}
-# Minimum CUDA compute capability with native support (bf16 and TF32 arrived with Ampere).
-_CUDA_MIN_CAPABILITY: dict[str, float] = {"float16": 5.3, "bfloat16": 8.0, "tf32": 8.0}
-
 # What the comparison assumes where a record carries no parity settings: the config's defaults.
 PARITY_DEFAULTS = ParityConfig()
-# Per-step cross-framework agreement is required over at least this many first steps, however
-# early the run's own divergence horizon comes.
-MIN_AGREEMENT_STEPS = 10
 
 
 @dataclass
@@ -266,50 +257,6 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(finite)) if finite else None
 
 
-# --- hardware ----------------------------------------------------------------------------------
-
-
-def _half_type(policy: str) -> str | None:
-    spec = POLICY_SPECS.get(policy)
-    return spec.accelerated_by if spec else None
-
-
-def _cuda_capability(environ: dict[str, Any]) -> float | None:
-    for key in ("cuda_capability", "compute_capability", "device_capability"):
-        value = environ.get(key)
-        if isinstance(value, list | tuple) and len(value) == 2:
-            return float(value[0]) + float(value[1]) / 10
-        if isinstance(value, int | float | str):
-            try:
-                return float(value)
-            except ValueError:
-                continue
-    return None
-
-
-def emulation(policy: str, device: str, environ: dict[str, Any]) -> str:
-    """Why the hardware cannot accelerate ``policy`` (a reason to label it "emulated" and keep
-    it out of speed claims), or "" if it can. Missing ISA flags count as absent: a speed claim
-    needs evidence."""
-    kind = _half_type(policy)
-    if kind is None:
-        return ""
-    if device == "cpu":
-        if kind == "tf32":
-            return ""
-        flags = environ.get("cpu_flags") or {}
-        wanted = _CPU_ACCELERATION_FLAGS[kind]
-        if any(flags.get(flag) for flag in wanted):
-            return ""
-        if not flags:
-            return f"CPU ISA flags not recorded; {' / '.join(wanted)} not shown"
-        return f"CPU has no {' / '.join(wanted)}"
-    capability = _cuda_capability(environ)
-    if capability is not None and capability < _CUDA_MIN_CAPABILITY[kind]:
-        return f"compute capability {capability:.1f} < {_CUDA_MIN_CAPABILITY[kind]:.1f}"
-    return ""
-
-
 # --- verdicts ----------------------------------------------------------------------------------
 
 
@@ -355,10 +302,6 @@ def _precision_verdict(row: Row, records: list[dict[str, Any]]) -> Verdict:
     return Verdict("precision-active", row.subject, PASS, f"observed compute {dtype}")
 
 
-def accuracy_by_seed(records: list[dict[str, Any]]) -> dict[int, float]:
-    return {r.get("seed"): v for r in records if (v := r.metric("test_accuracy")) is not None}
-
-
 def seed_looks(records: list[dict[str, Any]]) -> int:
     """How many looks the run's seed plan has (``Job.seed_looks``; 1 for a fixed list)."""
     return max((len((r.get("config") or {}).get("seed_looks") or [0]) for r in records), default=1)
@@ -381,16 +324,6 @@ def _parity_verdict(
     return Verdict("parity", row.subject, eq.outcome, detail, enforced=enforced, equivalence=eq)
 
 
-def _optimizer_rules(records: Any) -> str:
-    """Whose optimizer update rules a row's jobs ran: the backend option ``optimizer_rules``
-    where the backend has one (tf-keras), else torch's (every built-in backend's default)."""
-    for record in records:
-        options = (record.get("config") or {}).get("options") or {}
-        if options.get("optimizer_rules"):
-            return str(options["optimizer_rules"])
-    return "torch"
-
-
 def _cross_framework_verdicts(
     group: Group,
     by_row: dict[tuple[str, str], list[dict[str, Any]]],
@@ -400,17 +333,7 @@ def _cross_framework_verdicts(
     looks: int,
 ) -> list[Verdict]:
     """fp32 of each framework against the fp32 of the reference framework (torch when present),
-    for each shared seed, where both frameworks have an fp32 result.
-
-    Training is chaotic: however small, rounding differences grow until two runs decorrelate,
-    so agreement "for the first N steps" is only a fair demand up to where the run disagrees
-    with *itself*. The noise-floor runs measure that: each framework's fp32, same seed, every
-    initial weight nudged by one ulp. Its divergence horizon is the first step where that
-    curve departs from the unperturbed one by more than ``rtol``. Cross-framework losses must
-    agree within ``rtol`` at every step up to the horizon (and at least ``MIN_AGREEMENT_STEPS``);
-    past it, the median cross-framework divergence over the rest of the noise-floor run must
-    be no larger than the median self divergence. Without noise-floor runs, the first ``steps``
-    steps are held to ``rtol``. Accuracy: the equivalence test of parity, paired per seed."""
+    where both frameworks have an fp32 result (``precision_suite.verdicts.cross_framework``)."""
     fp32_rows = {}
     for row in group.rows:
         if row.policy == BASELINE_POLICY and row.seeds_ok and row.framework not in fp32_rows:
@@ -423,87 +346,16 @@ def _cross_framework_verdicts(
     for other_fw in frameworks[1:]:
         other = fp32_rows[other_fw]
         subject = f"{group.key} {reference.label} vs {other.label}"
-        ref_records = {r["seed"]: r for r in by_row[(reference.backend, reference.policy)]}
-        other_records = {r["seed"]: r for r in by_row[(other.backend, other.policy)]}
-        rules = (_optimizer_rules(ref_records.values()), _optimizer_rules(other_records.values()))
-        if rules[0] != rules[1]:
-            # e.g. tf-keras with optimizer_rules: keras (stock Keras Adam places ε differently):
-            # the curves are not meant to agree, so neither agreement nor failure is claimed.
-            detail = (
-                f"different optimizer rules ({reference.label}: {rules[0]}, {other.label}: {rules[1]}); "
-                "per-step losses are not expected to match"
-            )
-            verdicts.append(Verdict("cross-framework", subject, NOT_COMPARABLE, detail))
-            continue
-        shared = sorted(set(ref_records) & set(other_records))
-        if not shared:
-            verdicts.append(Verdict("cross-framework", subject, NOT_COMPARABLE, "no seed ran in both"))
-            continue
-        problems = []
-        notes = []
-        worst = 0.0
-        horizons: list[int] = []
-        floors = 0
-        same_computation = True  # every step within rtol and the same test accuracy, every seed
-        for seed in shared:
-            a, b = ref_records[seed].curve(), other_records[seed].curve()
-            if a is None or b is None:
-                problems.append(f"seed {seed}: train-loss curve not recorded")
-                continue
-            if a.shape != b.shape:
-                problems.append(f"seed {seed}: {a.size} vs {b.size} steps")
-                continue
-            # (unperturbed, perturbed) curve of each framework with a noise-floor run of this seed
-            own_pairs = [
-                (curve, nudged)
-                for row, curve in ((reference, a), (other, b))
-                if (record := noise_floor.get((row.backend, row.policy, seed))) is not None
-                and (nudged := record.curve()) is not None
-            ]
-            found = chaos_aware_agreement(a, b, own_pairs, rtol, steps, MIN_AGREEMENT_STEPS)
-            same_computation &= found.everywhere and (
-                ref_records[seed].metric("test_accuracy") == other_records[seed].metric("test_accuracy")
-            )
-            floors += bool(own_pairs)
-            worst = max(worst, found.worst)
-            if found.horizon is not None:
-                horizons.append(found.horizon)
-            problems += [f"seed {seed}: {p}" for p in found.problems]
-            if found.note:
-                notes.append(f"seed {seed}: {found.note}")
-        eq = equivalence(
-            accuracy_by_seed(list(other_records.values())),
-            accuracy_by_seed(list(ref_records.values())),
-            group.tolerance_pts,
-            looks,
-        )
-        if eq.outcome == FAIL:
-            problems.append(f"accuracy {describe(eq)}")
-        horizon = min(horizons) if horizons else None
-        if floors:
-            where = f"divergence horizon step {horizon}" if horizon is not None else "no self-divergence"
-            scope = f"up to the horizon ({where}, one-ulp noise-floor runs of {floors} seed(s))"
-        else:
-            scope = f"over the first {steps} steps (no noise-floor run)"
-        if problems:
-            outcome, detail = FAIL, "; ".join(problems) + f" [{scope}]"
-        else:
-            outcome = eq.outcome
-            detail = (
-                f"{len(shared)} seed(s): per-step loss within {worst:.1e} relative (≤ {rtol:g}) {scope}"
-                + (f"; past it {'; '.join(notes)}" if notes else "")
-                + f"; accuracy {describe(eq)}"
-            )
-            if outcome == INCONCLUSIVE and same_computation:
-                # Too few seeds for the accuracy test, but no seed noise to test either: each seed's
-                # two runs are one computation up to rounding, from the first step to the last.
-                outcome = PASS
-                detail += (
-                    "; PASS without the seed test: every step of every seed within the rtol and the "
-                    "same test accuracy (the runs are one computation up to rounding)"
-                )
+        found = framework_pair(reference, other, by_row, noise_floor, group.tolerance_pts, rtol, steps, looks)
         verdicts.append(
-            Verdict("cross-framework", subject, outcome, detail, equivalence=eq, divergence_horizon=horizon)
+            Verdict(
+                "cross-framework",
+                subject,
+                found.outcome,
+                found.detail,
+                equivalence=found.equivalence,
+                divergence_horizon=found.divergence_horizon,
+            )
         )
     return verdicts
 

@@ -9,7 +9,7 @@ a rule of thumb alone:
   FLOPs counted as in ``precision_suite.measure.flops``), or halving the batch leaves the step time
   above ``1 / OVERHEAD_BATCH_RATIO`` of itself (twice the work for less than that much more
   time: a fixed per-step cost dominates, which half precision does not shrink);
-* ``emulated``: the hardware has no native path for the half type (``compare.emulation``);
+* ``emulated``: the hardware has no native path for the half type (``hardware.emulation``);
 * ``dims``: GEMM dimensions of the spec that are not multiples of 8 (fp16/bf16 tensor cores
   and AMX tiles work on multiples of 8/16; other sizes are padded or take a slower path);
 * ``tf32``: the fp32 baseline already ran with TF32 on (recorded environment);

@@ -13,6 +13,7 @@ from typing import Any
 
 from precision_suite.measure.timing import SpeedEstimate
 from precision_suite.results import SPEED_KIND, latest_by_job
+from precision_suite.verdicts.hardware import emulation
 
 
 @dataclass
@@ -87,7 +88,7 @@ def attach_speed(group: Any, phases: list[SpeedPhase], records: list[dict[str, A
     """Give a comparison group (``precision_suite.verdicts.compare.Group``) the paired speedups of its
     speed phases (one per framework) — rows the training jobs did not produce are added
     (``speed_only``) — and the "why no speedup" lines of its half-precision rows."""
-    from precision_suite.verdicts.compare import Row, emulation
+    from precision_suite.verdicts.compare import Row
     from precision_suite.verdicts.diagnose import diagnose_group
 
     rows = {(row.backend, row.policy): row for row in group.rows}

@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from precision_suite.results import Outcome
@@ -169,6 +170,12 @@ class Equivalence:
     @property
     def ci_level(self) -> float:
         return 1 - 2 * self.alpha
+
+
+def accuracy_by_seed(records: list[Any]) -> dict[int, float]:
+    """Test accuracy by seed of result records (``precision_suite.results.Record``): what the
+    equivalence tests of parity and cross-framework pair up."""
+    return {r.get("seed"): v for r in records if (v := r.metric("test_accuracy")) is not None}
 
 
 def equivalence(

@@ -14,7 +14,6 @@ from precision_suite.verdicts.compare import (
     PASS,
     check_exit_code,
     compare,
-    emulation,
     mean_ci95,
     speedup_stats,
 )
@@ -290,17 +289,6 @@ def test_fp16_on_cpu_without_fp16_isa_is_emulated_and_makes_no_speed_claim():
     assert "emulated" in headlines["torch-amp fp16-mixed"]
     assert "faster" not in headlines["torch-amp fp16-mixed"]
     assert "2.0× faster" in headlines["torch-amp bf16-mixed"]
-
-
-def test_emulation_follows_the_recorded_hardware():
-    amx = {"avx512_bf16": False, "amx_bf16": True, "avx512_fp16": False, "amx_fp16": True}
-    assert emulation("fp16-mixed", "cpu", {"cpu_flags": amx}) == ""
-    assert emulation("bf16-pure", "cpu", {"cpu_flags": amx}) == ""
-    assert "avx512_bf16" in emulation("bf16-mixed", "cpu", {"cpu_flags": {}})
-    assert emulation("fp32", "cpu", {}) == ""
-    assert emulation("bf16-mixed", "cuda", {}) == ""
-    assert "7.5" in emulation("bf16-mixed", "cuda", {"cuda_capability": [7, 5]})
-    assert emulation("fp16-mixed", "cuda", {"cuda_capability": [7, 5]}) == ""
 
 
 # --- precision-active ------------------------------------------------------------------------
