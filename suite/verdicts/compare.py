@@ -427,16 +427,7 @@ def compare(
     # are no result of their own (short, perturbed) and stay out of every statistic.
     noise_floor = [r for r in records if is_noise_floor_run(r)]
     records = [r for r in records if not is_noise_floor_run(r)]
-    unavailable = [_note(r) for r in records if r.get("status") == "unavailable"]
-    failed_jobs = [_note(r) for r in records if r.get("status") in FAILURE_STATUSES]
-    failed_speed = latest_by_job(speed_records).values()
-    failed_jobs += [_note(r) for r in failed_speed if r.get("status") in FAILURE_STATUSES]
-    # An unknown status is not ok and not known-harmless: treat it as a failure, saying so.
-    for record in records:
-        if record.get("status") not in FAILURE_STATUSES | {"ok", "unavailable"}:
-            note = _note(record)
-            note.message = f"unknown status {record.get('status')!r}: {note.message}"
-            failed_jobs.append(note)
+    unavailable, failed_jobs = _job_notes(records, speed_records)
 
     if check_pure is None:
         check_pure = bool(_parity_setting(records, "check_pure", False))
@@ -449,18 +440,10 @@ def compare(
             _parity_setting(records, "cross_framework_rtol", PARITY_DEFAULTS.cross_framework_rtol)
         )
 
-    by_group: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
-    for record in records:
-        # One-process references of data-parallel runs only feed the data-parallel verdict.
-        if record.get("status") == "unavailable" or is_dp_reference(record):
-            continue
-        key = (record.model_name, record.dataset_name, device_label(record))
-        by_group[key].append(record)
-
     groups: list[Group] = []
     headlines: list[Headline] = []
     tolerances = set()
-    for (model, dataset, device), group_records in sorted(by_group.items()):
+    for (model, dataset, device), group_records in sorted(_records_by_group(records).items()):
         tol = tolerance_pts
         if tol is None:
             recorded = _parity_setting(group_records, "tolerance_pts")
@@ -475,12 +458,7 @@ def compare(
             check_pure,
             cross_framework_rtol,
             cross_framework_steps,
-            noise_floor={
-                (str(r.get("backend")), str(r.get("policy")), r.get("seed")): r
-                for r in noise_floor
-                if r.get("status") == "ok"
-                and (r.model_name, r.dataset_name, str(r.get("device"))) == (model, dataset, device)
-            },
+            noise_floor=_noise_floor_of(noise_floor, model, dataset, device),
         )
         _distributed_verdicts(group, group_records, records, noise_floor)
         attach_speed(group, phases.pop(group.key_tuple, []), group_records)
@@ -503,6 +481,44 @@ def compare(
         cross_framework_rtol=cross_framework_rtol,
         scaling=scaling_rows(records),
     )
+
+
+def _job_notes(records: list[Record], speed_records: list[dict[str, Any]]) -> tuple[list[JobNote], list[JobNote]]:
+    """(unavailable, failed) jobs and speed phases: those that produced no result."""
+    unavailable = [_note(r) for r in records if r.get("status") == "unavailable"]
+    failed_jobs = [_note(r) for r in records if r.get("status") in FAILURE_STATUSES]
+    failed_speed = latest_by_job(speed_records).values()
+    failed_jobs += [_note(r) for r in failed_speed if r.get("status") in FAILURE_STATUSES]
+    # An unknown status is not ok and not known-harmless: treat it as a failure, saying so.
+    for record in records:
+        if record.get("status") not in FAILURE_STATUSES | {"ok", "unavailable"}:
+            note = _note(record)
+            note.message = f"unknown status {record.get('status')!r}: {note.message}"
+            failed_jobs.append(note)
+    return unavailable, failed_jobs
+
+
+def _records_by_group(records: list[Record]) -> dict[tuple[str, str, str], list[Record]]:
+    """The records of each comparison group (model, dataset, device label)."""
+    by_group: dict[tuple[str, str, str], list[Record]] = defaultdict(list)
+    for record in records:
+        # One-process references of data-parallel runs only feed the data-parallel verdict.
+        if record.get("status") == "unavailable" or is_dp_reference(record):
+            continue
+        key = (record.model_name, record.dataset_name, device_label(record))
+        by_group[key].append(record)
+    return by_group
+
+
+def _noise_floor_of(
+    noise_floor: list[Record], model: str, dataset: str, device: str
+) -> dict[tuple[str, str, int], Record]:
+    """The group's ok noise-floor runs by (backend, policy, seed)."""
+    return {
+        (str(r.get("backend")), str(r.get("policy")), r.get("seed")): r
+        for r in noise_floor
+        if r.get("status") == "ok" and (r.model_name, r.dataset_name, str(r.get("device"))) == (model, dataset, device)
+    }
 
 
 def _distributed_verdicts(
