@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,91 +107,37 @@ def free_port() -> int:
 
 def run_distributed(job: Job, timeout_s: float, log_dir: Path, env: dict[str, str]) -> dict[str, Any]:
     """Run one data-parallel job to its record; never raises for a failure of the job."""
-    from precision_suite.measure.loop import new_record
-
-    def failed(status: str, message: str, tail: str = "") -> dict[str, Any]:
-        record = new_record(job)
-        record.update(status=status, error=message, world_size=job.world_size)
-        if tail:
-            record["stderr_tail"] = tail
-        return record
-
     reason = data_parallel_unavailable_reason(job)
     if reason:
-        return failed("unavailable", reason)
+        return _failed(job, "unavailable", reason)
     impl = data_parallel_impl(job)
     log_dir.mkdir(parents=True, exist_ok=True)
-    slug = job.job_id.replace("/", "_")
     with tempfile.TemporaryDirectory(prefix="precision-suite-dp-") as tmp:
         job_path = Path(tmp) / "job.json"
         job_path.write_text(json.dumps(job.to_dict()))
         result_path = Path(tmp) / "record.json"
         n_procs = job.world_size if impl.process_per_replica else 1
-        base_env = dict(env)
-        base_env.update(
-            {
-                RESULT_FILE_ENV: str(result_path),
-                REPLICAS_ENV: str(job.world_size),
-                # torchrun's rendezvous variables; loopback only.
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(free_port()),
-                "WORLD_SIZE": str(n_procs),
-                "GLOO_SOCKET_IFNAME": "lo",
-            }
-        )
-        procs: list[subprocess.Popen] = []
-        logs: list[Path] = []
-        pgid = 0
-        if n_procs > 1:
-            # runner.threads is per replica; left unset, the ranks share the cores.
-            threads = str(job.runner.threads or max(1, int(base_env.get("PRECISION_SUITE_THREADS", "1")) // n_procs))
-            for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PRECISION_SUITE_THREADS"):
-                base_env[key] = threads
+        base_env = _ranks_environment(job, env, result_path, n_procs)
+        ranks = _Ranks()
         try:
-            # tf.distribute's cluster (MultiWorkerMirroredStrategy): one loopback port per worker.
-            workers = [f"127.0.0.1:{free_port()}" for _ in range(n_procs)]
-            for rank in range(n_procs):
-                tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": rank}}
-                rank_env = dict(base_env, RANK=str(rank), LOCAL_RANK=str(rank), TF_CONFIG=json.dumps(tf_config))
-                log = log_dir / f"{slug}.rank{rank}.log"
-                logs.append(log)
-                with open(log, "wb") as fh:
-                    proc = subprocess.Popen(
-                        [sys.executable, "-m", "precision_suite.execution.data_parallel", str(job_path)],
-                        stdin=subprocess.DEVNULL,
-                        stdout=fh,
-                        stderr=subprocess.STDOUT,
-                        env=rank_env,
-                        # One process group of their own for all ranks (out of the terminal's
-                        # foreground group): killed as a whole, never orphaned.
-                        process_group=pgid if rank else 0,
-                    )
-                if rank == 0:
-                    pgid = proc.pid
-                procs.append(proc)
-            deadline = time.monotonic() + timeout_s
-            first_death: tuple[int, int] | None = None
-            while True:
-                codes = [p.poll() for p in procs]
-                if first_death is None:
-                    first_death = next(((r, c) for r, c in enumerate(codes) if c not in (None, 0)), None)
-                if all(c is not None for c in codes) or first_death is not None:
-                    break
-                if time.monotonic() > deadline:
-                    kill_group(pgid, procs)
-                    return failed(
-                        "timeout",
-                        f"exceeded runner.job_timeout_s={timeout_s:g}s over {job.world_size} replicas "
-                        "(a hung collective or a slow job); every rank killed",
-                    )
-                time.sleep(0.05)
+            ranks.start(job, job_path, base_env, n_procs, log_dir)
+            try:
+                first_death = ranks.wait(timeout_s)
+            except TimeoutError:
+                ranks.kill()
+                return _failed(
+                    job,
+                    "timeout",
+                    f"exceeded runner.job_timeout_s={timeout_s:g}s over {job.world_size} replicas "
+                    "(a hung collective or a slow job); every rank killed",
+                )
             if first_death is not None:
                 # The others are now waiting on the dead rank's collectives: end them.
                 time.sleep(0.5)
-                kill_group(pgid, procs)
+                ranks.kill()
         except BaseException:
-            if pgid:
-                kill_group(pgid, procs)
+            if ranks.pgid:
+                ranks.kill()
             raise
         record = json.loads(result_path.read_text()) if result_path.exists() else None
         if first_death is not None:
@@ -199,12 +145,96 @@ def run_distributed(job: Job, timeout_s: float, log_dir: Path, env: dict[str, st
             if record is not None and code == RANK_JOB_FAILED and record.get("status") != "ok":
                 return record  # rank 0's own record of the job's failure
             if code == RANK_JOB_FAILED:
-                return failed("error", f"rank {rank} of {job.world_size}: job failed", log_tail(logs[rank]))
-            return failed("crashed", f"rank {rank} of {job.world_size} {exit_text(code)}", log_tail(logs[rank]))
+                return _failed(job, "error", f"rank {rank} of {job.world_size}: job failed", log_tail(ranks.logs[rank]))
+            message = f"rank {rank} of {job.world_size} {exit_text(code)}"
+            return _failed(job, "crashed", message, log_tail(ranks.logs[rank]))
         if record is None:
-            return failed("crashed", "rank 0 exited without writing the record", log_tail(logs[0]))
+            return _failed(job, "crashed", "rank 0 exited without writing the record", log_tail(ranks.logs[0]))
         _merge_rank_reports(record, result_path, n_procs)
         return record
+
+
+def _failed(job: Job, status: str, message: str, tail: str = "") -> dict[str, Any]:
+    """The record of a data-parallel job that produced none of its own."""
+    from precision_suite.measure.loop import new_record
+
+    record = new_record(job)
+    record.update(status=status, error=message, world_size=job.world_size)
+    if tail:
+        record["stderr_tail"] = tail
+    return record
+
+
+def _ranks_environment(job: Job, env: dict[str, str], result_path: Path, n_procs: int) -> dict[str, str]:
+    """What every rank process of the job gets in its environment (its rank's own variables aside)."""
+    base_env = dict(env)
+    base_env.update(
+        {
+            RESULT_FILE_ENV: str(result_path),
+            REPLICAS_ENV: str(job.world_size),
+            # torchrun's rendezvous variables; loopback only.
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(free_port()),
+            "WORLD_SIZE": str(n_procs),
+            "GLOO_SOCKET_IFNAME": "lo",
+        }
+    )
+    if n_procs > 1:
+        # runner.threads is per replica; left unset, the ranks share the cores.
+        threads = str(job.runner.threads or max(1, int(base_env.get("PRECISION_SUITE_THREADS", "1")) // n_procs))
+        for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PRECISION_SUITE_THREADS"):
+            base_env[key] = threads
+    return base_env
+
+
+@dataclass
+class _Ranks:
+    """The rank processes of one job, in one process group of their own (out of the terminal's
+    foreground group): killed as a whole, never orphaned."""
+
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+    pgid: int = 0
+
+    def start(self, job: Job, job_path: Path, base_env: dict[str, str], n_procs: int, log_dir: Path) -> None:
+        slug = job.job_id.replace("/", "_")
+        # tf.distribute's cluster (MultiWorkerMirroredStrategy): one loopback port per worker.
+        workers = [f"127.0.0.1:{free_port()}" for _ in range(n_procs)]
+        for rank in range(n_procs):
+            tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": rank}}
+            rank_env = dict(base_env, RANK=str(rank), LOCAL_RANK=str(rank), TF_CONFIG=json.dumps(tf_config))
+            log = log_dir / f"{slug}.rank{rank}.log"
+            self.logs.append(log)
+            with open(log, "wb") as fh:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "precision_suite.execution.data_parallel", str(job_path)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    env=rank_env,
+                    process_group=self.pgid if rank else 0,
+                )
+            if rank == 0:
+                self.pgid = proc.pid
+            self.procs.append(proc)
+
+    def wait(self, timeout_s: float) -> tuple[int, int] | None:
+        """Until every rank has exited (None) or one has failed: its (rank, exit code). Raises
+        TimeoutError past ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        first_death: tuple[int, int] | None = None
+        while True:
+            codes = [p.poll() for p in self.procs]
+            if first_death is None:
+                first_death = next(((r, c) for r, c in enumerate(codes) if c not in (None, 0)), None)
+            if all(c is not None for c in codes) or first_death is not None:
+                return first_death
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        kill_group(self.pgid, self.procs)
 
 
 def _rank_report_path(result_path: Path, rank: int) -> Path:
