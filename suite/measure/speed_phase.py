@@ -195,7 +195,7 @@ def warm_speed_task(task: SpeedTask) -> None:
 
 def run_speed_task(task: SpeedTask, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Run one timed phase in this process and return its record; never raises for a failure."""
-    from precision_suite.measure.environment import available_cores, base_environment
+    from precision_suite.measure.environment import base_environment
     from precision_suite.measure.loop import cached_dataset, is_oom, one_line
     from precision_suite.models import init_weights
 
@@ -208,26 +208,17 @@ def run_speed_task(task: SpeedTask, progress: Callable[[int, int], None] | None 
         base_job = task.jobs[0]
         data = cached_dataset(base_job)
         weights = init_weights(base_job.model, data.input_shape, data.num_classes, base_job.seed)
-        train = base_job.train
         rows = _phase_rows(base_job, data)
-        for job in task.jobs:
-            label = f"{job.backend} {job.policy}"
-            cls, reason = _side_backend(job)
-            if reason:
-                if job is base_job:
-                    record.update(status="unavailable", error=f"baseline {label}: {reason}")
-                    return record
-                skipped[label] = reason
-                continue
-            backend = cls()
-            backend.setup(job, weights, data)
-            sides.append(_Side(label, job, backend, backend.prepare_batches(rows)))
+        unavailable = _set_up_sides(task, weights, data, rows, sides, skipped)
+        if unavailable:
+            record.update(status="unavailable", error=unavailable)
+            return record
         record["device"] = base_job.device
         record["environ"].update(sides[0].backend.environment())
         load = SystemLoad()
         for side in sides:
             side.backend.activate()
-            side.run(max(train.timing_warmup_steps, MIN_WARMUP_STEPS))
+            side.run(max(base_job.train.timing_warmup_steps, MIN_WARMUP_STEPS))
             side.backend.drain_telemetry()
         probe_step_s = {side.label: _size_window(side, load, task.window_ms) for side in sides}
 
@@ -239,35 +230,10 @@ def run_speed_task(task: SpeedTask, progress: Callable[[int, int], None] | None 
         rot = rotation(
             lambda: base.window(load), [lambda s=s: s.window(load) for s in candidates], task.rounds, on_round
         )
-        baseline_windows = [w for ws in rot.baseline for w in ws]
-        results = []
-        for side, windows, speedups in zip(candidates, rot.candidates, rot.speedups, strict=True):
-            estimate = assess(speedups, baseline_windows, windows)
-            results.append(
-                {"backend": side.job.backend, "policy": side.job.policy, **asdict(estimate), "round_speedups": speedups}
-            )
-        speed: dict[str, Any] = {
-            "baseline": {"backend": base.job.backend, "policy": base.job.policy},
-            "rounds": task.rounds,
-            "window_ms": task.window_ms,
-            "threads_available": available_cores(),
-            "candidates": results,
-            "skipped": skipped,
-            "windows": {
-                side.label: {
-                    "steps_per_window": side.steps,
-                    "probe_step_ms": probe_step_s[side.label] * 1e3,
-                    "samples": [asdict(w) for w in windows],
-                }
-                for side, windows in [(base, baseline_windows), *zip(candidates, rot.candidates, strict=True)]
-            },
-            "environ_by_side": {side.label: side.backend.environment() for side in sides},
-            "observed_by_side": {side.label: side.backend.observed_precision() for side in sides},
-        }
-        speed["baseline_step_ms"] = statistics.median(w.step_s for w in baseline_windows) * 1e3
+        speed = _phase_results(task, sides, rot, probe_step_s, skipped)
         speed["input_shape"] = list(data.input_shape)
         speed["num_classes"] = data.num_classes
-        speed["batch_size"] = train.batch_size
+        speed["batch_size"] = base_job.train.batch_size
         if task.batch_probe:
             speed["batch_scaling"] = _batch_scaling(base, data, weights, rows, load)
         speed["matmul_tflops"] = _matmul_rates(base)
@@ -284,6 +250,63 @@ def run_speed_task(task: SpeedTask, progress: Callable[[int, int], None] | None 
                 traceback.print_exc()
         record["speed"]["wall_s"] = time.perf_counter() - started
     return record
+
+
+def _set_up_sides(
+    task: SpeedTask, weights: Any, data: Any, rows: Any, sides: list[_Side], skipped: dict[str, str]
+) -> str | None:
+    """Set every side of the phase up, appending it to ``sides`` (set up, so torn down even if a
+    later one fails); a candidate that cannot run here goes to ``skipped`` with the reason. Returns
+    why the phase cannot run at all (its baseline cannot), else None."""
+    for job in task.jobs:
+        label = f"{job.backend} {job.policy}"
+        cls, reason = _side_backend(job)
+        if reason:
+            if job is task.jobs[0]:
+                return f"baseline {label}: {reason}"
+            skipped[label] = reason
+            continue
+        backend = cls()
+        backend.setup(job, weights, data)
+        sides.append(_Side(label, job, backend, backend.prepare_batches(rows)))
+    return None
+
+
+def _phase_results(
+    task: SpeedTask, sides: list[_Side], rot: Any, probe_step_s: dict[str, float], skipped: dict[str, str]
+) -> dict[str, Any]:
+    """The ``speed`` section of the phase's record: each candidate's paired speedup and noise label
+    (``precision_suite.measure.timing.assess``), every window, and each side's environment."""
+    from precision_suite.measure.environment import available_cores
+
+    base, candidates = sides[0], sides[1:]
+    baseline_windows = [w for ws in rot.baseline for w in ws]
+    results = []
+    for side, windows, speedups in zip(candidates, rot.candidates, rot.speedups, strict=True):
+        estimate = assess(speedups, baseline_windows, windows)
+        results.append(
+            {"backend": side.job.backend, "policy": side.job.policy, **asdict(estimate), "round_speedups": speedups}
+        )
+    speed: dict[str, Any] = {
+        "baseline": {"backend": base.job.backend, "policy": base.job.policy},
+        "rounds": task.rounds,
+        "window_ms": task.window_ms,
+        "threads_available": available_cores(),
+        "candidates": results,
+        "skipped": skipped,
+        "windows": {
+            side.label: {
+                "steps_per_window": side.steps,
+                "probe_step_ms": probe_step_s[side.label] * 1e3,
+                "samples": [asdict(w) for w in windows],
+            }
+            for side, windows in [(base, baseline_windows), *zip(candidates, rot.candidates, strict=True)]
+        },
+        "environ_by_side": {side.label: side.backend.environment() for side in sides},
+        "observed_by_side": {side.label: side.backend.observed_precision() for side in sides},
+    }
+    speed["baseline_step_ms"] = statistics.median(w.step_s for w in baseline_windows) * 1e3
+    return speed
 
 
 def _half_batch_job(job: Any) -> Any | None:
