@@ -1,4 +1,4 @@
-"""runner.parallel_jobs: training jobs side by side on the local executor."""
+"""The local executor: the threads of its workers, and runner.parallel_jobs (training jobs side by side)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 
 import pytest
 from precision_suite.config import MAX_AUTO_PARALLEL_JOBS, load_config
-from precision_suite.execution.local import job_kind, most_at_once, next_for_lane
+from precision_suite.execution.local import job_kind, most_at_once, next_for_lane, worker_environment
 from precision_suite.measure.environment import available_cores
 from precision_suite.plan import expand_jobs
 
@@ -18,6 +18,14 @@ from tests.helpers.cli import REPO_ROOT, read_run, run_cli
 from tests.helpers.marks import needs_jax, needs_torch
 
 SMOKE = REPO_ROOT / "configs" / "smoke.yaml"
+
+
+def test_default_threads_follow_the_cpu_affinity(monkeypatch):
+    """Not every core of the machine: the cores this process may run on (taskset, cpusets)."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    env = worker_environment(load_config(None))
+    assert env["OMP_NUM_THREADS"] == env["TF_NUM_INTRAOP_THREADS"] == "1"
+    assert worker_environment(load_config(None, ["runner.threads=4"]))["OMP_NUM_THREADS"] == "4"
 
 
 def test_most_at_once_counts_overlaps_at_one_moment():

@@ -1,5 +1,5 @@
-"""The paired speed phase end to end: through the runner with the fake backend, speed-only runs,
-the threads of its workers."""
+"""The paired speed phase end to end: through the runner with the fake backend, and speed-only
+runs."""
 
 from __future__ import annotations
 
@@ -60,16 +60,3 @@ def test_speed_only_makes_rows_without_training_jobs(fake_backends, fake_config,
         ("fp32", True, ""),
         ("fp16-mixed", False, "paired"),
     ]
-
-
-def test_default_threads_follow_the_cpu_affinity(monkeypatch):
-    """Not every core of the machine: the cores this process may run on (taskset, cpusets)."""
-    import os
-
-    from precision_suite.config import load_config
-    from precision_suite.execution.local import worker_environment
-
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
-    env = worker_environment(load_config(None))
-    assert env["OMP_NUM_THREADS"] == env["TF_NUM_INTRAOP_THREADS"] == "1"
-    assert worker_environment(load_config(None, ["runner.threads=4"]))["OMP_NUM_THREADS"] == "4"
