@@ -190,8 +190,8 @@ class ParityConfig(_Strict):
     tolerance_pts: Annotated[float, Field(ge=0)] = 1.5
     check_pure: bool = False
     cross_framework_rtol: PositiveFloat = 1e-3
-    # Per-step losses are compared over at most this many first steps (see compare.py for why);
-    # the one-ulp noise-floor runs last this long.
+    # Per-step losses are compared over at most this many first steps (see
+    # verdicts/cross_framework.py for why); the one-ulp noise-floor runs last this long.
     cross_framework_steps: PositiveInt = 100
     # Measure the run's own chaos for the cross-framework verdict: one short extra fp32 run per
     # framework and seed with every initial weight nudged by one ulp (only when two or more
