@@ -5,7 +5,7 @@ do one framework's work. A backend module may import its framework at module lev
 module and ``backends/__init__.py`` never do: ``import precision_suite.backends`` must work with no framework
 installed.
 
-The loop the suite runs (``suite/loop.py``)::
+The loop the suite runs (``suite/measure/loop.py``)::
 
     backend.setup(job, init_weights, data)
     for batch_indices in plan:               # one optimizer step each
@@ -104,7 +104,7 @@ class MemoryStats:
 
     peak_memory_bytes: int | None
     memory_source: str
-    # The framework-neutral accounting (precision_suite.memory) by component: the CPU figure,
+    # The framework-neutral accounting (precision_suite.measure.memory) by component: the CPU figure,
     # shown beside the allocator peak on a GPU.
     breakdown: dict[str, int] = field(default_factory=dict)
     # What the backend counted from its own tensors (a cross-check of the accounting).
@@ -239,7 +239,7 @@ class Backend(ABC):
 
     def memory_stats(self) -> MemoryStats:
         """Peak memory of the job and its source: on GPU the allocator peak; on CPU the
-        framework-neutral accounting (``precision_suite.memory.account_job``: weights, gradients,
+        framework-neutral accounting (``precision_suite.measure.memory.account_job``: weights, gradients,
         optimizer state, master copies, saved activations), labelled as such. ``breakdown`` is
         that accounting on every device."""
         return MemoryStats(None, "not measured")

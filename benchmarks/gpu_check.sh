@@ -205,7 +205,7 @@ if [[ $DEVICE == cuda ]]; then
     say "measured matmul ceiling (8192^3, per dtype)"
     "$PY" - "$CEILINGS" <<'EOF' || echo "matmul ceiling not measured"
 import json, sys
-from precision_suite.mfu import measure_matmul_tflops
+from precision_suite.measure.flops import measure_matmul_tflops
 ceilings = {
     "fp32": measure_matmul_tflops("float32", iters=5),
     "tf32": measure_matmul_tflops("float32", iters=10, tf32=True),

@@ -5,17 +5,17 @@ For each model (mlp, cnn, transformer from configs/default.yaml, digits data) an
 bf16-mixed; fp16-mixed too on CUDA), in one process per framework:
 
 * suite: the backend (torch-amp / tf-keras) set up once by the suite's own code, then
-  ``precision_suite.loop.train_timed`` (the exact timed-window loop a run uses: batch plan, window syncs,
+  ``precision_suite.measure.loop.train_timed`` (the exact timed-window loop a run uses: batch plan, window syncs,
   telemetry drains, divergence checks) over N steps;
 * hand: the same model built from the same initial weights, the same data on the device once,
   the same batches and optimizer settings, trained by the classic minimal loop: for PyTorch
   autocast + GradScaler and ``torch.optim.Adam``; for Keras a plain ``tf.function`` step with
   ``keras.optimizers.Adam`` (and separately ``model.fit``).
 
-Rounds are the suite's paired rotation (``precision_suite.speed.rotation``: hand, suite, hand,
+Rounds are the suite's paired rotation (``precision_suite.measure.timing.rotation``: hand, suite, hand,
 after a warm-up of both); each round's ratio is suite time per step / the mean of the hand
 windows around it, wall clock, closed by a device sync; the 95% CI is
-``precision_suite.speed.median_ci``'s. The suite side runs with
+``precision_suite.measure.timing.median_ci``'s. The suite side runs with
 ``train.eval_every_epochs: 0`` (the hand loop does not evaluate; the final evaluation is timed
 and subtracted). Printed per case:
 
@@ -76,7 +76,7 @@ class Case:
         return statistics.median(self.ratios)
 
     def line(self) -> str:
-        from precision_suite.speed import median_ci
+        from precision_suite.measure.timing import median_ci
 
         _, low, high, _ = median_ci(self.ratios)
         return (
@@ -147,7 +147,7 @@ class SuiteSide:
         backend.evaluate = timed_evaluate
 
     def run(self, steps: int) -> float:
-        from precision_suite.loop import new_record, train_timed
+        from precision_suite.measure.loop import new_record, train_timed
 
         job = round_job(self.job, steps)
         record = new_record(job)
@@ -162,9 +162,9 @@ class SuiteSide:
 
 
 def timed_side(side: Callable[[int], float], steps: int) -> Callable[[], Any]:
-    """A window of ``side`` for ``precision_suite.speed.rotation``; the side times itself
+    """A window of ``side`` for ``precision_suite.measure.timing.rotation``; the side times itself
     (the suite side subtracts its evaluation time)."""
-    from precision_suite.speed import WindowSample
+    from precision_suite.measure.timing import WindowSample
 
     def window() -> WindowSample:
         cpu0 = time.process_time()
@@ -178,9 +178,9 @@ def measure(
     suite: Callable[[int], float], hand: Callable[[int], float], args: argparse.Namespace
 ) -> tuple[list[float], float, float, int]:
     """Warm both sides, size a window to ``args.round_s`` seconds, then ``args.rounds`` rounds
-    of the suite's paired rotation (``precision_suite.speed.rotation``: hand, suite, hand; the
+    of the suite's paired rotation (``precision_suite.measure.timing.rotation``: hand, suite, hand; the
     order alternates). Returns per-round ratios suite/hand, median ms/step of each side, steps."""
-    from precision_suite.speed import rotation
+    from precision_suite.measure.timing import rotation
 
     suite(10)
     hand(10)
@@ -210,7 +210,7 @@ def torch_case(model_name: str, policy: str, args: argparse.Namespace) -> Case:
     from precision_suite.backends import get_backend_class
     from precision_suite.backends.torch.base import TORCH_POLICIES, torch_dtype
     from precision_suite.backends.torch.models import build_torch_model
-    from precision_suite.loop import cached_dataset
+    from precision_suite.measure.loop import cached_dataset
     from precision_suite.models import init_weights, prepare_inputs
 
     job = make_job("torch-amp", model_name, policy, args)
@@ -255,7 +255,7 @@ def torch_case(model_name: str, policy: str, args: argparse.Namespace) -> Case:
 
 def torch_environment() -> str:
     import torch
-    from precision_suite.measure import cpu_info
+    from precision_suite.measure.environment import cpu_info
 
     if torch.cuda.is_available():
         device = f"GPU {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
@@ -284,7 +284,7 @@ def tensorflow_case(model_name: str, policy: str, args: argparse.Namespace) -> l
     from precision_suite.backends import get_backend_class
     from precision_suite.backends.keras.models import build_keras_model, to_keras_inputs
     from precision_suite.backends.keras.tf_backend import KERAS_POLICIES
-    from precision_suite.loop import cached_dataset
+    from precision_suite.measure.loop import cached_dataset
     from precision_suite.models import init_weights
 
     job = make_job("tf-keras", model_name, policy, args)
@@ -365,7 +365,7 @@ def tensorflow_case(model_name: str, policy: str, args: argparse.Namespace) -> l
 def tensorflow_environment() -> str:
     import keras
     import tensorflow as tf
-    from precision_suite.measure import cpu_info
+    from precision_suite.measure.environment import cpu_info
 
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
@@ -471,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.in_process:
         return run_framework(frameworks[0], args)
 
-    from precision_suite.runner import worker_environment
+    from precision_suite.execution.local import worker_environment
 
     # One process per framework, with the runner's thread settings (frameworks never share a
     # process in a suite run either).

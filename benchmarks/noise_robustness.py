@@ -2,7 +2,7 @@
 """Does machine load flip the suite's speed claims? The same speed comparison, quiet and loaded.
 
 Runs a small speed-only comparison (``speed.speed_only``: the paired, interleaved timing phase
-of ``precision_suite.speed``) twice: once as the machine is, then again with a competing busy
+of ``precision_suite.measure.speed_phase``) twice: once as the machine is, then again with a competing busy
 process (a Python spin loop) pinned to one of the cores this process may use — started and
 stopped by this script, always cleaned up. For every non-emulated policy row it prints
 
@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 when the target is missed")
     args = parser.parse_args(argv)
 
-    from precision_suite.compare import emulation
-    from precision_suite.speed import busy_warning
+    from precision_suite.measure.timing import busy_warning
+    from precision_suite.verdicts.hardware import emulation
 
     overrides = ([] if args.config else DEFAULT_OVERRIDES) + args.set
     # SIGTERM unwinds like Ctrl-C, so the busy process is always stopped.

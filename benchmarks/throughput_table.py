@@ -8,7 +8,7 @@ TFLOP/s and MFU against the datasheet peak and, if given, measured matmul ceilin
 
 Speedups are against the *eager* fp32 / tf32 run of the same backend and model (a compiled
 bf16 row says how much compile + bf16 buys over the plain baseline). ``--ceilings`` is a JSON
-object {"bf16": TFLOP/s, ...} as ``precision_suite.mfu.measure_matmul_tflops`` measured it.
+object {"bf16": TFLOP/s, ...} as ``precision_suite.measure.flops.measure_matmul_tflops`` measured it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from precision_suite.mfu import device_peak, peak_dtype, record_mfu  # noqa: E402
+from precision_suite.measure.flops import device_peak, peak_dtype, record_mfu  # noqa: E402
 from precision_suite.results import RESULTS_FILE, latest_by_job, read_records  # noqa: E402
 
 COLUMNS = (
@@ -125,12 +125,12 @@ def footer(records: list[dict[str, Any]], ceilings: dict[str, float]) -> list[st
         listed = ", ".join(f"{k} {v:g}" for k, v in sorted(peak.tflops.items()))
         lines.append(f"MFU peak (dense TFLOP/s): {peak.name}: {listed}; source: {peak.source}")
     else:
-        lines.append("MFU peak: device not in suite/mfu.py's table, datasheet MFU not computed")
+        lines.append("MFU peak: device not in suite/measure/flops.py's table, datasheet MFU not computed")
     if ceilings:
         listed = ", ".join(f"{k} {v:.0f}" for k, v in sorted(ceilings.items()))
         lines.append(f"MFU meas.: against a measured 8192^3 matmul ceiling (TFLOP/s): {listed}")
     lines.append(
-        "model FLOPs: matmul/conv only, 3x forward per training step (suite/mfu.py); "
+        "model FLOPs: matmul/conv only, 3x forward per training step (suite/measure/flops.py); "
         "speedups vs the eager fp32/tf32 run of the same backend and model"
     )
     return lines

@@ -100,8 +100,8 @@ def _add_output_commands(sub: Any) -> None:
 
 def _load_run_config(args: argparse.Namespace):
     from precision_suite.config import load_config
+    from precision_suite.execution.runner import CONFIG_FILE
     from precision_suite.plan import check_backends
-    from precision_suite.runner import CONFIG_FILE
 
     path = args.config
     if args.resume and path is None:
@@ -143,7 +143,7 @@ def _out_dir(args: argparse.Namespace, config) -> Path:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from precision_suite.runner import run_suite
+    from precision_suite.execution.runner import run_suite
 
     config = _load_run_config(args)
     out_dir = _out_dir(args, config)
@@ -176,8 +176,9 @@ def _report(out_dir: Path, console: Console, tolerance: float | None, write: boo
     records = list(latest_by_job(read.records).values())
     if not records and not read.speed:
         raise UsageError(f"{path}: no valid records")
-    from precision_suite import compare, report
+    from precision_suite import report
     from precision_suite.outputs import write_ci_files
+    from precision_suite.verdicts import compare
 
     comparison = compare.compare(records, tolerance_pts=tolerance, speed_records=read.speed)
     comparison.run_dir = str(out_dir)
@@ -233,7 +234,7 @@ def cmd_advise(args: argparse.Namespace, console: Console) -> int:
 
 def devices_seen() -> list[str]:
     """Devices visible without importing a framework: the CPU, and NVIDIA GPUs if any."""
-    from precision_suite.measure import cpu_info
+    from precision_suite.measure.environment import cpu_info
 
     info = cpu_info()
     flags = ", ".join(k for k, v in info["cpu_flags"].items() if v) or "none of note"

@@ -195,8 +195,8 @@ class ParityConfig(_Strict):
     tolerance_pts: Annotated[float, Field(ge=0)] = 1.5
     check_pure: bool = False
     cross_framework_rtol: PositiveFloat = 1e-3
-    # Per-step losses are compared over at most this many first steps (see compare.py for why);
-    # the one-ulp noise-floor runs last this long.
+    # Per-step losses are compared over at most this many first steps (see
+    # verdicts/cross_framework.py for why); the one-ulp noise-floor runs last this long.
     cross_framework_steps: PositiveInt = 100
     # Measure the run's own chaos for the cross-framework verdict: one short extra fp32 run per
     # framework and seed with every initial weight nudged by one ulp (only when two or more
@@ -206,7 +206,7 @@ class ParityConfig(_Strict):
 
 class SeedRange(_Strict):
     """Seeds on demand: start with seeds 0..min-1, add seeds (0..max-1) for the rows whose
-    verdict is still INCONCLUSIVE at each look of ``precision_suite.stats.look_schedule``."""
+    verdict is still INCONCLUSIVE at each look of ``precision_suite.verdicts.stats.look_schedule``."""
 
     min: Annotated[int, Field(ge=2, strict=True)] = 3
     max: PositiveInt = 10
@@ -280,7 +280,7 @@ class DebugConfig(_Strict):
 
 
 class SpeedConfig(_Strict):
-    """The paired, interleaved timing phase (``precision_suite.speed``): per (framework, model,
+    """The paired, interleaved timing phase (``precision_suite.measure.speed_phase``): per (framework, model,
     device) every policy's backend is set up once in one worker and timed in rotation with the
     fp32 baseline, ``rounds`` rounds of windows of at least ``window_ms``. Speedups in the
     comparison come from here; the training jobs' own step times stay as information."""
@@ -307,7 +307,7 @@ class FaultInjectionConfig(_Strict):
 
 
 class DistributedConfig(_Strict):
-    """Data-parallel jobs (``suite/distributed.py``). ``train.batch_size`` is the per-replica
+    """Data-parallel jobs (``suite/execution/data_parallel.py``). ``train.batch_size`` is the per-replica
     batch: a job over N replicas trains on a global batch of N × batch_size (weak scaling)."""
 
     # One size or a list (a sweep); each size > 1 is its own job (job id suffix /wsN).
@@ -398,7 +398,7 @@ class SuiteConfig(_Strict):
 
     def seed_looks(self) -> tuple[int, ...]:
         """The seed counts at which verdicts are looked at: one look for a list."""
-        from precision_suite.stats import look_schedule
+        from precision_suite.verdicts.stats import look_schedule
 
         if isinstance(self.seeds, SeedRange):
             return look_schedule(self.seeds.min, self.seeds.max)
@@ -412,8 +412,8 @@ class SuiteConfig(_Strict):
 
     def parallel_jobs(self) -> int:
         """How many training jobs the local executor runs at once (``runner.parallel_jobs``)."""
-        from precision_suite.measure import available_cores
-        from precision_suite.placement import visible_gpus
+        from precision_suite.execution.placement import visible_gpus
+        from precision_suite.measure.environment import available_cores
 
         wanted = self.runner.parallel_jobs
         if wanted != "auto":

@@ -18,6 +18,10 @@ from precision_suite.config import (
 from pydantic import TypeAdapter
 
 MODEL_ADAPTER: TypeAdapter[Any] = TypeAdapter(ModelConfig)
+# The policy every other one of a framework is compared with (speedups, parity, cross-framework).
+BASELINE_POLICY = "fp32"
+# ``Job.role`` of the one-process run at an N-replica job's global batch (the data-parallel verdict's reference).
+DP_REFERENCE = "dp-reference"
 
 
 @dataclass
@@ -49,7 +53,7 @@ class Job:
     # after ``stop_after_steps`` (the schedule still spans the full run).
     perturb_ulp: int = 0
     stop_after_steps: int | None = None
-    # Data parallelism (precision_suite.distributed): replicas this job trains on (an executor
+    # Data parallelism (precision_suite.execution.data_parallel): replicas this job trains on (an executor
     # reserves this many devices), and "dp-reference" for the one-process run at an N-replica
     # job's global batch that the data-parallel verdict compares against.
     world_size: int = 1
@@ -63,7 +67,7 @@ class Job:
 
         return POLICY_SPECS[self.policy].loss_scaling_mode(self.loss_scale.enabled, self.loss_scale.dynamic)
 
-    # The worker message type; ``precision_suite.speed.SpeedTask`` (a timed phase) is "speed".
+    # The worker message type; ``precision_suite.measure.speed_phase.SpeedTask`` (a timed phase) is "speed".
     kind: ClassVar[str] = "job"
     is_timed_phase: ClassVar[bool] = False
 

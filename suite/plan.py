@@ -1,14 +1,18 @@
-"""Planning: the job matrix (backend × policy × model × dataset × seed) of a config, and the
-check of its ``backends`` section against the registry before anything runs."""
+"""Planning: the job matrix (backend × policy × model × dataset × seed) of a config, the check of
+its ``backends`` section against the registry before anything runs, and the timed speed phases
+(one per framework and model) that follow the training jobs."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import importlib
+import json
+from dataclasses import dataclass, replace
 
 from precision_suite.backends import RegistryError, get_backend_class
 from precision_suite.backends.base import POLICIES
 from precision_suite.config import ConfigError, SuiteConfig, format_error
-from precision_suite.jobs import Job, job_id
+from precision_suite.jobs import BASELINE_POLICY, DP_REFERENCE, Job, job_id
+from precision_suite.measure.speed_phase import SpeedTask
 from pydantic import ValidationError
 
 
@@ -55,8 +59,6 @@ def expand_jobs(config: SuiteConfig, device: str, seeds: list[int] | None = None
                             distributed=config.distributed,
                         )
                     )
-    from precision_suite.distributed import expand_world_sizes
-
     # Noise-floor runs measure one process's own chaos: never data-parallel themselves.
     expanded = expand_world_sizes(jobs)
     return expanded + noise_floor_jobs(config, expanded)
@@ -85,8 +87,6 @@ def noise_floor_jobs(config: SuiteConfig, jobs: list[Job]) -> list[Job]:
 
 def _check_policy_models(config: SuiteConfig, policies: set[str], source: str) -> None:
     """``backends.policy_models``: policies of this run other than the baseline, models of this run."""
-    from precision_suite.compare import BASELINE_POLICY
-
     models = [model.name for model in config.models]
     for policy, names in config.backends.policy_models.items():
         where = f"{source}: backends.policy_models.{policy}"
@@ -98,7 +98,9 @@ def _check_policy_models(config: SuiteConfig, policies: set[str], source: str) -
             raise ConfigError(f"{where}: expected at least one model name")
         for j, name in enumerate(names):
             if name not in models:
-                raise ConfigError(f'{where}.{j}: no model named "{name}"; the models are: {", ".join(models)}')
+                # json.dumps: a name with a newline or a quote stays one line
+                known = ", ".join(models)
+                raise ConfigError(f"{where}.{j}: no model named {json.dumps(name)}; the models are: {known}")
 
 
 def check_backends(config: SuiteConfig, source: str) -> None:
@@ -144,9 +146,119 @@ def check_backends(config: SuiteConfig, source: str) -> None:
                 f"{source}: debug.lr_scale.{key}: not a backend/policy of this run; it has: {', '.join(sorted(rows))}"
             )
     _check_policy_models(config, {row.split("/", 1)[1] for row in rows}, source)
-    from precision_suite.distributed import config_problem as data_parallel_problem
-
     for job in expand_jobs(config, config.device):
         problem = classes[job.backend].config_problem(job) or data_parallel_problem(job)
         if problem:
             raise ConfigError(f"{source}: {job.backend} ({job.policy}): {problem}")
+
+
+# ---------------------------------------------------------------- data-parallel jobs
+@dataclass(frozen=True)
+class DataParallelImpl:
+    """How one backend runs data-parallel: its class and whether it needs one process per
+    replica (torch.distributed) or one process for all (tf.distribute.MirroredStrategy)."""
+
+    backend_class: str  # "module:Class"
+    process_per_replica: bool
+
+
+DATA_PARALLEL: dict[str, DataParallelImpl] = {
+    "torch-amp": DataParallelImpl("precision_suite.backends.torch.distributed:DdpTorchAmpBackend", True),
+    "torch-manual": DataParallelImpl("precision_suite.backends.torch.distributed:DdpTorchManualBackend", True),
+    "tf-keras": DataParallelImpl("precision_suite.backends.keras.distributed:MirroredTfKerasBackend", False),
+}
+# Variants chosen by distributed.tf_strategy.
+DATA_PARALLEL_VARIANTS: dict[tuple[str, str], DataParallelImpl] = {
+    ("tf-keras", "multi-worker"): DataParallelImpl(
+        "precision_suite.backends.keras.distributed:MultiWorkerTfKerasBackend", True
+    ),
+}
+
+
+def data_parallel_impl(job: Job) -> DataParallelImpl:
+    return DATA_PARALLEL_VARIANTS.get((job.backend, job.distributed.tf_strategy), DATA_PARALLEL[job.backend])
+
+
+def expand_world_sizes(jobs: list[Job]) -> list[Job]:
+    """Each job once per world size (id suffix ``/wsN`` for N > 1; N = 1 keeps the plain id), and
+    for each fp32 job at N > 1 of a backend that runs data-parallel the one-process reference the
+    ``data-parallel`` verdict compares it with (``replica_shards_reference``)."""
+    out: list[Job] = []
+    references: list[Job] = []
+    for job in jobs:
+        for size in job.distributed.world_sizes:
+            if size == 1:
+                out.append(job)
+                continue
+            out.append(replace(job, world_size=size, job_id=f"{job.job_id}/ws{size}"))
+            # A backend with no data-parallel variant records its N-replica jobs unavailable:
+            # nothing to compare, so no reference to run.
+            if job.policy == "fp32" and job.backend in DATA_PARALLEL:
+                references.append(replica_shards_reference(job, size))
+    return out + references
+
+
+def replica_shards_reference(job: Job, size: int) -> Job:
+    """The one-process run that ``job`` over ``size`` replicas is supposed to equal (id suffix
+    ``/ws1-batchG-shardsN``): the batch plan at the global batch G, each step's rows trained as
+    the replicas' contiguous slices in turn (``grad_accumulation`` × N micro-batches, so a
+    replica's own micro-batches stay its own), the gradients summed. Each slice's forward pass is
+    a replica's: BatchNorm normalises it with its own statistics, as the replicas do. Its running
+    statistics see every slice, replica 0's only its own: the reference's test metrics are not the
+    replicas', which the verdict does not compare (a training loss uses the batch's own
+    statistics)."""
+    global_batch = size * job.train.batch_size
+    train = job.train.model_copy(
+        update={"batch_size": global_batch, "grad_accumulation": size * job.train.grad_accumulation}
+    )
+    return replace(job, role=DP_REFERENCE, job_id=f"{job.job_id}/ws1-batch{global_batch}-shards{size}", train=train)
+
+
+def data_parallel_unavailable_reason(job: Job) -> str | None:
+    if job.world_size > 1 and job.backend not in DATA_PARALLEL:
+        return f"backend {job.backend} has no data-parallel implementation (have: {', '.join(DATA_PARALLEL)})"
+    return None
+
+
+def data_parallel_problem(job: Job) -> str | None:
+    """Why the data-parallel variant of the job's backend cannot run it as configured (checked
+    with the config, before anything runs; never imports a framework). A backend with no
+    data-parallel variant is not a config error: its N-replica jobs are recorded unavailable."""
+    if job.world_size == 1 or job.backend not in DATA_PARALLEL:
+        return None
+    problem = data_parallel_backend_class(job).config_problem(job)
+    return f"over {job.world_size} replicas: {problem}" if problem else None
+
+
+def data_parallel_backend_class(job: Job) -> type:
+    module, _, name = data_parallel_impl(job).backend_class.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+# ---------------------------------------------------------------- speed phases
+def speed_task_id(model: str, dataset: str, framework: str) -> str:
+    return f"speed/{model}/{dataset}/{framework}"
+
+
+def speed_tasks(config: SuiteConfig, jobs: list[Job]) -> list[SpeedTask]:
+    """One task per (model, framework) with an fp32 baseline and at least one other policy:
+    the first seed's jobs, the baseline the first backend (in ``backends.names`` order) that
+    runs fp32."""
+    settings = config.speed
+    seed = config.seeds_at_look(0)[0]
+    groups: dict[tuple[str, str], list[Job]] = {}
+    for job in jobs:
+        # One process per policy: data-parallel jobs, their one-process references and the
+        # one-ulp noise-floor runs are no policies of their own to time.
+        single = job.world_size == 1 and not job.role and not job.perturb_ulp
+        if job.seed == seed and single:
+            groups.setdefault((job.model.name, job.framework), []).append(job)
+    tasks = []
+    for (model, framework), members in groups.items():
+        baseline = next((j for j in members if j.policy == BASELINE_POLICY), None)
+        if baseline is None or len(members) < 2:
+            continue
+        ordered = [baseline, *(j for j in members if j is not baseline)]
+        task_id = speed_task_id(model, baseline.data.name, framework)
+        tasks.append(SpeedTask(task_id, framework, ordered, settings.rounds, settings.window_ms, settings.batch_probe))
+    return tasks

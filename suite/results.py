@@ -16,9 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from precision_suite.jobs import DP_REFERENCE
 
 SCHEMA = "precision-suite/result/v1"
 RESULTS_FILE = "results.jsonl"
+# The ``kind`` of a speed phase's record (a job's record has none).
+SPEED_KIND = "speed"
+# record["distributed"]["batchnorm"]: what the replicas' BatchNorm layers normalise with.
+BATCHNORM_NONE = "none"
+BATCHNORM_PER_REPLICA = "per-replica statistics"
 
 STATUSES = ("ok", "diverged", "oom", "crashed", "timeout", "unavailable", "error")
 # Statuses that mean the job could not produce a result for reasons that are not failures.
@@ -155,6 +161,21 @@ def is_noise_floor_run(record: dict[str, Any]) -> bool:
     return bool((record.get("config") or {}).get("perturb_ulp"))
 
 
+def world_size(record: dict[str, Any]) -> int:
+    return int(record.get("world_size") or (record.get("config") or {}).get("world_size") or 1)
+
+
+def is_dp_reference(record: dict[str, Any]) -> bool:
+    return (record.get("config") or {}).get("role") == DP_REFERENCE
+
+
+def device_label(record: dict[str, Any]) -> str:
+    """The comparison group's device: ``cpu`` for one process, ``cpu×2`` for two replicas."""
+    size = world_size(record)
+    device = str(record.get("device"))
+    return f"{device}×{size}" if size > 1 else device
+
+
 def jsonable(value: Any) -> Any:
     # JSON has no NaN/inf; a non-finite metric is written as null rather than invalid JSON.
     if isinstance(value, float) and not math.isfinite(value):
@@ -191,7 +212,7 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
 class ReadResult:
     records: list[Record] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    # Records of the timed speed phase (``"kind": "speed"``, precision_suite.speed); kept apart
+    # Records of the timed speed phase (``"kind": "speed"``, precision_suite.measure.speed_phase); kept apart
     # so readers of job records see only those.
     speed: list[Record] = field(default_factory=list)
 
@@ -214,7 +235,7 @@ def read_records(path: Path) -> ReadResult:
             if not isinstance(record, dict) or "job_id" not in record or "status" not in record:
                 out.warnings.append(f"{path}: line {number}: not a result record, skipped")
                 continue
-            (out.speed if record.get("kind") == "speed" else out.records).append(Record(record))
+            (out.speed if record.get("kind") == SPEED_KIND else out.records).append(Record(record))
     return out
 
 

@@ -90,7 +90,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_static_scan_finds_no_import_cycle():
     modules = package_modules()
-    assert "precision_suite.compare" in modules and "precision_suite.backends.base" in modules
+    assert "precision_suite.verdicts.compare" in modules and "precision_suite.backends.base" in modules
     graph = {m: module_level_imports(m, p, set(modules)) for m, p in modules.items()}
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
 

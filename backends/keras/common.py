@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from precision_suite.backends.base import EVAL_BATCH, POLICY_SPECS, Availability, Backend, MemoryStats
-from precision_suite.memory import PrecisionLayout, account_job
+from precision_suite.measure.memory import PrecisionLayout, account_job
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
@@ -419,7 +419,7 @@ class KerasBackend(Backend):
         return PrecisionLayout(param, compute, (param,), None, param)
 
     def memory_with_peak(self, peak: int | None, source: str) -> MemoryStats:
-        """The shared accounting (``precision_suite.memory``) beside what the variables really
+        """The shared accounting (``precision_suite.measure.memory``) beside what the variables really
         hold; the figure is the allocator's ``peak`` where the runtime has one (GPU), else the
         accounting (CPU)."""
         breakdown = account_job(self.job, self.data_shape, self.num_classes, self.memory_layout()).breakdown()

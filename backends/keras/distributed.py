@@ -1,9 +1,9 @@
 """Data-parallel tf-keras: ``tf.distribute.MirroredStrategy`` over N devices in one process
 (N logical CPU devices on a CPU, N GPUs on a GPU node), running the backend's own compiled step
-under ``strategy.run`` (not ``model.fit``). ``precision_suite.distributed`` launches the process.
+under ``strategy.run`` (not ``model.fit``). ``precision_suite.execution.data_parallel`` launches the process.
 
 The job this class receives has the *global* batch; replica r trains on its slice of every
-step's rows (``precision_suite.distributed.replica_slice``), with its loss divided by N because
+step's rows (``precision_suite.execution.data_parallel.replica_slice``), with its loss divided by N because
 Keras *sums* the replicas' gradients when it applies them.
 
 Replica-consistent loss scaling. Keras' ``LossScaleOptimizer`` decides "skip this step" from
@@ -48,7 +48,7 @@ def batchnorm_statistics(model: Any) -> str:
     replica its own slice's statistics, unless every BatchNorm layer is Keras' synchronized one."""
     import keras
     from precision_suite.backends.keras.models import TorchStyleBatchNorm
-    from precision_suite.distributed import BATCHNORM_NONE, BATCHNORM_PER_REPLICA
+    from precision_suite.results import BATCHNORM_NONE, BATCHNORM_PER_REPLICA
 
     norms = [
         layer
@@ -93,7 +93,7 @@ class MirroredTfKerasBackend(TfKerasBackend):
 
     def setup(self, job: Job, init_weights: dict[str, np.ndarray], data: Dataset) -> None:
         import tensorflow as tf
-        from precision_suite.distributed import ProcessFaults, fault_steps
+        from precision_suite.execution.data_parallel import ProcessFaults, fault_steps
 
         self.world_size = job.world_size
         self.per_replica = job.train.batch_size // job.world_size

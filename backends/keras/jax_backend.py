@@ -301,7 +301,7 @@ class KerasJaxBackend(KerasBackend):
     def environment(self) -> dict[str, Any]:
         import jax
         import keras
-        from precision_suite.measure import cpu_info
+        from precision_suite.measure.environment import cpu_info
 
         device_name = cpu_info()["cpu_model"] if self.job.device != "cuda" else self.device.device_kind
         return {

@@ -325,7 +325,7 @@ class TfKerasBackend(KerasBackend):
     def environment(self) -> dict[str, Any]:
         import keras
         import tensorflow as tf
-        from precision_suite.measure import cpu_info
+        from precision_suite.measure.environment import cpu_info
         from tensorflow.python.framework import config as tf_config
 
         device_name = cpu_info()["cpu_model"]

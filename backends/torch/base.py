@@ -36,8 +36,8 @@ from precision_suite.backends.base import (
 )
 from precision_suite.backends.reference.lr_schedule import lr_table
 from precision_suite.data import plan_steps
-from precision_suite.measure import cpu_info
-from precision_suite.memory import PrecisionLayout, account_job
+from precision_suite.measure.environment import cpu_info
+from precision_suite.measure.memory import PrecisionLayout, account_job
 
 if TYPE_CHECKING:
     import torch
@@ -483,7 +483,7 @@ class TorchBackendBase(Backend):
         import torch
 
         if self.device.type == "cuda":
-            from precision_suite.mfu import measure_matmul_tflops
+            from precision_suite.measure.flops import measure_matmul_tflops
 
             return measure_matmul_tflops(dtype, n=4096, iters=10, tf32=self.policy.tf32)
         n = 1024

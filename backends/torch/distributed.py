@@ -1,9 +1,9 @@
 """Data-parallel PyTorch: the torch backends under ``DistributedDataParallel``, one process per
-replica (``precision_suite.distributed`` launches them as torchrun does and owns their lifetime).
+replica (``precision_suite.execution.data_parallel`` launches them as torchrun does and owns their lifetime).
 
 The job these classes receive has the *global* batch (the suite's loop walks the one-process
 batch plan at that size); each rank keeps its slice of every step's rows
-(``precision_suite.distributed.replica_slice``). DDP all-reduces (averages) the gradients
+(``precision_suite.execution.data_parallel.replica_slice``). DDP all-reduces (averages) the gradients
 during ``backward``, so every rank's loss scaler sees the same, already-reduced gradients: an
 inf on one rank is an inf on all, and every rank makes the same skip decision (torch-amp's
 ``GradScaler.unscale_`` and torch-manual's on-device scaler alike). The loss telemetry is
@@ -13,7 +13,7 @@ takes the same divergence decision too.
 BatchNorm: every rank normalises its own slice with that slice's statistics, on every device
 (recorded as ``distributed.batchnorm``), as DDP does without ``SyncBatchNorm``: the same
 computation as tf-keras' replicas, and one the one-process reference reproduces
-(``precision_suite.distributed.replica_shards_reference``). ``SyncBatchNorm`` is not used: it
+(``precision_suite.plan.replica_shards_reference``). ``SyncBatchNorm`` is not used: it
 only runs on GPU inputs, so a run's BatchNorm would depend on its device, and torch-manual's
 fp32 hooks sit on the module objects that conversion replaces. No buffer broadcast per forward
 pass (``broadcast_buffers``/``forward_sync_buffers=False``): each rank's running statistics
@@ -79,13 +79,8 @@ class DdpMixin:
     def setup(self, job: Job, init_weights: dict[str, np.ndarray], data: Dataset) -> None:
         import torch
         import torch.distributed as dist
-        from precision_suite.distributed import (
-            BATCHNORM_NONE,
-            BATCHNORM_PER_REPLICA,
-            ProcessFaults,
-            fault_steps,
-            replica_slice,
-        )
+        from precision_suite.execution.data_parallel import ProcessFaults, fault_steps, replica_slice
+        from precision_suite.results import BATCHNORM_NONE, BATCHNORM_PER_REPLICA
         from torch.nn.parallel import DistributedDataParallel
 
         self.rank = dist.get_rank()

@@ -24,9 +24,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from precision_suite.compare import Comparison, Group, Row
 from precision_suite.outputs.rundir import versions
 from precision_suite.results import jsonable
+from precision_suite.verdicts.compare import Comparison, Group, Row
 
 BENCHMARK_FILE = "benchmark.json"
 

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from precision_suite.compare import Row, mean_ci95
+from precision_suite.verdicts.compare import Row, mean_ci95
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from precision_suite.compare import PASS, Comparison, JobNote, Verdict
 from precision_suite.results import is_job_failure
+from precision_suite.verdicts.compare import PASS, Comparison, JobNote, Verdict
 
 JUNIT_FILE = "junit.xml"
 SUITES_NAME = "precision-suite"

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from precision_suite.compare import Comparison, Row, compare
 from precision_suite.results import RESULTS_FILE, Record, latest_by_job, read_records
+from precision_suite.verdicts.compare import Comparison, Row, compare
 
 
 class RunDirError(Exception):

@@ -3,7 +3,7 @@ cells and the equivalence-table cells; the styles a rendering draws them in."""
 
 from __future__ import annotations
 
-from precision_suite.compare import (
+from precision_suite.verdicts.compare import (
     FAIL,
     FAILED,
     INCONCLUSIVE,
@@ -17,8 +17,8 @@ from precision_suite.compare import (
     Row,
     Verdict,
 )
-from precision_suite.diagnose import is_hardware_cause
-from precision_suite.stats import MAX_SUGGESTED_SEEDS
+from precision_suite.verdicts.diagnose import is_hardware_cause
+from precision_suite.verdicts.stats import MAX_SUGGESTED_SEEDS
 
 # Styles a piece of text may carry besides an outcome: a caveat on a number (emulated, noisy,
 # the seeds advice) and a name to be read literally (a job id).
@@ -106,7 +106,7 @@ SPEED_EXPLANATIONS = {
 
 
 def speed_explanation(group: Group) -> str:
-    """How the group's speedups were measured (``precision_suite.compare.row_speed``)."""
+    """How the group's speedups were measured (``precision_suite.verdicts.compare.row_speed``)."""
     sources = dict.fromkeys(row.speed_source for row in group.rows if row.speed is not None)
     parts = [SPEED_EXPLANATIONS[source] for source in sources if source in SPEED_EXPLANATIONS]
     if any(row.speed is None and row.speed_unmeasured for row in group.rows):

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from precision_suite.compare import Comparison, Group, Row
 from precision_suite.report.cells import CODE, CSS_CLASS
 from precision_suite.report.plots import Plot, make_plots
 from precision_suite.report.sections import (
@@ -26,6 +25,7 @@ from precision_suite.report.sections import (
     build_report,
     view,
 )
+from precision_suite.verdicts.compare import Comparison, Group, Row
 
 # --- files -----------------------------------------------------------------------------------
 

@@ -9,15 +9,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from precision_suite.compare import (
+from precision_suite.report.cells import FRAMEWORK_COLOURS, equivalence_rows
+from precision_suite.results import Record, is_noise_floor_run, latest_by_job
+from precision_suite.verdicts.compare import (
     FAIL,
     INCONCLUSIVE,
     PASS,
     Comparison,
     Group,
 )
-from precision_suite.report.cells import FRAMEWORK_COLOURS, equivalence_rows
-from precision_suite.results import Record, is_noise_floor_run, latest_by_job
 
 # --- plots -----------------------------------------------------------------------------------
 
@@ -210,9 +210,9 @@ def _plot_speed_memory(group: Group) -> Plot | None:
 
 
 def _plot_memory_breakdown(group: Group, by_row: dict[str, list[dict[str, Any]]]) -> Plot | None:
-    """Stacked bar per row of the framework-neutral accounting (precision_suite.memory), so a
+    """Stacked bar per row of the framework-neutral accounting (precision_suite.measure.memory), so a
     ratio is explained: which component a policy shrinks."""
-    from precision_suite.memory import COMPONENTS, breakdown_shares
+    from precision_suite.measure.memory import COMPONENTS, breakdown_shares
 
     rows, stacks = [], []
     for row in group.rows:

@@ -16,20 +16,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from precision_suite.compare import (
-    FAIL,
-    FAILED,
-    INFO,
-    NO_BASELINE,
-    PASS,
-    Comparison,
-    Group,
-    JobNote,
-    Row,
-    Verdict,
-    check_exit_code,
-)
-from precision_suite.diagnose import is_hardware_cause
 from precision_suite.report.cells import (
     CAVEAT,
     CODE,
@@ -53,7 +39,21 @@ from precision_suite.report.cells import (
 )
 from precision_suite.report.plots import Plot, slug
 from precision_suite.results import Record
-from precision_suite.scaling import SCALING_HEADER, SCALING_NOTE, scaling_cells
+from precision_suite.verdicts.compare import (
+    FAIL,
+    FAILED,
+    INFO,
+    NO_BASELINE,
+    PASS,
+    Comparison,
+    Group,
+    JobNote,
+    Row,
+    Verdict,
+    check_exit_code,
+)
+from precision_suite.verdicts.data_parallel import SCALING_HEADER, SCALING_NOTE, scaling_cells
+from precision_suite.verdicts.diagnose import is_hardware_cause
 
 TERMINAL = "terminal"
 DOCUMENTS = "documents"  # report.md and report.html, which always show the same content

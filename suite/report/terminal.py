@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from precision_suite.compare import PASS, Comparison, check_exit_code
 from precision_suite.report.cells import CAVEAT, STYLE, seeds_advice, verdict_label, verdict_style
 from precision_suite.report.sections import (
     TERMINAL,
@@ -18,6 +17,7 @@ from precision_suite.report.sections import (
     job_note_sections,
     view,
 )
+from precision_suite.verdicts.compare import PASS, Comparison, check_exit_code
 from rich import box
 from rich.console import Console
 from rich.table import Table as RichTable

@@ -37,7 +37,7 @@ def dp_job(backend: str, policy: str, world_size: int = 2, **kwargs: Any) -> Job
 
 
 def run_dp(job: Job, tmp_path: Path, timeout_s: float = 300) -> dict[str, Any]:
-    from precision_suite.distributed import run_distributed
+    from precision_suite.execution.data_parallel import run_distributed
 
     env = dict(os.environ, OMP_NUM_THREADS="2", PRECISION_SUITE_THREADS="2", TF_CPP_MIN_LOG_LEVEL="2")
     return run_distributed(job, timeout_s, tmp_path / "logs", env)
@@ -56,7 +56,7 @@ def rank_processes_left() -> list[int]:
         except OSError:
             continue
         ppid = stat.rsplit(")", 1)[1].split()[1]
-        if ppid == me and b"precision_suite.distributed" in cmdline:
+        if ppid == me and b"precision_suite.execution.data_parallel" in cmdline:
             left.append(int(entry.name))
     return left
 

@@ -31,8 +31,8 @@ def _run(code: str) -> subprocess.CompletedProcess:
 
 def test_imports_and_list_without_frameworks():
     result = _run(
-        "import precision_suite.backends, precision_suite.cli, precision_suite.runner\n"
-        "import precision_suite.compare, precision_suite.report, precision_suite.loop\n"
+        "import precision_suite.backends, precision_suite.cli, precision_suite.execution.runner\n"
+        "import precision_suite.verdicts.compare, precision_suite.report, precision_suite.measure.loop\n"
         "from precision_suite.backends import backend_names, get_backend_class\n"
         "for name in backend_names():\n"
         "    print(name, get_backend_class(name).is_available().reason)\n"

@@ -37,7 +37,7 @@ seeds: [0, 1]
 device: cpu
 runner: {job_timeout_s: 60}
 loss_scale: {enabled: false}  # the fake does not scale; its fp16 policy says so
-speed: {enabled: false}  # the runner tests test jobs; tests/suite/test_speed.py turns it on
+speed: {enabled: false}  # the runner tests test jobs; tests/suite/measure/test_speed_phase.py turns it on
 """
 
 

@@ -113,9 +113,9 @@ def test_stock_keras_misses_an_overflow_on_replica_1_and_the_backend_does_not(tm
 def test_tf_keras_fp32_over_two_replicas_passes_the_data_parallel_verdict(tmp_path, model, batchnorm):
     import numpy as np
     from precision_suite.config import validate
-    from precision_suite.loop import run_job
+    from precision_suite.measure.loop import run_job
     from precision_suite.plan import expand_jobs
-    from precision_suite.scaling import data_parallel
+    from precision_suite.verdicts.data_parallel import data_parallel
 
     raw = dp_config("tf-keras", "fp32", world_size=[1, 2], steps=20)
     raw["models"] = [model]

@@ -50,7 +50,7 @@ def test_optimizer_rules_name_exactly_the_optimizers_built():
 
 def only_backend(name: str) -> list[str]:
     """Overrides of the default config that run backend ``name`` alone."""
-    return [f"backends.names=[{name}]", "backends.policies={}", "backends.options={}"]
+    return [f"backends.names=[{name}]", "backends.policies={}", "backends.options={}", "backends.policy_models={}"]
 
 
 @pytest.mark.parametrize("name", KERAS_BACKENDS)

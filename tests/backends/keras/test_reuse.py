@@ -21,7 +21,7 @@ from precision_suite.backends.keras.common import (
     compiled_step_key,
 )
 from precision_suite.config import CnnConfig, MlpConfig, TransformerConfig
-from precision_suite.loop import run_job
+from precision_suite.measure.loop import run_job
 
 from tests.helpers.backends import assert_states_equal, make_backend, make_job, plan, tiny_data
 from tests.helpers.marks import HAS_JAX, HAS_TF, needs_jax, needs_tf

@@ -250,7 +250,7 @@ def test_gpu_allocator_peak_tf32_off_and_half_compute():
 @pytest.mark.slow
 def test_digits_mixed_policies_reach_fp32_accuracy_within_parity_tolerance():
     from precision_suite.config import load_config
-    from precision_suite.loop import run_job
+    from precision_suite.measure.loop import run_job
     from precision_suite.plan import expand_jobs
 
     every = "backends.policies={tf-keras: [fp32, fp16-mixed, bf16-mixed]}"  # the CPU default has no fp16

@@ -100,7 +100,7 @@ def _cnn_jobs(steps: int = 10) -> dict[str, object]:
 def _textbook_ddp(job, tmp_path: Path) -> dict[str, list[float]]:
     """Per-step losses of the textbook two-rank DDP loop over ``job`` (two gloo processes on
     127.0.0.1, one process group of their own, killed as a whole if they overrun)."""
-    from precision_suite.distributed import free_port
+    from precision_suite.execution.data_parallel import free_port
 
     job_path, out_path = tmp_path / "job.json", tmp_path / "textbook.json"
     job_path.write_text(json.dumps(job.to_dict()))
@@ -142,7 +142,7 @@ def _textbook_ddp(job, tmp_path: Path) -> dict[str, list[float]]:
 def _curve_record(job, curve: list[float]) -> dict[str, object]:
     """A result record of ``job`` with ``curve`` as its losses: a run outside the suite, judged
     by the suite's verdict."""
-    from precision_suite.loop import new_record
+    from precision_suite.measure.loop import new_record
 
     record = new_record(job)
     record.update(status="ok", world_size=job.world_size, curves={"train_loss": curve})
@@ -151,8 +151,8 @@ def _curve_record(job, curve: list[float]) -> dict[str, object]:
 
 
 def test_the_one_process_reference_of_a_batchnorm_model_equals_a_textbook_ddp_loop(tmp_path):
-    from precision_suite.loop import run_job
-    from precision_suite.scaling import data_parallel
+    from precision_suite.measure.loop import run_job
+    from precision_suite.verdicts.data_parallel import data_parallel
 
     jobs = _cnn_jobs()
     textbook = _textbook_ddp(jobs["replicas"], tmp_path)
@@ -215,8 +215,8 @@ def test_a_hung_collective_ends_as_timeout_with_nothing_left_running(tmp_path):
     ("model", "batchnorm"), [({"kind": "mlp", "hidden": [32]}, "none"), (SMALL_CNN, "per-replica statistics")]
 )
 def test_fp32_over_two_ranks_passes_the_data_parallel_verdict_against_the_planned_reference(tmp_path, model, batchnorm):
-    from precision_suite.loop import run_job
-    from precision_suite.scaling import data_parallel
+    from precision_suite.measure.loop import run_job
+    from precision_suite.verdicts.data_parallel import data_parallel
 
     raw = dp_config("torch-amp", "fp32", world_size=[1, 2], steps=20)
     raw["models"] = [model]

@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-from precision_suite.compare import compare
 from precision_suite.outputs.benchmark_json import benchmark_document, step_time_stats, write_benchmark_json
+from precision_suite.verdicts.compare import compare
 
 from tests.helpers.records import default_run
 

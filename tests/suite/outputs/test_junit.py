@@ -4,8 +4,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from precision_suite.compare import compare
 from precision_suite.outputs.junit import junit_xml, write_junit
+from precision_suite.verdicts.compare import compare
 
 from tests.helpers.records import default_run, make_record
 

@@ -1,0 +1,92 @@
+"""Seeds on demand: the config form, which rows get more seeds at a look, and a run end to end
+with the fake backend (a deliberately broken candidate FAILs; nothing undecided, no more seeds)."""
+
+from __future__ import annotations
+
+import pytest
+from precision_suite.cli import main
+from precision_suite.config import ConfigError, SeedRange, load_config, validate
+from precision_suite.execution.seeds_on_demand import next_look_jobs
+
+from tests.helpers.cli import read_run, run_cli
+from tests.helpers.records import make_record
+
+
+def test_seeds_accept_a_list_or_min_max():
+    assert validate({"seeds": [4, 5]}, "x.yaml").seed_looks() == (2,)
+    config = validate({"seeds": {"min": 3, "max": 10}}, "x.yaml")
+    assert isinstance(config.seeds, SeedRange)
+    assert config.seed_looks() == (3, 6, 10)
+    assert config.seeds_at_look(0) == [0, 1, 2] and config.seeds_at_look(2) == list(range(10))
+    with pytest.raises(ConfigError, match=r"seeds.max \(2\) must be >= seeds.min \(3\)"):
+        validate({"seeds": {"min": 3, "max": 2}}, "x.yaml")
+    with pytest.raises(ConfigError, match="x.yaml: seeds: min: expected a number >= 2, got 1"):
+        validate({"seeds": {"min": 1, "max": 5}}, "x.yaml")
+    with pytest.raises(ConfigError, match='x.yaml: seeds: maxx: unknown key "maxx"'):
+        validate({"seeds": {"min": 3, "maxx": 5}}, "x.yaml")
+    assert load_config(None, ["seeds={min: 2, max: 4}"]).seed_looks() == (2, 4)
+
+
+def test_only_undecided_rows_and_their_baselines_get_the_next_looks_seeds():
+    config = validate(
+        {
+            "models": [{"kind": "mlp"}],
+            "backends": {
+                "names": ["torch-amp", "torch-manual"],
+                "policies": {"torch-amp": ["fp32", "bf16-mixed", "fp16-mixed"], "torch-manual": ["bf16-mixed"]},
+            },
+            "seeds": {"min": 3, "max": 10},
+        },
+        "x.yaml",
+    )
+    records = []
+    for seed, (spread, far) in enumerate([(0.95, 0.90), (0.93, 0.90), (0.97, 0.90)]):
+        records.append(make_record("torch-amp", "fp32", seed, accuracy=0.95))
+        records.append(make_record("torch-amp", "bf16-mixed", seed, accuracy=0.95))  # PASS
+        records.append(make_record("torch-amp", "fp16-mixed", seed, accuracy=spread))  # INCONCLUSIVE
+        records.append(make_record("torch-manual", "bf16-mixed", seed, accuracy=far))  # FAIL
+    jobs = next_look_jobs(config, "cpu", 1, records)
+    assert sorted(j.job_id for j in jobs) == sorted(
+        f"mlp/digits/torch-amp/{policy}/seed{seed}" for policy in ("fp32", "fp16-mixed") for seed in (3, 4, 5)
+    )
+    assert all(j.seed_looks == (3, 6, 10) and not j.perturb_ulp for j in jobs)
+    decided = [r for r in records if r["policy"] != "fp16-mixed"]
+    assert next_look_jobs(config, "cpu", 1, decided) == []
+
+
+def test_a_broken_candidate_fails_with_seeds_on_demand(fake_backends, fake_config, tmp_path):
+    out = tmp_path / "run"
+    code = run_cli(
+        fake_config,
+        out,
+        "seeds={min: 3, max: 10}",
+        "backends.policies.fake=[fp32, fp16-mixed]",
+        "debug.lr_scale={fake/fp16-mixed: 10}",
+    )
+    records = read_run(out)
+    assert code == 1
+    broken = [r for r in records if r["policy"] == "fp16-mixed"]
+    assert all(r["config"]["train"]["optimizer"]["lr"] == pytest.approx(1e-2) for r in broken)
+    # Seeds were added look by look (3, 6, 10) only while the verdict was undecided, and the
+    # same seeds for the candidate and its baseline.
+    seeds = sorted({r["seed"] for r in broken})
+    assert len(seeds) in (3, 6, 10) and seeds == list(range(len(seeds)))
+    assert sorted({r["seed"] for r in records if r["policy"] == "fp32"}) == seeds
+    assert main(["check", str(out)]) == 1
+    assert main(["check", str(out), "--tolerance", "100"]) == 0
+
+
+def test_debug_lr_scale_names_a_row_of_the_run(fake_backends, fake_config, tmp_path):
+    code = main(["run", str(fake_config), "--out", str(tmp_path / "r"), "--set", "debug.lr_scale={fake/bf16-pure: 10}"])
+    assert code == 2
+
+
+def test_resume_with_more_seeds_runs_only_the_new_ones(fake_backends, fake_config, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(fake_config, out, "backends.policies.fake=[fp32, fp16-mixed]") == 0
+    first = {r["job_id"] for r in read_run(out)}
+    assert main(["run", "--resume", str(out), "--set", "seeds=[0, 1, 2]"]) == 0
+    records = read_run(out)
+    # Every finished job kept and not run again; only seed 2 is new.
+    assert len(records) == len({r["job_id"] for r in records}) == len(first) + 2
+    assert {r["job_id"] for r in records} - first == {"mlp/digits/fake/fp32/seed2", "mlp/digits/fake/fp16-mixed/seed2"}
