@@ -320,7 +320,7 @@ def test_every_other_import_names_an_existing_name(framework):
         if importlib.util.find_spec(framework) is None:
             pytest.skip(f"{framework} is not installed")
         refs = [ref for ref in refs if ref.module.split(".")[0] == framework]
-    wanted = sorted({(ref.module, ref.name, str(ref)) for ref in refs})
+    wanted = [(ref.module, ref.name, str(ref)) for ref in sorted(set(refs), key=str)]
     env = {**__import__("os").environ, "KERAS_BACKEND": "jax" if framework == "jax" else "tensorflow"}
     result = subprocess.run(
         [sys.executable, "-c", IMPORT_NAMES, json.dumps(wanted)], capture_output=True, text=True, timeout=600, env=env
