@@ -160,10 +160,9 @@ def measure(template: list[dict[str, Any]], sizes: list[int], repeat: int, work:
 
 
 def machine() -> str:
-    from precision_suite.measure import cpu_info
+    from precision_suite.measure import available_cores, cpu_info
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu_info()['cpu_model']}, {cores} cores available"
+    return f"{cpu_info()['cpu_model']}, {available_cores()} cores available"
 
 
 def _parser() -> argparse.ArgumentParser:

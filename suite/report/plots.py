@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import multiprocessing
-import os
 from collections import defaultdict
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from precision_suite.compare import (
     Group,
     Verdict,
 )
+from precision_suite.measure import available_cores
 from precision_suite.report.cells import FRAMEWORK_COLOURS, equivalence_rows
 from precision_suite.results import Record, is_noise_floor_run, latest_by_job
 
@@ -404,14 +404,15 @@ def draw_group(inputs: GroupPlots) -> list[Plot]:
     return [plot for plot in drawn if plot is not None]
 
 
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+# Starting a worker (a fresh interpreter importing the suite and matplotlib) costs about as much
+# as drawing this many groups, so a worker is only worth it with at least this many to draw.
+GROUPS_PER_WORKER = 2
 
 
 def plot_workers(groups: int) -> int:
-    """Worker processes for ``groups`` groups: one per available core, no more than there are
-    groups; none (draw here) for a single group, where starting a worker costs more than it saves."""
-    return 1 if groups < 2 else min(groups, available_cores())
+    """Worker processes for ``groups`` groups: one per available core and per
+    ``GROUPS_PER_WORKER`` groups; 1 means drawn in this process (a small run, or one core)."""
+    return max(1, min(available_cores(), groups // GROUPS_PER_WORKER))
 
 
 class PendingPlots:
@@ -441,7 +442,3 @@ def start_plots(comparison: Comparison, records: list[dict[str, Any]], workers: 
     """Start drawing the report's plots (``workers`` processes; default ``plot_workers``)."""
     inputs = plot_inputs(comparison, records)
     return PendingPlots(inputs, plot_workers(len(inputs)) if workers is None else workers)
-
-
-def make_plots(comparison: Comparison, records: list[dict[str, Any]], workers: int | None = None) -> list[Plot]:
-    return start_plots(comparison, records, workers).result()

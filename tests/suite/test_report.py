@@ -122,8 +122,12 @@ def test_plots_drawn_in_worker_processes_change_nothing(tmp_path):
     assert written[1] == written[2]
 
 
-@pytest.mark.parametrize(("cores", "groups", "workers"), [(2, 1, 1), (2, 2, 2), (2, 120, 2), (1, 120, 1), (16, 3, 3)])
-def test_plots_are_drawn_by_one_worker_per_core_and_group(monkeypatch, cores, groups, workers):
+@pytest.mark.parametrize(
+    ("cores", "groups", "workers"), [(2, 1, 1), (2, 3, 1), (2, 4, 2), (2, 120, 2), (1, 120, 1), (16, 9, 4)]
+)
+def test_plots_are_drawn_by_a_worker_per_core_and_two_groups(monkeypatch, cores, groups, workers):
+    """A small run is drawn in the report's own process (a worker costs as much to start as two
+    groups to draw); a large one by one worker per core."""
     monkeypatch.setattr(plots, "available_cores", lambda: cores)
     assert plots.plot_workers(groups) == workers
 
