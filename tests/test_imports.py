@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -321,9 +322,9 @@ def test_every_other_import_names_an_existing_name(framework):
             pytest.skip(f"{framework} is not installed")
         refs = [ref for ref in refs if ref.module.split(".")[0] == framework]
     wanted = [(ref.module, ref.name, str(ref)) for ref in sorted(set(refs), key=str)]
-    env = {**__import__("os").environ, "KERAS_BACKEND": "jax" if framework == "jax" else "tensorflow"}
-    result = subprocess.run(
-        [sys.executable, "-c", IMPORT_NAMES, json.dumps(wanted)], capture_output=True, text=True, timeout=600, env=env
-    )
+    env = {**os.environ, "KERAS_BACKEND": "jax" if framework == "jax" else "tensorflow"}
+    command = [sys.executable, "-c", IMPORT_NAMES, json.dumps(wanted)]
+    # From the repository root: benchmarks/ import the tests' record builder (tests.helpers).
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.splitlines()[-1]) == []
