@@ -183,9 +183,13 @@ def _report(out_dir: Path, console: Console, tolerance: float | None, write: boo
     comparison = compare.compare(records, tolerance_pts=tolerance, speed_records=read.speed)
     comparison.run_dir = str(out_dir)
     if write:
+        # The plots are nearly all of the cost: drawn in worker processes while this one prints
+        # the table and writes the CI files.
+        plots = report.start_plots(comparison, records)
         report.render_terminal(comparison, console)
-        paths = report.write_reports(out_dir, comparison, records)
-        paths[3:3] = write_ci_files(out_dir, comparison, records)
+        ci_paths = write_ci_files(out_dir, comparison, records)
+        paths = report.write_reports(out_dir, comparison, records, plots)
+        paths[3:3] = ci_paths
         console.print("reports: " + ", ".join(str(p) for p in paths), soft_wrap=True)
     else:
         report.print_verdicts(comparison, console, strict=strict)

@@ -8,5 +8,6 @@ the CLI uses (and the section model's entry points).
 """
 
 from precision_suite.report.documents import render_html, render_markdown, write_reports  # noqa: F401
+from precision_suite.report.plots import start_plots  # noqa: F401
 from precision_suite.report.sections import DOCUMENTS, TERMINAL, build_report, view  # noqa: F401
 from precision_suite.report.terminal import print_verdicts, render_terminal  # noqa: F401

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from precision_suite.report.cells import CODE, CSS_CLASS
-from precision_suite.report.plots import Plot, make_plots
+from precision_suite.report.plots import PendingPlots, Plot, start_plots
 from precision_suite.report.sections import (
     DOCUMENTS,
     Block,
@@ -210,13 +210,16 @@ def render_html(comparison: Comparison, records: list[dict[str, Any]], plots: li
     )
 
 
-def write_reports(out_dir: Path, comparison: Comparison, records: list[dict[str, Any]]) -> list[Path]:
+def write_reports(
+    out_dir: Path, comparison: Comparison, records: list[dict[str, Any]], plots: PendingPlots | None = None
+) -> list[Path]:
     """Write report.md, report.html (self-contained), summary.csv and plots/*.png into
-    ``out_dir``; returns the paths written, reports first."""
+    ``out_dir``; returns the paths written, reports first. ``plots``: the plots already being
+    drawn (``plots.start_plots``, so a caller can do other work meanwhile); else drawn here."""
     out_dir = Path(out_dir)
     plot_dir = out_dir / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
-    plots = make_plots(comparison, records)
+    plots = (plots or start_plots(comparison, records)).result()
     plot_paths = []
     for plot in plots:
         path = plot_dir / f"{plot.name}.png"

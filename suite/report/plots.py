@@ -1,23 +1,33 @@
 """The report's plots: matplotlib's object-oriented API on Agg canvases, so writing a report never
-touches pyplot's global state or needs a display."""
+touches pyplot's global state or needs a display.
+
+Drawing is nearly all of a report's cost (a few tenths of a second per plot, five or six plots per
+model group), so a run with several groups draws them in worker processes, one group per task:
+``start_plots`` starts them and returns at once, so the caller can do its other work meanwhile.
+A worker draws from the same inputs with the same code as the serial path, so the PNGs are
+byte-identical either way."""
 
 from __future__ import annotations
 
 import io
+import multiprocessing
 from collections import defaultdict
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from precision_suite.report.cells import FRAMEWORK_COLOURS, equivalence_rows
-from precision_suite.results import Record, is_noise_floor_run, latest_by_job
 from precision_suite.verdicts.compare import (
     FAIL,
     INCONCLUSIVE,
     PASS,
     Comparison,
     Group,
+    Verdict,
 )
+from precision_suite.measure.environment import available_cores
+from precision_suite.report.cells import FRAMEWORK_COLOURS, equivalence_rows
+from precision_suite.results import Record, is_noise_floor_run, latest_by_job
 
 # --- plots -----------------------------------------------------------------------------------
 
@@ -302,10 +312,10 @@ def _plot_accuracy(group: Group) -> Plot | None:
     return Plot(f"accuracy_{slug(group.key)}", f"Accuracy — {group.key}", _png(figure))
 
 
-def _plot_forest(comparison: Comparison, group: Group) -> Plot | None:
-    """One line per equivalence verdict: the interval of Δ the verdict was read from, against
-    the ±tolerance band; colour = outcome."""
-    entries = [(label, v) for label, v in equivalence_rows(comparison, group) if v.equivalence.interval is not None]
+def _plot_forest(group: Group, equivalences: list[tuple[str, Verdict]]) -> Plot | None:
+    """One line per equivalence verdict (``cells.equivalence_rows``): the interval of Δ the
+    verdict was read from, against the ±tolerance band; colour = outcome."""
+    entries = [(label, v) for label, v in equivalences if v.equivalence.interval is not None]
     if not entries:
         return None
     colours = {PASS: "#137333", FAIL: "#c5221f", INCONCLUSIVE: "#b06000"}
@@ -338,7 +348,33 @@ def slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
 
 
-def make_plots(comparison: Comparison, records: list[dict[str, Any]]) -> list[Plot]:
+# --- which plots, drawn where ----------------------------------------------------------------
+
+
+@dataclass
+class GroupPlots:
+    """What one group's plots are drawn from; small and picklable, so a worker process can draw
+    them: the group, per row label the parts of its ok records the plots read (seed order), and
+    its equivalence verdicts with their labels."""
+
+    group: Group
+    by_row: dict[str, list[dict[str, Any]]]
+    equivalences: list[tuple[str, Verdict]]
+
+
+def _plotted(record: Record) -> dict[str, Any]:
+    """The parts of a record the plots read (the rest of a record stays in the parent)."""
+    curves = record.get("curves") or {}
+    return {
+        "seed": record.get("seed"),
+        "curves": {key: curves.get(key) for key in ("step", "train_loss", "loss_scale", "skipped")},
+        "metrics": {"memory_breakdown": (record.get("metrics") or {}).get("memory_breakdown")},
+    }
+
+
+def plot_inputs(comparison: Comparison, records: list[dict[str, Any]]) -> list[GroupPlots]:
+    """One ``GroupPlots`` per group of ``comparison``, in its order: the latest ok record of
+    each job (noise-floor runs left out) under its row."""
     ok_records = [
         Record(r)
         for r in latest_by_job([r for r in records if "job_id" in r]).values()
@@ -347,18 +383,62 @@ def make_plots(comparison: Comparison, records: list[dict[str, Any]]) -> list[Pl
     by_group: dict[tuple[str, str, str], dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for record in sorted(ok_records, key=lambda r: r.get("seed") or 0):
         key = (record.model_name, record.dataset_name, record.device)
-        by_group[key][f"{record.get('backend')} {record.get('policy')}"].append(record)
-    plots = []
-    for group in comparison.groups:
-        by_row = by_group[(group.model, group.dataset, group.device)]
-        for plot in (
-            _plot_loss(group, by_row),
-            _plot_loss_scale(group, by_row),
-            _plot_speed_memory(group),
-            _plot_memory_breakdown(group, by_row),
-            _plot_accuracy(group),
-            _plot_forest(comparison, group),
-        ):
-            if plot is not None:
-                plots.append(plot)
-    return plots
+        by_group[key][f"{record.get('backend')} {record.get('policy')}"].append(_plotted(record))
+    return [
+        GroupPlots(group, dict(by_group.get(group.key_tuple, {})), equivalence_rows(comparison, group))
+        for group in comparison.groups
+    ]
+
+
+def draw_group(inputs: GroupPlots) -> list[Plot]:
+    """Every plot of one group that has something to show, in the report's order."""
+    group, by_row = inputs.group, inputs.by_row
+    drawn = (
+        _plot_loss(group, by_row),
+        _plot_loss_scale(group, by_row),
+        _plot_speed_memory(group),
+        _plot_memory_breakdown(group, by_row),
+        _plot_accuracy(group),
+        _plot_forest(group, inputs.equivalences),
+    )
+    return [plot for plot in drawn if plot is not None]
+
+
+# Starting a worker (a fresh interpreter importing the suite and matplotlib) costs about as much
+# as drawing this many groups, so a worker is only worth it with at least this many to draw.
+GROUPS_PER_WORKER = 2
+
+
+def plot_workers(groups: int) -> int:
+    """Worker processes for ``groups`` groups: one per available core and per
+    ``GROUPS_PER_WORKER`` groups; 1 means drawn in this process (a small run, or one core)."""
+    return max(1, min(available_cores(), groups // GROUPS_PER_WORKER))
+
+
+class PendingPlots:
+    """Plots being drawn: by worker processes when ``workers`` > 1 (started at construction),
+    otherwise here when ``result`` is called. ``result`` returns them in the report's order."""
+
+    def __init__(self, inputs: list[GroupPlots], workers: int) -> None:
+        self._inputs = inputs
+        self._executor: ProcessPoolExecutor | None = None
+        self._futures: list[Future[list[Plot]]] = []
+        if workers > 1 and inputs:
+            # spawn, not fork: the parent may hold threads (Ray's driver, a server) that a
+            # forked child would inherit mid-operation.
+            self._executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            self._futures = [self._executor.submit(draw_group, group_inputs) for group_inputs in inputs]
+
+    def result(self) -> list[Plot]:
+        if self._executor is None:
+            return [plot for group_inputs in self._inputs for plot in draw_group(group_inputs)]
+        try:
+            return [plot for future in self._futures for plot in future.result()]
+        finally:
+            self._executor.shutdown(cancel_futures=True)
+
+
+def start_plots(comparison: Comparison, records: list[dict[str, Any]], workers: int | None = None) -> PendingPlots:
+    """Start drawing the report's plots (``workers`` processes; default ``plot_workers``)."""
+    inputs = plot_inputs(comparison, records)
+    return PendingPlots(inputs, plot_workers(len(inputs)) if workers is None else workers)

@@ -10,6 +10,7 @@ import re
 
 import pytest
 from precision_suite import report
+from precision_suite.report import plots
 from precision_suite.verdicts.compare import compare
 from precision_suite.verdicts.data_parallel import ScalingRow
 from rich.console import Console
@@ -134,6 +135,35 @@ def test_write_reports_files(tmp_path):
     assert all(base64.b64decode(s.split(",", 1)[1]).startswith(PNG_MAGIC) for s in sources)
     assert not re.search(r'(src|href)="(https?:|//|file:)', page)
     assert "<script" not in page
+
+
+def test_plots_drawn_in_worker_processes_change_nothing(tmp_path):
+    """Drawing the plots in worker processes (as ``report`` does for several groups) writes the
+    same files, byte for byte, as drawing them here: report.md, report.html, every PNG."""
+    records = default_run(seeds=(0, 1), models=("mlp", "cnn"))
+    comparison = compare(records)
+    written = {}
+    for workers in (1, 2):
+        out = tmp_path / f"workers{workers}"
+        paths = report.write_reports(out, comparison, records, report.start_plots(comparison, records, workers))
+        written[workers] = {p.relative_to(out): p.read_bytes() for p in paths}
+    assert list(written[1]) == list(written[2])
+    assert {p.stem for p in written[1] if p.suffix == ".png"} == {
+        f"{kind}_{model}_digits_cpu"
+        for kind in ("loss", "loss_scale", "speed_memory", "accuracy", "equivalence")
+        for model in ("mlp", "cnn")
+    }
+    assert written[1] == written[2]
+
+
+@pytest.mark.parametrize(
+    ("cores", "groups", "workers"), [(2, 1, 1), (2, 3, 1), (2, 4, 2), (2, 120, 2), (1, 120, 1), (16, 9, 4)]
+)
+def test_plots_are_drawn_by_a_worker_per_core_and_two_groups(monkeypatch, cores, groups, workers):
+    """A small run is drawn in the report's own process (a worker costs as much to start as two
+    groups to draw); a large one by one worker per core."""
+    monkeypatch.setattr(plots, "available_cores", lambda: cores)
+    assert plots.plot_workers(groups) == workers
 
 
 def test_summary_csv_has_one_row_per_backend_policy(tmp_path):
