@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from precision_suite.measure.environment import available_cores
+from precision_suite.report.cells import FRAMEWORK_COLOURS, equivalence_rows
+from precision_suite.results import Record, is_noise_floor_run, latest_by_job
 from precision_suite.verdicts.compare import (
     FAIL,
     INCONCLUSIVE,
@@ -25,9 +28,6 @@ from precision_suite.verdicts.compare import (
     Group,
     Verdict,
 )
-from precision_suite.measure.environment import available_cores
-from precision_suite.report.cells import FRAMEWORK_COLOURS, equivalence_rows
-from precision_suite.results import Record, is_noise_floor_run, latest_by_job
 
 # --- plots -----------------------------------------------------------------------------------
 
