@@ -85,7 +85,8 @@ def _svg(figure: Any) -> str:
     with matplotlib.rc_context({"svg.fonttype": "none"}):  # text as text: small files
         figure.savefig(buffer, format="svg")
     text = buffer.getvalue()
-    return text[text.index("<svg") :]  # inline: no XML prolog or doctype
+    # Inline (no XML prolog or doctype); a point opens its run in the same tab, as any link here.
+    return text[text.index("<svg") :].replace(' target="_blank"', "")
 
 
 def plot_history(points: list[HistoryPoint], key: RowKey, run_url: str = "/run/") -> list[Plot]:

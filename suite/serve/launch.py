@@ -18,7 +18,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from precision_suite.backends import RegistryError
 from precision_suite.config import ConfigError, apply_overrides, load_config, parse_yaml
+from precision_suite.plan import check_backends
 from precision_suite.serve.runs import SERVE_FILE
 
 # Override keys the page accepts (a key, or a prefix followed by "."): what to run, never where
@@ -100,8 +102,10 @@ def check_config(name: str, path: Path, overrides: list[str], allow_user_code: b
             status=403,
         )
     try:
-        load_config(path, overrides)
-    except ConfigError as exc:
+        # The checks `run` makes before any job (known backends, their policies and options):
+        # backend classes import no framework.
+        check_backends(load_config(path, overrides), name)
+    except (ConfigError, RegistryError) as exc:
         raise StartError(str(exc).replace(str(path), name)) from None
 
 
