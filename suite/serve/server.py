@@ -12,6 +12,7 @@ import ipaddress
 import json
 import mimetypes
 import secrets
+import signal
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -296,6 +297,20 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def host_warning(host: str) -> str | None:
+    """What binding to ``host`` exposes, when it is not this machine's loopback."""
+    if _loopback(host):
+        return None
+    return (
+        f"serving on {host}, not 127.0.0.1: anyone who can reach this machine can read every run served "
+        "(starting a run still needs the token)"
+    )
+
+
 class ServeError(Exception):
     """Bad input to ``serve`` (one line, exit 2)."""
 
@@ -307,13 +322,14 @@ def serve(root: str, host: str, port: int, config_dirs: list[str], allow_user_co
     for folder in config_dirs:
         if not Path(folder).is_dir():
             raise ServeError(f"--configs {folder}: no such folder")
-    if not _loopback(host):
-        print(
-            f"warning: serving on {host}: anyone who can reach this machine can read every run under {root}; "
-            "starting a run still needs the token",
-            file=sys.stderr,
-        )
-    server = make_server(path, host, port, [Path(f) for f in config_dirs], allow_user_code)
+    if warning := host_warning(host):
+        print(f"warning: {warning}", file=sys.stderr)
+    try:
+        server = make_server(path, host, port, [Path(f) for f in config_dirs], allow_user_code)
+    except OSError as exc:
+        raise ServeError(f"{host}:{port}: cannot listen there: {exc.strerror or exc}") from None
+    # `kill` stops the server as Ctrl-C does: the run it started is stopped too, its records kept.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     shown = server.server_address[0] if ":" not in str(server.server_address[0]) else f"[{server.server_address[0]}]"
     base = f"http://{shown}:{server.server_address[1]}"
     print(f"precision-suite serve: {len(find_runs(path))} run(s) under {path.resolve()}")

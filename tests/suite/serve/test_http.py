@@ -182,7 +182,7 @@ def test_unknown_config_is_400(server_url):
 @pytest.fixture
 def user_code_server(tmp_path):
     """A server with a --configs folder holding configs that import user code."""
-    configs = tmp_path / "configs"
+    configs = tmp_path / "mine"
     configs.mkdir()
     (configs / "custom.yaml").write_text("models:\n  - kind: custom\n    torch: mypkg.models:build\n")
     (configs / "loader.yaml").write_text("data:\n  name: python\n  loader: mypkg.data:load\n")
@@ -205,8 +205,8 @@ def user_code_server(tmp_path):
 def test_user_code_config_is_refused(user_code_server):
     url = user_code_server(allow=False)
     _, _, page = request(url, "/start")
-    assert "configs/custom.yaml" in page  # listed: the --configs folder's configs
-    for config, key in (("configs/custom.yaml", "models.0.kind: custom"), ("configs/loader.yaml", "data.name: python")):
+    assert "mine/custom.yaml" in page  # listed: the --configs folder's configs
+    for config, key in (("mine/custom.yaml", "models.0.kind: custom"), ("mine/loader.yaml", "data.name: python")):
         status, _, text = request(url, "/start", "POST", {"config": config, "token": TOKEN})
         assert status == 403 and key in error_line(text) and "--allow-user-code" in error_line(text)
 
@@ -215,7 +215,7 @@ def test_user_code_allowed_goes_on_to_the_schema(user_code_server):
     """With the flag, the config is no longer refused for its user code (this version's schema then
     judges it: a 400 naming the key, or a start)."""
     url = user_code_server(allow=True)
-    status, _, text = request(url, "/start", "POST", {"config": "configs/loader.yaml", "token": TOKEN})
+    status, _, text = request(url, "/start", "POST", {"config": "mine/loader.yaml", "token": TOKEN})
     assert status in (303, 400) and "--allow-user-code" not in text
 
 
@@ -226,3 +226,69 @@ def test_user_code_is_found_by_its_keys():
         "data.name: python",
     ]
     assert user_code({"models": [{"kind": "mlp"}], "data": {"name": "digits"}}) == []
+
+
+def test_one_run_at_a_time(tmp_path):
+    (tmp_path / "runs").mkdir()
+    server = make_server(tmp_path / "runs", "127.0.0.1", 0, token=TOKEN)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        status, headers, _ = request(url, "/start", "POST", {"config": "smoke.yaml", "token": TOKEN})
+        assert status == 303 and headers["Location"].startswith("/run/")
+        name = headers["Location"].removeprefix("/run/")
+        started = tmp_path / "runs" / name
+        assert json.loads((started / "serve.json").read_text())["config"] == "smoke.yaml"
+        status, _, text = request(url, "/start", "POST", {"config": "smoke.yaml", "token": TOKEN})
+        assert status == 409 and name in error_line(text)
+        assert json.loads(request(url, "/api/progress")[2])["active"]["running"]
+    finally:
+        server.shutdown()
+        server.server_close()
+        server.app.launcher.stop()
+    assert server.app.launcher.active.exit_code is not None  # stopped with the server
+
+
+NO_FRAMEWORK = """
+import json, sys, threading, urllib.request, urllib.error
+from precision_suite.serve.server import make_server
+server = make_server(sys.argv[1], "127.0.0.1", 0, token="t")
+threading.Thread(target=server.serve_forever, daemon=True).start()
+base = f"http://127.0.0.1:{server.server_address[1]}"
+for path in sys.argv[2:]:
+    urllib.request.urlopen(base + path, timeout=60).read()
+data = b"config=smoke.yaml&overrides=train.epochs%3Dten&token=t"
+try:
+    urllib.request.urlopen(base + "/start", data=data, timeout=60)
+except urllib.error.HTTPError as exc:
+    assert exc.code == 400, exc.code
+server.shutdown()
+print(json.dumps(sorted(m for m in ("torch", "tensorflow", "keras", "jax", "ray") if m in sys.modules)))
+"""
+
+
+def test_the_server_imports_no_framework(runs_dir):
+    """Every page, and validating a config to start, in a fresh interpreter: no framework imported."""
+    import subprocess
+    import sys
+
+    pages = ["/", "/run/20260101-090000", "/run/20260102-090000", "/compare?old=20260101-090000&new=20260102-090000"]
+    pages += ["/history", "/history?row=mlp/digits/cpu/torch-amp/bf16-mixed", "/start", "/api/progress"]
+    out = subprocess.run(
+        [sys.executable, "-c", NO_FRAMEWORK, str(runs_dir), *pages], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_cli_serve_refuses_a_missing_folder(tmp_path):
+    from precision_suite.cli import main
+
+    assert main(["serve", str(tmp_path / "nope"), "--port", "0"]) == 2
+
+
+def test_other_hosts_warn():
+    from precision_suite.serve.server import host_warning
+
+    assert host_warning("127.0.0.1") is None and host_warning("localhost") is None and host_warning("::1") is None
+    assert "0.0.0.0" in host_warning("0.0.0.0")
