@@ -4,7 +4,9 @@ machine, never one line through two machines — drawn as SVG whose every point 
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import threading
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,14 +25,18 @@ QUANTITIES = (
     ("memory_ratio", "peak memory / fp32 (95% CI)", "memory ratio", 1.0),
 )
 SERIES_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#ff7f0e"]
+# Sections of a job's config that say what a row trained: a row whose model, data or training
+# changed between runs (the same name, another width) is another series, never the same line.
+TRAINED_KEYS = ("model", "data", "train")
 _PLOT_LOCK = threading.Lock()  # matplotlib's rcParams are global: one figure at a time
 
 
-@dataclass
+@dataclass(frozen=True)
 class HistoryPoint:
     run: str
     started: datetime
-    machine: str  # the series: host and device name
+    machine: str  # host and device name
+    trained: str  # a short hash of what the row trained (model, data, train sections of its job config)
     delta_pts: Interval
     speedup: Interval
     memory_ratio: Interval
@@ -66,9 +72,14 @@ def history(runs: list[tuple[RunSummary, RunDir]], key: RowKey) -> list[HistoryP
         memory = Interval(None)
         if base is not None and records:
             memory = ratio_interval(by_row.get(base, []), records, "peak_memory_bytes")
-        host, device = machine_of(records[0] if records else run.records[0])
+        first = records[0] if records else run.records[0]
+        host, device = machine_of(first)
+        trained = {k: (first.get("config") or {}).get(k) for k in TRAINED_KEYS}
+        digest = hashlib.sha256(json.dumps(trained, sort_keys=True, default=str).encode()).hexdigest()[:6]
         points.append(
-            HistoryPoint(summary.name, summary.started, f"{host} · {device}", _delta(row), speedup_of(row), memory)
+            HistoryPoint(
+                summary.name, summary.started, f"{host} · {device}", digest, _delta(row), speedup_of(row), memory
+            )
         )
     return points
 
@@ -90,11 +101,15 @@ def _svg(figure: Any) -> str:
 
 
 def plot_history(points: list[HistoryPoint], key: RowKey, run_url: str = "/run/") -> list[Plot]:
-    """One plot per quantity; one series (colour, line) per machine; each point a link to its run."""
+    """One plot per quantity; one series (colour, line) per machine (and per trained config, where
+    the row's model, data or training differ between runs); each point a link to its run."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
     from matplotlib.figure import Figure
 
-    machines = list(dict.fromkeys(p.machine for p in points))
+    several = len({p.trained for p in points}) > 1
+    series = {p: p.machine + (f" · config {p.trained}" if several else "") for p in points}
+    machines = list(dict.fromkeys(series.values()))
     plots = []
     with _PLOT_LOCK:
         for attribute, title, label, neutral in QUANTITIES:
@@ -104,23 +119,24 @@ def plot_history(points: list[HistoryPoint], key: RowKey, run_url: str = "/run/"
             axes.axhline(neutral, color="#999", linewidth=0.8, linestyle=":")
             for index, machine in enumerate(machines):
                 colour = SERIES_COLOURS[index % len(SERIES_COLOURS)]
-                series = [p for p in points if p.machine == machine and getattr(p, attribute).estimate is not None]
-                if not series:
+                shown = [p for p in points if series[p] == machine and getattr(p, attribute).estimate is not None]
+                if not shown:
                     continue
-                x = [p.started for p in series]
-                values = [getattr(p, attribute) for p in series]
+                x = [p.started for p in shown]
+                values = [getattr(p, attribute) for p in shown]
                 y = [v.estimate for v in values]
                 low = [v.estimate - v.low if v.defined else 0.0 for v in values]
                 high = [v.high - v.estimate if v.defined else 0.0 for v in values]
                 axes.errorbar(x, y, yerr=[low, high], color=colour, linewidth=1, capsize=3, label=machine)
                 dots = axes.scatter(x, y, color=colour, s=30, zorder=3)
-                dots.set_urls([run_url + quote(p.run) for p in series])
+                dots.set_urls([run_url + quote(p.run) for p in shown])
             axes.set_ylabel(label)
-            axes.set_title(f"{title} — {' '.join(key[3:])}", fontsize=10)
+            locator = AutoDateLocator()
+            axes.xaxis.set_major_locator(locator)
+            axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
             axes.grid(alpha=0.3)
             if machines:
                 axes.legend(fontsize=8, loc="best")
-            figure.autofmt_xdate()
             name = f"history-{attribute}"
-            plots.append(Plot(name, title, b"", svg=_svg(figure)))
+            plots.append(Plot(name, f"{title} — {' '.join(key[3:])}", b"", svg=_svg(figure)))
     return plots

@@ -221,6 +221,7 @@ def run_page(summary: RunSummary, files: Sequence[str], live_report: str | None)
         src = html.escape(file_url(summary.name, "report.html"))
         body += f'{_FIT_IFRAME}<iframe class="report" id="report" src="{src}" onload="fit(this)"></iframe>'
     else:
+        body += '<p class="info">No report.html yet: the report below is drawn from the records so far (no plots).</p>'
         body += f'<div id="live-report" data-run="{html.escape(quote(summary.name))}">{live_report}</div>'
     return page(f"Run {summary.name}", body, live=live_report is not None)
 

@@ -292,3 +292,34 @@ def test_other_hosts_warn():
 
     assert host_warning("127.0.0.1") is None and host_warning("localhost") is None and host_warning("::1") is None
     assert "0.0.0.0" in host_warning("0.0.0.0")
+
+
+def test_history_splits_machines_and_changed_configs(tmp_path):
+    """Two machines are two series; so is the same row name training another model."""
+    from datetime import datetime
+
+    from precision_suite.outputs.rundir import load_run
+    from precision_suite.serve.history import history, plot_history
+    from precision_suite.serve.runs import summarize
+
+    from tests.suite.serve.conftest import fixture_records, write_run
+
+    wider = fixture_records("alpha", 0.0)
+    for record in wider:
+        record["config"]["model"]["hidden"] = [256]
+    specs = [
+        ("a", "alpha", fixture_records("alpha", 0.0)),
+        ("b", "beta", fixture_records("beta", 0.0)),
+        ("c", "", wider),
+    ]
+    loaded = []
+    for day, (name, _, records) in enumerate(specs, start=1):
+        write_run(tmp_path, name, records, datetime(2026, 1, day))
+        loaded.append((summarize(name, load_run(tmp_path / name)), load_run(tmp_path / name)))
+    key = ("mlp", "digits", "cpu", "torch-amp", "bf16-mixed")
+    points = history(loaded, key)
+    assert [p.run for p in points] == ["a", "b", "c"]
+    assert points[0].machine != points[1].machine and points[0].machine == points[2].machine
+    assert points[0].trained != points[2].trained
+    svg = plot_history(points, key)[0].svg
+    assert svg.count("<a ") == 3 and svg.count(" · config ") == 3  # three series in the legend
