@@ -100,6 +100,18 @@ def _svg(figure: Any) -> str:
     return text[text.index("<svg") :].replace(' target="_blank"', "")
 
 
+def _clip_to_estimates(axes: Any, values: list[Interval], neutral: float) -> None:
+    """Keep the estimates readable: an interval far wider than the spread of the estimates (a
+    token speed phase of three rounds) runs off the plot rather than flattening every point."""
+    estimates = [v.estimate for v in values if v.estimate is not None]
+    if not estimates:
+        return
+    low, high = min(*estimates, neutral), max(*estimates, neutral)
+    span = max(high - low, 0.05 * max(abs(high), abs(low), 1e-9))
+    bottom, top = axes.get_ylim()
+    axes.set_ylim(max(bottom, low - span), min(top, high + span))
+
+
 def plot_history(points: list[HistoryPoint], key: RowKey, run_url: str = "/run/") -> list[Plot]:
     """One plot per quantity; one series (colour, line) per machine (and per trained config, where
     the row's model, data or training differ between runs); each point a link to its run."""
@@ -130,6 +142,7 @@ def plot_history(points: list[HistoryPoint], key: RowKey, run_url: str = "/run/"
                 axes.errorbar(x, y, yerr=[low, high], color=colour, linewidth=1, capsize=3, label=machine)
                 dots = axes.scatter(x, y, color=colour, s=30, zorder=3)
                 dots.set_urls([run_url + quote(p.run) for p in shown])
+            _clip_to_estimates(axes, [getattr(p, attribute) for p in points], neutral)
             axes.set_ylabel(label)
             locator = AutoDateLocator()
             axes.xaxis.set_major_locator(locator)

@@ -137,7 +137,7 @@ def runs_table(summaries: Sequence[RunSummary], running: str | None) -> Table:
         [
             Cell(plain(s.started.strftime("%Y-%m-%d %H:%M:%S"))),
             Cell((Span(s.name, CODE, href=run_url(s.name)),)),
-            Cell(plain(s.config or "—")),
+            Cell(plain(s.config) if s.config else (Span(", ".join(sorted(s.models)) or "—", INFO),)),
             Cell(plain(f"{s.machine} · {s.device}")),
             Cell((Span(s.git_commit[:12], CODE),)),
             Cell((_count(s.jobs_ok, PASS), Span(" / "), _count(s.jobs_failed, FAIL))),
@@ -206,7 +206,9 @@ def runs_page(summaries: Sequence[RunSummary], filters: dict[str, str], running:
 def run_page(summary: RunSummary, files: Sequence[str], live_report: str | None) -> str:
     """The run's links, and its report.html (or, before it is written, the report drawn from the
     records so far, refreshed as they arrive)."""
-    links = [Item((Span(f, CODE, href=file_url(summary.name, f)),)) for f in files]
+    links: list[Span] = []
+    for f in files:
+        links += [Span(" · ")] * bool(links) + [Span(f, CODE, href=file_url(summary.name, f))]
     facts = (
         f"started {summary.started:%Y-%m-%d %H:%M:%S} · config {summary.config or '—'} · {summary.machine} · "
         f"{summary.device} · commit {summary.git_commit} · jobs ok {summary.jobs_ok}, failed {summary.jobs_failed}"
@@ -214,7 +216,7 @@ def run_page(summary: RunSummary, files: Sequence[str], live_report: str | None)
     history = Span("history of its rows", href="/history?" + urlencode({"run": summary.name}))
     sections = [
         Section("", [Paragraph(plain(facts), INFO), Paragraph((history,))]),
-        Section("Files", [Bullets(links)]),
+        Section("Files", [Paragraph(tuple(links))]),
     ]
     body = draw(sections) + '<p id="progress" class="info"></p><h2>Report</h2>'
     if live_report is None:

@@ -36,16 +36,17 @@ def inside(root: Path, relative: str) -> Path | None:
 
 
 def find_runs(root: Path) -> list[str]:
-    """Every run directory (one holding ``results.jsonl``) under ``root``, as paths relative to
-    it, never following a link out of it."""
+    """Every run directory (one holding ``results.jsonl``, or a run the server started that has
+    no record yet) under ``root``, as paths relative to it, never following a link out of it."""
     found = []
     base = os.path.realpath(root)
     for folder, dirs, files in os.walk(base):
         depth = os.path.relpath(folder, base).count(os.sep) + (folder != base)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and depth < MAX_DEPTH)
-        if RESULTS_FILE in files:
+        marker = RESULTS_FILE if RESULTS_FILE in files else SERVE_FILE if SERVE_FILE in files else None
+        if marker:
             relative = os.path.relpath(folder, base)
-            if relative != "." and inside(root, os.path.join(relative, RESULTS_FILE)):
+            if relative != "." and inside(root, os.path.join(relative, marker)):
                 found.append(relative.replace(os.sep, "/"))
     return found
 
@@ -169,8 +170,10 @@ class RunCache:
     def get(self, name: str) -> RunDir | str:
         """The run, or why it cannot be read (one line)."""
         path = inside(self.root, name)
-        if path is None or not (path / RESULTS_FILE).is_file():
+        if path is None or not path.is_dir():
             return f"{name}: no such run"
+        if not (path / RESULTS_FILE).is_file():
+            return "no record yet"
         key = stamp(path)
         with self._lock:
             cached = self._runs.get(name)

@@ -25,11 +25,21 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from precision_suite.outputs import diff
 from precision_suite.outputs.rundir import RunDir, RunDirError
 from precision_suite.report.documents import render_html
-from precision_suite.results import RESULTS_FILE
+from precision_suite.results import RESULTS_FILE, read_records
 from precision_suite.serve import pages
 from precision_suite.serve.history import history, parse_row_id, plot_history, row_keys
 from precision_suite.serve.launch import ALLOWED_OVERRIDES, Launcher, StartError
-from precision_suite.serve.runs import REPORT_FILE, RUN_FILES, RunCache, find_runs, inside, stamp, summarize, unreadable
+from precision_suite.serve.runs import (
+    REPORT_FILE,
+    RUN_FILES,
+    SERVE_FILE,
+    RunCache,
+    find_runs,
+    inside,
+    stamp,
+    summarize,
+    unreadable,
+)
 
 REQUEST_TIMEOUT_S = 30  # a client that stops sending is dropped, never holds a thread for ever
 MAX_FORM_BYTES = 64 * 1024
@@ -66,9 +76,8 @@ class ServeApp:
         line = ""
         if state is not None:
             path = self.root / state["name"]
-            results = path / RESULTS_FILE
-            lines = results.read_text(errors="replace").splitlines() if results.exists() else []
-            statuses = [json.loads(text).get("status") for text in lines if text.strip().startswith("{")]
+            read = read_records(path / RESULTS_FILE)
+            statuses = [r.status for r in read.records + read.speed]
             done = f"{len(statuses)} record(s): ok {statuses.count('ok')}, other {len(statuses) - statuses.count('ok')}"
             if state["running"]:
                 line = f"running {state['name']} ({state['elapsed_s']:.0f} s): {done}"
@@ -163,8 +172,7 @@ class Handler(BaseHTTPRequestHandler):
         if route.startswith("/run/"):
             return self._run(unquote(route[len("/run/") :]).rstrip("/"))
         if route.startswith("/fragment/report/"):
-            run = self._load(unquote(route[len("/fragment/report/") :]))
-            return run and self._send(200, pages.report_body(render_html(run.comparison, run.records, [])))
+            return self._live_report(unquote(route[len("/fragment/report/") :]))
         if route.startswith("/files/"):
             return self._file(unquote(route[len("/files/") :]))
         if route == "/compare":
@@ -180,20 +188,25 @@ class Handler(BaseHTTPRequestHandler):
             )
         return self._error(404, "no such page")
 
-    def _load(self, name: str) -> RunDir | None:
-        run = self.app.runs.get(name) if inside(self.app.root, name) else None
-        if isinstance(run, RunDir):
-            return run
-        self._error(404, f"{name}: no such run")
-        return None
-
-    def _run(self, name: str) -> None:
+    def _is_run(self, name: str) -> Path | None:
         path = inside(self.app.root, name)
-        if path is None or not (path / RESULTS_FILE).is_file():
-            return self._error(404, f"{name}: no such run")
+        return path if path is not None and ((path / RESULTS_FILE).is_file() or (path / SERVE_FILE).is_file()) else None
+
+    def _live_report(self, name: str) -> None:
+        if self._is_run(name) is None:
+            return self._error(404, f"{html.escape(name)}: no such run")
         run = self.app.runs.get(name)
         if isinstance(run, str):
-            summary, live = unreadable(name, path, run), f'<p class="info">{run}</p>'
+            return self._send(200, f'<p class="info">{html.escape(run)}</p>')
+        self._send(200, pages.report_body(render_html(run.comparison, run.records, [])))
+
+    def _run(self, name: str) -> None:
+        path = self._is_run(name)
+        if path is None:
+            return self._error(404, f"{html.escape(name)}: no such run")
+        run = self.app.runs.get(name)
+        if isinstance(run, str):
+            summary, live = unreadable(name, path, run), f'<p class="info">{html.escape(run)}</p>'
         else:
             summary = summarize(name, run)
             live = (
@@ -236,7 +249,7 @@ class Handler(BaseHTTPRequestHandler):
         key = parse_row_id(row)
         points = history(loaded, key) if key else []
         if key is None or not points:
-            return self._error(404, f"{row}: no run has this row")
+            return self._error(404, f"{html.escape(row)}: no run has this row")
         self._send(200, pages.history_page(key, points, plot_history(points, key)))
 
     # --- POST --------------------------------------------------------------------------------------
