@@ -239,6 +239,9 @@ def test_one_run_at_a_time(tmp_path):
         name = headers["Location"].removeprefix("/run/")
         started = tmp_path / "runs" / name
         assert json.loads((started / "serve.json").read_text())["config"] == "smoke.yaml"
+        # its page and its row exist before its first record (the page follows it from there)
+        assert request(url, headers["Location"])[0] == 200
+        assert f">{name}<" in request(url, "/")[2]
         status, _, text = request(url, "/start", "POST", {"config": "smoke.yaml", "token": TOKEN})
         assert status == 409 and name in error_line(text)
         assert json.loads(request(url, "/api/progress")[2])["active"]["running"]
