@@ -97,6 +97,17 @@ def _add_output_commands(sub: Any) -> None:
     advise = sub.add_parser("advise", help="which precision policy to use, from DIR's measurements")
     advise.add_argument("dir")
 
+    serve = sub.add_parser("serve", help="a local web page over a folder of runs: list, report, diff, history, start")
+    serve.add_argument("dir", nargs="?", default="runs", help="the folder of runs (default: runs/)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free one)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others warn)")
+    serve.add_argument("--configs", action="append", default=[], metavar="DIR", help="more configs to start")
+    serve.add_argument(
+        "--allow-user-code",
+        action="store_true",
+        help="let the page start configs that import your code (kind: custom models, data.name: python)",
+    )
+
 
 def _load_run_config(args: argparse.Namespace):
     from precision_suite.config import load_config
@@ -236,6 +247,15 @@ def cmd_advise(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace, console: Console) -> int:
+    from precision_suite.serve.server import ServeError, serve
+
+    try:
+        return serve(args.dir, args.host, args.port, args.configs, args.allow_user_code)
+    except ServeError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def devices_seen() -> list[str]:
     """Devices visible without importing a framework: the CPU, and NVIDIA GPUs if any."""
     from precision_suite.measure.environment import cpu_info
@@ -281,6 +301,7 @@ COMMANDS = {
     "export": cmd_export,
     "diff": cmd_diff,
     "advise": cmd_advise,
+    "serve": cmd_serve,
 }
 
 

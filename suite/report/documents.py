@@ -141,7 +141,7 @@ def render_markdown(comparison: Comparison, records: list[dict[str, Any]], plots
 
 # --- report.html -----------------------------------------------------------------------------
 
-_HTML_STYLE = """
+HTML_STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1300px; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
@@ -160,7 +160,7 @@ def _css(style: str) -> str:
     return f' class="{CSS_CLASS.get(style, "info")}"' if style else ""
 
 
-def _html_text(spans: Spans) -> str:
+def html_text(spans: Spans) -> str:
     out = []
     for span in spans:
         text = html.escape(span.text)
@@ -168,29 +168,33 @@ def _html_text(spans: Spans) -> str:
             text = f"<code>{text}</code>"
         elif span.style:
             text = f"<span{_css(span.style)}>{text}</span>"
+        if span.href:
+            text = f'<a href="{html.escape(span.href)}">{text}</a>'
         out.append(text)
     return "".join(out)
 
 
-def _html_block(block: Block) -> str:
+def html_block(block: Block) -> str:
     if isinstance(block, Table):
         caption = f"<p>{html.escape(block.caption)}</p>\n" if block.caption else ""
         rows = ["<tr>" + "".join(f"<th>{html.escape(c.header)}</th>" for c in block.columns) + "</tr>"]
-        rows += ["<tr>" + "".join(f"<td>{_html_text(c.spans)}</td>" for c in row) + "</tr>" for row in block.rows]
+        rows += ["<tr>" + "".join(f"<td>{html_text(c.spans)}</td>" for c in row) + "</tr>" for row in block.rows]
         return caption + "\n".join(["<table>", *rows, "</table>"])
     if isinstance(block, Paragraph):
-        return f"<p{_css(block.style)}>{_html_text(block.spans)}</p>"
+        return f"<p{_css(block.style)}>{html_text(block.spans)}</p>"
     if isinstance(block, Bullets):
         items = [
-            f"<li><span{_css(item.marker)}>{_html_text(item.spans)}</span></li>"
+            f"<li><span{_css(item.marker)}>{html_text(item.spans)}</span></li>"
             if item.marker
-            else f"<li>{_html_text(item.spans)}</li>"
+            else f"<li>{html_text(item.spans)}</li>"
             for item in block.items
         ]
         return "\n".join(["<ul>", *items, "</ul>"])
     assert isinstance(block, Image)
-    data = base64.b64encode(block.plot.png).decode("ascii")
     title = html.escape(block.plot.title)
+    if block.plot.svg:
+        return f'<figure>{block.plot.svg}<figcaption>{title}</figcaption></figure>'
+    data = base64.b64encode(block.plot.png).decode("ascii")
     return f'<figure><img alt="{title}" src="data:image/png;base64,{data}"><figcaption>{title}</figcaption></figure>'
 
 
@@ -202,11 +206,11 @@ def render_html(comparison: Comparison, records: list[dict[str, Any]], plots: li
     ]
     for section in view(report.sections, DOCUMENTS):
         body.append(f"<h2{_css(section.style)}>{html.escape(section.title)}</h2>")
-        body += [_html_block(block) for block in section.blocks]
+        body += [html_block(block) for block in section.blocks]
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(report.title)}</title>"
-        f"<style>{_HTML_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+        f"<style>{HTML_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
 
 

@@ -37,6 +37,7 @@ class Plot:
     name: str  # file stem
     title: str
     png: bytes
+    svg: str = ""  # drawn inline instead of the PNG where set (serve's history plots: each point a link)
 
 
 def _new_figure(width: float, height: float) -> Any:

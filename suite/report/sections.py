@@ -67,6 +67,7 @@ class Span:
 
     text: str
     style: str = ""
+    href: str = ""  # a link (report.html and serve's pages draw it; the terminal and report.md do not)
 
 
 Spans = tuple[Span, ...]
