@@ -7,7 +7,8 @@ cannot arise); ``runner.isolation: per-job`` starts a fresh process for every jo
 
 The dispatch goes through an executor: ``Executor`` runs jobs one at a time in local worker
 processes; ``runner.executor: ray`` fans them out over a Ray cluster
-(``precision_suite.ray_executor``). Both take a list of jobs and stream records back as jobs
+(``precision_suite.ray_executor``), ``slurm`` over Slurm job arrays (``precision_suite.slurm_executor``).
+All take a list of jobs and stream records back as jobs
 finish; the runner is the only writer of results.jsonl.
 """
 
@@ -459,6 +460,10 @@ def make_executor(config: SuiteConfig, out_dir: Path) -> JobExecutor:
         from precision_suite.ray_executor import RayExecutor
 
         return RayExecutor(config, out_dir)
+    if config.runner.executor == "slurm":
+        from precision_suite.slurm_executor import SlurmExecutor
+
+        return SlurmExecutor(config, out_dir)
     return Executor(config, out_dir)
 
 
