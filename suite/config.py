@@ -265,9 +265,13 @@ class SlurmConfig(_Strict):
     # CPUs per replica (a job of world size N asks N times as many); its thread count unless runner.threads.
     cpus_per_task: PositiveInt = 1
     mem_gb: PositiveFloat | None = None
-    # GPUs of one node: a GPU job asks one per replica; a data-parallel job over more replicas
-    # than this spans ceil(N / gpus_per_node) nodes. null: every replica on one node.
+    # GPUs of one node: a GPU job (device cuda, or auto with this set) asks one per replica; a
+    # data-parallel job over more replicas than this spans nodes, one Slurm task per rank.
     gpus_per_node: PositiveInt | None = None
+    # Ranks per node of a data-parallel job run as Slurm tasks (one task per rank; torch env:// and
+    # TF_CONFIG from the Slurm environment). null: gpus_per_node where the job needs more GPUs
+    # than that, else one task on one node whose ranks the suite's own launcher starts.
+    tasks_per_node: PositiveInt | None = None
     # Array tasks running at once (sbatch --array=0-K%P); on cluster local, jobs running at once.
     array_parallelism: PositiveInt = 256
     # Timed jobs get a node of their own (sbatch --exclusive); false only where the partition
@@ -281,7 +285,7 @@ class SlurmConfig(_Strict):
     @classmethod
     def _not_a_named_key(cls, extra: dict[str, Any]) -> dict[str, Any]:
         named = {"partition", "account", "qos", "timeout_min", "time", "cpus_per_task", "mem_gb", "mem"}
-        named |= {"gpus_per_node", "array_parallelism", "exclusive", "folder", "cluster"}
+        named |= {"gpus_per_node", "tasks_per_node", "nodes", "array_parallelism", "exclusive", "folder", "cluster"}
         clash = sorted(set(extra) & named)
         if clash:
             raise ValueError(f"{', '.join(clash)}: set with its own runner.slurm key, not in extra")

@@ -99,6 +99,14 @@ def job_world_size(job: Job) -> int:
     return int(getattr(job, "world_size", 1) or 1)
 
 
+def rank_per_process(job: Job) -> bool:
+    """Whether the job's data-parallel implementation runs one process per replica (torch DDP,
+    tf-keras multi-worker), so that Slurm can start its ranks as tasks."""
+    from precision_suite.distributed import DATA_PARALLEL, data_parallel_impl
+
+    return job.backend in DATA_PARALLEL and data_parallel_impl(job).process_per_replica
+
+
 @dataclass(frozen=True)
 class SlurmResources:
     """What one job asks Slurm for: ``nodes`` × ``tasks_per_node`` tasks (one task per job, except a
@@ -116,16 +124,18 @@ class SlurmResources:
         world = job_world_size(job)
         on_gpu = job.device == "cuda" or (job.device == "auto" and settings.gpus_per_node is not None)
         exclusive = job.timed and settings.exclusive_timing
-        per_node = settings.gpus_per_node
-        if world > 1 and on_gpu and per_node is not None and world > per_node:
+        per_node = settings.tasks_per_node
+        if per_node is None and on_gpu and settings.gpus_per_node is not None and world > settings.gpus_per_node:
+            per_node = settings.gpus_per_node
+        if world > 1 and per_node is not None and rank_per_process(job):
             nodes = math.ceil(world / per_node)
             if world % nodes:
                 raise ConfigError(
-                    f"runner.slurm.gpus_per_node: {job.job_id} has {world} replicas, which do not split evenly "
-                    f"over {nodes} nodes of {per_node} GPUs; choose a world size that is a multiple of the nodes"
+                    f"runner.slurm: {job.job_id} has {world} replicas, which do not split evenly over {nodes} "
+                    f"nodes of {per_node} ranks; choose a world size that is a multiple of the nodes"
                 )
             ranks = world // nodes
-            return cls(nodes, ranks, settings.cpus_per_task, ranks, exclusive)
+            return cls(nodes, ranks, settings.cpus_per_task, ranks if on_gpu else 0, exclusive)
         return cls(1, 1, settings.cpus_per_task * world, world if on_gpu else 0, exclusive)
 
     @property
@@ -148,39 +158,41 @@ def default_timeout_min(config: SuiteConfig) -> float:
     return math.ceil((config.runner.job_timeout_s + WORKER_START_TIMEOUT_S + SUBMITIT_SIGNAL_DELAY_S) / 60)
 
 
+# What submitit's local executor takes besides the shared names (its update_parameters docstring).
+LOCAL_PARAMETERS = frozenset({"signal_delay_s", "visible_gpus", "setup", "stderr_to_stdout"})
+
+
 def executor_parameters(config: SuiteConfig, resources: SlurmResources, name: str) -> dict[str, Any]:
-    """Everything ``AutoExecutor.update_parameters`` gets for one array: the shared names, then
-    the cluster's own (prefixed with its name, as AutoExecutor wants them)."""
+    """Everything one array's executor gets: for Slurm, ``AutoExecutor.update_parameters``'
+    shared names and the Slurm ones prefixed ``slurm_`` (as AutoExecutor wants them); for the
+    local cluster, ``LocalExecutor.update_parameters``' own (it takes fractions of a minute)."""
     settings = config.runner.slurm
-    cluster = settings.cluster
     timeout_min = settings.timeout_min or default_timeout_min(config)
-    params: dict[str, Any] = {"name": name, **resources.parameters()}
+    if settings.cluster == "local":
+        local = {"timeout_min": timeout_min, "tasks_per_node": resources.tasks_per_node, "nodes": 1}
+        return {**local, "gpus_per_node": resources.gpus_per_node, **settings.extra}
+    params: dict[str, Any] = {"name": name, **resources.parameters(), "timeout_min": math.ceil(timeout_min)}
     if settings.mem_gb is not None:
         params["mem_gb"] = settings.mem_gb
-    if cluster == "slurm":
-        params["timeout_min"] = math.ceil(timeout_min)  # Slurm counts whole minutes
-        params["slurm_array_parallelism"] = settings.array_parallelism
-        for key in ("partition", "account", "qos"):
-            if getattr(settings, key) is not None:
-                params[f"slurm_{key}"] = getattr(settings, key)
-        if resources.exclusive:
-            params["slurm_exclusive"] = True
-        # A rank that fails ends its job's other ranks at once (they would wait on its collectives).
-        if resources.multi_task:
-            params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
-    else:
-        params["local_timeout_min"] = timeout_min  # the local executor takes fractions of a minute
-    params.update({f"{cluster}_{key}": value for key, value in settings.extra.items()})
+    params["slurm_array_parallelism"] = settings.array_parallelism
+    for key in ("partition", "account", "qos"):
+        if getattr(settings, key) is not None:
+            params[f"slurm_{key}"] = getattr(settings, key)
+    if resources.exclusive:
+        params["slurm_exclusive"] = True
+    # A rank that fails ends its job's other ranks at once (they would wait on its collectives).
+    if resources.multi_task:
+        params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
+    params.update({f"slurm_{key}": value for key, value in settings.extra.items()})
     return params
 
 
 def check_extra(config: SuiteConfig) -> None:
     """``runner.slurm.extra`` names only parameters submitit's executor of the cluster knows."""
-    from submitit.core import plugins
+    from submitit.slurm.slurm import SlurmExecutor as SubmititSlurmExecutor
 
     settings = config.runner.slurm
-    executors = plugins.get_executors()
-    known = executors[settings.cluster]._valid_parameters() | {"timeout_min", "signal_delay_s", "setup"}
+    known = LOCAL_PARAMETERS if settings.cluster == "local" else SubmititSlurmExecutor._valid_parameters()
     unknown = sorted(set(settings.extra) - known)
     if unknown:
         raise ConfigError(
@@ -373,7 +385,10 @@ class SlurmExecutor:
 
     # -- submission
     def _executor(self, resources: SlurmResources, name: str) -> Any:
-        executor = self.submitit.AutoExecutor(folder=self.folder / "%j", cluster=self.config.runner.slurm.cluster)
+        if self.config.runner.slurm.cluster == "local":
+            executor = self.submitit.LocalExecutor(folder=self.folder / "%j")
+        else:
+            executor = self.submitit.AutoExecutor(folder=self.folder / "%j", cluster="slurm")
         try:
             executor.update_parameters(**executor_parameters(self.config, resources, name))
         except (NameError, ValueError, AssertionError) as exc:
@@ -458,8 +473,11 @@ class SlurmExecutor:
             self._last_query = now
             states = slurm_states(sorted({s.handle.job_id.split("_")[0] for s in self.outstanding}))
             for submitted in self.outstanding:
+                array_id = submitted.handle.job_id.split("_")[0]
                 state, nodes = states.get(submitted.handle.job_id, ("", ""))
-                if not state:
+                if not state and array_id in states:
+                    state = "PENDING"  # a pending array is one line for all its tasks ("0-7%2")
+                elif not state:
                     try:
                         state = str(submitted.handle.state)  # sacct, where accounting is on
                     except Exception:
@@ -563,7 +581,7 @@ class SlurmExecutor:
             arrays = sorted({s.handle.job_id.split("_")[0] for s in self.outstanding})
             if arrays:
                 try:
-                    subprocess.run(["scancel", *arrays], timeout=SLURM_COMMAND_TIMEOUT_S, check=False)
+                    subprocess.check_output(["scancel", *arrays], timeout=SLURM_COMMAND_TIMEOUT_S)
                 except (OSError, subprocess.SubprocessError) as exc:
                     self.warnings.append(f"scancel {' '.join(arrays)} failed: {one_line(exc)}; cancel them by hand")
         else:
@@ -601,15 +619,12 @@ def slurm_states(array_ids: list[str]) -> dict[str, tuple[str, str]]:
     states: dict[str, tuple[str, str]] = {}
     for array_id in array_ids:
         try:
-            out = subprocess.run(
-                ["scontrol", "show", "job", "-o", array_id],
-                capture_output=True,
-                text=True,
-                timeout=SLURM_COMMAND_TIMEOUT_S,
+            out = subprocess.check_output(
+                ["scontrol", "show", "job", "-o", array_id], timeout=SLURM_COMMAND_TIMEOUT_S, stderr=subprocess.DEVNULL
             )
         except (OSError, subprocess.SubprocessError):
             continue
-        for line in out.stdout.splitlines():
+        for line in out.decode(errors="replace").splitlines():
             fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
             if "JobId" not in fields:
                 continue
@@ -618,4 +633,5 @@ def slurm_states(array_ids: list[str]) -> dict[str, tuple[str, str]]:
                 key = f"{fields['ArrayJobId']}_{fields['ArrayTaskId']}"
             nodes = fields.get("NodeList", "")
             states[key] = (fields.get("JobState", ""), "" if nodes == "(null)" else nodes)
+            states.setdefault(array_id, ("", ""))  # Slurm knows the job, in some state
     return states
