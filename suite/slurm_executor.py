@@ -64,9 +64,12 @@ SLURM_QUERY_EVERY_S = 5.0
 SLURM_COMMAND_TIMEOUT_S = 30.0
 # A job Slurm says has ended may still be writing its result pickle (a shared file system lags).
 RESULT_GRACE_S = 15.0
-# submitit's default delay between its signal and Slurm's time limit, kept in the default time limit.
-SUBMITIT_SIGNAL_DELAY_S = 90
+# submitit's default delay between its signal and Slurm's time limit, and Slurm's resolution in
+# sending it (up to 60 s early): both kept free in the default time limit.
+SUBMITIT_SIGNAL_DELAY_S = 90 + 60
 STARTED_DIR = "started"
+# How long a rank waits for rank 0's job file, and rank 0 for the other ranks' reports.
+RANK_FILES_WAIT_S = 60.0
 # Slurm states after which a job runs no more, and the record status each one gives.
 ENDED_STATES = {
     "TIMEOUT": "timeout",
@@ -285,32 +288,33 @@ def rank_environment(job_env: Any, port: int) -> dict[str, str]:
 
 def run_rank_on_node(job: Job, config: SuiteConfig, run_log_dir: str, board_dir: str, gpus: int) -> Any:
     """The body of one task of a data-parallel job spread over Slurm tasks: this task's rank of
-    the job (``python -m precision_suite.distributed``). Rank 0 returns the record, the others None."""
+    the job (``python -m precision_suite.distributed``, as the suite's launcher starts it). Rank 0
+    returns the job's record, the other ranks None. Every rank of a node sees the node's GPUs
+    (torch picks ``LOCAL_RANK``'s); a CPU job sees none."""
     import submitit
     from precision_suite import distributed
+    from precision_suite.runner import worker_environment
     from submitit.helpers import TorchDistributedEnvironment
 
     job_env = submitit.JobEnvironment()
     rank = job_env.global_rank
     placement = node_placement(job, gpus)
-    work = Path(board_dir).parent / "ranks" / _slug(job.job_id) / str(job_env.job_id)
+    work = Path(board_dir).parent / "ranks" / str(job_env.job_id)
     work.mkdir(parents=True, exist_ok=True)
-    job_path = work / "job.json"
+    job_path, result_path = work / "job.json", work / "record.json"
     if rank == 0:
         _write_json(Path(board_dir) / f"{_slug(job.job_id)}.json", placement.to_dict())
         _write_json(job_path, job.to_dict())
-    result_path = work / "record.json"
-    port = TorchDistributedEnvironment().master_port
-    env = dict(Executor(config, Path(run_log_dir)).env)
-    env.update(rank_environment(job_env, port))
+    env = worker_environment(config, config.runner.threads or config.runner.slurm.cpus_per_task)
+    env.update(rank_environment(job_env, TorchDistributedEnvironment().master_port))
     env.update({distributed.RESULT_FILE_ENV: str(result_path), distributed.REPLICAS_ENV: str(job.world_size)})
-    if gpus:
-        env["CUDA_VISIBLE_DEVICES"] = str(job_env.local_rank)
-    deadline = time.monotonic() + 60
+    env["CUDA_VISIBLE_DEVICES"] = placement.cuda_visible_devices or ""
+    deadline = time.monotonic() + RANK_FILES_WAIT_S
     while not job_path.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     log = Path(run_log_dir) / f"{_slug(job.job_id)}.rank{rank}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    timeout_s = config.runner.job_timeout_s
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "precision_suite.distributed", str(job_path)],
@@ -320,29 +324,45 @@ def run_rank_on_node(job: Job, config: SuiteConfig, run_log_dir: str, board_dir:
             env=env,
         )
     try:
-        code = proc.wait(timeout=config.runner.job_timeout_s)
+        code = proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        raise TimeoutError(f"rank {rank} exceeded runner.job_timeout_s={config.runner.job_timeout_s:g}s") from None
+        code = None
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
     if rank != 0:
         return None
     placement.finished_at = time.time()
-    if not result_path.exists():
-        return None if code == 0 else {"rank_exit_code": code}
-    record = json.loads(result_path.read_text())
-    replicas = (record.get("distributed") or {}).get("replicas") or []
-    if len(replicas) < job.world_size:
-        # Ranks that could only report their own replicas wrote them beside the record.
-        for other in range(1, job_env.num_tasks):
-            path = result_path.with_name(f"replicas.rank{other}.json")
-            if path.exists():
-                replicas.extend(json.loads(path.read_text()))
-        record.setdefault("distributed", {})["replicas"] = sorted(replicas, key=lambda r: r.get("rank", 0))
+    if code is None:
+        message = f"exceeded runner.job_timeout_s={timeout_s:g}s over {job.world_size} replicas; rank 0 killed"
+        record = failed_record(job, "timeout", message)
+    elif not result_path.exists():
+        record = failed_record(job, "crashed", f"rank 0 of {job.world_size} exited with code {code} and no record")
+        record["stderr_tail"] = _tail(log)
+    else:
+        record = json.loads(result_path.read_text())
+        _add_other_ranks(record, result_path, job_env.num_tasks, job.world_size)
     record["placement"] = placement.to_dict()
     return record
+
+
+def _add_other_ranks(record: dict[str, Any], result_path: Path, tasks: int, world_size: int) -> None:
+    """Where each process could only report its own replicas, the other ranks wrote theirs beside
+    the record (``precision_suite.distributed``); they may still be writing them."""
+    report = record.get("distributed") or {}
+    replicas = report.get("replicas") or []
+    if len(replicas) >= world_size or record.get("status") not in ("ok", "diverged"):
+        return
+    paths = [result_path.with_name(f"replicas.rank{other}.json") for other in range(1, tasks)]
+    deadline = time.monotonic() + RANK_FILES_WAIT_S
+    while not all(p.exists() for p in paths) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for path in paths:
+        if path.exists():
+            replicas.extend(json.loads(path.read_text()))
+    report["replicas"] = sorted(replicas, key=lambda r: r.get("rank", 0))
+    record["distributed"] = report
 
 
 # ---------------------------------------------------------------- the driver
@@ -354,6 +374,12 @@ class _Submitted:
     ended_seen_at: float | None = None  # driver clock: when Slurm first said it ended
     slurm_state: str = ""
     node_list: str = ""
+
+    @property
+    def rank0(self) -> Any:
+        """The submitit job of the task that returns the record (the job itself unless it has
+        several tasks: a data-parallel job whose ranks are tasks)."""
+        return self.handle.task(0)
 
 
 @dataclass
@@ -462,7 +488,7 @@ class SlurmExecutor:
 
     # -- watching
     def _finished(self) -> list[_Submitted]:
-        done = [s for s in self.outstanding if s.handle.paths.result_pickle.exists()]
+        done = [s for s in self.outstanding if s.rank0.paths.result_pickle.exists()]
         if self.config.runner.slurm.cluster == "local":
             done += [s for s in self.outstanding if s not in done and s.handle.done()]
             for submitted in done:
@@ -484,7 +510,9 @@ class SlurmExecutor:
                         state = "UNKNOWN"
                 submitted.slurm_state, submitted.node_list = state, nodes or submitted.node_list
                 ended = state.split()[0].upper() in ENDED_STATES if state else False
-                if ended and submitted.ended_seen_at is None:
+                if not ended:
+                    submitted.ended_seen_at = None  # requeued (preempted): it runs again
+                elif submitted.ended_seen_at is None:
                     submitted.ended_seen_at = now
         return done + [
             s
@@ -526,9 +554,9 @@ class SlurmExecutor:
         )
         result: Any = None
         outcome = "missing"
-        if handle.paths.result_pickle.exists():
+        if submitted.rank0.paths.result_pickle.exists():
             try:
-                outcome, result = self.submitit.core.utils.pickle_load(handle.paths.result_pickle)
+                outcome, result = self.submitit.core.utils.pickle_load(submitted.rank0.paths.result_pickle)
             except Exception as exc:
                 outcome, result = "error", f"unreadable result: {one_line(exc)}"
         if outcome == "success" and isinstance(result, dict) and "status" in result:
@@ -557,18 +585,20 @@ class SlurmExecutor:
             trace = str(result)
             if "timed-out" in trace or "has timed out" in trace:
                 limit = self.config.runner.slurm.timeout_min or default_timeout_min(self.config)
-                message = f"{where}{node} reached its time limit (runner.slurm.timeout_min={limit:g}); state {state}"
+                message = (
+                    f"{where}{node} reached its time limit (runner.slurm.timeout_min={limit:g}): stopped by "
+                    f"submitit's signal before the end, not requeued (Slurm state then: {state})"
+                )
                 return failed_record(job, "timeout", message)
             last = [ln for ln in trace.strip().splitlines() if ln.strip()]
             record = failed_record(job, "crashed", f"{where}{node} failed (state {state}): {last[-1] if last else ''}")
             record["stderr_tail"] = "\n".join(last[-15:])
             return record
-        if outcome == "success":  # a rank task without a record
-            detail = f": rank 0 exited with code {result['rank_exit_code']}" if isinstance(result, dict) else ""
-            return failed_record(job, "crashed", f"{where}{node} ended without a record{detail}")
+        if outcome == "success":  # not a record: cannot come from the suite's task bodies
+            return failed_record(job, "crashed", f"{where}{node} returned no record: {str(result)[:200]!r}")
         status = ENDED_STATES.get(state, "crashed")
         record = failed_record(job, status, f"{where}{node} ended with no result: Slurm state {state}")
-        tail = _tail(submitted.handle.paths.stderr)
+        tail = _tail(submitted.rank0.paths.stderr)
         if tail:
             record["stderr_tail"] = tail
         return record

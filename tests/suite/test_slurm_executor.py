@@ -358,3 +358,90 @@ def test_ranks_of_a_data_parallel_job_get_their_rendezvous_from_the_task_environ
     assert [c["task"]["index"] for c in configs] == [0, 1]
     assert configs[0]["cluster"] == configs[1]["cluster"] and len(configs[0]["cluster"]["worker"]) == 2
     assert all(w.startswith("127.0.0.1:") for w in configs[0]["cluster"]["worker"])
+
+
+# --- slow: the smoke config, on submitit's local executor and on a real one-node Slurm ----------
+
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
+
+
+def _outcome(out: Path) -> dict[str, str]:
+    """Every job of a run (training jobs and speed phases) and its final status."""
+    from precision_suite.results import latest_by_job, read_records
+
+    read = read_records(out / "results.jsonl")
+    return {job_id: record["status"] for job_id, record in latest_by_job(read.records + read.speed).items()}
+
+
+@pytest.fixture(scope="module")
+def smoke_on_the_local_executor(tmp_path_factory) -> dict[str, str]:
+    out = tmp_path_factory.mktemp("smoke") / "local"
+    assert main(["run", str(SMOKE), "--out", str(out)]) == 0
+    return _outcome(out)
+
+
+@pytest.mark.slow
+@needs_submitit
+def test_the_smoke_config_on_a_local_cluster_matches_the_local_executor(smoke_on_the_local_executor, tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", str(SMOKE), "--out", str(out), *sum((["--set", o] for o in ON_LOCAL), [])]) == 0
+    outcome = _outcome(out)
+    assert outcome == smoke_on_the_local_executor
+    assert set(outcome.values()) == {"ok"}
+    placements = [r["placement"] for r in read_run(out)]
+    assert {p["executor"] for p in placements} == {"slurm"}
+
+
+@pytest.mark.slow
+@needs_submitit
+def test_the_smoke_config_through_real_sbatch_on_a_one_node_slurm(smoke_on_the_local_executor, tmp_path, monkeypatch):
+    from tests.helpers.slurm_cluster import missing_reason, one_node_slurm
+
+    reason = missing_reason()
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path / "run"
+    with one_node_slurm(tmp_path / "slurm") as env:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        code = main(["run", str(SMOKE), "--out", str(out), "--set", "runner.executor=slurm"])
+        records = read_run(out)
+    assert code == 0, [(r["job_id"], r["status"], r["error"]) for r in records]
+    outcome = _outcome(out)
+    assert outcome == smoke_on_the_local_executor
+    for record in records:
+        placement = record["placement"]
+        assert placement["executor"] == "slurm" and placement["node_id"] == "localhost"
+        assert placement["slurm_job_id"].split("_")[0].isdigit()  # an id Slurm gave
+        if placement["timed"]:  # sbatch --exclusive: the node to itself
+            assert placement["concurrent_jobs_on_node"] == 1
+    scripts = [p.read_text() for p in (out / "logs" / "slurm").rglob("*_submission.sh")]
+    assert scripts and all("#SBATCH --exclusive" in s for s in scripts)  # smoke's jobs are all timed
+
+
+@pytest.mark.slow
+@needs_submitit
+def test_torch_ddp_ranks_as_tasks_on_a_local_cluster_match_the_suites_launcher(tmp_path):
+    """runner.slurm.tasks_per_node=2: the two ranks of a torch DDP job are two submitit tasks
+    (env:// rendezvous from rank_environment), and give the launcher's verdict inputs."""
+    pytest.importorskip("torch")
+    from precision_suite.config import validate
+    from precision_suite.plan import expand_jobs
+    from precision_suite.runner import Executor
+    from precision_suite.slurm_executor import SlurmExecutor
+
+    from tests.helpers.data_parallel import dp_config
+
+    raw = dp_config("torch-amp", "fp32", world_size=2, steps=6)
+    raw["runner"].update(executor="slurm", slurm={"cluster": "local", "tasks_per_node": 2})
+    config = validate(raw, "test")
+    (job,) = [j for j in expand_jobs(config, "cpu") if j.world_size == 2]
+    (on_tasks,) = _run(SlurmExecutor(config, tmp_path / "slurm"), [job])
+    (launched,) = _run(Executor(config, tmp_path / "local"), [job])
+    assert on_tasks["status"] == launched["status"] == "ok", on_tasks.get("error")
+    assert on_tasks["distributed"]["world_size"] == 2
+    ranks = on_tasks["distributed"]["replicas"]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    # The same replicas compute the same thing, whoever started them.
+    assert on_tasks["curves"]["train_loss"] == launched["curves"]["train_loss"]
+    assert (tmp_path / "slurm" / "logs" / "slurm-jobs").glob("*.rank1.log")
