@@ -147,12 +147,10 @@ class SlurmResources:
 
     def parameters(self) -> dict[str, Any]:
         """submitit's ``update_parameters`` arguments for these resources."""
-        return {
-            "nodes": self.nodes,
-            "tasks_per_node": self.tasks_per_node,
-            "cpus_per_task": self.cpus_per_task,
-            "gpus_per_node": self.gpus_per_node,
-        }
+        params = {"nodes": self.nodes, "tasks_per_node": self.tasks_per_node, "cpus_per_task": self.cpus_per_task}
+        if self.gpus_per_node:  # no --gpus-per-node=0: a partition without GRES may refuse any GPU option
+            params["gpus_per_node"] = self.gpus_per_node
+        return params
 
 
 def default_timeout_min(config: SuiteConfig) -> float:

@@ -417,6 +417,7 @@ def test_the_smoke_config_through_real_sbatch_on_a_one_node_slurm(smoke_on_the_l
             assert placement["concurrent_jobs_on_node"] == 1
     scripts = [p.read_text() for p in (out / "logs" / "slurm").rglob("*_submission.sh")]
     assert scripts and all("#SBATCH --exclusive" in s for s in scripts)  # smoke's jobs are all timed
+    assert not [s for s in scripts if "--gpus-per-node" in s]  # device: cpu asks for no GPU
 
 
 @pytest.mark.slow
