@@ -301,6 +301,7 @@ def run_rank_on_node(job: Job, config: SuiteConfig, run_log_dir: str, board_dir:
     work.mkdir(parents=True, exist_ok=True)
     job_path, result_path = work / "job.json", work / "record.json"
     if rank == 0:
+        Path(board_dir).mkdir(parents=True, exist_ok=True)
         _write_json(Path(board_dir) / f"{_slug(job.job_id)}.json", placement.to_dict())
         _write_json(job_path, job.to_dict())
     env = worker_environment(config, config.runner.threads or config.runner.slurm.cpus_per_task)
