@@ -296,22 +296,22 @@ def test_cancel_stops_every_job_and_its_processes(fake_backends, fake_config, tm
         fake_config, *ON_LOCAL, "runner.accuracy_only=true", FP32, "backends.options.fake={hang_at_step: 2}"
     )
     executor = SlurmExecutor(config, tmp_path)
-    records = executor.run_jobs(jobs, lambda *_: None)
     pids: set[int] = set()
     try:
+        assert executor.submit(jobs) == []
         deadline = time.monotonic() + 60
         while len(list(executor.board_dir.glob("*.json"))) < 2 and time.monotonic() < deadline:
-            executor._finished()  # nothing finishes; the jobs start
             time.sleep(0.2)
         assert len(list(executor.board_dir.glob("*.json"))) == 2, "the jobs never started"
+        time.sleep(1.0)  # past the start marker: the worker runs, hung at its step
         for submitted in executor.outstanding:
             controller = submitted.handle._process.pid
             pids |= {controller} | _descendants(controller)
         assert len(pids) >= 6  # per job: controller, submitit task, worker
         executor.kill_all()
+        assert executor.outstanding == []
     finally:
         executor.close()
-        records.close()
     deadline = time.monotonic() + 20
     while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
