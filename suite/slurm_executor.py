@@ -405,6 +405,7 @@ class SlurmExecutor:
         self.board_dir = self.folder / STARTED_DIR
         self.outstanding: list[_Submitted] = []
         self.waiting: list[Job] = []  # cluster local: admitted by the driver, not yet submitted
+        self.refused: list[dict[str, Any]] = []  # records of jobs sbatch refused, not yet yielded
         self.spans: dict[str, list[tuple[float, float, bool]]] = {}  # finished jobs by node: (start, end, timed)
         self._last_query = 0.0
 
@@ -462,21 +463,18 @@ class SlurmExecutor:
             if any(j.timed for j in running) or (job.timed and running) or len(running) >= limit:
                 return
             self.waiting.pop(0)
-            refused = self.submit([job])
-            if refused:
-                self._refused.extend(refused)
+            self.refused.extend(self.submit([job]))
 
     def run_jobs(self, jobs: list[Job], progress: JobProgressFn) -> Iterator[dict[str, Any]]:
         """Submit ``jobs``, then yield records in the order the jobs finish."""
-        self._refused: list[dict[str, Any]] = []
         if self.config.runner.slurm.cluster == "local":
             self.waiting.extend(jobs)
             self._admit_locally()
         else:
-            self._refused.extend(self.submit(jobs))
-        while self.outstanding or self.waiting or self._refused:
-            while self._refused:
-                yield self._refused.pop(0)
+            self.refused.extend(self.submit(jobs))
+        while self.outstanding or self.waiting or self.refused:
+            while self.refused:
+                yield self.refused.pop(0)
             for submitted in self._finished():
                 self.outstanding.remove(submitted)
                 yield self._record(submitted)
@@ -606,6 +604,7 @@ class SlurmExecutor:
     def kill_all(self) -> None:
         """Cancel every outstanding job (Ctrl-C): each array once, by its array id."""
         self.waiting.clear()
+        self.refused.clear()
         if self.config.runner.slurm.cluster == "slurm":
             arrays = sorted({s.handle.job_id.split("_")[0] for s in self.outstanding})
             if arrays:

@@ -199,6 +199,25 @@ def test_a_data_parallel_job_beyond_a_node_is_one_slurm_job_of_one_task_per_rank
     assert submitted.handle.num_tasks == 4
 
 
+@needs_submitit
+def test_an_array_sbatch_refuses_is_each_jobs_error_record(fake_backends, fake_config, tmp_path):
+    from precision_suite.slurm_executor import SlurmExecutor
+    from submitit.slurm.test_slurm import mocked_slurm
+
+    config, jobs = _jobs(fake_config, "runner.executor=slurm", FP32, "runner.slurm.partition=nope")
+
+    def refuse(args):
+        raise RuntimeError("sbatch: error: invalid partition specified: nope")
+
+    with mocked_slurm() as mock:
+        mock.known_cmds.append("sbatch")
+        mock.sbatch = refuse
+        records = list(SlurmExecutor(config, tmp_path).run_jobs(jobs, lambda *_: None))
+    assert sorted(r["job_id"] for r in records) == sorted(j.job_id for j in jobs)
+    assert {r["status"] for r in records} == {"error"}
+    assert all("invalid partition specified: nope" in r["error"] and "\n" not in r["error"] for r in records)
+
+
 # --- submitit's local executor: real processes -------------------------------------------------
 
 
