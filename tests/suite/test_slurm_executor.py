@@ -222,12 +222,14 @@ def test_an_array_sbatch_refuses_is_each_jobs_error_record(fake_backends, fake_c
 
 
 @needs_submitit
-def test_same_jobs_and_statuses_as_the_local_executor(fake_backends, fake_config, tmp_path):
+def test_same_jobs_and_statuses_as_the_local_executor_and_a_timed_job_runs_alone(fake_backends, fake_config, tmp_path):
     from precision_suite.runner import Executor
     from precision_suite.slurm_executor import SlurmExecutor
 
     faults = "backends.options.fake={raise_at_step: 3, fault_seeds: [1]}"
-    config, jobs = _jobs(fake_config, *ON_LOCAL, "runner.accuracy_only=true", FP32, faults)
+    config, jobs = _jobs(fake_config, *ON_LOCAL, FP32, faults)
+    # A timed job and an accuracy-only one: either could run beside the other, the timing must not.
+    jobs = [dataclasses.replace(job, timed=job.seed == 0) for job in jobs]
     local = _run(Executor(config, tmp_path / "local"), jobs)
     on_slurm = _run(SlurmExecutor(config, tmp_path / "slurm"), jobs)
     assert {r["job_id"]: r["status"] for r in on_slurm} == {r["job_id"]: r["status"] for r in local}
@@ -242,31 +244,10 @@ def test_same_jobs_and_statuses_as_the_local_executor(fake_backends, fake_config
         job_folder = tmp_path / "slurm" / "logs" / "slurm" / placement["slurm_job_id"]
         assert (job_folder / f"{placement['slurm_job_id']}_0_result.pkl").exists()
         assert (job_folder / f"{placement['slurm_job_id']}_0_log.err").exists()
-    # Accuracy-only jobs ran side by side (the two seeds overlapped in time).
-    a, b = (r["placement"] for r in on_slurm)
-    assert a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"]
-    assert max(r["placement"]["concurrent_jobs_on_node"] for r in on_slurm) == 2
-
-
-@needs_submitit
-def test_timed_jobs_run_one_at_a_time_on_a_local_cluster(fake_backends, fake_config, tmp_path):
-    from precision_suite.slurm_executor import SlurmExecutor
-
-    # A timed job and an accuracy-only one: either could run beside the other, the timing must not.
-    config, jobs = _jobs(fake_config, *ON_LOCAL, FP32)
-    jobs = [dataclasses.replace(job, timed=job.seed == 0) for job in jobs]
-    records = _run(SlurmExecutor(config, tmp_path), jobs)
-    assert all(r["status"] == "ok" for r in records), [r["error"] for r in records]
-    for record in records:
-        if not record["placement"]["timed"]:
-            continue
-        assert record["placement"]["concurrent_jobs_on_node"] == 1
-        assert record["placement"]["concurrent_timed_jobs_on_node"] == 1
-        mine = record["placement"]
-        for other in records:
-            theirs = other["placement"]
-            if other is not record:
-                assert theirs["finished_at"] <= mine["started_at"] or mine["finished_at"] <= theirs["started_at"]
+    timed, shared = by_seed[0]["placement"], by_seed[1]["placement"]
+    assert timed["timed"] and not shared["timed"]
+    assert timed["concurrent_jobs_on_node"] == 1 and timed["concurrent_timed_jobs_on_node"] == 1
+    assert timed["finished_at"] <= shared["started_at"] or shared["finished_at"] <= timed["started_at"]
 
 
 @needs_submitit
@@ -321,7 +302,8 @@ def test_cancel_stops_every_job_and_its_processes(fake_backends, fake_config, tm
         deadline = time.monotonic() + 60
         while len(list(executor.board_dir.glob("*.json"))) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert len(list(executor.board_dir.glob("*.json"))) == 2, "the jobs never started"
+        # Both accuracy-only jobs started while the other hangs: they run side by side.
+        assert len(list(executor.board_dir.glob("*.json"))) == 2, "the jobs never started side by side"
         time.sleep(1.0)  # past the start marker: the worker runs, hung at its step
         for submitted in executor.outstanding:
             controller = submitted.handle._process.pid
