@@ -565,7 +565,6 @@ class SlurmExecutor:
             placement = Placement("slurm", submitted.node_list, submitted.node_list, job.timed, None).to_dict()
             placement["concurrent_jobs_on_node"] = 0
         if placement is not None:
-            placement.setdefault("slurm_job_id", handle.job_id)
             placement["slurm_job_id"] = placement.get("slurm_job_id") or handle.job_id
             if placement.get("finished_at") is None and placement.get("started_at") is not None:
                 placement["finished_at"] = time.time()  # the task never said: when the driver gave it up
