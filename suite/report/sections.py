@@ -50,7 +50,7 @@ from precision_suite.report.cells import (
     verdict_label,
     verdict_style,
 )
-from precision_suite.report.plots import Plot, slug
+from precision_suite.report.plots import Plot
 from precision_suite.results import Record
 from precision_suite.scaling import SCALING_HEADER, SCALING_NOTE, scaling_cells
 
@@ -307,7 +307,7 @@ def _group_section(comparison: Comparison, group: Group, plots: Sequence[Plot]) 
                 only=DOCUMENTS,
             )
         )
-    blocks += [Image(plot) for plot in plots if plot.name.endswith(slug(group.key))]
+    blocks += [Image(plot) for plot in plots if plot.group == group.key]
     return Section(group_title(group), blocks)
 
 
