@@ -37,6 +37,7 @@ class Plot:
     name: str  # file stem
     title: str
     png: bytes
+    group: str = ""  # the key of the group it shows (a name's suffix is not: "big_mlp" ends in "mlp")
     svg: str = ""  # drawn inline instead of the PNG where set (serve's history plots: each point a link)
 
 
@@ -111,7 +112,7 @@ def _plot_loss(group: Group, by_row: dict[str, list[dict[str, Any]]]) -> Plot | 
     axes.set_title(f"Training loss — {group.key}")
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=7, ncol=2)
-    return Plot(f"loss_{slug(group.key)}", f"Training loss — {group.key}", _png(figure))
+    return Plot(f"loss_{slug(group.key)}", f"Training loss — {group.key}", _png(figure), group.key)
 
 
 def _plot_loss_scale(group: Group, by_row: dict[str, list[dict[str, Any]]]) -> Plot | None:
@@ -155,7 +156,7 @@ def _plot_loss_scale(group: Group, by_row: dict[str, list[dict[str, Any]]]) -> P
     axes.set_title(f"Loss scale — {group.key} (× = skipped step)")
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return Plot(f"loss_scale_{slug(group.key)}", f"Loss scale — {group.key}", _png(figure))
+    return Plot(f"loss_scale_{slug(group.key)}", f"Loss scale — {group.key}", _png(figure), group.key)
 
 
 def _bar_labels(group: Group) -> list[str]:
@@ -217,7 +218,7 @@ def _plot_speed_memory(group: Group) -> Plot | None:
     source = " / ".join(sorted({r.memory_source for r in rows if r.memory_source})) or "?"
     memory_axes.set_title(f"Peak memory ({source})", fontsize=9)
     figure.suptitle(f"Speed and memory — {group.key}")
-    return Plot(f"speed_memory_{slug(group.key)}", f"Speed and memory — {group.key}", _png(figure))
+    return Plot(f"speed_memory_{slug(group.key)}", f"Speed and memory — {group.key}", _png(figure), group.key)
 
 
 def _plot_memory_breakdown(group: Group, by_row: dict[str, list[dict[str, Any]]]) -> Plot | None:
@@ -254,7 +255,7 @@ def _plot_memory_breakdown(group: Group, by_row: dict[str, list[dict[str, Any]]]
     title = f"Memory by component — {group.key}"
     axes.set_title("weights, gradients, optimizer state, master copies, saved activations", fontsize=9)
     figure.suptitle(title)
-    return Plot(f"memory_breakdown_{slug(group.key)}", title, _png(figure))
+    return Plot(f"memory_breakdown_{slug(group.key)}", title, _png(figure), group.key)
 
 
 def _plot_accuracy(group: Group) -> Plot | None:
@@ -310,7 +311,7 @@ def _plot_accuracy(group: Group) -> Plot | None:
     axes.grid(True, axis="y", alpha=0.3)
     if axes.get_legend_handles_labels()[0]:
         axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return Plot(f"accuracy_{slug(group.key)}", f"Accuracy — {group.key}", _png(figure))
+    return Plot(f"accuracy_{slug(group.key)}", f"Accuracy — {group.key}", _png(figure), group.key)
 
 
 def _plot_forest(group: Group, equivalences: list[tuple[str, Verdict]]) -> Plot | None:
@@ -342,7 +343,9 @@ def _plot_forest(group: Group, equivalences: list[tuple[str, Verdict]]) -> Plot 
     axes.set_title(f"Equivalence — {group.key}", fontsize=9)
     axes.grid(True, axis="x", alpha=0.3)
     axes.legend(fontsize=7, loc="best")
-    return Plot(f"equivalence_{slug(group.key)}", f"Equivalence (Δ, CI, ±tolerance) — {group.key}", _png(figure))
+    return Plot(
+        f"equivalence_{slug(group.key)}", f"Equivalence (Δ, CI, ±tolerance) — {group.key}", _png(figure), group.key
+    )
 
 
 def slug(text: str) -> str:

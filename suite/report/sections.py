@@ -37,7 +37,7 @@ from precision_suite.report.cells import (
     verdict_label,
     verdict_style,
 )
-from precision_suite.report.plots import Plot, slug
+from precision_suite.report.plots import Plot
 from precision_suite.results import Record
 from precision_suite.verdicts.compare import (
     FAIL,
@@ -328,7 +328,7 @@ def _group_section(comparison: Comparison, group: Group, plots: Sequence[Plot]) 
                 only=DOCUMENTS,
             )
         )
-    blocks += [Image(plot) for plot in plots if plot.name.endswith(slug(group.key))]
+    blocks += [Image(plot) for plot in plots if plot.group == group.key]
     return Section(group_title(group), blocks)
 
 

@@ -11,6 +11,7 @@ import re
 import pytest
 from precision_suite import report
 from precision_suite.report import plots
+from precision_suite.report.sections import Image
 from precision_suite.verdicts.compare import compare
 from precision_suite.verdicts.data_parallel import ScalingRow
 from rich.console import Console
@@ -164,6 +165,18 @@ def test_plots_are_drawn_by_a_worker_per_core_and_two_groups(monkeypatch, cores,
     groups to draw); a large one by one worker per core."""
     monkeypatch.setattr(plots, "available_cores", lambda: cores)
     assert plots.plot_workers(groups) == workers
+
+
+def test_each_section_shows_its_own_groups_plots():
+    """A model whose name ends another's ("mlp", "big_mlp") gets its own plots only."""
+    records = [make_record("torch-amp", "fp32", 0, model=model) for model in ("mlp", "big_mlp")]
+    comparison = compare(records)
+    drawn = [plots.Plot(f"loss_{m}_digits_cpu", m, PNG_MAGIC, f"{m}/digits/cpu") for m in ("mlp", "big_mlp")]
+    shown = {
+        section.title.split(" ")[0]: [block.plot.name for block in section.blocks if isinstance(block, Image)]
+        for section in report.view(report.build_report(comparison, records, drawn).sections, report.DOCUMENTS)
+    }
+    assert shown["mlp"] == ["loss_mlp_digits_cpu"] and shown["big_mlp"] == ["loss_big_mlp_digits_cpu"]
 
 
 def test_summary_csv_has_one_row_per_backend_policy(tmp_path):
