@@ -120,13 +120,7 @@ class Handler(BaseHTTPRequestHandler):
         was pointed at 127.0.0.1 (DNS rebinding) reads nothing."""
         if not self.app.loopback:
             return True
-        host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]")
-        if host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
+        return _loopback((self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]"))
 
     def _query(self) -> dict[str, str]:
         return {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
