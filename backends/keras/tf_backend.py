@@ -221,7 +221,11 @@ class TfKerasBackend(KerasBackend):
                 logits = model(x[k * micro : (k + 1) * micro], training=True)
                 loss = self._loss(tf, logits, y[k * micro : (k + 1) * micro])
                 scaled = optimizer.scale_loss(loss / divisor if divisor > 1 else loss)
-            micro_grads = tape.gradient(scaled, tvars)
+            # An embedding's gradient comes as IndexedSlices; made dense, as torch's is (and as
+            # the torch-rule optimizers' arithmetic needs).
+            micro_grads = [
+                tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in tape.gradient(scaled, tvars)
+            ]
             grads = micro_grads if grads is None else [a + b for a, b in zip(grads, micro_grads, strict=True)]
             loss_sum += loss
         return grads, loss_sum
