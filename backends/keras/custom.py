@@ -71,7 +71,7 @@ def load_keras_weights(model: Any, weights: dict[str, np.ndarray], what: str) ->
         var.assign(np.asarray(value).astype(var.dtype))
 
 
-def convert_torch_state(keras: Any, model: CustomModelConfig, state: dict[str, np.ndarray], target: Any) -> None:
+def convert_torch_state(model: CustomModelConfig, state: dict[str, np.ndarray], target: Any) -> None:
     """Run the user's converter on ``target`` (every weight set to NaN first) and check that it set
     every weight, and with finite values: ``UserCodeError`` naming the first one it did not."""
     converter = resolve_import(str(model.convert), f"models ({model.name}): convert")
@@ -106,7 +106,7 @@ def keras_initial_weights(
 
         state = torch_initial_state(model, input_shape, num_classes, seed)
         target = call_keras_factory(keras, model, input_shape, num_classes, "float32")
-        convert_torch_state(keras, model, state, target)
+        convert_torch_state(model, state, target)
         return keras_weights(target)
     keras.utils.set_random_seed(seed)
     return keras_weights(call_keras_factory(keras, model, input_shape, num_classes, "float32"))
@@ -183,7 +183,7 @@ def check_keras_model(
     if model.convert is not None:
         from precision_suite.backends.torch.custom import torch_initial_state
 
-        convert_torch_state(keras, model, torch_initial_state(model, input_shape, num_classes, 0), built)
+        convert_torch_state(model, torch_initial_state(model, input_shape, num_classes, 0), built)
     try:
         out = keras_forward(built, x)
     except Exception as exc:

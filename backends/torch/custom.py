@@ -80,17 +80,6 @@ def torch_forward(module: nn.Module, x: np.ndarray) -> np.ndarray:
     return out.float().numpy()
 
 
-def saved_activation_bytes(module: nn.Module, x: Any) -> int:
-    """Bytes autograd saves for backward in one fp32 forward of ``x`` (parameters excluded)."""
-    from precision_suite.backends.torch.base import ActivationCounter
-
-    counter = ActivationCounter(list(module.parameters()))
-    with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
-        module(x).float().sum().backward()
-    module.zero_grad(set_to_none=True)
-    return counter.bytes
-
-
 def check_torch_model(model: CustomModelConfig, x: np.ndarray, expected: tuple[int, ...], num_classes: int) -> Any:
     """Before any job: the factory's module and one forward pass on the rows ``x``, whose output must
     have shape ``expected``; returns that output, or the exception the factory itself raised (a job
