@@ -67,6 +67,18 @@ def test_a_config_with_import_strings_gets_its_folder_and_the_cwd_on_its_python_
     assert load_config(root / "plain.yaml").python_path == []
 
 
+def test_worker_processes_get_the_python_path(user_dir, monkeypatch):
+    """Local workers, data-parallel ranks and Ray jobs all start from ``worker_environment``."""
+    from precision_suite.execution.local import worker_environment
+
+    root, name = user_dir
+    monkeypatch.setenv("PYTHONPATH", "/already/there")
+    config = load_config(_config(root, name))
+    env = worker_environment(config)
+    assert env["PYTHONPATH"].split(":") == [*config.python_path, "/already/there"]
+    assert str(root) in config.python_path
+
+
 def test_an_import_string_that_does_not_resolve_names_the_string_and_the_error():
     with pytest.raises(UserCodeError) as err:
         resolve_import("no_such_pkg_xyz.models:build", "models (m): torch")
