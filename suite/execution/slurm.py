@@ -89,12 +89,28 @@ ENDED_STATES = {
 }
 
 
+# submitit's import runs logging.config.dictConfig unless this says NOCONFIG: that closes every
+# logging handler of the process (logging.shutdown), and a handler that owns its stream closes it
+# with it (absl's, which TensorFlow installs, closes the sys.stderr it was made with: under pytest,
+# a capture file, which crashed the test run with "lost sys.stderr"). Its handlers would also keep
+# the sys.stdout/sys.stderr of the moment of import for good.
+SUBMITIT_LOG_ENV = "SUBMITIT_LOG_LEVEL"
+
+
 def import_submitit() -> Any:
-    """submitit, or a ConfigError naming the extra that brings it."""
+    """submitit, imported without configuring logging in this process (its warnings then reach the
+    root logger's handlers); or a ConfigError naming the extra that brings it. A user's own
+    SUBMITIT_LOG_LEVEL is kept. Every import of submitit in the driver goes through here."""
+    unset = SUBMITIT_LOG_ENV not in os.environ
+    if unset:
+        os.environ[SUBMITIT_LOG_ENV] = "NOCONFIG"
     try:
         import submitit
     except ImportError:
         raise ConfigError(f'runner.executor: "slurm" needs submitit, which is not installed: {SLURM_EXTRA}') from None
+    finally:
+        if unset:  # not inherited by the jobs: on their nodes submitit logs to the task's log files
+            del os.environ[SUBMITIT_LOG_ENV]
     return submitit
 
 
@@ -191,10 +207,8 @@ def executor_parameters(config: SuiteConfig, resources: SlurmResources, name: st
 
 def check_extra(config: SuiteConfig) -> None:
     """``runner.slurm.extra`` names only parameters submitit's executor of the cluster knows."""
-    from submitit.slurm.slurm import SlurmExecutor as SubmititSlurmExecutor
-
     settings = config.runner.slurm
-    known = LOCAL_PARAMETERS if settings.cluster == "local" else SubmititSlurmExecutor._valid_parameters()
+    known = LOCAL_PARAMETERS if settings.cluster == "local" else import_submitit().SlurmExecutor._valid_parameters()
     unknown = sorted(set(settings.extra) - known)
     if unknown:
         raise ConfigError(

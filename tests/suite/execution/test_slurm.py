@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -24,6 +26,16 @@ needs_submitit = pytest.mark.skipif(
 
 ON_LOCAL = ["runner.executor=slurm", "runner.slurm.cluster=local"]
 FP32 = "backends.policies.fake=[fp32]"
+
+
+@pytest.fixture(autouse=True)
+def _submitit_imported_as_the_suite_imports_it():
+    """The tests below import submitit's helpers directly: the first import goes through the
+    suite's, so that submitit never configures logging in this process (see the next test)."""
+    if HAS_SUBMITIT:
+        from precision_suite.execution.slurm import import_submitit
+
+        import_submitit()
 
 
 def _jobs(config_path: Path, *overrides: str):
@@ -81,6 +93,39 @@ def test_slurm_executor_without_submitit_is_a_config_error_naming_the_extra(
     err = capsys.readouterr().err
     assert "runner.executor" in err and 'pip install "precision-suite[slurm]"' in err
     assert not out.exists()
+
+
+IMPORT_SUBMITIT_IN_A_FRESH_PROCESS = """
+import io, logging, os
+from precision_suite.execution.slurm import import_submitit
+
+class Watched(logging.StreamHandler):
+    closed = False
+
+    def close(self):
+        Watched.closed = True
+        super().close()
+
+logging.getLogger("some.library").addHandler(Watched(io.StringIO()))
+import_submitit()
+logging.getLogger("submitit").warning("a warning from submitit")
+print(Watched.closed, os.environ.get("SUBMITIT_LOG_LEVEL"), logging.getLogger("submitit").handlers)
+"""
+
+
+@needs_submitit
+def test_importing_submitit_leaves_the_logging_handlers_of_the_process_alone():
+    """submitit's import runs logging.config.dictConfig, which closes every handler of the process;
+    absl's (TensorFlow's) then closed pytest's capture file and crashed the test run ("lost
+    sys.stderr"). A fresh interpreter: this one may have imported submitit already."""
+    env = {k: v for k, v in os.environ.items() if k != "SUBMITIT_LOG_LEVEL"}
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORT_SUBMITIT_IN_A_FRESH_PROCESS], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    # Not closed; the variable not left for the jobs to inherit; no handler of submitit's own.
+    assert done.stdout.split() == ["False", "None", "[]"]
+    assert "a warning from submitit" in done.stderr  # its warnings still reach the terminal
 
 
 @pytest.mark.parametrize(
