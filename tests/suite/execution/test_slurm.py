@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from precision_suite.cli import main
 
-from tests.helpers.cli import read_run, run_cli
+from tests.helpers.cli import REPO_ROOT, read_run, run_cli
 
 HAS_SUBMITIT = importlib.util.find_spec("submitit") is not None
 needs_submitit = pytest.mark.skipif(
@@ -416,7 +416,7 @@ def test_ranks_of_a_data_parallel_job_get_their_rendezvous_from_the_task_environ
 
 # --- slow: the smoke config, on submitit's local executor and on a real one-node Slurm ----------
 
-SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
+SMOKE = REPO_ROOT / "configs" / "smoke.yaml"
 
 
 def _outcome(out: Path) -> dict[str, str]:
