@@ -63,9 +63,9 @@ class Job:
     @property
     def loss_scaling_mode(self) -> str:
         """``"dynamic"``, ``"static"`` or ``"none"``: the policy's scaling under ``loss_scale``."""
-        from precision_suite.backends.base import POLICY_SPECS
+        from precision_suite.backends.policy import get_policy
 
-        return POLICY_SPECS[self.policy].loss_scaling_mode(self.loss_scale.enabled, self.loss_scale.dynamic)
+        return get_policy(self.policy).loss_scaling_mode(self.loss_scale.enabled, self.loss_scale.dynamic)
 
     # The worker message type; ``precision_suite.measure.speed_phase.SpeedTask`` (a timed phase) is "speed".
     kind: ClassVar[str] = "job"

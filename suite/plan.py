@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass, replace
 
 from precision_suite.backends import RegistryError, get_backend_class
-from precision_suite.backends.base import POLICIES
+from precision_suite.backends.policy import find_policy
 from precision_suite.config import ConfigError, SuiteConfig, format_error
 from precision_suite.jobs import BASELINE_POLICY, DP_REFERENCE, Job, job_id
 from precision_suite.measure.speed_phase import SpeedTask
@@ -125,7 +125,7 @@ def check_backends(config: SuiteConfig, source: str) -> None:
             raise ConfigError(f"{source}: backends.policies.{name}: expected at least one policy")
         for j, policy in enumerate(policies):
             if policy not in cls.policies:
-                what = "is not implemented by" if policy in POLICIES else "is not a policy of"
+                what = "is not implemented by" if find_policy(policy) is not None else "is not a policy of"
                 raise ConfigError(
                     f'{source}: backends.policies.{name}.{j}: policy "{policy}" {what} {name}; '
                     f"it has: {', '.join(cls.policies)}"

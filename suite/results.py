@@ -148,10 +148,10 @@ def is_job_failure(record: dict[str, Any], check_pure: bool = False) -> bool:
     if status in NOT_FAILURES:
         return False
     if status == "diverged" and not check_pure:
-        from precision_suite.backends.base import POLICY_SPECS
+        from precision_suite.backends.policy import find_policy
 
-        spec = POLICY_SPECS.get(record.get("policy", ""))
-        return not (spec is not None and spec.pure)
+        policy = find_policy(record.get("policy", ""))
+        return not (policy is not None and policy.pure)
     return True
 
 

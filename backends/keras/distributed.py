@@ -87,7 +87,7 @@ class MirroredTfKerasBackend(TfKerasBackend):
             return problem
         if job.train.grad_clip_norm is not None:
             return "train.grad_clip_norm cannot run data-parallel on tf-keras: Keras clips each replica's gradients"
-        if job.policy == "fp16-mixed" and job.loss_scale.enabled and not job.loss_scale.dynamic:
+        if job.loss_scaling_mode == "static":
             return "loss_scale.dynamic: false cannot run data-parallel on tf-keras; use a dynamic loss scale"
         return None
 

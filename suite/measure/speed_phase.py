@@ -353,9 +353,9 @@ def _matmul_rates(base: _Side) -> dict[str, float]:
     """The framework's measured large-matmul TFLOP/s in the baseline's dtype on this device:
     the ceiling the baseline's achieved FLOP/s is held against (diagnose.py). Half dtypes are
     not measured: an emulated one (fp16 in TF on a CPU) would take seconds."""
-    from precision_suite.backends.base import POLICY_SPECS
+    from precision_suite.backends.policy import get_policy
 
-    dtype = POLICY_SPECS[base.job.policy].compute_dtype
+    dtype = get_policy(base.job.policy).compute_dtype
     base.backend.activate()
     rate = base.backend.matmul_tflops(dtype)
     return {} if rate is None else {dtype: rate}

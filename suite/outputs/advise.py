@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from precision_suite.backends.policy import find_policy
 from precision_suite.outputs.intervals import Interval, ratio_interval, speedup_of
 from precision_suite.outputs.rundir import RunDir, baseline_key, ok_records_by_row, row_key
 from precision_suite.verdicts.compare import PASS, Comparison, Group, Row
@@ -24,43 +25,6 @@ _TORCH_TOOLS = ("Lightning", "accelerate", "PyTorch")
 _KERAS_TOOLS = ("Keras",)
 # Which tools' settings apply to a framework's result (a Keras result holds for any Keras backend).
 TOOLS_BY_FRAMEWORK = {"torch": _TORCH_TOOLS, "tensorflow": _KERAS_TOOLS, "jax": _KERAS_TOOLS, "keras": _KERAS_TOOLS}
-
-_AUTOCAST = 'with torch.autocast(device_type="{device}", dtype=torch.{dtype}):\n    loss = loss_fn(model(x), y)\n'
-# The one table of how each tool spells a policy; "{device}" is the run's device type.
-SETTINGS: dict[str, dict[str, str]] = {
-    "bf16-mixed": {
-        "Lightning": 'L.Trainer(precision="bf16-mixed")',
-        "accelerate": 'Accelerator(mixed_precision="bf16")',
-        "Keras": 'keras.mixed_precision.set_global_policy("mixed_bfloat16")',
-        "PyTorch": _AUTOCAST.format(device="{device}", dtype="bfloat16") + "loss.backward()\noptimizer.step()",
-    },
-    "fp16-mixed": {
-        "Lightning": 'L.Trainer(precision="16-mixed")',
-        "accelerate": 'Accelerator(mixed_precision="fp16")',
-        "Keras": 'keras.mixed_precision.set_global_policy("mixed_float16")',
-        "PyTorch": 'scaler = torch.amp.GradScaler("{device}")\n'
-        + _AUTOCAST.format(device="{device}", dtype="float16")
-        + "scaler.scale(loss).backward()\nscaler.step(optimizer)\nscaler.update()",
-    },
-    "tf32": {
-        "Lightning": 'torch.set_float32_matmul_precision("high")  # Lightning has no precision flag for TF32',
-        "accelerate": 'torch.set_float32_matmul_precision("high")',
-        "Keras": "tf.config.experimental.enable_tensor_float_32_execution(True)",
-        "PyTorch": "torch.backends.cuda.matmul.allow_tf32 = True\ntorch.backends.cudnn.allow_tf32 = True",
-    },
-    "bf16-pure": {
-        "Lightning": 'L.Trainer(precision="bf16-true")',
-        "accelerate": "model = model.to(torch.bfloat16)  # accelerate has no pure-bf16 switch",
-        "Keras": 'keras.mixed_precision.set_global_policy("bfloat16")',
-        "PyTorch": "model = model.to(torch.bfloat16)",
-    },
-    "fp16-pure": {
-        "Lightning": 'L.Trainer(precision="16-true")',
-        "accelerate": "model = model.to(torch.float16)  # accelerate has no pure-fp16 switch",
-        "Keras": 'keras.mixed_precision.set_global_policy("float16")',
-        "PyTorch": "model = model.to(torch.float16)",
-    },
-}
 
 
 @dataclass
@@ -84,9 +48,11 @@ class Advice:
         if self.choice is None:
             return []
         device = "cuda" if self.choice.row.device.startswith("cuda") else "cpu"
-        table = SETTINGS.get(self.choice.row.policy, {})
-        tools = TOOLS_BY_FRAMEWORK.get(self.framework, tuple(table))
-        return [(tool, table[tool].replace("{device}", device)) for tool in tools if tool in table]
+        policy = find_policy(self.choice.row.policy)
+        if policy is None:
+            return []
+        tools = TOOLS_BY_FRAMEWORK.get(self.framework, tuple(policy.advise))
+        return [(tool, line) for tool in tools if (line := policy.advice(tool, device)) is not None]
 
 
 def _fmt(value: Interval) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from precision_suite.backends.base import POLICY_SPECS
+from precision_suite.backends.policy import POLICIES, find_policy
 from precision_suite.config import ParityConfig
 from precision_suite.jobs import BASELINE_POLICY
 from precision_suite.measure.timing import SpeedEstimate
@@ -187,8 +187,8 @@ class Row:
 
     @property
     def is_pure(self) -> bool:
-        spec = POLICY_SPECS.get(self.policy)
-        return spec is not None and spec.pure
+        policy = find_policy(self.policy)
+        return policy is not None and policy.pure
 
     def verdict(self, name: str) -> Verdict | None:
         return next((v for v in self.verdicts if v.name == name), None)
@@ -349,16 +349,16 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def _expected_loss_scaling(policy: str, config: dict[str, Any]) -> str:
-    spec = POLICY_SPECS.get(policy)
-    if spec is None:
+    found = find_policy(policy)
+    if found is None:
         return "none"
     loss_scale = config.get("loss_scale") or {}
-    return spec.loss_scaling_mode(loss_scale.get("enabled", True), loss_scale.get("dynamic", True))
+    return found.loss_scaling_mode(loss_scale.get("enabled", True), loss_scale.get("dynamic", True))
 
 
 def _precision_problems(record: dict[str, Any]) -> list[str]:
     policy = record.get("policy", "")
-    expected = POLICY_SPECS.get(policy)
+    expected = find_policy(policy)
     observed = record.get("observed") or {}
     if expected is None:
         return []  # a third-party policy: nothing to hold it to
@@ -660,7 +660,7 @@ def _build_group(
 
     def row_order(key: tuple[str, str]) -> tuple[bool, str, str, int, str]:
         backend, policy = key
-        rank = list(POLICY_SPECS)
+        rank = list(POLICIES)
         policy_rank = rank.index(policy) if policy in rank else len(rank)
         framework = frameworks[backend]
         # torch first: it is the cross-framework reference.
