@@ -32,8 +32,17 @@ if TYPE_CHECKING:
     from precision_suite.jobs import Job
 
 
-# The API family of each runtime, for backends (and records) that name only a ``framework``.
-LEGACY_FAMILY: dict[str, str] = {"torch": "torch", "tensorflow": "keras", "jax": "keras"}
+# The API family of the built-in backends of each runtime: the family of a backend (or a record)
+# that names only a ``framework`` (its runtime), as everything did before the two were apart.
+FAMILY_OF_RUNTIME: dict[str, str] = {"torch": "torch", "tensorflow": "keras", "jax": "keras"}
+
+
+def implementation_label(family: str, runtime: str) -> str:
+    """How a (family, runtime) pair is named in ids and headings: the runtime alone where the
+    family is the runtime's usual one ("torch", "tensorflow"), else "keras on torch"."""
+    return runtime if FAMILY_OF_RUNTIME.get(runtime, runtime) == family else f"{family} on {runtime}"
+
+
 # Rows per forward pass when evaluating, the same in every backend.
 EVAL_BATCH = 1024
 
@@ -119,7 +128,9 @@ class Backend(ABC):
         if legacy is not None and "runtime" not in cls.__dict__:
             cls.runtime = legacy
             if "family" not in cls.__dict__:
-                cls.family = LEGACY_FAMILY.get(legacy, legacy)
+                cls.family = FAMILY_OF_RUNTIME.get(legacy, legacy)
+        if hasattr(cls, "runtime"):
+            cls.framework = cls.runtime  # the old name of the runtime, for code written before the split
 
     @classmethod
     def data_parallel_class(cls, job: Job) -> type[Backend] | None:

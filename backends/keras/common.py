@@ -82,10 +82,10 @@ def keras_dtype_policy(policy: str) -> str:
     return name
 
 
-def keras_availability(backend_name: str, framework: str) -> Availability:
-    """The runtime ``framework`` (a module name that is also its pip name) and Keras 3, found
+def keras_availability(backend_name: str, runtime: str) -> Availability:
+    """The ``runtime`` (a module name that is also its pip name) and Keras 3, found
     without importing either."""
-    for module in (framework, "keras"):
+    for module in (runtime, "keras"):
         if importlib.util.find_spec(module) is None:
             return Availability(False, f"{module} is not installed")
     version = importlib.metadata.version("keras")
@@ -319,12 +319,13 @@ def keras_observed_precision(model: Any, activation: Any, job: Job) -> dict[str,
 
 
 class KerasBackend(Backend):
-    """What every Keras runtime backend shares. A subclass sets ``name`` and ``framework`` (the
+    """What every Keras runtime backend shares. A subclass sets ``name`` and ``runtime`` (the
     Keras backend it runs on: "tensorflow", "jax"), answers ``sees_cuda`` and does the
     runtime's own work; ``setup`` starts with ``start_setup`` and leaves the job's Keras model
     and optimizer in ``self.model`` / ``self.optimizer`` (their variables hold the training
     state whenever ``state_dict`` reads them)."""
 
+    family = "keras"
     policies = KERAS_POLICIES
     Options: ClassVar[type[KerasOptions]] = KerasOptions
     runtime_name: ClassVar[str]  # for messages: "TensorFlow", "JAX"
@@ -334,7 +335,7 @@ class KerasBackend(Backend):
 
     @classmethod
     def is_available(cls) -> Availability:  # type: ignore[override]
-        return keras_availability(cls.name, cls.framework)
+        return keras_availability(cls.name, cls.runtime)
 
     @classmethod
     def config_problem(cls, job: Job) -> str | None:
@@ -348,7 +349,7 @@ class KerasBackend(Backend):
             raise ValueError(problem)
         self.options = self.Options.model_validate(job.options)
         self.deterministic = self.options.deterministic_for(job)
-        keras = import_keras(self.framework)
+        keras = import_keras(self.runtime)
         self.job = job
         self.policy = get_policy(job.policy)
         self.loss_mode = job.loss_scaling_mode

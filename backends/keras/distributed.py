@@ -65,6 +65,7 @@ def batchnorm_statistics(model: Any) -> str:
 class MirroredTfKerasBackend(TfKerasBackend):
     # Its step holds this job's strategy and injected faults; each such job has its own process.
     reuses_compiled_steps = False
+    process_per_replica = False  # one process holds every replica
 
     @classmethod
     def init_process(cls, job: Job) -> None:
@@ -235,6 +236,7 @@ class MultiWorkerTfKerasBackend(MirroredTfKerasBackend):
 
     all_reduce_loss = True
     strategy_name = "MultiWorkerMirroredStrategy"
+    process_per_replica = True
 
     @classmethod
     def init_process(cls, job: Job) -> None:

@@ -243,7 +243,8 @@ class TorchBackendBase(Backend):
     """Shared machinery; subclasses implement ``_build`` (model/optimizer/scaler),
     ``_forward`` (logits under the policy's compute precision) and ``train_step``."""
 
-    framework = "torch"
+    family = "torch"
+    runtime = "torch"
 
     @staticmethod
     def is_available():

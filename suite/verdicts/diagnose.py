@@ -128,9 +128,9 @@ def why_not_faster(
     return lines
 
 
-def diagnose_group(group: Any, phases: dict[str, Any], records: list[dict[str, Any]]) -> None:
+def diagnose_group(group: Any, phases: dict[tuple[str, str], Any], records: list[dict[str, Any]]) -> None:
     """Fill ``row.why_not_faster`` for every half-precision row of ``group`` not claimed faster;
-    ``phases``: the group's ``precision_suite.verdicts.speed.SpeedPhase`` by framework."""
+    ``phases``: the group's ``precision_suite.verdicts.speed.SpeedPhase`` by (family, runtime)."""
     from precision_suite.measure.flops import as_model_config, dataset_shape
 
     by_row: dict[tuple[str, str], dict[str, Any]] = {}
@@ -140,7 +140,7 @@ def diagnose_group(group: Any, phases: dict[str, Any], records: list[dict[str, A
         claimed = row.speedup is not None and row.speedup > 1 and not row.emulated and not row.noisy_reason
         if row.is_baseline or claimed:
             continue
-        phase = phases.get(row.framework)
+        phase = phases.get(row.implementation)
         record = by_row.get((row.backend, row.policy)) or {}
         config = record.get("config") or {}
         model = (phase.model_config if phase else None) or config.get("model")
