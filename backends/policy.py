@@ -156,6 +156,7 @@ class Policy:
 
 
 _REGISTRY: dict[str, Policy] = {}
+_SEARCHED: set[str] = set()  # names looked for among the declarations not yet imported
 # Every registered policy by name, in declaration order (the order rows are shown in): read-only.
 POLICIES: Mapping[str, Policy] = MappingProxyType(_REGISTRY)
 
@@ -202,7 +203,8 @@ def _load_declarations() -> None:
 def find_policy(name: str) -> Policy | None:
     """The policy called ``name``, or None when nothing declares it (a record of a policy from a
     plugin that is not installed here: nothing to hold it to)."""
-    if name not in _REGISTRY and name:
+    if name and name not in _REGISTRY and name not in _SEARCHED:
+        _SEARCHED.add(name)  # a run directory names it in every record: search once
         _load_declarations()
     return _REGISTRY.get(name)
 

@@ -72,6 +72,7 @@ DEVICE_PEAKS: tuple[tuple[str, DevicePeak], ...] = (
     (r"\bT4\b", _peak("NVIDIA T4", 8.1, None, 65.0, None, "NVIDIA T4 datasheet")),
 )
 
+
 def peak_dtype(policy: str) -> str:
     """The peak a policy is measured against (``Policy.peak``: its compute dtype's, or TF32's
     where TF32 tensor cores accelerate it); ``UnknownPolicy`` (a ValueError) for an unknown name."""
