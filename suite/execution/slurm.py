@@ -122,9 +122,10 @@ def job_world_size(job: Job) -> int:
 def rank_per_process(job: Job) -> bool:
     """Whether the job's data-parallel implementation runs one process per replica (torch DDP,
     tf-keras multi-worker), so that Slurm can start its ranks as tasks."""
-    from precision_suite.plan import DATA_PARALLEL, data_parallel_impl
+    from precision_suite.plan import data_parallel_class
 
-    return job.backend in DATA_PARALLEL and data_parallel_impl(job).process_per_replica
+    cls = data_parallel_class(job)
+    return cls is not None and cls.process_per_replica
 
 
 @dataclass(frozen=True)
