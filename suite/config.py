@@ -540,6 +540,11 @@ def _key_text(part: Any) -> str:
     return text
 
 
+# Names users bring from elsewhere (Slurm job scripts, issue texts) for keys the schema spells
+# submitit's way: the unknown-key error names the key meant.
+_KEY_SYNONYMS = {"time_min": "timeout_min", "cpus_per_job": "cpus_per_task", "gpus_per_job": "gpus_per_node"}
+
+
 def format_error(error: dict[str, Any], source: str) -> str:
     path = ".".join(_key_text(p) for p in error["loc"] if not str(p).startswith("function-"))
     # Drop pydantic's union-branch labels like `mlp` in `models.0.mlp.hidden`.
@@ -548,7 +553,9 @@ def format_error(error: dict[str, Any], source: str) -> str:
     if kind == "extra_forbidden":
         parent = path[: -len(_key_text(error["loc"][-1]))].rstrip(".")
         key = json.dumps(str(error["loc"][-1]))
-        return f"{source}: {path}: unknown key {key}" + (f" in {parent}" if parent else "")
+        hint = _KEY_SYNONYMS.get(str(error["loc"][-1]))
+        hint_text = f' (the key is "{hint}")' if hint else ""
+        return f"{source}: {path}: unknown key {key}" + (f" in {parent}" if parent else "") + hint_text
     if kind == "missing":
         return f"{source}: {path}: required key is missing"
     expected = {
