@@ -140,7 +140,7 @@ def _load_run_config(args: argparse.Namespace):
     for i, model in enumerate(config.models):
         if model.kind == "custom":
             try:  # a forward pass on one batch per family, before any job
-                for warning in check_custom_model(model, data, _frameworks(config)):
+                for warning in check_custom_model(model, data, _implementations(config)):
                     print(f"warning: {warning} (each job of it will record the error)", file=sys.stderr)
             except UserCodeError as exc:
                 raise UsageError(f"{path or 'default.yaml'}: {exc}".replace("models (", f"models.{i} (", 1)) from None
@@ -155,12 +155,12 @@ def _load_run_config(args: argparse.Namespace):
     return config
 
 
-def _frameworks(config) -> list[str]:
-    """The frameworks of the config's backends, in their order."""
+def _implementations(config) -> list[tuple[str, str]]:
+    """(API family, runtime) of the config's available backends, in their order."""
     from precision_suite.backends import get_backend_class
 
     classes = [get_backend_class(name) for name in config.backends.names]
-    return [cls.framework for cls in classes if cls.is_available().ok]
+    return [(cls.family, cls.runtime) for cls in classes if cls.is_available().ok]
 
 
 def _out_dir(args: argparse.Namespace, config) -> Path:
@@ -295,17 +295,17 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
     from precision_suite.backends import RegistryError, get_backend_class, registry
 
     table = Table(title="backends")
-    for column in ("backend", "framework", "policies", "available"):
+    for column in ("backend", "family", "runtime", "policies", "available"):
         table.add_column(column)
     for name in registry():
         try:
             cls = get_backend_class(name)
         except RegistryError as exc:
-            table.add_row(name, "?", "", f"[red]cannot load[/]: {exc}")
+            table.add_row(name, "?", "?", "", f"[red]cannot load[/]: {exc}")
             continue
         available = cls.is_available()
         state = "[green]yes[/]" if available.ok else f"[yellow]unavailable[/]: {available.reason}"
-        table.add_row(name, cls.framework, ", ".join(cls.policies), state)
+        table.add_row(name, cls.family, cls.runtime, ", ".join(cls.policies), state)
     console.print(table)
     for line in devices_seen():
         console.print(line)

@@ -221,14 +221,6 @@ class UserCodeError(ValueError):
     the message is one line naming the string."""
 
 
-# Framework (``Backend.framework``) → the API family whose factory builds its model.
-FAMILY_OF_FRAMEWORK = {"torch": "torch", "tensorflow": "keras", "jax": "keras"}
-
-
-def family_of(framework: str) -> str:
-    return FAMILY_OF_FRAMEWORK.get(framework, framework)
-
-
 def add_python_path(paths: list[str]) -> None:
     """Put ``paths`` (``SuiteConfig.python_path``) on ``sys.path`` of this process, first, in order.
     Worker processes get them through ``PYTHONPATH`` (``execution/local.worker_environment``)."""
@@ -273,42 +265,42 @@ def initial_weights(job: Job, data: Dataset) -> dict[str, np.ndarray]:
     family in this process. Callers must not change the arrays."""
     if not isinstance(job.model, CustomModelConfig):
         return init_weights(job.model, data.input_shape, data.num_classes, job.seed)
-    family = family_of(job.framework)
-    key = (json.dumps(job.model.model_dump(mode="json"), sort_keys=True), family, str(job.seed), data.name)
+    key = (json.dumps(job.model.model_dump(mode="json"), sort_keys=True), job.family, str(job.seed), data.name)
     key += (str(data.input_shape), str(data.num_classes))
     if key not in _CUSTOM_WEIGHTS:
         _CUSTOM_WEIGHTS[key] = custom_initial_weights(
-            job.model, job.framework, data.input_shape, data.num_classes, job.seed
+            job.model, job.family, job.runtime, data.input_shape, data.num_classes, job.seed
         )
     return _CUSTOM_WEIGHTS[key]
 
 
 def custom_initial_weights(
-    model: CustomModelConfig, framework: str, input_shape: tuple[int, ...], num_classes: int, seed: int
+    model: CustomModelConfig, family: str, runtime: str, input_shape: tuple[int, ...], num_classes: int, seed: int
 ) -> dict[str, np.ndarray]:
-    """A custom model's initial weights for ``framework``'s family, from its factory under ``seed``."""
-    if family_of(framework) == "torch":
+    """A custom model's initial weights for an API ``family`` (Keras: on ``runtime``), from its
+    factory under ``seed``."""
+    if family == "torch":
         from precision_suite.backends.torch.custom import torch_initial_state
 
         return torch_initial_state(model, input_shape, num_classes, seed)
     from precision_suite.backends.keras.custom import keras_initial_weights
 
-    return keras_initial_weights(model, input_shape, num_classes, seed, runtime=framework)
+    return keras_initial_weights(model, input_shape, num_classes, seed, runtime=runtime)
 
 
 # Rows of x_train the checks before a run push through each factory's model.
 CHECK_ROWS = 4
 
 
-def check_custom_model(model: CustomModelConfig, data: Dataset, frameworks: list[str]) -> list[str]:
-    """Before any job, for each family of ``frameworks`` with a factory: the factory resolves and
+def check_custom_model(model: CustomModelConfig, data: Dataset, backends: list[tuple[str, str]]) -> list[str]:
+    """Before any job, for each API family of ``backends`` ((family, runtime) pairs) with a factory: the factory resolves and
     returns the right type, one forward pass on a few rows of x_train gives (rows, [T,] num_classes)
     logits, and ``convert`` sets every Keras weight so the Keras model computes what the torch one
     does. ``UserCodeError`` (one line) otherwise. A factory that itself raises is left to the jobs
     (each records the error, the run goes on): returned as warnings."""
     x = data.x_train[:CHECK_ROWS]
     expected = (len(x), *data.y_train.shape[1:], data.num_classes)
-    families = {family_of(f): f for f in reversed(frameworks)}  # the first framework of each family
+    families = {family: runtime for family, runtime in reversed(backends)}  # the first runtime of each family
     warnings: list[str] = []
     torch_output = None
     if "torch" in model.families and ("torch" in families or model.convert is not None):
