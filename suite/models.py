@@ -293,11 +293,12 @@ CHECK_ROWS = 4
 
 
 def check_custom_model(model: CustomModelConfig, data: Dataset, backends: list[tuple[str, str]]) -> list[str]:
-    """Before any job, for each API family of ``backends`` ((family, runtime) pairs) with a factory: the factory resolves and
-    returns the right type, one forward pass on a few rows of x_train gives (rows, [T,] num_classes)
-    logits, and ``convert`` sets every Keras weight so the Keras model computes what the torch one
-    does. ``UserCodeError`` (one line) otherwise. A factory that itself raises is left to the jobs
-    (each records the error, the run goes on): returned as warnings."""
+    """Before any job, for each API family of ``backends`` ((family, runtime) pairs) with a
+    factory: the factory resolves and returns the right type, one forward pass on a few rows of
+    x_train gives (rows, [T,] num_classes) logits, and ``convert`` sets every Keras weight so the
+    Keras model computes what the torch one does. ``UserCodeError`` (one line) otherwise. A
+    factory that itself raises is left to the jobs (each records the error, the run goes on):
+    returned as warnings."""
     x = data.x_train[:CHECK_ROWS]
     expected = (len(x), *data.y_train.shape[1:], data.num_classes)
     families = {family: runtime for family, runtime in reversed(backends)}  # the first runtime of each family
