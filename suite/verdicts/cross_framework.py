@@ -23,6 +23,7 @@ from precision_suite.results import Outcome
 from precision_suite.verdicts.stats import (
     FAIL,
     INCONCLUSIVE,
+    PARITY_METRICS,
     PASS,
     Equivalence,
     PastHorizon,
@@ -109,8 +110,10 @@ def framework_pair(
         looks,
         metric,
     )
+    # describe() names a loss test itself; accuracy, the default, is named here as it always was.
+    named = f"accuracy {describe(eq)}" if metric == "accuracy" else describe(eq)
     if eq.outcome == FAIL:
-        found.problems.append(f"{metric} {describe(eq)}")
+        found.problems.append(named)
     horizon = min(found.horizons) if found.horizons else None
     if found.floors:
         where = f"divergence horizon step {horizon}" if horizon is not None else "no self-divergence"
@@ -124,7 +127,7 @@ def framework_pair(
         detail = (
             f"{len(shared)} seed(s): per-step loss within {found.worst:.1e} relative (≤ {rtol:g}) {scope}"
             + (f"; past it {'; '.join(found.notes)}" if found.notes else "")
-            + f"; {metric} {describe(eq)}"
+            + f"; {named}"
         )
         if outcome == INCONCLUSIVE and found.same_computation:
             # Too few seeds for the accuracy test, but no seed noise to test either: each seed's
@@ -165,7 +168,9 @@ def unpaired_pair(
         metric,
         pair=False,
     )
-    return PairVerdict(eq.outcome, f"{UNPAIRED_LABEL} of {metric}: {describe(eq)}", equivalence=eq)
+    return PairVerdict(
+        eq.outcome, f"{UNPAIRED_LABEL} of {PARITY_METRICS[metric].record_key}: {describe(eq)}", equivalence=eq
+    )
 
 
 def curve_agreement(

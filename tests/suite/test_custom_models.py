@@ -290,7 +290,7 @@ def test_without_convert_the_cross_framework_verdict_is_an_unpaired_test(user_di
     (group,) = load_run(out).comparison.groups
     (cross,) = group.verdicts
     assert cross.detail.startswith(
-        "unpaired test (no convert: the frameworks start from different initial weights) of accuracy: "
+        "unpaired test (no convert: the frameworks start from different initial weights) of test_accuracy: "
     )
     assert "(unpaired, n=2)" in cross.detail and "per-step" not in cross.detail
     assert cross.equivalence.paired is None
