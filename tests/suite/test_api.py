@@ -156,3 +156,25 @@ def _write_records(out):
 
     (out / "results.jsonl").write_text(json.dumps(make_record()) + "\n")
     return out
+
+
+def test_a_run_from_another_thread(fake_backends, fake_config, tmp_path):
+    """A notebook kernel or a server may call the API off the main thread, where Python refuses
+    signal handlers: the run still runs (SIGTERM keeps its disposition there)."""
+    import threading
+
+    outcome = {}
+
+    def call() -> None:
+        try:
+            outcome["result"] = precision_suite.run(
+                fake_config, out=tmp_path / "run", console=QUIET, seeds=[0], backends={"policies": {"fake": ["fp32"]}}
+            )
+        except Exception as exc:  # noqa: BLE001 - reported below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    thread.join(timeout=300)
+    assert "error" not in outcome, outcome.get("error")
+    assert [r["status"] for r in outcome["result"].records] == ["ok"]
