@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,7 +43,7 @@ class RunInterrupted(KeyboardInterrupt):
         self.out_dir = out_dir
 
 
-@dataclass
+@dataclass(repr=False)
 class RunResult:
     """One finished run: its records (the newest of each job, as in ``results.jsonl``), the
     comparison with its verdicts, the reports written, and whether it passed."""
@@ -69,6 +70,14 @@ class RunResult:
         """Every job ran and no enforced verdict failed: ``precision-suite run`` would exit 0.
         An INCONCLUSIVE verdict (more seeds needed) does not fail (``failed_verdicts(strict=True)``)."""
         return not self.failed_jobs and not self.failed_verdicts()
+
+    def __repr__(self) -> str:  # the records and the comparison are far too long to print
+        outcomes = Counter(str(v.outcome) for v in self.verdicts)
+        verdicts = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items())) or "none"
+        return (
+            f"RunResult(out_dir={str(self.out_dir)!r}, passed={self.passed}, records={len(self.records)}, "
+            f"failed_jobs={self.failed_jobs}, verdicts: {verdicts})"
+        )
 
     def verdict_table(self, strict: bool = False) -> str:
         """The verdicts as ``precision-suite check`` prints them, as plain text."""

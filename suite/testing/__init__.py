@@ -26,7 +26,9 @@ def assert_parity(result: RunResult, strict: bool = False) -> None:
     failing = result.failed_verdicts(strict=strict)
     if not failing and not result.failed_jobs:
         return
-    what = [f"{len(failing)} verdict(s) failed"] if failing else []
+    undecided = sum(not v.is_failure for v in failing)
+    what = [f"{len(failing) - undecided} verdict(s) failed"] if len(failing) > undecided else []
+    what += [f"{undecided} verdict(s) inconclusive (strict)"] if undecided else []
     what += [f"{result.failed_jobs} job(s) failed"] if result.failed_jobs else []
     header = f"precision-suite run {result.out_dir}: {' and '.join(what)}"
     raise AssertionError(f"{header}\n{result.verdict_table(strict=strict)}")

@@ -136,26 +136,32 @@ def test_default_out_dir_never_reuses_a_run_dir(fake_config, tmp_path):
     assert default_out_dir(config, now) == tmp_path / "20260102-030405-3"
 
 
-def test_assert_parity_counts_failed_jobs(fake_config, tmp_path):
-    """A job that crashed fails the assertion even when no verdict does (the run exits 3)."""
-    from precision_suite.api import RunResult
-
-    run = load_run(_write_records(tmp_path))
-    result = RunResult(tmp_path, load_config(fake_config), run.records, [], run.comparison, [], failed_jobs=1)
-    assert not result.failed_verdicts()
-    with pytest.raises(AssertionError, match=r"1 job\(s\) failed"):
-        assert_parity(result)
-    assert_parity(RunResult(tmp_path, load_config(fake_config), run.records, [], run.comparison, [], failed_jobs=0))
-
-
-def _write_records(out):
-    """A results.jsonl with one fp32 record that passes its precision-active verdict."""
+def test_assert_parity_counts_failed_jobs_and_with_strict_inconclusive_verdicts(fake_config, tmp_path):
+    """A job that crashed fails the assertion even when no verdict does (the run exits 3); one
+    seed cannot decide parity (INCONCLUSIVE), which fails only with ``strict``."""
     import json
+
+    from precision_suite.api import RunResult
+    from precision_suite.results import Outcome
 
     from tests.helpers.records import make_record
 
-    (out / "results.jsonl").write_text(json.dumps(make_record()) + "\n")
-    return out
+    records = [make_record("torch-amp", "fp32"), make_record("torch-amp", "bf16-mixed")]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    run = load_run(tmp_path)
+    assert [v.outcome for v in run.comparison.verdicts if v.name == "parity"] == [Outcome.INCONCLUSIVE]
+
+    def result(failed_jobs: int) -> RunResult:
+        return RunResult(tmp_path, load_config(fake_config), run.records, [], run.comparison, [], failed_jobs)
+
+    assert_parity(result(0))
+    assert result(0).passed and repr(result(0)).startswith(f"RunResult(out_dir='{tmp_path}', passed=True, records=2")
+    with pytest.raises(AssertionError, match=r": 1 verdict\(s\) inconclusive \(strict\)\n") as strict:
+        assert_parity(result(0), strict=True)
+    assert "--strict: inconclusive fails" in str(strict.value)
+    with pytest.raises(AssertionError, match=r": 1 job\(s\) failed\n"):
+        assert_parity(result(1))
+    assert not result(1).passed
 
 
 def test_a_run_from_another_thread(fake_backends, fake_config, tmp_path):
