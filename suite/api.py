@@ -117,8 +117,8 @@ def run(
 
     if isinstance(config, SuiteConfig):
         config = config.model_dump(mode="json")
-    resume_dir = Path(out) if resume and out is not None else None
-    suite_config = load_run_config(config, list(set), overrides, resume_dir)
+    set_overrides = [set] if isinstance(set, str) else list(set)  # one KEY=VALUE string is a list of one
+    suite_config = load_run_config(config, set_overrides, overrides, Path(out) if resume else None)
     out_dir = Path(out) if out is not None else default_out_dir(suite_config)
     return execute(suite_config, out_dir, console, resume=resume)
 
@@ -139,7 +139,7 @@ def load_run_config(
 ) -> SuiteConfig:
     """The validated config of a run, checked against the registry, the data and the models
     before any job starts; ``resume_dir``'s saved config when ``config`` is None."""
-    from precision_suite.config import load_config
+    from precision_suite.config import load_config, source_name
     from precision_suite.execution.runner import CONFIG_FILE
     from precision_suite.plan import check_backends
 
@@ -150,7 +150,7 @@ def load_run_config(
     suite_config = load_config(config, set_overrides, overrides)
     for notice in suite_config.notices:
         print(f"warning: {notice}", file=sys.stderr)
-    source = "config mapping" if isinstance(config, Mapping) else str(config or "default.yaml")
+    source = source_name(config)
     check_backends(suite_config, source)
     # The data is checked here, once, so a missing or malformed file is a usage error before
     # any job starts rather than the same failure recorded for every job.

@@ -638,10 +638,8 @@ def load_config(
 ) -> SuiteConfig:
     """Load a YAML file (None = the packaged default; a mapping = the config itself), merge
     keyword ``sections`` into it (``merge_sections``), then apply `--set` ``overrides``."""
-    if isinstance(path, Mapping):
-        source, raw = "config mapping", copy.deepcopy(dict(path))
-    else:
-        raw, source = _read_config_file(path)
+    source = source_name(path)
+    raw = copy.deepcopy(dict(path)) if isinstance(path, Mapping) else _read_config_file(path, source)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -661,17 +659,23 @@ def load_config(
     return validate(raw, source)
 
 
-def _read_config_file(path: str | Path | None) -> tuple[Any, str]:
+def source_name(path: str | Path | Mapping[str, Any] | None) -> str:
+    """How messages name a config: its file, ``default.yaml``, or ``config mapping`` (from Python)."""
+    if isinstance(path, Mapping):
+        return "config mapping"
+    return "default.yaml" if path is None else str(path)
+
+
+def _read_config_file(path: str | Path | None, source: str) -> Any:
     if path is None:
-        return parse_yaml(default_config_text(), "default.yaml"), "default.yaml"
-    source = str(path)
+        return parse_yaml(default_config_text(), source)
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
         raise ConfigError(f"{source}: no such config file") from None
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
-    return parse_yaml(text, source), source
+    return parse_yaml(text, source)
 
 
 def _resolve_data_path(raw: dict[str, Any], base: Path) -> None:
