@@ -106,6 +106,7 @@ def test_merge_replaces_lists_and_merges_mappings(fake_config):
         ({"data": {"name": "npz", "path": "nope.npz"}}, ["data:", "nope.npz", "no such file"]),
         ({"resume": True, "out": None}, ["resume", "out="]),
     ],
+    ids=["wrong-type", "unknown-section", "unknown-backend", "bad-set", "missing-data", "resume-without-out"],
 )
 def test_bad_input_raises_one_line_user_error_and_runs_nothing(fake_backends, fake_config, tmp_path, call, expected):
     call = {"out": tmp_path / "run", **call}
