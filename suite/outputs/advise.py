@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from precision_suite.outputs.intervals import Interval, ratio_interval, speedup_of
+from precision_suite.outputs.intervals import ratio_interval, speedup_of
 from precision_suite.outputs.rundir import RunDir, baseline_key, ok_records_by_row, row_key
 from precision_suite.verdicts.compare import PASS, Comparison, Group, Row
+from precision_suite.verdicts.stats import Interval
 
 _TORCH_TOOLS = ("Lightning", "accelerate", "PyTorch")
 _KERAS_TOOLS = ("Keras",)
