@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 from precision_suite.measure.timing import SystemLoad, WindowSample, assess, measure_window, rotation
-from precision_suite.results import SCHEMA, SPEED_KIND
+from precision_suite.results import SPEED_KIND, new_record
 
 # A worker message: set a phase's sides up ahead of it (``warm_speed_task``).
 WARM_KIND = "warm"
@@ -85,26 +85,6 @@ class SpeedTask:
 
         jobs = [Job.from_dict(j) for j in raw["jobs"]]
         return cls(raw["job_id"], raw["framework"], jobs, raw["rounds"], raw["window_ms"], raw["batch_probe"])
-
-
-def new_speed_record(task: SpeedTask) -> dict[str, Any]:
-    """A speed record: shares the job record's identifying keys (``job_id``, ``status``), told
-    apart by ``kind`` (``precision_suite.results.read_records`` files it under ``speed``)."""
-    first = task.jobs[0]
-    return {
-        "schema": SCHEMA,
-        "kind": SPEED_KIND,
-        "job_id": task.job_id,
-        "framework": task.framework,
-        "model": first.model.name,
-        "dataset": first.data.name,
-        "device": first.device,
-        "status": None,
-        "error": None,
-        "config": task.to_dict(),
-        "environ": {},
-        "speed": {},
-    }
 
 
 @dataclass
@@ -200,7 +180,7 @@ def run_speed_task(task: SpeedTask, progress: Callable[[int, int], None] | None 
     from precision_suite.models import init_weights
 
     started = time.perf_counter()
-    record = new_speed_record(task)
+    record = new_record(task)
     record["environ"] = base_environment()
     sides: list[_Side] = []
     skipped: dict[str, str] = {}
