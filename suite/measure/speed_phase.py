@@ -195,29 +195,7 @@ def run_speed_task(task: SpeedTask, progress: Callable[[int, int], None] | None 
             return record
         record["device"] = base_job.device
         record["environ"].update(sides[0].backend.environment())
-        load = SystemLoad()
-        for side in sides:
-            side.backend.activate()
-            side.run(max(base_job.train.timing_warmup_steps, MIN_WARMUP_STEPS))
-            side.backend.drain_telemetry()
-        probe_step_s = {side.label: _size_window(side, load, task.window_ms) for side in sides}
-
-        def on_round(r: int) -> None:
-            if progress is not None:
-                progress(r, task.rounds)
-
-        base, candidates = sides[0], sides[1:]
-        rot = rotation(
-            lambda: base.window(load), [lambda s=s: s.window(load) for s in candidates], task.rounds, on_round
-        )
-        speed = _phase_results(task, sides, rot, probe_step_s, skipped)
-        speed["input_shape"] = list(data.input_shape)
-        speed["num_classes"] = data.num_classes
-        speed["batch_size"] = base_job.train.batch_size
-        if task.batch_probe:
-            speed["batch_scaling"] = _batch_scaling(base, data, weights, rows, load)
-        speed["matmul_tflops"] = _matmul_rates(base)
-        record["speed"] = speed
+        record["speed"] = _time_phase(task, sides, skipped, data, weights, rows, progress)
         record["status"] = "ok"
     except Exception as exc:  # a failed phase is data, not a crash of the run
         traceback.print_exc()
@@ -230,6 +208,42 @@ def run_speed_task(task: SpeedTask, progress: Callable[[int, int], None] | None 
                 traceback.print_exc()
         record["speed"]["wall_s"] = time.perf_counter() - started
     return record
+
+
+def _time_phase(
+    task: SpeedTask,
+    sides: list[_Side],
+    skipped: dict[str, str],
+    data: Any,
+    weights: Any,
+    rows: Any,
+    progress: Callable[[int, int], None] | None,
+) -> dict[str, Any]:
+    """The timing of a phase whose sides are set up: every side warmed up, its window sized, the
+    rounds of the rotation, then the batch probe and the matmul ceiling; returns the record's
+    ``speed`` section."""
+    base_job = task.jobs[0]
+    load = SystemLoad()
+    for side in sides:
+        side.backend.activate()
+        side.run(max(base_job.train.timing_warmup_steps, MIN_WARMUP_STEPS))
+        side.backend.drain_telemetry()
+    probe_step_s = {side.label: _size_window(side, load, task.window_ms) for side in sides}
+
+    def on_round(r: int) -> None:
+        if progress is not None:
+            progress(r, task.rounds)
+
+    base, candidates = sides[0], sides[1:]
+    rot = rotation(lambda: base.window(load), [lambda s=s: s.window(load) for s in candidates], task.rounds, on_round)
+    speed = _phase_results(task, sides, rot, probe_step_s, skipped)
+    speed["input_shape"] = list(data.input_shape)
+    speed["num_classes"] = data.num_classes
+    speed["batch_size"] = base_job.train.batch_size
+    if task.batch_probe:
+        speed["batch_scaling"] = _batch_scaling(base, data, weights, rows, load)
+    speed["matmul_tflops"] = _matmul_rates(base)
+    return speed
 
 
 def _set_up_sides(
