@@ -1,5 +1,9 @@
 """results.jsonl: one JSON object per job, the source of truth of a run.
 
+This module is the record's home: its schema, its one builder (``new_record``, ``failed_record``,
+``set_placement``), its typed reader (``Record``), the key of the comparison row it belongs to
+(``RowKey``), and the one reader of a run directory (``read_run``).
+
 Records are appended one at a time with flush + fsync, so a kill at any moment loses at most
 the record being written, never one already written. Readers skip a damaged line (and say
 which) instead of failing.
@@ -382,6 +386,6 @@ def read_run(path: Path | str) -> RunRecords:
     path = Path(path)
     results = path / RESULTS_FILE
     read = read_records(results)
-    records = [Record(r) for r in latest_by_job(read.records).values()]
-    speed = [Record(r) for r in latest_by_job(read.speed).values()]
+    records: list[Any] = list(latest_by_job(read.records).values())  # Records, as read_records made them
+    speed: list[Any] = list(latest_by_job(read.speed).values())
     return RunRecords(path, results.exists(), records, speed, read.warnings)
