@@ -9,6 +9,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from precision_suite.backends.base import FAMILY_OF_RUNTIME
 from precision_suite.config import (
     DataConfig,
     DistributedConfig,
@@ -33,7 +34,8 @@ class Job:
 
     job_id: str
     backend: str
-    framework: str
+    runtime: str  # what executes it ("torch", "tensorflow", "jax"): the worker process it runs in
+    family: str  # the API family the user compares ("torch", "keras"): Backend.family
     policy: str
     model: ModelConfig  # MlpConfig | CnnConfig | TransformerConfig
     data: DataConfig
@@ -64,26 +66,37 @@ class Job:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     @property
+    def framework(self) -> str:
+        """The runtime, under the name records have always given it (``"framework"``)."""
+        return self.runtime
+
+    @property
     def loss_scaling_mode(self) -> str:
         """``"dynamic"``, ``"static"`` or ``"none"``: the policy's scaling under ``loss_scale``."""
-        from precision_suite.backends.base import POLICY_SPECS
+        from precision_suite.backends.policy import get_policy
 
-        return POLICY_SPECS[self.policy].loss_scaling_mode(self.loss_scale.enabled, self.loss_scale.dynamic)
+        return get_policy(self.policy).loss_scaling_mode(self.loss_scale.enabled, self.loss_scale.dynamic)
 
     # The worker message type; ``precision_suite.measure.speed_phase.SpeedTask`` (a timed phase) is "speed".
     kind: ClassVar[str] = "job"
     is_timed_phase: ClassVar[bool] = False
 
+    # The JSON key of a field whose record key predates it (``to_dict`` / ``from_dict``).
+    JSON_KEYS: ClassVar[dict[str, str]] = {"runtime": "framework"}
+
     def to_dict(self) -> dict[str, Any]:
         """Every field, as JSON: config models dumped, tuples as lists (``from_dict`` reads it)."""
-        return {f.name: _as_json(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {self.JSON_KEYS.get(f.name, f.name): _as_json(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Job:
         """The job ``to_dict`` wrote: each field validated as its annotation says (a config model,
         the model union, a tuple); a field missing from ``raw`` takes its default."""
         adapters = _field_adapters(cls)
-        return cls(**{name: adapter.validate_python(raw[name]) for name, adapter in adapters.items() if name in raw})
+        values = {name: raw[key] for name in adapters if (key := cls.JSON_KEYS.get(name, name)) in raw}
+        if not values.get("family"):  # written before the API family was apart from the runtime
+            values["family"] = FAMILY_OF_RUNTIME.get(values["runtime"], values["runtime"])
+        return cls(**{name: adapters[name].validate_python(value) for name, value in values.items()})
 
 
 def _as_json(value: Any) -> Any:

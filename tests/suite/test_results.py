@@ -27,11 +27,11 @@ from tests.helpers.records import make_record, speed_record
 # far has them (docs/architecture.md, DESIGN.md "Result record"): readers of old run directories
 # depend on them.
 JOB_KEYS = [
-    "schema", "job_id", "backend", "framework", "policy", "model", "dataset", "seed", "device",
+    "schema", "job_id", "backend", "framework", "family", "policy", "model", "dataset", "seed", "device",
     "status", "error", "config", "environ", "observed", "metrics", "curves",
 ]  # fmt: skip
 SPEED_KEYS = [
-    "schema", "kind", "job_id", "framework", "model", "dataset", "device", "status", "error", "config",
+    "schema", "kind", "job_id", "framework", "family", "model", "dataset", "device", "status", "error", "config",
     "environ", "speed",
 ]  # fmt: skip
 
