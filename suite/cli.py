@@ -111,8 +111,8 @@ def _add_output_commands(sub: Any) -> None:
 
 def _load_run_config(args: argparse.Namespace):
     from precision_suite.config import load_config
-    from precision_suite.execution.runner import CONFIG_FILE
     from precision_suite.plan import check_backends
+    from precision_suite.results import CONFIG_FILE
 
     path = args.config
     if args.resume and path is None:
@@ -176,23 +176,16 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _report(out_dir: Path, console: Console, tolerance: float | None, write: bool = True, strict: bool = False) -> int:
-    from precision_suite.results import RESULTS_FILE, latest_by_job, read_records
+    from precision_suite.outputs.rundir import load_run
 
-    path = out_dir / RESULTS_FILE
-    if not path.exists():
-        raise UsageError(f"{path}: no such file (is {out_dir} a run directory?)")
-    read = read_records(path)
-    for warning in read.warnings:
+    run = load_run(out_dir, tolerance_pts=tolerance)
+    for warning in run.warnings:
         console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
-    records = list(latest_by_job(read.records).values())
-    if not records and not read.speed:
-        raise UsageError(f"{path}: no valid records")
     from precision_suite import report
     from precision_suite.outputs import write_ci_files
     from precision_suite.verdicts import compare
 
-    comparison = compare.compare(records, tolerance_pts=tolerance, speed_records=read.speed)
-    comparison.run_dir = str(out_dir)
+    comparison, records = run.comparison, run.records
     if write:
         # The plots are nearly all of the cost: drawn in worker processes while this one prints
         # the table and writes the CI files.

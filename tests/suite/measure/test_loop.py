@@ -9,6 +9,7 @@ from precision_suite.data import batch_plan, load_dataset
 from precision_suite.measure import loop
 from precision_suite.models import init_weights
 from precision_suite.plan import expand_jobs
+from precision_suite.results import new_record
 
 from tests.helpers.fake_backend import FakeBackend
 
@@ -50,7 +51,7 @@ def _run(monkeypatch, **train):
     data = load_dataset(config.data)
     backend = RecordingBackend()
     backend.setup(job, init_weights(job.model, data.input_shape, data.num_classes, 0), data)
-    record = loop.new_record(job)
+    record = new_record(job)
     loop.train_timed(backend, job, data, record, None)
     plan = batch_plan(len(data.y_train), 64, 0, job.train.epochs, job.train.steps)
     return backend, record, plan
