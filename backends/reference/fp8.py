@@ -69,9 +69,7 @@ def torchao_recipe(name: str) -> ScalingRecipe:
     if name not in TORCHAO_RECIPES:
         raise ValueError(f'unknown torchao float8 recipe "{name}"; known: {", ".join(TORCHAO_RECIPES)}')
     rowwise = name == "rowwise"
-    return ScalingRecipe(
-        "torchao", name, "per row" if rowwise else "per tensor", "current tensor, every step", rowwise
-    )
+    return ScalingRecipe("torchao", name, "per row" if rowwise else "per tensor", "current tensor, every step", rowwise)
 
 
 def keras_recipe(history_length: int = KERAS_AMAX_HISTORY_LENGTH) -> ScalingRecipe:

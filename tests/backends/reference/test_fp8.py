@@ -149,9 +149,8 @@ def test_torchao_rowwise_scale(fmt):
 @needs_torchao
 @pytest.mark.parametrize("recipe", fp8.TORCHAO_RECIPES)
 def test_torchao_recipes_cast_forward_to_e4m3_and_gradients_as_described(recipe):
-    from torchao.float8.config import Float8LinearConfig, ScalingGranularity
-
     import torch
+    from torchao.float8.config import Float8LinearConfig, ScalingGranularity
 
     config = Float8LinearConfig.from_recipe_name(recipe)
     assert config.cast_config_input.target_dtype == torch.float8_e4m3fn
