@@ -42,6 +42,9 @@ class PolicySpec:
     accelerated_by: str | None  # the hardware feature that makes it fast: float16, bfloat16, tf32
     tf32: bool = False  # TF32 matmul/conv allowed (set explicitly, on or off, for every policy)
     cuda_only: bool = False
+    # Linear/Dense matmuls take FP8 operands (e4m3 forward; backends/reference/fp8.py): a record
+    # must show FP8 operands observed, or the policy silently fell back.
+    fp8: bool = False
 
     @property
     def pure(self) -> bool:
@@ -69,6 +72,7 @@ POLICY_SPECS: dict[str, PolicySpec] = {
     "bf16-mixed": PolicySpec("bfloat16", "float32", False, "bfloat16"),
     "fp16-pure": PolicySpec("float16", "float16", True, "float16"),
     "bf16-pure": PolicySpec("bfloat16", "bfloat16", False, "bfloat16"),
+    "fp8-mixed": PolicySpec("bfloat16", "float32", False, "float8", fp8=True),
 }
 POLICIES: tuple[str, ...] = tuple(POLICY_SPECS)
 # Rows per forward pass when evaluating, the same in every backend.

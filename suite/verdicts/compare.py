@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from precision_suite.backends.base import POLICY_SPECS
+from precision_suite.backends.reference.fp8 import FORWARD_FORMAT
 from precision_suite.config import ParityConfig
 from precision_suite.jobs import BASELINE_POLICY
 from precision_suite.measure.timing import SpeedEstimate
@@ -376,6 +377,24 @@ def _precision_problems(record: dict[str, Any]) -> list[str]:
     want_scaling = _expected_loss_scaling(policy, record.get("config") or {})
     if scaling is not None and scaling != want_scaling:
         problems.append(f"loss scaling {scaling}, expected {want_scaling}")
+    if expected.fp8:
+        problems.extend(fp8_problems(observed))
+    return problems
+
+
+def fp8_problems(observed: dict[str, Any]) -> list[str]:
+    """Why an FP8 policy's observed precision does not show FP8 running: no layer converted, or
+    no e4m3 forward operands, or no FP8 gradient operands observed (a silent fallback to bf16)."""
+    if not observed.get("fp8_layers"):
+        return ["no layer ran in FP8 (none converted: every matmul fell back to the compute dtype)"]
+    operands = observed.get("fp8_operands") or {}
+    problems = []
+    forward = list(operands.get("forward") or [])
+    if FORWARD_FORMAT not in forward:
+        problems.append(f"forward matmul operands {forward or 'none'} in FP8, expected {FORWARD_FORMAT}")
+    backward = list(operands.get("backward") or [])
+    if not any(dtype.startswith("float8") for dtype in backward):
+        problems.append("no FP8 gradient operands observed in the backward pass")
     return problems
 
 
@@ -387,7 +406,12 @@ def _precision_verdict(row: Row, records: list[dict[str, Any]]) -> Verdict:
     if problems:
         return Verdict("precision-active", row.subject, FAIL, "; ".join(problems))
     dtype = row.observed.get("compute_dtype")
-    return Verdict("precision-active", row.subject, PASS, f"observed compute {dtype}")
+    detail = f"observed compute {dtype}"
+    if row.observed.get("fp8_layers"):
+        operands = row.observed.get("fp8_operands") or {}
+        fp8 = ", ".join(sorted({*operands.get("forward", []), *operands.get("backward", [])}))
+        detail += f"; {fp8} in {len(row.observed['fp8_layers'])} FP8 layers"
+    return Verdict("precision-active", row.subject, PASS, detail)
 
 
 def seed_looks(records: list[dict[str, Any]]) -> int:

@@ -12,9 +12,11 @@ from precision_suite.backends.base import POLICY_SPECS
 _CPU_ACCELERATION_FLAGS: dict[str, tuple[str, ...]] = {
     "float16": ("avx512_fp16", "amx_fp16"),
     "bfloat16": ("avx512_bf16", "amx_bf16"),
+    "float8": (),  # no CPU the frameworks target has FP8 matmul units
 }
-# Minimum CUDA compute capability with native support (bf16 and TF32 arrived with Ampere).
-_CUDA_MIN_CAPABILITY: dict[str, float] = {"float16": 5.3, "bfloat16": 8.0, "tf32": 8.0}
+# Minimum CUDA compute capability with native support (bf16 and TF32 arrived with Ampere, FP8
+# tensor cores with Ada / Hopper).
+_CUDA_MIN_CAPABILITY: dict[str, float] = {"float16": 5.3, "bfloat16": 8.0, "tf32": 8.0, "float8": 8.9}
 
 
 def _half_type(policy: str) -> str | None:
@@ -42,11 +44,17 @@ def emulation(policy: str, device: str, environ: dict[str, Any]) -> str:
     kind = _half_type(policy)
     if kind is None:
         return ""
+    # An FP8 backend says itself whether it emulated (torchao's emulate flag, Keras without XLA).
+    fp8_reason = (environ.get("fp8") or {}).get("emulate_reason")
+    if kind == "float8" and fp8_reason:
+        return str(fp8_reason)
     if device == "cpu":
         if kind == "tf32":
             return ""
         flags = environ.get("cpu_flags") or {}
         wanted = _CPU_ACCELERATION_FLAGS[kind]
+        if not wanted:
+            return f"no CPU computes {kind} matmuls natively"
         if any(flags.get(flag) for flag in wanted):
             return ""
         if not flags:

@@ -579,3 +579,19 @@ def test_one_seed_cross_framework_passes_only_when_the_runs_are_one_computation(
     late["curves"]["train_loss"] = loss[:120] + [v * 1.01 for v in loss[120:]]
     [verdict] = compare([make_record("torch-amp", "fp32", 0, steps=150), late]).groups[0].verdicts
     assert verdict.outcome == INCONCLUSIVE, verdict.detail
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"fp8_layers": []}, "no layer ran in FP8"),
+        ({"fp8_operands": {"forward": [], "backward": ["float8_e5m2"]}}, "expected float8_e4m3fn"),
+        ({"fp8_operands": {"forward": ["float8_e4m3fn"], "backward": ["bfloat16"]}}, "no FP8 gradient operands"),
+    ],
+)
+def test_fp8_without_observed_fp8_fails_precision_active(change, message):
+    records = [make_record("torch-amp", "fp8-mixed", 0)]
+    assert compare(records).rows[0].verdict("precision-active").outcome == PASS
+    records[0]["observed"].update(change)
+    verdict = compare(records).rows[0].verdict("precision-active")
+    assert verdict.outcome == FAIL and message in verdict.detail
