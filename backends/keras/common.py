@@ -75,6 +75,8 @@ KERAS_DTYPE_POLICIES: dict[str, str] = {
     "tf32": "float32",
     "fp16-mixed": "mixed_float16",
     "bf16-mixed": "mixed_bfloat16",
+    # plus float8 on the eligible Dense layers (backends/keras/fp8.py)
+    "fp8-mixed": "mixed_bfloat16",
 }
 
 
@@ -215,6 +217,10 @@ def keras_config_problem(backend_name: str, job: Job) -> str | None:
     """Why a Keras backend cannot run ``job`` as configured (one line), or None."""
     if job.policy not in KERAS_DTYPE_POLICIES:
         return f'backend {backend_name} has no policy "{job.policy}"; it has: {", ".join(KERAS_DTYPE_POLICIES)}'
+    if POLICY_SPECS[job.policy].fp8 and job.train.grad_accumulation > 1:
+        from precision_suite.backends.keras.fp8 import GRAD_ACCUMULATION_PROBLEM
+
+        return GRAD_ACCUMULATION_PROBLEM.format(backend=backend_name)
     ls = job.loss_scale
     if job.loss_scaling_mode == "dynamic":
         for key, value, fixed in (
@@ -327,6 +333,7 @@ class KerasBackend(Backend):
     # Whether a later job may reuse this class's compiled functions (``COMPILED_STEPS``); not a
     # class whose step holds per-job state (the data-parallel step: its strategy, its faults).
     reuses_compiled_steps: ClassVar[bool] = True
+    fp8: Any = None  # fp8-mixed: what quantize_float8 did (backends/keras/fp8.py)
 
     @classmethod
     def is_available(cls) -> Availability:  # type: ignore[override]
@@ -403,6 +410,11 @@ class KerasBackend(Backend):
         job = self.job
         policy = keras.DTypePolicy(KERAS_DTYPE_POLICIES[job.policy])
         self.model = build_keras_model(job.model, data.input_shape, data.num_classes, init_weights, policy)
+        self.fp8 = None
+        if self.policy.fp8:
+            from precision_suite.backends.keras.fp8 import quantize_float8
+
+            self.fp8 = quantize_float8(self.model)
         self.optimizer, self.inner_optimizer = build_keras_optimizer(keras, job, data, self.options.optimizer_rules)
         self.optimizer.build(self.model.trainable_variables)
         self.data_shape = tuple(data.input_shape)
@@ -459,7 +471,26 @@ class KerasBackend(Backend):
             keras.backend.clear_session()
 
     def observed_precision(self) -> dict[str, Any]:
-        return keras_observed_precision(self.model, self.first_layer_output(), self.job)
+        observed = keras_observed_precision(self.model, self.first_layer_output(), self.job)
+        if self.fp8 is not None:
+            from precision_suite.backends.keras.fp8 import observed_fp8
+
+            observed.update(observed_fp8(self.model))
+        return observed
+
+    def fp8_environment(self) -> dict[str, Any]:
+        """``{"fp8": ...}`` for the environment of an fp8-mixed job (which Dense layers were quantised,
+        which not and why, the scaling recipe, emulated or not); empty for other policies."""
+        if self.fp8 is None:
+            return {}
+        from precision_suite.backends.keras.fp8 import emulation_reason
+
+        capability = self.cuda_capability() if self.job.device == "cuda" else None
+        return {"fp8": self.fp8.record(emulation_reason(self.job.device, self.options.jit_compile, capability))}
+
+    def cuda_capability(self) -> tuple[int, int] | None:
+        """The job's GPU's compute capability, where the runtime tells it."""
+        return None
 
     def first_layer_output(self) -> Any:
         """The first layer's output on two test rows, computed as a training step would."""
