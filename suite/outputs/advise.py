@@ -42,6 +42,16 @@ SETTINGS: dict[str, dict[str, str]] = {
         + _AUTOCAST.format(device="{device}", dtype="float16")
         + "scaler.scale(loss).backward()\nscaler.step(optimizer)\nscaler.update()",
     },
+    "fp8-mixed": {
+        "Lightning": 'L.Trainer(precision="transformer-engine")  # Transformer Engine\'s FP8 (delayed scaling)',
+        "accelerate": "from accelerate.utils import AORecipeKwargs\n"
+        'Accelerator(mixed_precision="fp8", kwargs_handlers=[AORecipeKwargs()])  # torchao float8',
+        "Keras": 'keras.mixed_precision.set_global_policy("mixed_bfloat16")\nmodel.quantize("float8")  # after build',
+        "PyTorch": "from torchao.float8 import Float8LinearConfig, convert_to_float8_training\n"
+        'convert_to_float8_training(model, config=Float8LinearConfig.from_recipe_name("tensorwise"))\n'
+        + _AUTOCAST.format(device="{device}", dtype="bfloat16")
+        + "loss.backward()\noptimizer.step()",
+    },
     "tf32": {
         "Lightning": 'torch.set_float32_matmul_precision("high")  # Lightning has no precision flag for TF32',
         "accelerate": 'torch.set_float32_matmul_precision("high")',
