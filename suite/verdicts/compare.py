@@ -144,6 +144,7 @@ class Row:
     observed: dict[str, Any] = field(default_factory=dict)
     emulated: bool = False
     emulated_reason: str = ""
+    fp8_scaling: str = ""  # an FP8 policy: how its backend chose the FP8 scales (environ.fp8.scaling)
     verdicts: list[Verdict] = field(default_factory=list)
     # The speedup over ``baseline`` (``row_speed``); None: not measured, ``speed_unmeasured`` says why.
     speed: Speedup | None = None
@@ -701,6 +702,7 @@ def _build_group(
             environ = (all_by_row[(backend, policy)][0].get("environ")) or {}
         row.emulated_reason = emulation(policy, device, environ)
         row.emulated = bool(row.emulated_reason)
+        row.fp8_scaling = str((environ.get("fp8") or {}).get("scaling") or "")
         group.rows.append(row)
 
     looks = seed_looks(records)
