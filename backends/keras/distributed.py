@@ -35,7 +35,7 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from precision_suite.backends.base import Telemetry
+from precision_suite.backends.base import POLICY_SPECS, Telemetry
 from precision_suite.backends.keras.tf_backend import TfKerasBackend, grads_all_finite
 
 if TYPE_CHECKING:
@@ -87,6 +87,11 @@ class MirroredTfKerasBackend(TfKerasBackend):
             return problem
         if job.train.grad_clip_norm is not None:
             return "train.grad_clip_norm cannot run data-parallel on tf-keras: Keras clips each replica's gradients"
+        if POLICY_SPECS[job.policy].fp8:
+            return (
+                "fp8-mixed cannot run data-parallel on tf-keras: Keras' float8 layers write their scales as "
+                "gradients, which the replicas would add up"
+            )
         if job.policy == "fp16-mixed" and job.loss_scale.enabled and not job.loss_scale.dynamic:
             return "loss_scale.dynamic: false cannot run data-parallel on tf-keras; use a dynamic loss scale"
         return None

@@ -104,3 +104,14 @@ def test_keras_and_torch_convert_the_same_layers(backend_name):
         torch_backend.teardown()
     assert keras_fp8["converted"] == torch_fp8["converted"] == TRANSFORMER_FP8_LAYERS
     assert keras_fp8["not_converted"] == torch_fp8["not_converted"] == {"head": torch_fp8["not_converted"]["head"]}
+
+
+@pytest.mark.skipif(not HAS_TF, reason="tensorflow/keras is not installed")
+def test_data_parallel_fp8_is_refused_on_tf_keras():
+    from precision_suite.backends.keras.distributed import MirroredTfKerasBackend
+
+    from tests.helpers.data_parallel import dp_job
+
+    problem = MirroredTfKerasBackend.config_problem(dp_job("tf-keras", "fp8-mixed"))
+    assert problem and "fp8-mixed cannot run data-parallel on tf-keras" in problem
+    assert MirroredTfKerasBackend.config_problem(dp_job("tf-keras", "bf16-mixed")) is None
