@@ -35,8 +35,10 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from precision_suite.backends.base import POLICY_SPECS, Telemetry
+from precision_suite.backends.base import Telemetry
+from precision_suite.backends.fp8 import fp8_settings
 from precision_suite.backends.keras.tf_backend import TfKerasBackend, grads_all_finite
+from precision_suite.backends.policy import get_policy
 
 if TYPE_CHECKING:
     from precision_suite.data import Dataset
@@ -65,6 +67,7 @@ def batchnorm_statistics(model: Any) -> str:
 class MirroredTfKerasBackend(TfKerasBackend):
     # Its step holds this job's strategy and injected faults; each such job has its own process.
     reuses_compiled_steps = False
+    process_per_replica = False  # one process holds every replica
 
     @classmethod
     def init_process(cls, job: Job) -> None:
@@ -87,12 +90,12 @@ class MirroredTfKerasBackend(TfKerasBackend):
             return problem
         if job.train.grad_clip_norm is not None:
             return "train.grad_clip_norm cannot run data-parallel on tf-keras: Keras clips each replica's gradients"
-        if POLICY_SPECS[job.policy].fp8:
+        if fp8_settings(get_policy(job.policy)) is not None:
             return (
-                "fp8-mixed cannot run data-parallel on tf-keras: Keras' float8 layers write their scales as "
+                f"{job.policy} cannot run data-parallel on tf-keras: Keras' float8 layers write their scales as "
                 "gradients, which the replicas would add up"
             )
-        if job.policy == "fp16-mixed" and job.loss_scale.enabled and not job.loss_scale.dynamic:
+        if job.loss_scaling_mode == "static":
             return "loss_scale.dynamic: false cannot run data-parallel on tf-keras; use a dynamic loss scale"
         return None
 
@@ -240,6 +243,7 @@ class MultiWorkerTfKerasBackend(MirroredTfKerasBackend):
 
     all_reduce_loss = True
     strategy_name = "MultiWorkerMirroredStrategy"
+    process_per_replica = True
 
     @classmethod
     def init_process(cls, job: Job) -> None:

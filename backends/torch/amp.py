@@ -27,11 +27,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from precision_suite.backends.base import POLICY_SPECS
+from precision_suite.backends.fp8 import FP8_EXTRA_HINT, fp8_settings
+from precision_suite.backends.policy import get_policy
 from precision_suite.backends.torch.base import TorchBackendBase
 from pydantic import BaseModel, ConfigDict
-
-FP8_EXTRA_HINT = "pip install 'precision-suite[fp8]'"
 
 
 class TorchAmpOptions(BaseModel):
@@ -52,9 +51,15 @@ class TorchAmpBackend(TorchBackendBase):
     def unsupported_reason(cls, policy: str, device: str) -> str | None:
         from precision_suite.backends.torch.fp8 import torchao_available
 
-        if POLICY_SPECS[policy].fp8 and not torchao_available():
+        if fp8_settings(get_policy(policy)) is not None and not torchao_available():
             return f"{policy} needs torchao, which is not installed ({FP8_EXTRA_HINT})"
         return super().unsupported_reason(policy, device)
+
+    @classmethod
+    def data_parallel_class(cls, job: Any) -> type[TorchAmpBackend]:
+        from precision_suite.backends.torch.distributed import DdpTorchAmpBackend
+
+        return DdpTorchAmpBackend
 
     @property
     def _wants_fused(self) -> bool:
@@ -64,7 +69,7 @@ class TorchAmpBackend(TorchBackendBase):
         import torch
 
         self.fp8 = None
-        if self.policy.fp8:
+        if fp8_settings(self.policy) is not None:
             from precision_suite.backends.torch.fp8 import convert
 
             self.fp8 = convert(self.model, self.options.fp8_recipe, self.device)
