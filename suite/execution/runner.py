@@ -5,7 +5,8 @@ its own process session (``precision_suite.execution.process``).
 
 The dispatch goes through an executor (``JobExecutor``): ``precision_suite.execution.local``
 runs jobs in local worker processes; ``runner.executor: ray`` fans them out over a Ray cluster
-(``precision_suite.execution.ray_executor``). Both take a list of jobs and stream records back as
+(``precision_suite.execution.ray_executor``), ``slurm`` over Slurm job arrays
+(``precision_suite.execution.slurm``). All take a list of jobs and stream records back as
 jobs finish; the runner is the only writer of results.jsonl. Rounds of seeds on demand come from
 ``precision_suite.execution.seeds_on_demand``.
 """
@@ -81,6 +82,10 @@ def make_executor(config: SuiteConfig, out_dir: Path) -> JobExecutor:
         from precision_suite.execution.ray_executor import RayExecutor
 
         return RayExecutor(config, out_dir)
+    if config.runner.executor == "slurm":
+        from precision_suite.execution.slurm import SlurmExecutor
+
+        return SlurmExecutor(config, out_dir)
     return Executor(config, out_dir)
 
 
