@@ -233,9 +233,11 @@ def run_job(
         backend = cls()
         backend.setup(job, weights, data)
         record["environ"].update(backend.environment())
-        record["observed"] = backend.observed_precision()
         backend.reset_memory_stats()
         train_timed(backend, job, data, record, progress)
+        # After training: what ran includes state a policy writes only in training steps (the
+        # amax histories of Keras' float8 layers, fp8-mixed's evidence that FP8 ran).
+        record["observed"] = backend.observed_precision()
         result = backend.evaluate()
         memory = backend.memory_stats()
         record["metrics"].update(

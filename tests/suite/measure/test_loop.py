@@ -81,3 +81,28 @@ def test_batches_are_staged_in_blocks_of_whole_windows(monkeypatch):
     backend, _, plan = _run(monkeypatch, steps=100, timing_window_steps=15)
     # block = 15 * (40 // 15) = 30 steps
     assert [n for kind, n in backend.events if kind == "prepare"] == [30, 30, 30, 10]
+
+
+class ObservingBackend(FakeBackend):
+    """The fake backend, saying in its observed precision how many steps it had trained."""
+
+    def observed_precision(self):
+        return {**super().observed_precision(), "steps_trained": self.step}
+
+
+def test_observed_precision_is_read_after_training():
+    # What a policy writes only in training steps (Keras float8's amax histories: fp8-mixed's
+    # evidence that FP8 ran) must be in the record.
+    config = SuiteConfig.model_validate(
+        {
+            "models": [{"kind": "mlp", "hidden": [8]}],
+            "train": {"batch_size": 64, "steps": 7, "timing_warmup_steps": 2},
+            "backends": {"names": ["torch-amp"], "policies": {"torch-amp": ["fp32"]}},
+            "seeds": [0],
+        }
+    )
+    (job,) = expand_jobs(config, "cpu")
+    job.options = {}
+    record = loop.run_job(job, backend_cls=ObservingBackend)
+    assert record["status"] == "ok", record["error"]
+    assert record["observed"]["steps_trained"] == 7
