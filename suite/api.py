@@ -140,8 +140,8 @@ def load_run_config(
     """The validated config of a run, checked against the registry, the data and the models
     before any job starts; ``resume_dir``'s saved config when ``config`` is None."""
     from precision_suite.config import load_config, source_name
-    from precision_suite.execution.runner import CONFIG_FILE
     from precision_suite.plan import check_backends
+    from precision_suite.results import CONFIG_FILE
 
     if resume_dir is not None and config is None:
         config = resume_dir / CONFIG_FILE

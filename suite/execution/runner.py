@@ -25,19 +25,20 @@ from typing import Any, Protocol
 import yaml
 from precision_suite.backends import get_backend_class
 from precision_suite.config import SuiteConfig
-from precision_suite.execution.local import Executor, JobProgressFn, failed_record
+from precision_suite.execution.local import Executor, JobProgressFn
 from precision_suite.execution.seeds_on_demand import rounds_on_demand
 from precision_suite.jobs import Job
 from precision_suite.measure.speed_phase import SpeedTask
 from precision_suite.measure.timing import busy_warning
 from precision_suite.plan import expand_jobs, speed_tasks
 from precision_suite.results import (
+    CONFIG_FILE,
     RESULTS_FILE,
     append_record,
+    failed_record,
     is_job_failure,
     is_noise_floor_run,
-    latest_by_job,
-    read_records,
+    read_run,
 )
 from rich.console import Console
 from rich.markup import escape
@@ -49,8 +50,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-
-CONFIG_FILE = "config.yaml"
 
 
 @dataclass
@@ -149,9 +148,9 @@ def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool
     summary = RunSummary(out_dir, len(jobs) + len(tasks))
     done: set[str] = set()
     if resume:
-        read = read_records(results_path)
+        read = read_run(out_dir)
         summary.warnings.extend(read.warnings)
-        done = {jid for jid, r in latest_by_job(read.records + read.speed).items() if r["status"] == "ok"}
+        done = {r.job_id for r in read.all_records if r.ok}
     save_config(config, out_dir)
     pending: list[Job | SpeedTask] = [job for job in [*jobs, *tasks] if job.job_id not in done]
     summary.skipped_ok = len(jobs) + len(tasks) - len(pending)
