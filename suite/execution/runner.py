@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import signal
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -165,7 +166,10 @@ def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool
         console.print(line, highlight=False, soft_wrap=True)
     # Jobs a worker finds it cannot run (tf32 on a CPU) are listed once per backend and reason.
     unavailable_said: set[tuple[str, str]] = set()
-    previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # SIGTERM stops the run as Ctrl-C does. Only the main thread may set a handler; the Python API
+    # may run this from another thread, where SIGTERM keeps its disposition.
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt) if on_main_thread else None
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -217,7 +221,8 @@ def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool
         summary.interrupted = True
         executor.kill_all()
     finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous_sigterm)
         executor.close()
     summary.warnings.extend(executor.warnings)
     return summary

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from precision_suite.errors import UserError
 from precision_suite.results import RESULTS_FILE, RowKey, read_run
 from precision_suite.verdicts.compare import Comparison, Row, compare
 
 
-class RunDirError(Exception):
+class RunDirError(UserError):
     """A directory that is not a readable run (the user's input): one line, exit 2."""
 
 
