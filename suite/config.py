@@ -7,15 +7,18 @@ expected and what was given.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from precision_suite.errors import UserError
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -31,7 +34,7 @@ NonNegInt = Annotated[int, Field(ge=0, strict=True)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration the user wrote that cannot run; the message is one line."""
 
 
@@ -729,31 +732,48 @@ def default_config_text() -> str:
         return (Path(__file__).resolve().parent.parent / "configs" / "default.yaml").read_text()
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> SuiteConfig:
-    """Load a YAML file (None = the packaged default) and apply `--set` overrides."""
-    if path is None:
-        source, text = "default.yaml", default_config_text()
-    else:
-        source = str(path)
-        try:
-            text = Path(path).read_text()
-        except FileNotFoundError:
-            raise ConfigError(f"{source}: no such config file") from None
-        except OSError as exc:
-            raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
-    raw = parse_yaml(text, source)
+def merge_sections(raw: dict[str, Any], sections: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge keyword sections into ``raw`` (in place): a mapping merges into the mapping it
+    meets, key by key; anything else (a list, a number, ``models``) replaces the value. A pydantic
+    section (``train=TrainConfig(...)``) counts as its full mapping."""
+    for key, value in sections.items():
+        if isinstance(value, BaseModel):
+            value = value.model_dump(mode="json")
+        current = raw.get(key)
+        if isinstance(value, Mapping) and isinstance(current, dict):
+            merge_sections(current, value)
+        else:
+            raw[key] = copy.deepcopy(dict(value) if isinstance(value, Mapping) else value)
+    return raw
+
+
+def load_config(
+    path: str | Path | Mapping[str, Any] | None,
+    overrides: list[str] | None = None,
+    sections: Mapping[str, Any] | None = None,
+) -> SuiteConfig:
+    """Load a YAML file (None = the packaged default; a mapping = the config itself), merge
+    keyword ``sections`` into it (``merge_sections``), then apply `--set` ``overrides``."""
+    source = source_name(path)
+    raw = copy.deepcopy(dict(path)) if isinstance(path, Mapping) else _read_config_file(path, source)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {_describe(raw)}")
     if path is not None:
-        # A relative data.path in a file means "next to this file", as in every config tool.
-        _resolve_data_path(raw, Path(path).parent)
+        # A relative data.path in a file means "next to this file", as in every config tool; in a
+        # mapping given from Python, relative to the current directory.
+        _resolve_data_path(raw, Path.cwd() if isinstance(path, Mapping) else Path(path).parent)
+    if sections:
+        raw = merge_sections(raw, sections)
+        source = f"{source} (with overrides)"
+        _resolve_data_path(raw, Path.cwd())
     if overrides:
         raw = apply_overrides(raw, overrides)
         source = f"{source} (with --set)"
         _resolve_data_path(raw, Path.cwd())  # typed on the command line: relative to the cwd
-    _resolve_python_path(raw, Path(path).parent if path is not None else None)
+    file_dir = Path(path).parent if path is not None and not isinstance(path, Mapping) else None
+    _resolve_python_path(raw, file_dir)
     return validate(raw, source)
 
 
@@ -791,6 +811,25 @@ def _resolve_python_path(raw: dict[str, Any], config_dir: Path | None) -> None:
         if str(extra) not in resolved:
             resolved.append(str(extra))
     raw["python_path"] = resolved
+
+
+def source_name(path: str | Path | Mapping[str, Any] | None) -> str:
+    """How messages name a config: its file, ``default.yaml``, or ``config mapping`` (from Python)."""
+    if isinstance(path, Mapping):
+        return "config mapping"
+    return "default.yaml" if path is None else str(path)
+
+
+def _read_config_file(path: str | Path | None, source: str) -> Any:
+    if path is None:
+        return parse_yaml(default_config_text(), source)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+    return parse_yaml(text, source)
 
 
 def _resolve_data_path(raw: dict[str, Any], base: Path) -> None:

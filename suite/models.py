@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from precision_suite.config import CnnConfig, CustomModelConfig, MlpConfig, TransformerConfig
+from precision_suite.errors import UserError
 
 if TYPE_CHECKING:
     from precision_suite.data import Dataset
@@ -216,7 +217,7 @@ def perturb_weights(weights: dict[str, np.ndarray], ulps: int) -> dict[str, np.n
 # ``backends/torch/custom.py`` and ``backends/keras/custom.py``.
 
 
-class UserCodeError(ValueError):
+class UserCodeError(UserError, ValueError):
     """An import string that does not resolve, or a user's function that returned the wrong thing;
     the message is one line naming the string."""
 

@@ -52,11 +52,12 @@ from pathlib import Path
 from typing import Any
 
 from precision_suite.config import ConfigError, SuiteConfig
-from precision_suite.execution.local import Executor, JobProgressFn, failed_record, most_at_once
+from precision_suite.execution.local import Executor, JobProgressFn, most_at_once
 from precision_suite.execution.placement import Placement, visible_gpus
-from precision_suite.execution.process import WORKER_START_TIMEOUT_S
+from precision_suite.execution.process import STDERR_TAIL_LINES, WORKER_START_TIMEOUT_S, exit_text, log_tail
 from precision_suite.jobs import Job
 from precision_suite.measure.loop import one_line
+from precision_suite.results import failed_record, set_placement
 
 SLURM_EXTRA = 'pip install "precision-suite[slurm]"'
 POLL_S = 0.5
@@ -269,8 +270,7 @@ def run_job_on_node(job: Job, config: SuiteConfig, run_log_dir: str, board_dir: 
         # Also on submitit's time-limit signal (raised here): no worker outlives its task.
         executor.kill_all()
         placement.finished_at = time.time()
-    record["placement"] = placement.to_dict()
-    return record
+    return set_placement(record, placement.to_dict())
 
 
 def rank_environment(job_env: Any, port: int) -> dict[str, str]:
@@ -353,13 +353,12 @@ def run_rank_on_node(job: Job, config: SuiteConfig, run_log_dir: str, board_dir:
         message = f"exceeded runner.job_timeout_s={timeout_s:g}s over {job.world_size} replicas; rank 0 killed"
         record = failed_record(job, "timeout", message)
     elif not result_path.exists():
-        record = failed_record(job, "crashed", f"rank 0 of {job.world_size} exited with code {code} and no record")
-        record["stderr_tail"] = _tail(log)
+        message = f"rank 0 of {job.world_size} {exit_text(code)} and no record"
+        record = failed_record(job, "crashed", message, stderr_tail=log_tail(log))
     else:
         record = json.loads(result_path.read_text())
         _add_other_ranks(record, result_path, job_env.num_tasks, job.world_size)
-    record["placement"] = placement.to_dict()
-    return record
+    return set_placement(record, placement.to_dict())
 
 
 def _add_other_ranks(record: dict[str, Any], result_path: Path, tasks: int, world_size: int) -> None:
@@ -585,7 +584,7 @@ class SlurmExecutor:
             if placement.get("finished_at") is None and placement.get("started_at") is not None:
                 placement["finished_at"] = time.time()  # the task never said: when the driver gave it up
             self._concurrency(job, placement)
-            record["placement"] = placement
+            set_placement(record, placement)
         return record
 
     def _failure(self, submitted: _Submitted, where: str, outcome: str, result: Any) -> dict[str, Any]:
@@ -603,17 +602,13 @@ class SlurmExecutor:
                 )
                 return failed_record(job, "timeout", message)
             last = [ln for ln in trace.strip().splitlines() if ln.strip()]
-            record = failed_record(job, "crashed", f"{where}{node} failed (state {state}): {last[-1] if last else ''}")
-            record["stderr_tail"] = "\n".join(last[-15:])
-            return record
+            message = f"{where}{node} failed (state {state}): {last[-1] if last else ''}"
+            return failed_record(job, "crashed", message, stderr_tail="\n".join(last[-STDERR_TAIL_LINES:]))
         if outcome == "success":  # not a record: cannot come from the suite's task bodies
             return failed_record(job, "crashed", f"{where}{node} returned no record: {str(result)[:200]!r}")
         status = ENDED_STATES.get(state, "crashed")
-        record = failed_record(job, status, f"{where}{node} ended with no result: Slurm state {state}")
-        tail = _tail(submitted.rank0.paths.stderr)
-        if tail:
-            record["stderr_tail"] = tail
-        return record
+        message = f"{where}{node} ended with no result: Slurm state {state}"
+        return failed_record(job, status, message, stderr_tail=log_tail(submitted.rank0.paths.stderr) or None)
 
     # -- stopping
     def kill_all(self) -> None:
@@ -644,15 +639,6 @@ class SlurmExecutor:
 
     def close(self) -> None:
         self.kill_all()
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    kept = [ln for ln in text.splitlines() if ln.strip()]
-    return "\n".join(kept[-lines:])
 
 
 def slurm_states(array_ids: list[str]) -> dict[str, tuple[str, str]]:

@@ -19,10 +19,10 @@ from typing import Any
 
 from precision_suite.backends.base import implementation_label
 from precision_suite.backends.policy import find_policy
-from precision_suite.outputs.intervals import Interval, ratio_interval, speedup_of
+from precision_suite.outputs.intervals import ratio_interval, speedup_of
 from precision_suite.outputs.rundir import RunDir, baseline_key, ok_records_by_row, row_key
 from precision_suite.verdicts.compare import PASS, Comparison, Group, Row
-from precision_suite.verdicts.stats import PARITY_METRICS
+from precision_suite.verdicts.stats import PARITY_METRICS, Interval
 
 # Which tools' settings apply to an API family's result (a Keras result holds on any runtime).
 TOOLS_BY_FAMILY = {"torch": ("Lightning", "accelerate", "PyTorch"), "keras": ("Keras",)}
@@ -138,7 +138,7 @@ def _parity_delta(row: Any) -> str:
     eq = next((v.equivalence for v in row.verdicts if v.name == "parity" and v.equivalence is not None), None)
     if eq is None or eq.metric == "accuracy" or eq.interval is None:
         return f"accuracy Δ {row.delta_pts:+.2f} pt"
-    return f"test loss Δ {PARITY_METRICS[eq.metric].fmt(eq.interval.mean)} {eq.unit}"
+    return f"test loss Δ {PARITY_METRICS[eq.metric].fmt(eq.interval.estimate)} {eq.unit}"
 
 
 def render_text(advice: list[Advice], comparison: Comparison) -> str:

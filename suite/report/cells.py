@@ -223,7 +223,7 @@ def equivalence_cells(label: str, verdict: Verdict, run_dir: str | None) -> list
     return [
         verdict.name,
         label,
-        "—" if interval is None else _minus(fmt(interval.mean)),
+        "—" if interval is None else _minus(fmt(interval.estimate)),
         "— (1 seed)"
         if interval is None
         else _minus(f"{100 * eq.ci_level:.4g}% [{fmt(interval.low)}, {fmt(interval.high)}]")
