@@ -111,14 +111,14 @@ def _status_line(record: dict[str, Any]) -> str:
     return f"[{colour}]{status}[/] {record['job_id']}: {escape(str(record.get('error')))}"
 
 
-def install_command(framework: str) -> str | None:
-    """``pip install "precision-suite[FRAMEWORK]"`` where the distribution has an extra named for
-    the framework (pyproject's optional-dependencies: torch, tensorflow, jax), else None."""
+def install_command(runtime: str) -> str | None:
+    """``pip install "precision-suite[RUNTIME]"`` where the distribution has an extra named for
+    the runtime (pyproject's optional-dependencies: torch, tensorflow, jax), else None."""
     try:
         extras = importlib.metadata.metadata("precision-suite").get_all("Provides-Extra") or []
     except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
         return None
-    return f'pip install "precision-suite[{framework}]"' if framework in extras else None
+    return f'pip install "precision-suite[{runtime}]"' if runtime in extras else None
 
 
 def unavailable_lines(jobs: list[Job | SpeedTask], availability: dict[str, Any]) -> list[str]:
@@ -127,7 +127,7 @@ def unavailable_lines(jobs: list[Job | SpeedTask], availability: dict[str, Any])
     counts = Counter(job.backend for job in jobs if not availability[job.backend].ok)
     lines = []
     for backend, count in counts.items():
-        hint = install_command(get_backend_class(backend).framework)
+        hint = install_command(get_backend_class(backend).runtime)
         reason = availability[backend].reason + (f"; {hint}" if hint else "")
         lines.append(f"[yellow]unavailable[/] {backend}: {count} job(s) — {escape(reason)}")
     return lines
