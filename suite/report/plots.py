@@ -444,11 +444,12 @@ def drawing_version() -> str:
     """What a plot's pixels depend on besides its group's inputs: the drawing code (this module
     and the ones it draws with), numpy's and matplotlib's versions and matplotlib's settings."""
     import matplotlib
+    from precision_suite.backends import policy
     from precision_suite.measure import memory
     from precision_suite.report import cells
 
     digest = hashlib.sha256()
-    for module in (sys.modules[__name__], cells, memory):
+    for module in (sys.modules[__name__], cells, memory, policy):
         digest.update(Path(module.__file__).read_bytes())
     digest.update(f"{np.__version__} {matplotlib.__version__} {sorted(matplotlib.rcParams.items())!r}".encode())
     return digest.hexdigest()
