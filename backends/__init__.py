@@ -12,6 +12,8 @@ from functools import cache
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
+from precision_suite.errors import UserError
+
 if TYPE_CHECKING:
     from precision_suite.backends.base import Backend
 
@@ -24,7 +26,7 @@ BUILTIN_BACKENDS: dict[str, str] = {
 }
 
 
-class RegistryError(ValueError):
+class RegistryError(UserError, ValueError):
     """An unknown or clashing backend name; the message lists what is known."""
 
 

@@ -12,7 +12,8 @@
 # Knobs: PYTHON (the pip to use), GPU_PYTHON_VERSION (3.12), PYDANTIC_SPEC (default: the
 # pydantic version installed here, so both machines validate configs the same way), KERAS_SPEC
 # (default: the keras version installed here, so both machines run the same Keras; "" = no
-# Keras wheels).
+# Keras wheels), TORCHAO_SPEC (default: torchao==0.18.0, the `.[fp8]` pin, for gpu_check.sh's FP8
+# run; "" = none).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -49,6 +50,14 @@ if [[ -n $KERAS_SPEC ]]; then
     "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
         "${platforms[@]}" -d "$DEST" "$KERAS_SPEC" namex optree \
         || { echo "fetch_gpu_wheels: pip download of Keras failed (network? version spec '$KERAS_SPEC'?)" >&2; exit 1; }
+fi
+
+TORCHAO_SPEC=${TORCHAO_SPEC-torchao==0.18.0}
+if [[ -n $TORCHAO_SPEC ]]; then
+    echo "downloading $TORCHAO_SPEC (no dependencies: it needs only the image's torch) into $DEST"
+    "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
+        "${platforms[@]}" -d "$DEST" "$TORCHAO_SPEC" \
+        || { echo "fetch_gpu_wheels: pip download of torchao failed (network? version spec '$TORCHAO_SPEC'?)" >&2; exit 1; }
 fi
 
 ls -1 "$DEST"/*.whl

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GPU check: on a fresh GPU machine with PyTorch but no network, install the project from this
 # checkout, run the GPU tests and a trimmed configs/gpu-throughput.yaml run (torch-amp eager,
-# keras-jax where the machine has JAX, torch-amp with torch.compile), and print one table last.
+# keras-jax where the machine has JAX, torch-amp fp8-mixed against bf16-mixed with torch.compile
+# on the wide-blocks model where torchao is there, torch-amp with torch.compile), and print one
+# table last.
 # Target: under 8 minutes.
 #
 #   benchmarks/gpu_check.sh [OUT_DIR]          # default OUT_DIR: runs/gpu-check
@@ -11,13 +13,16 @@
 # is what keras-jax needs beside the image's JAX (TensorFlow is too large to carry, so tf-keras
 # does not run there). Put their wheels in .whl/ at the repository root
 # (benchmarks/fetch_gpu_wheels.sh downloads them on a machine with network); each group is
-# installed only when its import fails (keras only where jax imports).
+# installed only when its import fails (keras only where jax imports; torchao, for the FP8 run,
+# only where torch has CUDA).
 #
 # Knobs (environment):
 #   PYTHON=python3                 interpreter that has torch with CUDA
 #   GPU_CHECK_STEPS=40             timed + warm-up steps per job (warm-up is 10 of them)
 #   GPU_CHECK_COMPILE_POLICIES=bf16-mixed   policies run again with torch.compile ("" = none)
 #   GPU_CHECK_KERAS_JAX_POLICIES="fp32, fp16-mixed, bf16-mixed"   keras-jax policies ("" = none)
+#   GPU_CHECK_FP8_POLICIES="bf16-mixed, fp8-mixed"   the compiled FP8 run on wide-blocks ("" = none);
+#                                  its speedup over bf16-mixed is the number FP8 is for
 #   GPU_CHECK_SKIP_TESTS=1         skip `pytest -m gpu`
 #   GPU_CHECK_TEST_TIMEOUT_S=180   limit for the GPU tests
 #   GPU_CHECK_DEADLINE_S=300       skip the compiled run when this much time is already spent
@@ -33,6 +38,8 @@ OUT_DIR=${1:-runs/gpu-check}
 STEPS=${GPU_CHECK_STEPS:-40}
 COMPILE_POLICIES=${GPU_CHECK_COMPILE_POLICIES-bf16-mixed}
 KERAS_JAX_POLICIES=${GPU_CHECK_KERAS_JAX_POLICIES-fp32, fp16-mixed, bf16-mixed}
+FP8_POLICIES=${GPU_CHECK_FP8_POLICIES-bf16-mixed, fp8-mixed}
+FP8_MODEL=wide-blocks
 TEST_TIMEOUT_S=${GPU_CHECK_TEST_TIMEOUT_S:-180}
 DEADLINE_S=${GPU_CHECK_DEADLINE_S:-300}
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
@@ -82,6 +89,15 @@ if "$PY" -c 'import jax' 2>/dev/null && ! "$PY" -c 'import keras' 2>/dev/null; t
         carried+=("${wheels[@]}")
     else
         echo "note: jax is here but keras is not, and .whl/ holds no keras wheels: keras-jax will be unavailable"
+    fi
+fi
+if [[ -n $FP8_POLICIES && $DEVICE == cuda ]] && ! "$PY" -c 'import torchao' 2>/dev/null; then
+    wheels=(.whl/torchao-*.whl)
+    if ((${#wheels[@]})); then
+        echo "torchao missing: installing ${wheels[*]} from .whl/ for the FP8 run"
+        carried+=("${wheels[@]}")
+    else
+        echo "note: torchao is not installed and .whl/ holds no torchao wheel: the FP8 run will be skipped"
     fi
 fi
 shopt -u nullglob
@@ -144,13 +160,15 @@ fi
 
 # ------------------------------------------------------------------ 3. trimmed throughput runs
 mkdir -p "$OUT_DIR"
-rm -rf "$OUT_DIR/eager" "$OUT_DIR/keras-jax" "$OUT_DIR/compiled"
+rm -rf "$OUT_DIR/eager" "$OUT_DIR/keras-jax" "$OUT_DIR/fp8" "$OUT_DIR/compiled"
 common=(
     --set "train.steps=$STEPS"
     --set "train.timing_warmup_steps=10"
     --set "train.timing_window_steps=10"
     --set "data.synthetic.train_size=2048"
     --set "device=$DEVICE"
+    # The config's FP8-only models list names fp8-mixed, which most runs here leave out.
+    --set "backends.policy_models={}"
 )
 if [[ $DEVICE == cpu ]]; then
     # Only to exercise this script without a GPU: tiny models, tiny images.
@@ -189,6 +207,24 @@ else
     # XLA always compiles (inside the warm-up steps, excluded from the timing).
     run_suite keras-jax keras-jax "$KERAS_JAX_POLICIES" "{}" --set "runner.isolation=per-job"
 fi
+fp8=$("$PY" -c 'from precision_suite.backends import get_backend_class as g; print(g("torch-amp").unsupported_reason("fp8-mixed", "cuda") or "ok")')
+if [[ -z $FP8_POLICIES ]]; then
+    :
+elif [[ $DEVICE != cuda ]]; then
+    say "FP8 run skipped: FP8 is emulated without a GPU (configs/fp8.yaml checks its accuracy on a CPU)"
+elif [[ $fp8 != ok ]]; then
+    say "FP8 run skipped: $fp8"
+elif ((SECONDS - START > DEADLINE_S)); then
+    say "FP8 run skipped: $((SECONDS - START)) s spent, over GPU_CHECK_DEADLINE_S=$DEADLINE_S"
+else
+    # Compiled (torch.compile fuses FP8's amax, scale and cast kernels), on the model sized for it;
+    # the table's fp8-mixed row against this run's bf16-mixed row is the FP8 speedup.
+    only_model=""
+    IFS=',' read -ra fp8_list <<<"$FP8_POLICIES"
+    for policy in "${fp8_list[@]}"; do only_model+="${only_model:+, }${policy// /}: [$FP8_MODEL]"; done
+    run_suite fp8 torch-amp "$FP8_POLICIES" "{compile: true, fused: true, fp8_recipe: tensorwise}" \
+        --set "backends.policy_models={$only_model}"
+fi
 if [[ -z $COMPILE_POLICIES ]]; then
     :
 elif ((SECONDS - START > DEADLINE_S)); then
@@ -220,7 +256,7 @@ fi
 # ------------------------------------------------------------------ 5. the table
 say "done in $((SECONDS - START)) s; results in $OUT_DIR"
 runs=()
-for name in eager keras-jax compiled; do [[ -d $OUT_DIR/$name ]] && runs+=("$OUT_DIR/$name"); done
+for name in eager keras-jax fp8 compiled; do [[ -d $OUT_DIR/$name ]] && runs+=("$OUT_DIR/$name"); done
 ((${#runs[@]})) || die "no run produced results"
 echo
 "$PY" benchmarks/throughput_table.py "${runs[@]}" --ceilings "$CEILINGS" | tee "$OUT_DIR/table.txt"

@@ -147,7 +147,8 @@ class SuiteSide:
         backend.evaluate = timed_evaluate
 
     def run(self, steps: int) -> float:
-        from precision_suite.measure.loop import new_record, train_timed
+        from precision_suite.measure.loop import train_timed
+        from precision_suite.results import new_record
 
         job = round_job(self.job, steps)
         record = new_record(job)

@@ -54,13 +54,13 @@ SPIN = (
 
 def run_phase(config: str | None, overrides: list[str], out: Path) -> list[dict]:
     """One speed-only run in a fresh process; returns its speed records."""
-    from precision_suite.results import RESULTS_FILE, read_records
+    from precision_suite.results import read_run
 
     command = [sys.executable, "-m", "precision_suite.cli", "run", *([config] if config else []), "--out", str(out)]
     for item in overrides:
         command += ["--set", item]
     subprocess.run(command, check=False, cwd=ROOT, stdout=sys.stderr)
-    return read_records(out / RESULTS_FILE).speed
+    return read_run(out).speed
 
 
 class BusyCore:

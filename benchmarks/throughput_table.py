@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from precision_suite.measure.flops import device_peak, peak_dtype, record_mfu  # noqa: E402
-from precision_suite.results import RESULTS_FILE, latest_by_job, read_records  # noqa: E402
+from precision_suite.results import RESULTS_FILE, read_run  # noqa: E402
 
 COLUMNS = (
     "model",
@@ -50,11 +50,11 @@ def compiled(record: dict[str, Any]) -> bool:
 def load(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
     records, warnings = [], []
     for run_dir in run_dirs:
-        result = read_records(run_dir / RESULTS_FILE)
+        result = read_run(run_dir)
         warnings += result.warnings
         if not result.records:
             warnings.append(f"{run_dir}: no records in {RESULTS_FILE}")
-        records += latest_by_job(result.records).values()
+        records += result.records
     return records, warnings
 
 

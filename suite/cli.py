@@ -16,23 +16,18 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from precision_suite.errors import UsageError, UserError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 EXIT_OK, EXIT_VERDICT, EXIT_USAGE, EXIT_JOBS_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
-
-
-class UsageError(Exception):
-    """Bad input from the user; printed as one line, exit 2."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,102 +104,29 @@ def _add_output_commands(sub: Any) -> None:
     )
 
 
-def _load_run_config(args: argparse.Namespace):
-    from precision_suite.config import load_config
-    from precision_suite.execution.runner import CONFIG_FILE
-    from precision_suite.plan import check_backends
-
-    path = args.config
-    if args.resume and path is None:
-        path = Path(args.resume) / CONFIG_FILE
-        if not path.exists():
-            raise UsageError(f"--resume {args.resume}: no {CONFIG_FILE} there (not a run directory)")
-    config = load_config(path, args.overrides)
-    for notice in config.notices:
-        print(f"warning: {notice}", file=sys.stderr)
-    check_backends(config, str(path or "default.yaml"))
-    # The data is checked here, once, so a missing or malformed file is a usage error before
-    # any job starts rather than the same failure recorded for every job.
-    from precision_suite.data import DataError, load_dataset
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from precision_suite.api import RunInterrupted, run
+    from precision_suite.verdicts.compare import check_exit_code
 
     try:
-        data = load_dataset(config.data)
-    except DataError as exc:
-        raise UsageError(f"{path or 'default.yaml'}: data: {exc}") from None
-    from precision_suite.models import init_weights
-
-    for i, model in enumerate(config.models):
-        try:  # the shape checks every job would otherwise fail on, once, before any job
-            init_weights(model, data.input_shape, data.num_classes, seed=0)
-        except ValueError as exc:
-            raise UsageError(
-                f"{path or 'default.yaml'}: models.{i} ({model.name}) does not fit data {config.data.name} "
-                f"(rows of shape {data.input_shape}): {exc}"
-            ) from None
-    return config
-
-
-def _out_dir(args: argparse.Namespace, config) -> Path:
-    if args.resume:
-        return Path(args.resume)
-    if args.out:
-        return Path(args.out)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(config.runner.out_dir) / stamp
-
-
-def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from precision_suite.execution.runner import run_suite
-
-    config = _load_run_config(args)
-    out_dir = _out_dir(args, config)
-    console.print(f"precision-suite: writing to [bold]{out_dir}[/]", soft_wrap=True)
-    summary = run_suite(config, out_dir, console, resume=bool(args.resume))
-    for warning in summary.warnings:
-        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
-    if summary.skipped_ok:
-        console.print(f"resume: {summary.skipped_ok} job(s) already ok, not run again")
-    if summary.interrupted:
-        console.print(
-            f"[yellow]interrupted[/]: {sum(summary.statuses.values())} finished job(s) kept in "
-            f"{out_dir / 'results.jsonl'}; continue with: precision-suite run --resume {out_dir}",
-            soft_wrap=True,
+        result = run(
+            args.config,
+            out=args.resume or args.out,
+            set=args.overrides,
+            resume=bool(args.resume),
+            console=console,
         )
+    except RunInterrupted:
         return EXIT_INTERRUPTED
-    code = _report(out_dir, console, tolerance=None)
-    return EXIT_JOBS_FAILED if summary.failed else code
+    return EXIT_JOBS_FAILED if result.failed_jobs else check_exit_code(result.comparison)
 
 
 def _report(out_dir: Path, console: Console, tolerance: float | None, write: bool = True, strict: bool = False) -> int:
-    from precision_suite.results import RESULTS_FILE, latest_by_job, read_records
+    from precision_suite.api import report_run
+    from precision_suite.verdicts.compare import check_exit_code
 
-    path = out_dir / RESULTS_FILE
-    if not path.exists():
-        raise UsageError(f"{path}: no such file (is {out_dir} a run directory?)")
-    read = read_records(path)
-    for warning in read.warnings:
-        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
-    records = list(latest_by_job(read.records).values())
-    if not records and not read.speed:
-        raise UsageError(f"{path}: no valid records")
-    from precision_suite import report
-    from precision_suite.outputs import write_ci_files
-    from precision_suite.verdicts import compare
-
-    comparison = compare.compare(records, tolerance_pts=tolerance, speed_records=read.speed)
-    comparison.run_dir = str(out_dir)
-    if write:
-        # The plots are nearly all of the cost: drawn in worker processes while this one prints
-        # the table and writes the CI files.
-        plots = report.start_plots(comparison, records, plot_dir=out_dir / "plots")
-        report.render_terminal(comparison, console)
-        ci_paths = write_ci_files(out_dir, comparison, records)
-        paths = report.write_reports(out_dir, comparison, records, plots)
-        paths[3:3] = ci_paths
-        console.print("reports: " + ", ".join(str(p) for p in paths), soft_wrap=True)
-    else:
-        report.print_verdicts(comparison, console, strict=strict)
-    return compare.check_exit_code(comparison, strict=strict)
+    run_dir, _ = report_run(out_dir, console, tolerance, write=write, strict=strict)
+    return check_exit_code(run_dir.comparison, strict=strict)
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
@@ -306,20 +228,14 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from precision_suite.backends import RegistryError
-    from precision_suite.config import ConfigError
-    from precision_suite.data import DataError
-    from precision_suite.outputs.rundir import RunDirError
+    from precision_suite.api import default_console
 
     args = _parser().parse_args(argv)
-    console = Console()
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        # Piped to a file or a CI log: wide enough that tables keep one row per line.
-        console = Console(width=140)
+    console = default_console()
     err = Console(stderr=True)
     try:
         return COMMANDS[args.command](args, console)
-    except (ConfigError, UsageError, RegistryError, DataError, RunDirError) as exc:
+    except UserError as exc:
         # Escaped: a message may hold brackets rich would take for markup (".[mlflow]").
         err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return EXIT_USAGE

@@ -7,15 +7,18 @@ expected and what was given.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from precision_suite.errors import UserError
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -31,7 +34,7 @@ NonNegInt = Annotated[int, Field(ge=0, strict=True)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration the user wrote that cannot run; the message is one line."""
 
 
@@ -250,6 +253,53 @@ class RayConfig(_Strict):
         return self
 
 
+class SlurmConfig(_Strict):
+    """``runner.executor: slurm``: the job matrix as Slurm job arrays through submitit
+    (``precision_suite.execution.slurm``). Names are submitit's ``AutoExecutor.update_parameters``
+    ones (``timeout_min``, ``mem_gb``, ``cpus_per_task``, ``gpus_per_node``) or sbatch's."""
+
+    # "slurm": sbatch on the cluster this machine submits to; "local": submitit's local executor
+    # (real subprocesses on this machine, the same folder layout, no Slurm needed).
+    cluster: Literal["slurm", "local"] = "slurm"
+    # submitit's folder (scripts, pickles, logs); on a file system every node sees. null: the
+    # run's logs/slurm.
+    folder: str | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    # Slurm's time limit of one job (minutes; Slurm rounds up to whole minutes). null:
+    # runner.job_timeout_s plus the worker's start-up and submitit's signal delay.
+    timeout_min: PositiveFloat | None = None
+    # CPUs per replica (a job of world size N asks N times as many); its thread count unless runner.threads.
+    cpus_per_task: PositiveInt = 1
+    mem_gb: PositiveFloat | None = None
+    # GPUs of one node: a GPU job (device cuda, or auto with this set) asks one per replica; a
+    # data-parallel job over more replicas than this spans nodes, one Slurm task per rank.
+    gpus_per_node: PositiveInt | None = None
+    # Ranks per node of a data-parallel job run as Slurm tasks (one task per rank; torch env:// and
+    # TF_CONFIG from the Slurm environment). null: gpus_per_node where the job needs more GPUs
+    # than that, else one task on one node whose ranks the suite's own launcher starts.
+    tasks_per_node: PositiveInt | None = None
+    # Array tasks running at once (sbatch --array=0-K%P); on cluster local, jobs running at once.
+    array_parallelism: PositiveInt = 256
+    # Timed jobs get a node of their own (sbatch --exclusive); false only where the partition
+    # hands out whole nodes anyway.
+    exclusive_timing: bool = True
+    # More submitit parameters of the cluster's executor, passed as they are, e.g. {constraint:
+    # a100, signal_delay_s: 120, additional_parameters: {mail-type: END}}.
+    extra: dict[str, Any] = {}
+
+    @field_validator("extra")
+    @classmethod
+    def _not_a_named_key(cls, extra: dict[str, Any]) -> dict[str, Any]:
+        named = {"partition", "account", "qos", "timeout_min", "time", "cpus_per_task", "mem_gb", "mem"}
+        named |= {"gpus_per_node", "tasks_per_node", "nodes", "array_parallelism", "exclusive", "folder", "cluster"}
+        clash = sorted(set(extra) & named)
+        if clash:
+            raise ValueError(f"{', '.join(clash)}: set with its own runner.slurm key, not in extra")
+        return extra
+
+
 class RunnerConfig(_Strict):
     isolation: Literal["per-framework", "per-job"] = "per-framework"
     job_timeout_s: PositiveFloat = 600.0
@@ -257,9 +307,10 @@ class RunnerConfig(_Strict):
     threads: PositiveInt | None = None
     deterministic: bool = True
     oom_retry_half_batch: bool = False
-    # Where jobs run: one at a time on this machine, or fanned out over a Ray cluster.
-    executor: Literal["local", "ray"] = "local"
+    # Where jobs run: one at a time on this machine, fanned out over a Ray cluster, or Slurm arrays.
+    executor: Literal["local", "ray", "slurm"] = "local"
     ray: RayConfig = RayConfig()
+    slurm: SlurmConfig = SlurmConfig()
     # Training jobs claim no speed: on Ray they then pack densely (one per device) instead of
     # taking their node's timing slot, and their step times are never used for a speedup.
     accuracy_only: bool = False
@@ -492,6 +543,11 @@ def _key_text(part: Any) -> str:
     return text
 
 
+# Names users bring from elsewhere (Slurm job scripts, issue texts) for keys the schema spells
+# submitit's way: the unknown-key error names the key meant.
+_KEY_SYNONYMS = {"time_min": "timeout_min", "cpus_per_job": "cpus_per_task", "gpus_per_job": "gpus_per_node"}
+
+
 def format_error(error: dict[str, Any], source: str) -> str:
     path = ".".join(_key_text(p) for p in error["loc"] if not str(p).startswith("function-"))
     # Drop pydantic's union-branch labels like `mlp` in `models.0.mlp.hidden`.
@@ -500,7 +556,9 @@ def format_error(error: dict[str, Any], source: str) -> str:
     if kind == "extra_forbidden":
         parent = path[: -len(_key_text(error["loc"][-1]))].rstrip(".")
         key = json.dumps(str(error["loc"][-1]))
-        return f"{source}: {path}: unknown key {key}" + (f" in {parent}" if parent else "")
+        hint = _KEY_SYNONYMS.get(str(error["loc"][-1]))
+        hint_text = f' (the key is "{hint}")' if hint else ""
+        return f"{source}: {path}: unknown key {key}" + (f" in {parent}" if parent else "") + hint_text
     if kind == "missing":
         return f"{source}: {path}: required key is missing"
     expected = {
@@ -613,31 +671,66 @@ def default_config_text() -> str:
         return (Path(__file__).resolve().parent.parent / "configs" / "default.yaml").read_text()
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> SuiteConfig:
-    """Load a YAML file (None = the packaged default) and apply `--set` overrides."""
-    if path is None:
-        source, text = "default.yaml", default_config_text()
-    else:
-        source = str(path)
-        try:
-            text = Path(path).read_text()
-        except FileNotFoundError:
-            raise ConfigError(f"{source}: no such config file") from None
-        except OSError as exc:
-            raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
-    raw = parse_yaml(text, source)
+def merge_sections(raw: dict[str, Any], sections: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge keyword sections into ``raw`` (in place): a mapping merges into the mapping it
+    meets, key by key; anything else (a list, a number, ``models``) replaces the value. A pydantic
+    section (``train=TrainConfig(...)``) counts as its full mapping."""
+    for key, value in sections.items():
+        if isinstance(value, BaseModel):
+            value = value.model_dump(mode="json")
+        current = raw.get(key)
+        if isinstance(value, Mapping) and isinstance(current, dict):
+            merge_sections(current, value)
+        else:
+            raw[key] = copy.deepcopy(dict(value) if isinstance(value, Mapping) else value)
+    return raw
+
+
+def load_config(
+    path: str | Path | Mapping[str, Any] | None,
+    overrides: list[str] | None = None,
+    sections: Mapping[str, Any] | None = None,
+) -> SuiteConfig:
+    """Load a YAML file (None = the packaged default; a mapping = the config itself), merge
+    keyword ``sections`` into it (``merge_sections``), then apply `--set` ``overrides``."""
+    source = source_name(path)
+    raw = copy.deepcopy(dict(path)) if isinstance(path, Mapping) else _read_config_file(path, source)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {_describe(raw)}")
     if path is not None:
-        # A relative data.path in a file means "next to this file", as in every config tool.
-        _resolve_data_path(raw, Path(path).parent)
+        # A relative data.path in a file means "next to this file", as in every config tool; in a
+        # mapping given from Python, relative to the current directory.
+        _resolve_data_path(raw, Path.cwd() if isinstance(path, Mapping) else Path(path).parent)
+    if sections:
+        raw = merge_sections(raw, sections)
+        source = f"{source} (with overrides)"
+        _resolve_data_path(raw, Path.cwd())
     if overrides:
         raw = apply_overrides(raw, overrides)
         source = f"{source} (with --set)"
         _resolve_data_path(raw, Path.cwd())  # typed on the command line: relative to the cwd
     return validate(raw, source)
+
+
+def source_name(path: str | Path | Mapping[str, Any] | None) -> str:
+    """How messages name a config: its file, ``default.yaml``, or ``config mapping`` (from Python)."""
+    if isinstance(path, Mapping):
+        return "config mapping"
+    return "default.yaml" if path is None else str(path)
+
+
+def _read_config_file(path: str | Path | None, source: str) -> Any:
+    if path is None:
+        return parse_yaml(default_config_text(), source)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+    return parse_yaml(text, source)
 
 
 def _resolve_data_path(raw: dict[str, Any], base: Path) -> None:

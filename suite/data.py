@@ -30,9 +30,10 @@ from typing import Any
 
 import numpy as np
 from precision_suite.config import DataConfig
+from precision_suite.errors import UserError
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Data the user pointed at that cannot be used; the message names the file and problem."""
 
 

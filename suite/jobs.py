@@ -3,6 +3,9 @@ boundary. Expanding a config into jobs is ``precision_suite.plan``."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -16,7 +19,7 @@ from precision_suite.config import (
     RunnerConfig,
     TrainConfig,
 )
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 MODEL_ADAPTER: TypeAdapter[Any] = TypeAdapter(ModelConfig)
 # The policy every other one of a framework is compared with (speedups, parity, cross-framework).
@@ -31,10 +34,10 @@ class Job:
 
     job_id: str
     backend: str
-    family: str  # the API family the user compares ("torch", "keras"): Backend.family
     runtime: str  # what executes it ("torch", "tensorflow", "jax"): the worker process it runs in
+    family: str  # the API family the user compares ("torch", "keras"): Backend.family
     policy: str
-    model: Any  # MlpConfig | CnnConfig | TransformerConfig
+    model: ModelConfig  # MlpConfig | CnnConfig | TransformerConfig
     data: DataConfig
     seed: int
     device: str  # "cpu", "cuda", or "auto" (resolved by the worker, which may import frameworks)
@@ -78,58 +81,39 @@ class Job:
     kind: ClassVar[str] = "job"
     is_timed_phase: ClassVar[bool] = False
 
+    # The JSON key of a field whose record key predates it (``to_dict`` / ``from_dict``).
+    JSON_KEYS: ClassVar[dict[str, str]] = {"runtime": "framework"}
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "backend": self.backend,
-            "framework": self.runtime,
-            "family": self.family,
-            "policy": self.policy,
-            "model": self.model.model_dump(mode="json"),
-            "data": self.data.model_dump(mode="json"),
-            "seed": self.seed,
-            "device": self.device,
-            "train": self.train.model_dump(mode="json"),
-            "loss_scale": self.loss_scale.model_dump(mode="json"),
-            "options": dict(self.options),
-            "runner": self.runner.model_dump(mode="json"),
-            "parity": self.parity.model_dump(mode="json"),
-            "config_hash": self.config_hash,
-            "timed": self.timed,
-            "seed_looks": list(self.seed_looks),
-            "perturb_ulp": self.perturb_ulp,
-            "stop_after_steps": self.stop_after_steps,
-            "world_size": self.world_size,
-            "role": self.role,
-            "distributed": self.distributed.model_dump(mode="json"),
-        }
+        """Every field, as JSON: config models dumped, tuples as lists (``from_dict`` reads it)."""
+        return {self.JSON_KEYS.get(f.name, f.name): _as_json(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Job:
-        return cls(
-            job_id=raw["job_id"],
-            backend=raw["backend"],
-            family=raw.get("family") or FAMILY_OF_RUNTIME.get(raw["framework"], raw["framework"]),
-            runtime=raw["framework"],
-            policy=raw["policy"],
-            model=MODEL_ADAPTER.validate_python(raw["model"]),
-            data=DataConfig.model_validate(raw["data"]),
-            seed=raw["seed"],
-            device=raw["device"],
-            train=TrainConfig.model_validate(raw["train"]),
-            loss_scale=LossScaleConfig.model_validate(raw["loss_scale"]),
-            options=raw["options"],
-            runner=RunnerConfig.model_validate(raw["runner"]),
-            parity=ParityConfig.model_validate(raw["parity"]),
-            config_hash=raw.get("config_hash", ""),
-            timed=raw.get("timed", True),
-            seed_looks=tuple(raw.get("seed_looks") or ()),
-            perturb_ulp=raw.get("perturb_ulp", 0),
-            stop_after_steps=raw.get("stop_after_steps"),
-            world_size=int(raw.get("world_size", 1)),
-            role=raw.get("role", ""),
-            distributed=DistributedConfig.model_validate(raw.get("distributed", {})),
-        )
+        """The job ``to_dict`` wrote: each field validated as its annotation says (a config model,
+        the model union, a tuple); a field missing from ``raw`` takes its default."""
+        adapters = _field_adapters(cls)
+        values = {name: raw[key] for name in adapters if (key := cls.JSON_KEYS.get(name, name)) in raw}
+        if not values.get("family"):  # written before the API family was apart from the runtime
+            values["family"] = FAMILY_OF_RUNTIME.get(values["runtime"], values["runtime"])
+        return cls(**{name: adapters[name].validate_python(value) for name, value in values.items()})
+
+
+def _as_json(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, tuple | list):
+        return list(value)
+    if isinstance(value, dict):
+        return dict(value)
+    return value
+
+
+@functools.cache
+def _field_adapters(cls: type) -> dict[str, TypeAdapter[Any]]:
+    """A validator per dataclass field of ``cls``, from its type annotation."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: TypeAdapter(hints[f.name]) for f in dataclasses.fields(cls)}
 
 
 def job_id(model: str, dataset: str, backend: str, policy: str, seed: int) -> str:

@@ -1,5 +1,9 @@
 """results.jsonl: one JSON object per job, the source of truth of a run.
 
+This module is the record's home: its schema, its one builder (``new_record``, ``failed_record``,
+``set_placement``), its typed reader (``Record``), the key of the comparison row it belongs to
+(``RowKey``), and the one reader of a run directory (``read_run``).
+
 Records are appended one at a time with flush + fsync, so a kill at any moment loses at most
 the record being written, never one already written. Readers skip a damaged line (and say
 which) instead of failing.
@@ -12,14 +16,21 @@ import math
 import os
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from precision_suite.jobs import DP_REFERENCE
 
+if TYPE_CHECKING:
+    from precision_suite.jobs import Job
+    from precision_suite.measure.speed_phase import SpeedTask
+
 SCHEMA = "precision-suite/result/v1"
 RESULTS_FILE = "results.jsonl"
+# The run's resolved config, written by the runner when a run starts (``run --resume`` reads it).
+CONFIG_FILE = "config.yaml"
 # The ``kind`` of a speed phase's record (a job's record has none).
 SPEED_KIND = "speed"
 # record["distributed"]["batchnorm"]: what the replicas' BatchNorm layers normalise with.
@@ -154,6 +165,71 @@ class Record(dict):
         return default if value is None else value
 
 
+# ---------------------------------------------------------------- building a record
+def new_record(job: Job | SpeedTask) -> dict[str, Any]:
+    """The one builder of a record: a training job's (``Job``) or a timed speed phase's
+    (``SpeedTask``, told apart by ``kind``), with no outcome yet (``status`` None). Every record
+    the suite writes starts here, whoever fills it: the training loop, the speed phase, an
+    executor recording a job that produced none of its own (``failed_record``)."""
+    if job.kind == SPEED_KIND:
+        first = job.jobs[0]  # type: ignore[union-attr]
+        return {
+            "schema": SCHEMA,
+            "kind": SPEED_KIND,
+            "job_id": job.job_id,
+            "framework": job.runtime,
+            "family": job.family,
+            "model": first.model.name,
+            "dataset": first.data.name,
+            "device": first.device,
+            "status": None,
+            "error": None,
+            "config": job.to_dict(),
+            "environ": {},
+            "speed": {},
+        }
+    return {
+        "schema": SCHEMA,
+        "job_id": job.job_id,
+        "backend": job.backend,
+        "framework": job.runtime,  # the runtime, under the name records have always given it
+        "family": job.family,
+        "policy": job.policy,  # type: ignore[union-attr]
+        "model": job.model.name,
+        "dataset": job.data.name,  # type: ignore[union-attr]
+        "seed": job.seed,  # type: ignore[union-attr]
+        "device": job.device,
+        "status": None,
+        "error": None,
+        "config": job.to_dict(),
+        "environ": {},
+        "observed": {},
+        "metrics": {},
+        "curves": {},
+    }
+
+
+def failed_record(
+    job: Job | SpeedTask, status: str, message: str, stderr_tail: str | None = None, **fields: Any
+) -> dict[str, Any]:
+    """The record of a job (or timed phase) that produced no result of its own: it never ran, its
+    worker or a rank died, it ran out of time. ``fields`` (e.g. ``world_size``) follow the
+    outcome; ``stderr_tail`` (the dead process's last log lines) comes last when given."""
+    record = new_record(job)
+    record.update(status=status, error=message, **fields)
+    if stderr_tail is not None:
+        record["stderr_tail"] = stderr_tail
+    return record
+
+
+def set_placement(record: dict[str, Any], placement: dict[str, Any]) -> dict[str, Any]:
+    """Where and when a job ran (``precision_suite.execution.placement.Placement.to_dict``), added
+    by the executor that ran it, after the record came back: ``record["placement"]``."""
+    record["placement"] = placement
+    return record
+
+
+# ---------------------------------------------------------------- reading a record
 def is_job_failure(record: dict[str, Any], check_pure: bool = False) -> bool:
     """Whether a record counts as a failed job (exit code 3). A ``-pure`` policy diverging is
     what those policies exist to show — information, like their accuracy cost — unless the
@@ -188,6 +264,34 @@ def device_label(record: dict[str, Any]) -> str:
     size = world_size(record)
     device = str(record.get("device"))
     return f"{device}×{size}" if size > 1 else device
+
+
+class RowKey(NamedTuple):
+    """The identity of a comparison row (``precision_suite.verdicts.compare.Row`` has these five
+    fields), and so of the records that are its results: every reader that pairs records with
+    rows (diff, advise, history, seeds on demand) keys them with this, the way the comparison
+    groups them."""
+
+    model: str
+    dataset: str
+    device: str  # the group's device label: ``cpu×2`` for two replicas (``device_label``)
+    backend: str
+    policy: str
+
+    @classmethod
+    def of(cls, row: Any) -> RowKey:
+        """The key of a comparison row (anything with the five fields)."""
+        return cls(row.model, row.dataset, row.device, row.backend, row.policy)
+
+    @classmethod
+    def of_record(cls, record: dict[str, Any]) -> RowKey | None:
+        """The row a record is a result of; None for a record that is no row's result: a
+        noise-floor run (``is_noise_floor_run``) or a data-parallel job's one-process reference
+        (``is_dp_reference``), which only feed verdicts."""
+        if is_noise_floor_run(record) or is_dp_reference(record):
+            return None
+        r = record if isinstance(record, Record) else Record(record)
+        return cls(r.model_name, r.dataset_name, device_label(r), r.backend, r.policy)
 
 
 def jsonable(value: Any) -> Any:
@@ -259,3 +363,45 @@ def latest_by_job(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for record in records:
         latest[record["job_id"]] = record
     return latest
+
+
+# ---------------------------------------------------------------- reading a run directory
+@dataclass
+class RunRecords:
+    """A run directory as its files say, read by ``read_run``: the newest record of each job and
+    of each speed phase, the damaged lines skipped, and the resolved config it ran with."""
+
+    path: Path
+    found: bool  # results.jsonl exists
+    records: list[Record]  # the newest record of each job, in the order first written
+    speed: list[Record]  # the speed phases' records, newest per phase
+    warnings: list[str]  # damaged lines skipped while reading
+
+    @cached_property
+    def config(self) -> dict[str, Any] | None:
+        """The run's resolved config (``CONFIG_FILE``), None when it has none or it is unreadable."""
+        import yaml
+
+        try:
+            config = yaml.safe_load((self.path / CONFIG_FILE).read_text())
+        except (OSError, yaml.YAMLError):
+            return None
+        return config if isinstance(config, dict) else None
+
+    @property
+    def all_records(self) -> list[Record]:
+        """Job and speed records together."""
+        return [*self.records, *self.speed]
+
+
+def read_run(path: Path | str) -> RunRecords:
+    """The one reader of a run directory: the runner (``--resume``, seeds on demand), the
+    report, ``check``, ``diff``, ``advise``, ``export`` and ``serve`` all read through it (the
+    outputs through ``precision_suite.outputs.rundir.load_run``, which adds the comparison).
+    Never raises for a missing or damaged file: ``found`` and ``warnings`` say."""
+    path = Path(path)
+    results = path / RESULTS_FILE
+    read = read_records(results)
+    records: list[Any] = list(latest_by_job(read.records).values())  # Records, as read_records made them
+    speed: list[Any] = list(latest_by_job(read.speed).values())
+    return RunRecords(path, results.exists(), records, speed, read.warnings)

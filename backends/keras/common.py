@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from precision_suite.backends.base import EVAL_BATCH, Availability, Backend, MemoryStats
+from precision_suite.backends.fp8 import fp8_settings
 from precision_suite.backends.policy import get_policy
 from precision_suite.measure.memory import PrecisionLayout, account_job
 from pydantic import BaseModel, ConfigDict
@@ -70,8 +71,9 @@ class KerasOptions(BaseModel):
         return job.runner.deterministic if self.deterministic is None else self.deterministic
 
 
-# The policies the Keras backends implement; each one's DTypePolicy name is ``Policy.keras_name``.
-KERAS_POLICIES: tuple[str, ...] = ("fp32", "tf32", "fp16-mixed", "bf16-mixed")
+# The policies the Keras backends implement; each one's DTypePolicy name is ``Policy.keras_name``
+# (fp8-mixed: mixed_bfloat16, plus float8 on the eligible Dense layers, backends/keras/fp8.py).
+KERAS_POLICIES: tuple[str, ...] = ("fp32", "tf32", "fp16-mixed", "bf16-mixed", "fp8-mixed")
 
 
 def keras_dtype_policy(policy: str) -> str:
@@ -219,6 +221,10 @@ def keras_config_problem(backend_name: str, job: Job) -> str | None:
     """Why a Keras backend cannot run ``job`` as configured (one line), or None."""
     if job.policy not in KERAS_POLICIES:
         return f'backend {backend_name} has no policy "{job.policy}"; it has: {", ".join(KERAS_POLICIES)}'
+    if fp8_settings(get_policy(job.policy)) is not None and job.train.grad_accumulation > 1:
+        from precision_suite.backends.keras.fp8 import GRAD_ACCUMULATION_PROBLEM
+
+        return GRAD_ACCUMULATION_PROBLEM.format(backend=backend_name)
     ls = job.loss_scale
     if job.loss_scaling_mode == "dynamic":
         for key, value, fixed in (
@@ -332,6 +338,7 @@ class KerasBackend(Backend):
     # Whether a later job may reuse this class's compiled functions (``COMPILED_STEPS``); not a
     # class whose step holds per-job state (the data-parallel step: its strategy, its faults).
     reuses_compiled_steps: ClassVar[bool] = True
+    fp8: Any = None  # fp8-mixed: what quantize_float8 did (backends/keras/fp8.py)
 
     @classmethod
     def is_available(cls) -> Availability:  # type: ignore[override]
@@ -408,6 +415,11 @@ class KerasBackend(Backend):
         job = self.job
         policy = keras.DTypePolicy(keras_dtype_policy(job.policy))
         self.model = build_keras_model(job.model, data.input_shape, data.num_classes, init_weights, policy)
+        self.fp8 = None
+        if fp8_settings(self.policy) is not None:
+            from precision_suite.backends.keras.fp8 import quantize_float8
+
+            self.fp8 = quantize_float8(self.model)
         self.optimizer, self.inner_optimizer = build_keras_optimizer(keras, job, data, self.options.optimizer_rules)
         self.optimizer.build(self.model.trainable_variables)
         self.data_shape = tuple(data.input_shape)
@@ -464,7 +476,26 @@ class KerasBackend(Backend):
             keras.backend.clear_session()
 
     def observed_precision(self) -> dict[str, Any]:
-        return keras_observed_precision(self.model, self.first_layer_output(), self.job)
+        observed = keras_observed_precision(self.model, self.first_layer_output(), self.job)
+        if self.fp8 is not None:
+            from precision_suite.backends.keras.fp8 import observed_fp8
+
+            observed.update(observed_fp8(self.model))
+        return observed
+
+    def fp8_environment(self) -> dict[str, Any]:
+        """``{"fp8": ...}`` for the environment of an fp8-mixed job (which Dense layers were quantised,
+        which not and why, the scaling recipe, emulated or not); empty for other policies."""
+        if self.fp8 is None:
+            return {}
+        from precision_suite.backends.keras.fp8 import emulation_reason
+
+        capability = self.cuda_capability() if self.job.device == "cuda" else None
+        return {"fp8": self.fp8.record(emulation_reason(self.job.device, self.options.jit_compile, capability))}
+
+    def cuda_capability(self) -> tuple[int, int] | None:
+        """The job's GPU's compute capability, where the runtime tells it."""
+        return None
 
     def first_layer_output(self) -> Any:
         """The first layer's output on two test rows, computed as a training step would."""

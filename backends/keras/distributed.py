@@ -36,7 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from precision_suite.backends.base import Telemetry
+from precision_suite.backends.fp8 import fp8_settings
 from precision_suite.backends.keras.tf_backend import TfKerasBackend, grads_all_finite
+from precision_suite.backends.policy import get_policy
 
 if TYPE_CHECKING:
     from precision_suite.data import Dataset
@@ -88,6 +90,11 @@ class MirroredTfKerasBackend(TfKerasBackend):
             return problem
         if job.train.grad_clip_norm is not None:
             return "train.grad_clip_norm cannot run data-parallel on tf-keras: Keras clips each replica's gradients"
+        if fp8_settings(get_policy(job.policy)) is not None:
+            return (
+                f"{job.policy} cannot run data-parallel on tf-keras: Keras' float8 layers write their scales as "
+                "gradients, which the replicas would add up"
+            )
         if job.loss_scaling_mode == "static":
             return "loss_scale.dynamic: false cannot run data-parallel on tf-keras; use a dynamic loss scale"
         return None

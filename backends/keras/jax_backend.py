@@ -296,7 +296,12 @@ class KerasJaxBackend(KerasBackend):
             return self.model.layers[1](self.x_test[:2])
 
     def observed_precision(self) -> dict[str, Any]:
+        self._variables_from_state()  # the FP8 evidence (amax histories) lives in the threaded state
         return {**super().observed_precision(), "matmul_precision": self.matmul_precision}
+
+    def cuda_capability(self) -> tuple[int, int] | None:
+        capability = getattr(self.device, "compute_capability", None)  # "9.0" on a CUDA device
+        return tuple(int(part) for part in str(capability).split(".")[:2]) if capability else None
 
     def environment(self) -> dict[str, Any]:
         import jax
@@ -327,6 +332,7 @@ class KerasJaxBackend(KerasBackend):
             # XLA's CPU thread pool is its own: not limited by runner.threads.
             "cpu_threads": "xla default (all cores)" if self.job.device != "cuda" else None,
             "loss_scaling": loss_scale_used(self.job),
+            **self.fp8_environment(),
         }
 
     # -------------------------------------------------- checkpoints

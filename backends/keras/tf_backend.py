@@ -332,6 +332,13 @@ class TfKerasBackend(KerasBackend):
         with tf.device(self._device):
             return self.model.layers[1](self.x_test[:2])
 
+    def cuda_capability(self) -> tuple[int, int] | None:
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") if gpus else None
+        return tuple(capability) if capability else None
+
     def environment(self) -> dict[str, Any]:
         import keras
         import tensorflow as tf
@@ -359,6 +366,7 @@ class TfKerasBackend(KerasBackend):
             "loss_scaling": loss_scale_used(self.job),
             "optimizer_rules": self.options.optimizer_rules,
             "compiled_step": self.compiled_step,
+            **self.fp8_environment(),
         }
 
     def teardown(self) -> None:

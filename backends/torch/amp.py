@@ -15,12 +15,20 @@ Host syncs: with ``fused: false`` GradScaler's ``step`` itself reads ``found_inf
 ``.item()`` on fp16 (torch's design); ``fused: true`` hands ``found_inf`` to the fused optimizer
 kernel, which skips on the device, and this backend then adds no sync at all (see
 ``backends/torch/base.py`` for how the lr schedule follows applied steps either way).
+
+``fp8-mixed``: before the optimizer is built, torchao's float8 training converts the eligible
+``nn.Linear`` modules (``backends/torch/fp8.py``; recipe ``fp8_recipe``); the rest runs under bf16
+autocast, with no loss scaling. Which modules converted, which did not and why, and whether the FP8
+matmuls are emulated go into the environment (``fp8``); the FP8 operand dtypes seen in one forward
+and backward pass go into the observed precision.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
+from precision_suite.backends.fp8 import FP8_EXTRA_HINT, fp8_settings
+from precision_suite.backends.policy import get_policy
 from precision_suite.backends.torch.base import TorchBackendBase
 from pydantic import BaseModel, ConfigDict
 
@@ -30,12 +38,22 @@ class TorchAmpOptions(BaseModel):
 
     compile: bool = False  # torch.compile the model
     fused: bool = False  # fused optimizer kernel: no per-step host sync in GradScaler.step
+    # fp8-mixed: torchao's Float8LinearConfig recipe (tensorwise: a scale per tensor; rowwise: per row)
+    fp8_recipe: Literal["tensorwise", "rowwise"] = "tensorwise"
 
 
 class TorchAmpBackend(TorchBackendBase):
     name = "torch-amp"
-    policies = ("fp32", "tf32", "fp16-mixed", "bf16-mixed")
+    policies = ("fp32", "tf32", "fp16-mixed", "bf16-mixed", "fp8-mixed")
     Options = TorchAmpOptions
+
+    @classmethod
+    def unsupported_reason(cls, policy: str, device: str) -> str | None:
+        from precision_suite.backends.torch.fp8 import torchao_available
+
+        if fp8_settings(get_policy(policy)) is not None and not torchao_available():
+            return f"{policy} needs torchao, which is not installed ({FP8_EXTRA_HINT})"
+        return super().unsupported_reason(policy, device)
 
     @classmethod
     def data_parallel_class(cls, job: Any) -> type[TorchAmpBackend]:
@@ -50,6 +68,11 @@ class TorchAmpBackend(TorchBackendBase):
     def _build(self) -> None:
         import torch
 
+        self.fp8 = None
+        if fp8_settings(self.policy) is not None:
+            from precision_suite.backends.torch.fp8 import convert
+
+            self.fp8 = convert(self.model, self.options.fp8_recipe, self.device)
         ls = self.job.loss_scale
         mode = self.job.loss_scaling_mode
         self.scaling = mode != "none"
@@ -73,6 +96,27 @@ class TorchAmpBackend(TorchBackendBase):
 
         with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=self.autocast_enabled):
             return self.forward_module(x)
+
+    def observed_precision(self) -> dict[str, Any]:
+        observed = super().observed_precision()
+        if self.fp8 is not None:
+            from precision_suite.backends.torch.fp8 import observe_fp8_operands
+
+            was_training = self.model.training
+            self.model.eval()  # no dropout RNG draw, no BatchNorm statistics update
+            operands = observe_fp8_operands(self.model, self._forward, self.x_test[:16])
+            self.model.train(was_training)
+            observed["fp8_operands"] = operands
+            observed["fp8_layers"] = list(self.fp8.converted)
+        return observed
+
+    def environment(self) -> dict[str, Any]:
+        env = super().environment()
+        if self.fp8 is not None:
+            import importlib.metadata
+
+            env["fp8"] = {**self.fp8.record(), "torchao_version": importlib.metadata.version("torchao")}
+        return env
 
     def _loss_scaling_mode(self) -> str:
         if not self.scaling:

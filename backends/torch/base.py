@@ -524,6 +524,7 @@ class TorchBackendBase(Backend):
             "device_name": torch.cuda.get_device_name(self.device) if cuda else cpu_info()["cpu_model"],
             "cuda_version": torch.version.cuda,
             "cudnn_version": torch.backends.cudnn.version() if cuda else None,
+            "cuda_capability": list(torch.cuda.get_device_capability(self.device)) if cuda else None,
             "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
             "tf32_cudnn": torch.backends.cudnn.allow_tf32,
             "cudnn_deterministic": torch.backends.cudnn.deterministic,

@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 from precision_suite.execution.process import exit_text, kill_group, log_tail
 from precision_suite.plan import data_parallel_class, data_parallel_unavailable_reason
+from precision_suite.results import failed_record
 
 if TYPE_CHECKING:
     from precision_suite.jobs import Job
@@ -126,58 +127,59 @@ def run_distributed(job: Job, timeout_s: float, log_dir: Path, env: dict[str, st
     if reason:
         return _failed(job, "unavailable", reason)
     cls = data_parallel_class(job)
+    n_procs = job.world_size if cls is not None and cls.process_per_replica else 1
     log_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="precision-suite-dp-") as tmp:
         job_path = Path(tmp) / "job.json"
         job_path.write_text(json.dumps(job.to_dict()))
         result_path = Path(tmp) / "record.json"
-        n_procs = job.world_size if cls is not None and cls.process_per_replica else 1
-        base_env = _ranks_environment(job, env, result_path, n_procs)
         ranks = _Ranks()
         try:
-            ranks.start(job, job_path, base_env, n_procs, log_dir)
-            try:
-                first_death = ranks.wait(timeout_s)
-            except TimeoutError:
-                ranks.kill()
-                return _failed(
-                    job,
-                    "timeout",
-                    f"exceeded runner.job_timeout_s={timeout_s:g}s over {job.world_size} replicas "
-                    "(a hung collective or a slow job); every rank killed",
-                )
-            if first_death is not None:
-                # The others are now waiting on the dead rank's collectives: end them.
-                time.sleep(0.5)
-                ranks.kill()
+            ranks.start(job, job_path, _ranks_environment(job, env, result_path, n_procs), n_procs, log_dir)
+            first_death = ranks.wait(timeout_s)
+        except TimeoutError:
+            ranks.kill()
+            return _failed(
+                job,
+                "timeout",
+                f"exceeded runner.job_timeout_s={timeout_s:g}s over {job.world_size} replicas "
+                "(a hung collective or a slow job); every rank killed",
+            )
         except BaseException:
             if ranks.pgid:
                 ranks.kill()
             raise
-        record = json.loads(result_path.read_text()) if result_path.exists() else None
         if first_death is not None:
-            rank, code = first_death
-            if record is not None and code == RANK_JOB_FAILED and record.get("status") != "ok":
-                return record  # rank 0's own record of the job's failure
-            if code == RANK_JOB_FAILED:
-                return _failed(job, "error", f"rank {rank} of {job.world_size}: job failed", log_tail(ranks.logs[rank]))
-            message = f"rank {rank} of {job.world_size} {exit_text(code)}"
-            return _failed(job, "crashed", message, log_tail(ranks.logs[rank]))
-        if record is None:
-            return _failed(job, "crashed", "rank 0 exited without writing the record", log_tail(ranks.logs[0]))
-        _merge_rank_reports(record, result_path, n_procs)
-        return record
+            # The others are now waiting on the dead rank's collectives: end them.
+            time.sleep(0.5)
+            ranks.kill()
+        return _launch_record(job, ranks, first_death, result_path, n_procs)
+
+
+def _launch_record(
+    job: Job, ranks: _Ranks, first_death: tuple[int, int] | None, result_path: Path, n_procs: int
+) -> dict[str, Any]:
+    """The job's record once every rank has ended: rank 0's (with the other ranks' reports
+    joined in), or, when a rank died or rank 0 wrote none, a failed record naming the rank."""
+    record = json.loads(result_path.read_text()) if result_path.exists() else None
+    if first_death is not None:
+        rank, code = first_death
+        if record is not None and code == RANK_JOB_FAILED and record.get("status") != "ok":
+            return record  # rank 0's own record of the job's failure
+        if code == RANK_JOB_FAILED:
+            return _failed(job, "error", f"rank {rank} of {job.world_size}: job failed", log_tail(ranks.logs[rank]))
+        message = f"rank {rank} of {job.world_size} {exit_text(code)}"
+        return _failed(job, "crashed", message, log_tail(ranks.logs[rank]))
+    if record is None:
+        return _failed(job, "crashed", "rank 0 exited without writing the record", log_tail(ranks.logs[0]))
+    _merge_rank_reports(record, result_path, n_procs)
+    return record
 
 
 def _failed(job: Job, status: str, message: str, tail: str = "") -> dict[str, Any]:
-    """The record of a data-parallel job that produced none of its own."""
-    from precision_suite.measure.loop import new_record
-
-    record = new_record(job)
-    record.update(status=status, error=message, world_size=job.world_size)
-    if tail:
-        record["stderr_tail"] = tail
-    return record
+    """The record of a data-parallel job that produced none of its own (with the dead rank's log
+    tail, when it has one)."""
+    return failed_record(job, status, message, stderr_tail=tail or None, world_size=job.world_size)
 
 
 def _ranks_environment(job: Job, env: dict[str, str], result_path: Path, n_procs: int) -> dict[str, str]:
@@ -308,18 +310,7 @@ def main() -> int:
         path = _rank_report_path(Path(os.environ[RESULT_FILE_ENV]), rank)
         path.write_text(json.dumps(jsonable(report.get("replicas", []))))
     if rank == 0:
-        record["job_id"] = job.job_id
-        record["config"] = job.to_dict()
-        record["world_size"] = job.world_size
-        samples_per_s = record["metrics"].get("samples_per_s")
-        record["metrics"]["global_batch_size"] = global_batch_size(job)
-        record["metrics"]["samples_per_s_per_device"] = samples_per_s / job.world_size if samples_per_s else None
-        record["distributed"] = {
-            "world_size": job.world_size,
-            "per_replica_batch_size": job.train.batch_size,
-            "global_batch_size": global_batch_size(job),
-            **report,
-        }
+        _as_data_parallel_record(record, job, report)
         path = Path(os.environ[RESULT_FILE_ENV])
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(jsonable(record), allow_nan=False))
@@ -329,6 +320,23 @@ def main() -> int:
     # Past the process group's teardown nothing is left to run; skip the interpreter's exit,
     # where gloo's static destructors can abort.
     os._exit(0 if ok else RANK_JOB_FAILED)
+
+
+def _as_data_parallel_record(record: dict[str, Any], job: Job, report: dict[str, Any]) -> None:
+    """Rank 0's record of the job, which the loop ran as its global-batch job: the job's own id
+    and config back, the world size, per-device throughput and the replicas' reports."""
+    record["job_id"] = job.job_id
+    record["config"] = job.to_dict()
+    record["world_size"] = job.world_size
+    samples_per_s = record["metrics"].get("samples_per_s")
+    record["metrics"]["global_batch_size"] = global_batch_size(job)
+    record["metrics"]["samples_per_s_per_device"] = samples_per_s / job.world_size if samples_per_s else None
+    record["distributed"] = {
+        "world_size": job.world_size,
+        "per_replica_batch_size": job.train.batch_size,
+        "global_batch_size": global_batch_size(job),
+        **report,
+    }
 
 
 if __name__ == "__main__":

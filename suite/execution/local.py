@@ -24,8 +24,9 @@ from precision_suite.execution.placement import local_placement
 from precision_suite.execution.process import Worker, WorkerDied
 from precision_suite.jobs import Job
 from precision_suite.measure.environment import available_cores
-from precision_suite.measure.loop import ProgressFn, new_record
-from precision_suite.measure.speed_phase import WARM_KIND, SpeedTask, new_speed_record
+from precision_suite.measure.loop import ProgressFn
+from precision_suite.measure.speed_phase import WARM_KIND, SpeedTask
+from precision_suite.results import failed_record, set_placement
 
 # Progress of one job of a batch: (job, step, total steps).
 JobProgressFn = Callable[[Job, int, int], None]
@@ -134,8 +135,7 @@ class Executor:
                 continue
             started_at = time.time()
             record = self.run(job, lambda step, total, job=job: progress(job, step, total))
-            record["placement"] = local_placement(job.timed, started_at, time.time()).to_dict()
-            yield record
+            yield set_placement(record, local_placement(job.timed, started_at, time.time()).to_dict())
 
     def _run_side_by_side(self, jobs: list[Job], progress: JobProgressFn) -> Iterator[dict[str, Any]]:
         pending = list(jobs)
@@ -168,8 +168,7 @@ class Executor:
             with self._lock:
                 started_at, finished_at = spans[job.job_id]
                 together = most_at_once(list(spans.values()), started_at, finished_at)
-            record["placement"] = local_placement(job.timed, started_at, finished_at, together).to_dict()
-            yield record
+            yield set_placement(record, local_placement(job.timed, started_at, finished_at, together).to_dict())
 
     def run(self, job: Job, progress: ProgressFn, lane: int | None = None) -> dict[str, Any]:
         timeout_s = self.config.runner.job_timeout_s
@@ -200,9 +199,7 @@ class Executor:
             worker.kill()
             self._drop(job.runtime, lane)
             where = f" at step {last_step[0]}/{last_step[1]}" if last_step[1] else ""
-            record = failed_record(job, "crashed", f"{exc}{where}")
-            record["stderr_tail"] = tail
-            return record
+            return failed_record(job, "crashed", f"{exc}{where}", stderr_tail=tail)
         if self.config.runner.isolation == "per-job":
             worker.stop()
             self._drop(job.runtime, lane)
@@ -257,11 +254,3 @@ def most_at_once(spans: list[list[float]], start: float, end: float) -> int:
         running += change
         most = max(most, running)
     return max(most, 1)
-
-
-def failed_record(job: Job | SpeedTask, status: str, message: str) -> dict[str, Any]:
-    """The record of a job (or timed phase) that produced no result of its own (it never ran,
-    or its worker died)."""
-    record = new_speed_record(job) if isinstance(job, SpeedTask) else new_record(job)
-    record.update(status=status, error=message)
-    return record

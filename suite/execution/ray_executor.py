@@ -39,10 +39,11 @@ from pathlib import Path
 from typing import Any
 
 from precision_suite.config import ConfigError, SuiteConfig
-from precision_suite.execution.local import Executor, JobProgressFn, failed_record
+from precision_suite.execution.local import Executor, JobProgressFn
 from precision_suite.execution.placement import Placement, visible_gpus
 from precision_suite.jobs import Job
 from precision_suite.measure.loop import one_line
+from precision_suite.results import failed_record, set_placement
 
 RAY_EXTRA = 'pip install "precision-suite[ray]"'
 TIMING_RESOURCE = "timing_slot"
@@ -266,8 +267,7 @@ def run_job_on_node(job: Job, config: SuiteConfig, run_log_dir: str, board: Any)
         most_timed, most_jobs, _ = ray.get(board.finished.remote(job.job_id))
     placement.concurrent_timed_jobs_on_node = most_timed
     placement.concurrent_jobs_on_node = most_jobs
-    record["placement"] = placement.to_dict()
-    return record
+    return set_placement(record, placement.to_dict())
 
 
 @dataclass
@@ -410,9 +410,7 @@ class RayExecutor:
     def _timeout_record(self, out: _Outstanding) -> dict[str, Any]:
         record = failed_record(out.job, "timeout", out.timeout_message or "timeout")
         placement = self._lost_task_placement(out)
-        if placement is not None:
-            record["placement"] = placement
-        return record
+        return record if placement is None else set_placement(record, placement)
 
     def _record(self, ref: Any, out: _Outstanding) -> dict[str, Any]:
         exceptions = self.ray.exceptions
@@ -428,9 +426,7 @@ class RayExecutor:
                 message = one_line(cause) if isinstance(cause, BaseException) else one_line(exc)
                 record = failed_record(out.job, "crashed", f"Ray task died: {message}")
         placement = self._lost_task_placement(out)
-        if placement is not None:
-            record["placement"] = placement
-        return record
+        return record if placement is None else set_placement(record, placement)
 
     def kill_all(self) -> None:
         for ref in self.outstanding:

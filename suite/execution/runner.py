@@ -5,7 +5,8 @@ its own process session (``precision_suite.execution.process``).
 
 The dispatch goes through an executor (``JobExecutor``): ``precision_suite.execution.local``
 runs jobs in local worker processes; ``runner.executor: ray`` fans them out over a Ray cluster
-(``precision_suite.execution.ray_executor``). Both take a list of jobs and stream records back as
+(``precision_suite.execution.ray_executor``), ``slurm`` over Slurm job arrays
+(``precision_suite.execution.slurm``). All take a list of jobs and stream records back as
 jobs finish; the runner is the only writer of results.jsonl. Rounds of seeds on demand come from
 ``precision_suite.execution.seeds_on_demand``.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import signal
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -23,19 +25,20 @@ from typing import Any, Protocol
 import yaml
 from precision_suite.backends import get_backend_class
 from precision_suite.config import SuiteConfig
-from precision_suite.execution.local import Executor, JobProgressFn, failed_record
+from precision_suite.execution.local import Executor, JobProgressFn
 from precision_suite.execution.seeds_on_demand import rounds_on_demand
 from precision_suite.jobs import Job
 from precision_suite.measure.speed_phase import SpeedTask
 from precision_suite.measure.timing import busy_warning
 from precision_suite.plan import expand_jobs, speed_tasks
 from precision_suite.results import (
+    CONFIG_FILE,
     RESULTS_FILE,
     append_record,
+    failed_record,
     is_job_failure,
     is_noise_floor_run,
-    latest_by_job,
-    read_records,
+    read_run,
 )
 from rich.console import Console
 from rich.markup import escape
@@ -47,8 +50,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-
-CONFIG_FILE = "config.yaml"
 
 
 @dataclass
@@ -81,6 +82,10 @@ def make_executor(config: SuiteConfig, out_dir: Path) -> JobExecutor:
         from precision_suite.execution.ray_executor import RayExecutor
 
         return RayExecutor(config, out_dir)
+    if config.runner.executor == "slurm":
+        from precision_suite.execution.slurm import SlurmExecutor
+
+        return SlurmExecutor(config, out_dir)
     return Executor(config, out_dir)
 
 
@@ -143,9 +148,9 @@ def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool
     summary = RunSummary(out_dir, len(jobs) + len(tasks))
     done: set[str] = set()
     if resume:
-        read = read_records(results_path)
+        read = read_run(out_dir)
         summary.warnings.extend(read.warnings)
-        done = {jid for jid, r in latest_by_job(read.records + read.speed).items() if r["status"] == "ok"}
+        done = {r.job_id for r in read.all_records if r.ok}
     save_config(config, out_dir)
     pending: list[Job | SpeedTask] = [job for job in [*jobs, *tasks] if job.job_id not in done]
     summary.skipped_ok = len(jobs) + len(tasks) - len(pending)
@@ -161,7 +166,10 @@ def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool
         console.print(line, highlight=False, soft_wrap=True)
     # Jobs a worker finds it cannot run (tf32 on a CPU) are listed once per backend and reason.
     unavailable_said: set[tuple[str, str]] = set()
-    previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # SIGTERM stops the run as Ctrl-C does. Only the main thread may set a handler; the Python API
+    # may run this from another thread, where SIGTERM keeps its disposition.
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt) if on_main_thread else None
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -213,7 +221,8 @@ def run_suite(config: SuiteConfig, out_dir: Path, console: Console, resume: bool
         summary.interrupted = True
         executor.kill_all()
     finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous_sigterm)
         executor.close()
     summary.warnings.extend(executor.warnings)
     return summary

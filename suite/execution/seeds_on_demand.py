@@ -16,10 +16,8 @@ from pathlib import Path
 from precision_suite.config import SuiteConfig
 from precision_suite.jobs import BASELINE_POLICY, Job
 from precision_suite.plan import expand_jobs
-from precision_suite.results import read_records
+from precision_suite.results import RowKey, read_run
 from precision_suite.verdicts.compare import Comparison, compare
-
-RowKey = tuple[str, str, str]  # model, backend, policy
 
 
 def undecided_rows(comparison: Comparison) -> set[RowKey]:
@@ -31,18 +29,20 @@ def undecided_rows(comparison: Comparison) -> set[RowKey]:
         labels = {row.label: row for row in group.rows}
         for row in group.rows:
             if any(v.is_inconclusive for v in row.verdicts):
-                wanted.add((row.model, row.backend, row.policy))
+                wanted.add(RowKey.of(row))
                 base = labels.get(row.baseline or "")
                 if base is not None:
-                    wanted.add((base.model, base.backend, base.policy))
+                    wanted.add(RowKey.of(base))
         if any(v.is_inconclusive for v in group.verdicts):
-            wanted |= {(row.model, row.backend, row.policy) for row in group.rows if row.policy == BASELINE_POLICY}
+            wanted |= {RowKey.of(row) for row in group.rows if row.policy == BASELINE_POLICY}
     return wanted
 
 
 def next_look_jobs(config: SuiteConfig, device: str, look: int, records: list[dict]) -> list[Job]:
     """The jobs that take the undecided rows of ``records`` from look ``look - 1`` to ``look``."""
-    wanted = undecided_rows(compare(records))
+    # A run has one dataset and one device: a job of an undecided row's model, backend and policy
+    # is one of its seeds (at every world size the row's model, backend and policy run at).
+    wanted = {(key.model, key.backend, key.policy) for key in undecided_rows(compare(records))}
     if not wanted:
         return []
     before = set(config.seeds_at_look(look - 1))
@@ -67,7 +67,7 @@ def rounds_on_demand(
     undecided. The caller runs each round to the end before asking for the next."""
     yield first
     for look in range(1, len(config.seed_looks())):
-        added = next_look_jobs(config, device, look, read_records(results_path).records)
+        added = next_look_jobs(config, device, look, read_run(results_path.parent).records)
         if not added:
             return
         pending = [job for job in added if not skip(job)]

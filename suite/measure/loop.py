@@ -22,7 +22,7 @@ from precision_suite.jobs import Job
 from precision_suite.measure.environment import base_environment
 from precision_suite.measure.timing import WindowTimer
 from precision_suite.models import init_weights, perturb_weights
-from precision_suite.results import SCHEMA
+from precision_suite.results import new_record
 
 ProgressFn = Callable[[int, int], None]
 # Steps whose batch indices a backend stages at once (Backend.prepare_batches).
@@ -35,28 +35,6 @@ class Diverged(RuntimeError):
             f"loss non-finite for {patience} consecutive steps from step {step} (beyond what loss scaling absorbs)"
         )
         self.step = step
-
-
-def new_record(job: Job) -> dict[str, Any]:
-    return {
-        "schema": SCHEMA,
-        "job_id": job.job_id,
-        "backend": job.backend,
-        "framework": job.runtime,
-        "family": job.family,
-        "policy": job.policy,
-        "model": job.model.name,
-        "dataset": job.data.name,
-        "seed": job.seed,
-        "device": job.device,
-        "status": None,
-        "error": None,
-        "config": job.to_dict(),
-        "environ": {},
-        "observed": {},
-        "metrics": {},
-        "curves": {},
-    }
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -255,9 +233,11 @@ def run_job(
         backend = cls()
         backend.setup(job, weights, data)
         record["environ"].update(backend.environment())
-        record["observed"] = backend.observed_precision()
         backend.reset_memory_stats()
         train_timed(backend, job, data, record, progress)
+        # After training: what ran includes state a policy writes only in training steps (the
+        # amax histories of Keras' float8 layers, fp8-mixed's evidence that FP8 ran).
+        record["observed"] = backend.observed_precision()
         result = backend.evaluate()
         memory = backend.memory_stats()
         record["metrics"].update(

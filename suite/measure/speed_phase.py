@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 from precision_suite.measure.timing import SystemLoad, WindowSample, assess, measure_window, rotation
-from precision_suite.results import SCHEMA, SPEED_KIND
+from precision_suite.results import SPEED_KIND, new_record
 
 # A worker message: set a phase's sides up ahead of it (``warm_speed_task``).
 WARM_KIND = "warm"
@@ -90,27 +90,6 @@ class SpeedTask:
 
         jobs = [Job.from_dict(j) for j in raw["jobs"]]
         return cls(raw["job_id"], raw["framework"], jobs, raw["rounds"], raw["window_ms"], raw["batch_probe"])
-
-
-def new_speed_record(task: SpeedTask) -> dict[str, Any]:
-    """A speed record: shares the job record's identifying keys (``job_id``, ``status``), told
-    apart by ``kind`` (``precision_suite.results.read_records`` files it under ``speed``)."""
-    first = task.jobs[0]
-    return {
-        "schema": SCHEMA,
-        "kind": SPEED_KIND,
-        "job_id": task.job_id,
-        "framework": task.runtime,
-        "family": task.family,
-        "model": first.model.name,
-        "dataset": first.data.name,
-        "device": first.device,
-        "status": None,
-        "error": None,
-        "config": task.to_dict(),
-        "environ": {},
-        "speed": {},
-    }
 
 
 @dataclass
@@ -206,7 +185,7 @@ def run_speed_task(task: SpeedTask, progress: Callable[[int, int], None] | None 
     from precision_suite.models import init_weights
 
     started = time.perf_counter()
-    record = new_speed_record(task)
+    record = new_record(task)
     record["environ"] = base_environment()
     sides: list[_Side] = []
     skipped: dict[str, str] = {}
@@ -221,29 +200,7 @@ def run_speed_task(task: SpeedTask, progress: Callable[[int, int], None] | None 
             return record
         record["device"] = base_job.device
         record["environ"].update(sides[0].backend.environment())
-        load = SystemLoad()
-        for side in sides:
-            side.backend.activate()
-            side.run(max(base_job.train.timing_warmup_steps, MIN_WARMUP_STEPS))
-            side.backend.drain_telemetry()
-        probe_step_s = {side.label: _size_window(side, load, task.window_ms) for side in sides}
-
-        def on_round(r: int) -> None:
-            if progress is not None:
-                progress(r, task.rounds)
-
-        base, candidates = sides[0], sides[1:]
-        rot = rotation(
-            lambda: base.window(load), [lambda s=s: s.window(load) for s in candidates], task.rounds, on_round
-        )
-        speed = _phase_results(task, sides, rot, probe_step_s, skipped)
-        speed["input_shape"] = list(data.input_shape)
-        speed["num_classes"] = data.num_classes
-        speed["batch_size"] = base_job.train.batch_size
-        if task.batch_probe:
-            speed["batch_scaling"] = _batch_scaling(base, data, weights, rows, load)
-        speed["matmul_tflops"] = _matmul_rates(base)
-        record["speed"] = speed
+        record["speed"] = _time_phase(task, sides, skipped, data, weights, rows, progress)
         record["status"] = "ok"
     except Exception as exc:  # a failed phase is data, not a crash of the run
         traceback.print_exc()
@@ -256,6 +213,42 @@ def run_speed_task(task: SpeedTask, progress: Callable[[int, int], None] | None 
                 traceback.print_exc()
         record["speed"]["wall_s"] = time.perf_counter() - started
     return record
+
+
+def _time_phase(
+    task: SpeedTask,
+    sides: list[_Side],
+    skipped: dict[str, str],
+    data: Any,
+    weights: Any,
+    rows: Any,
+    progress: Callable[[int, int], None] | None,
+) -> dict[str, Any]:
+    """The timing of a phase whose sides are set up: every side warmed up, its window sized, the
+    rounds of the rotation, then the batch probe and the matmul ceiling; returns the record's
+    ``speed`` section."""
+    base_job = task.jobs[0]
+    load = SystemLoad()
+    for side in sides:
+        side.backend.activate()
+        side.run(max(base_job.train.timing_warmup_steps, MIN_WARMUP_STEPS))
+        side.backend.drain_telemetry()
+    probe_step_s = {side.label: _size_window(side, load, task.window_ms) for side in sides}
+
+    def on_round(r: int) -> None:
+        if progress is not None:
+            progress(r, task.rounds)
+
+    base, candidates = sides[0], sides[1:]
+    rot = rotation(lambda: base.window(load), [lambda s=s: s.window(load) for s in candidates], task.rounds, on_round)
+    speed = _phase_results(task, sides, rot, probe_step_s, skipped)
+    speed["input_shape"] = list(data.input_shape)
+    speed["num_classes"] = data.num_classes
+    speed["batch_size"] = base_job.train.batch_size
+    if task.batch_probe:
+        speed["batch_scaling"] = _batch_scaling(base, data, weights, rows, load)
+    speed["matmul_tflops"] = _matmul_rates(base)
+    return speed
 
 
 def _set_up_sides(

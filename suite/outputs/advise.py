@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 
 from precision_suite.backends.base import implementation_label
 from precision_suite.backends.policy import find_policy
-from precision_suite.outputs.intervals import Interval, ratio_interval, speedup_of
+from precision_suite.outputs.intervals import ratio_interval, speedup_of
 from precision_suite.outputs.rundir import RunDir, baseline_key, ok_records_by_row, row_key
 from precision_suite.verdicts.compare import PASS, Comparison, Group, Row
+from precision_suite.verdicts.stats import Interval
 
 # Which tools' settings apply to an API family's result (a Keras result holds on any runtime).
 TOOLS_BY_FAMILY = {"torch": ("Lightning", "accelerate", "PyTorch"), "keras": ("Keras",)}

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from precision_suite.outputs.intervals import Interval, metric, paired_change, speedup_of
+from precision_suite.outputs.intervals import metric, paired_change, speedup_of
 from precision_suite.outputs.rundir import RunDir, RunDirError, baseline_key, ok_records_by_row, row_key, versions
 from precision_suite.verdicts.compare import FAILED, PASS, Row, Verdict
+from precision_suite.verdicts.stats import Interval
 
 # Job-config keys that say how a job was run, not what it trained: free to differ.
 RUN_ONLY_KEYS = ("job_id", "runner", "config_hash")

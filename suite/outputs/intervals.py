@@ -1,5 +1,6 @@
 """Confidence intervals the diff and the advice need: a paired change between two runs, a
-memory ratio with its interval, and a row's speedup as an ``Interval``.
+memory ratio with its interval, and a row's speedup, each as the suite's one ``Interval``
+(``precision_suite.verdicts.stats``).
 
 - Paired change (run-to-run, per seed): the mean of per-seed differences with the 95 % Student t
   interval of ``compare.mean_ci95`` — the same interval the comparison puts on accuracy. One
@@ -13,42 +14,10 @@ memory ratio with its interval, and a row's speedup as an ``Interval``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 from precision_suite.verdicts.compare import Row, mean_ci95
-
-
-@dataclass(frozen=True)
-class Interval:
-    """An estimate and its 95 % interval; ``low``/``high`` are None when undefined."""
-
-    estimate: float | None
-    low: float | None = None
-    high: float | None = None
-
-    @property
-    def defined(self) -> bool:
-        return self.estimate is not None and self.low is not None and self.high is not None
-
-    def excludes(self, value: float) -> bool:
-        return self.defined and not (self.low <= value <= self.high)  # type: ignore[operator]
-
-    def below(self, other: Interval) -> bool:
-        """Entirely below ``other``: a change neither interval's noise explains."""
-        return self.defined and other.defined and self.high < other.low  # type: ignore[operator]
-
-    def above(self, other: Interval) -> bool:
-        return other.below(self)
-
-    def format(self, unit: str = "", ci: str = "", undefined: str = "") -> str:
-        """``1.66× (95% CI 1.63–1.68)`` with ``ci="95% CI "``; ``undefined`` follows an
-        estimate that has no interval."""
-        if self.estimate is None:
-            return "n/a"
-        if not self.defined:
-            return f"{self.estimate:.2f}{unit}{undefined}"
-        return f"{self.estimate:.2f}{unit} ({ci}{self.low:.2f}–{self.high:.2f})"
+from precision_suite.verdicts.stats import Interval
 
 
 def metric(record: dict[str, Any], key: str) -> float | None:

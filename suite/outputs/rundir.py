@@ -1,4 +1,6 @@
-"""A finished run directory, read once: its records (newest per job) and their comparison."""
+"""A finished run directory, read once (``precision_suite.results.read_run``, the one reader of
+a run directory's files): its records (newest per job), the resolved config, and their
+comparison. Every output (report, check, diff, advise, export, serve) starts from ``load_run``."""
 
 from __future__ import annotations
 
@@ -6,11 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from precision_suite.results import RESULTS_FILE, Record, latest_by_job, read_records
+from precision_suite.errors import UserError
+from precision_suite.results import RESULTS_FILE, RowKey, read_run
 from precision_suite.verdicts.compare import Comparison, Row, compare
 
 
-class RunDirError(Exception):
+class RunDirError(UserError):
     """A directory that is not a readable run (the user's input): one line, exit 2."""
 
 
@@ -23,21 +26,21 @@ class RunDir:
     # output reads its figures from here, never again from the records.
     comparison: Comparison
     speed_records: list[dict[str, Any]] = field(default_factory=list)  # the speed phases' (newest per id)
+    config: dict[str, Any] | None = None  # the resolved config the run was started with (config.yaml)
 
 
 def load_run(path: Path | str, tolerance_pts: float | None = None) -> RunDir:
-    path = Path(path)
-    results = path / RESULTS_FILE
-    if not results.exists():
-        raise RunDirError(f"{results}: no such file (is {path} a run directory?)")
-    read = read_records(results)
-    records = list(latest_by_job(read.records).values())
-    speed = list(latest_by_job(read.speed).values())
-    if not records and not speed:
+    """The run at ``path`` and its comparison (``tolerance_pts`` overrides the recorded parity
+    tolerance); ``RunDirError`` when it is no run directory or holds no valid record."""
+    read = read_run(path)
+    results = read.path / RESULTS_FILE
+    if not read.found:
+        raise RunDirError(f"{results}: no such file (is {read.path} a run directory?)")
+    if not read.records and not read.speed:
         raise RunDirError(f"{results}: no valid records")
-    comparison = compare(records, tolerance_pts=tolerance_pts, speed_records=speed)
-    comparison.run_dir = str(path)
-    return RunDir(path, records, read.warnings, comparison, speed)
+    comparison = compare(read.records, tolerance_pts=tolerance_pts, speed_records=read.speed)
+    comparison.run_dir = str(read.path)
+    return RunDir(read.path, read.records, read.warnings, comparison, read.speed, read.config)
 
 
 def versions(environ: dict[str, Any]) -> dict[str, str]:
@@ -48,11 +51,8 @@ def versions(environ: dict[str, Any]) -> dict[str, str]:
     return {key: str(value) for key, value in out.items() if value is not None}
 
 
-RowKey = tuple[str, str, str, str, str]  # model, dataset, device, backend, policy
-
-
 def row_key(row: Row) -> RowKey:
-    return (row.model, row.dataset, row.device, row.backend, row.policy)
+    return RowKey.of(row)
 
 
 def baseline_key(row: Row) -> RowKey | None:
@@ -60,14 +60,15 @@ def baseline_key(row: Row) -> RowKey | None:
     if row.baseline is None:
         return None
     backend, policy = row.baseline.split(" ", 1)
-    return (row.model, row.dataset, row.device, backend, policy)
+    return RowKey(row.model, row.dataset, row.device, backend, policy)
 
 
 def ok_records_by_row(records: list[dict[str, Any]]) -> dict[RowKey, list[dict[str, Any]]]:
-    """The ``ok`` records of each row, keyed as ``row_key`` keys a comparison row."""
+    """The ``ok`` records of each row, keyed as ``row_key`` keys a comparison row (records that
+    are no row's result, noise-floor runs and data-parallel references, left out)."""
     out: dict[RowKey, list[dict[str, Any]]] = {}
-    for record in map(Record, records):
-        if record.ok:
-            key = (record.model_name, record.dataset_name, record.device, record.backend, record.policy)
+    for record in records:
+        key = RowKey.of_record(record)
+        if key is not None and record.get("status") == "ok":
             out.setdefault(key, []).append(record)
     return out

@@ -222,7 +222,7 @@ def equivalence_cells(label: str, verdict: Verdict, run_dir: str | None) -> list
     return [
         verdict.name,
         label,
-        "—" if interval is None else _minus(f"{interval.mean:+.2f}"),
+        "—" if interval is None else _minus(f"{interval.estimate:+.2f}"),
         "— (1 seed)"
         if interval is None
         else _minus(f"{100 * eq.ci_level:.4g}% [{interval.low:+.2f}, {interval.high:+.2f}]")

@@ -347,7 +347,7 @@ def _plot_forest(group: Group, equivalences: list[tuple[str, Verdict]]) -> Plot 
         interval = eq.interval
         colour = colours.get(verdict.outcome, "grey") if verdict.enforced else "grey"
         axes.plot([interval.low, interval.high], [y, y], color=colour, linewidth=2.5, solid_capstyle="butt")
-        axes.plot(interval.mean, y, "o", color=colour, markersize=5)
+        axes.plot(interval.estimate, y, "o", color=colour, markersize=5)
     axes.set_yticks(
         range(len(entries)),
         [f"{label} ({v.name}, {v.outcome.upper()})" for label, v in reversed(entries)],

@@ -52,6 +52,7 @@ from precision_suite.verdicts.compare import (
     Verdict,
     check_exit_code,
 )
+from precision_suite.verdicts.cross_framework import fp8_scaling_note
 from precision_suite.verdicts.data_parallel import SCALING_HEADER, SCALING_NOTE, scaling_cells
 from precision_suite.verdicts.diagnose import is_hardware_cause
 
@@ -274,6 +275,8 @@ def _group_items(comparison: Comparison, group: Group) -> list[Item]:
             items += _verdict_items(comparison, "parity", row.label, parity, only=TERMINAL)
     for verdict in group.verdicts:
         items += _verdict_items(comparison, "cross-framework", verdict.subject.split(" ", 1)[-1], verdict, only=None)
+    if fp8_note := fp8_scaling_note(group.rows):
+        items.append(Item(plain(fp8_note)))
     return items + [Item(plain(note)) for note in speed_notes(group)]
 
 

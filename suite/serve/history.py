@@ -13,10 +13,12 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from precision_suite.outputs.intervals import Interval, ratio_interval, speedup_of
-from precision_suite.outputs.rundir import RowKey, RunDir, baseline_key, ok_records_by_row, row_key
+from precision_suite.outputs.intervals import ratio_interval, speedup_of
+from precision_suite.outputs.rundir import RunDir, baseline_key, ok_records_by_row, row_key
 from precision_suite.report.plots import Plot
+from precision_suite.results import RowKey
 from precision_suite.serve.runs import RunSummary, machine_of
+from precision_suite.verdicts.stats import Interval
 
 # (attribute of a HistoryPoint, plot title, y-axis label, the value that means "no change")
 QUANTITIES = (
@@ -48,14 +50,14 @@ def row_id(key: RowKey) -> str:
 
 def parse_row_id(text: str) -> RowKey | None:
     parts = text.split("/")
-    return tuple(parts) if len(parts) == 5 and all(parts) else None  # type: ignore[return-value]
+    return RowKey(*parts) if len(parts) == 5 and all(parts) else None
 
 
 def _delta(row: Any) -> Interval:
     parity = row.verdict("parity")
     interval = None if parity is None or parity.equivalence is None else parity.equivalence.interval
     if interval is not None:
-        return Interval(interval.mean, interval.low, interval.high)
+        return Interval(interval.estimate, interval.low, interval.high)
     return Interval(row.delta_pts)
 
 

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from precision_suite.outputs.rundir import RunDir, RunDirError, load_run
-from precision_suite.results import RESULTS_FILE
+from precision_suite.results import CONFIG_FILE, RESULTS_FILE
 
-CONFIG_FILE = "config.yaml"  # the runner's resolved config, written when a run starts
 REPORT_FILE = "report.html"
 # Written by the server beside a run it starts: the config's name and the overrides it was given.
 SERVE_FILE = "serve.json"

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from precision_suite.outputs import diff
 from precision_suite.outputs.rundir import RunDir, RunDirError
 from precision_suite.report.documents import render_html
-from precision_suite.results import RESULTS_FILE, read_records
+from precision_suite.results import RESULTS_FILE, read_run
 from precision_suite.serve import pages
 from precision_suite.serve.history import history, parse_row_id, plot_history, row_keys
 from precision_suite.serve.launch import ALLOWED_OVERRIDES, Launcher, StartError
@@ -76,8 +76,7 @@ class ServeApp:
         line = ""
         if state is not None:
             path = self.root / state["name"]
-            read = read_records(path / RESULTS_FILE)
-            statuses = [r.status for r in read.records + read.speed]
+            statuses = [r.status for r in read_run(path).all_records]
             done = f"{len(statuses)} record(s): ok {statuses.count('ok')}, other {len(statuses) - statuses.count('ok')}"
             if state["running"]:
                 line = f"running {state['name']} ({state['elapsed_s']:.0f} s): {done}"

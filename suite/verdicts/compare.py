@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from precision_suite.backends.base import FAMILY_OF_RUNTIME
+from precision_suite.backends.fp8 import fp8_problems, fp8_settings
 from precision_suite.backends.policy import POLICIES, find_policy
 from precision_suite.config import ParityConfig
 from precision_suite.jobs import BASELINE_POLICY
@@ -145,6 +146,7 @@ class Row:
     observed: dict[str, Any] = field(default_factory=dict)
     emulated: bool = False
     emulated_reason: str = ""
+    fp8_scaling: str = ""  # an FP8 policy: how its backend chose the FP8 scales (environ.fp8.scaling)
     verdicts: list[Verdict] = field(default_factory=list)
     # The speedup over ``baseline`` (``row_speed``); None: not measured, ``speed_unmeasured`` says why.
     speed: Speedup | None = None
@@ -392,6 +394,8 @@ def _precision_problems(record: dict[str, Any]) -> list[str]:
     want_scaling = _expected_loss_scaling(policy, record.get("config") or {})
     if scaling is not None and scaling != want_scaling:
         problems.append(f"loss scaling {scaling}, expected {want_scaling}")
+    if (fp8 := fp8_settings(expected)) is not None:
+        problems.extend(fp8_problems(observed, fp8))
     return problems
 
 
@@ -403,7 +407,12 @@ def _precision_verdict(row: Row, records: list[dict[str, Any]]) -> Verdict:
     if problems:
         return Verdict("precision-active", row.subject, FAIL, "; ".join(problems))
     dtype = row.observed.get("compute_dtype")
-    return Verdict("precision-active", row.subject, PASS, f"observed compute {dtype}")
+    detail = f"observed compute {dtype}"
+    if row.observed.get("fp8_layers"):
+        operands = row.observed.get("fp8_operands") or {}
+        fp8 = ", ".join(sorted({*operands.get("forward", []), *operands.get("backward", [])}))
+        detail += f"; {fp8} in {len(row.observed['fp8_layers'])} FP8 layers"
+    return Verdict("precision-active", row.subject, PASS, detail)
 
 
 def seed_looks(records: list[dict[str, Any]]) -> int:
@@ -673,6 +682,7 @@ def _new_row(group: Group, backend: str, policy: str, family: str, runtime: str,
     row = Row(group.model, group.dataset, group.device, backend, runtime, policy, family=family)
     row.emulated_reason = emulation(policy, group.device, environ)
     row.emulated = bool(row.emulated_reason)
+    row.fp8_scaling = str((environ.get("fp8") or {}).get("scaling") or "")
     return row
 
 

@@ -50,17 +50,48 @@ def t_quantile(p: float, df: float) -> float:
 
 @dataclass(frozen=True)
 class Interval:
-    """A mean difference and its two-sided (1 − 2α) confidence interval, in the input's units."""
+    """An estimate and its confidence interval, in the estimate's units: the suite's one interval
+    (a paired accuracy difference, a run-to-run change, a speedup, a memory ratio). ``low`` and
+    ``high`` are None when undefined: one seed gives no noise estimate, never a zero-width
+    interval."""
 
-    mean: float
-    low: float
-    high: float
-    n: int  # paired: pairs; unpaired: the smaller side
+    estimate: float | None
+    low: float | None = None
+    high: float | None = None
+    n: int = 0  # the values behind it: paired, the pairs; unpaired, the smaller side; 0 when not said
     std: float | None = None  # paired: the std of the differences
 
     @property
+    def mean(self) -> float | None:
+        """The estimate, under the name a mean difference (the equivalence tests') is read by."""
+        return self.estimate
+
+    @property
+    def defined(self) -> bool:
+        return self.estimate is not None and self.low is not None and self.high is not None
+
+    @property
     def width(self) -> float:
-        return self.high - self.low
+        return self.high - self.low  # type: ignore[operator]
+
+    def excludes(self, value: float) -> bool:
+        return self.defined and not (self.low <= value <= self.high)  # type: ignore[operator]
+
+    def below(self, other: Interval) -> bool:
+        """Entirely below ``other``: a change neither interval's noise explains."""
+        return self.defined and other.defined and self.high < other.low  # type: ignore[operator]
+
+    def above(self, other: Interval) -> bool:
+        return other.below(self)
+
+    def format(self, unit: str = "", ci: str = "", undefined: str = "") -> str:
+        """``1.66× (95% CI 1.63–1.68)`` with ``ci="95% CI "``; ``undefined`` follows an
+        estimate that has no interval."""
+        if self.estimate is None:
+            return "n/a"
+        if not self.defined:
+            return f"{self.estimate:.2f}{unit}{undefined}"
+        return f"{self.estimate:.2f}{unit} ({ci}{self.low:.2f}–{self.high:.2f})"
 
 
 def paired_interval(differences: Sequence[float], alpha: float = ALPHA) -> Interval | None:
@@ -95,9 +126,11 @@ def tost_outcome(interval: Interval | None, tolerance: float) -> str:
     """PASS / FAIL / INCONCLUSIVE of an interval against ±tolerance (module docstring)."""
     if interval is None:
         return INCONCLUSIVE
-    if interval.low >= -tolerance - _EPS and interval.high <= tolerance + _EPS:
+    if not interval.defined:
+        return INCONCLUSIVE
+    if interval.low >= -tolerance - _EPS and interval.high <= tolerance + _EPS:  # type: ignore[operator]
         return PASS
-    if interval.low > tolerance + _EPS or interval.high < -tolerance - _EPS:
+    if interval.low > tolerance + _EPS or interval.high < -tolerance - _EPS:  # type: ignore[operator]
         return FAIL
     return INCONCLUSIVE
 
@@ -208,7 +241,7 @@ def equivalence(
     if outcome == INCONCLUSIVE:
         n_now = len(shared)
         if paired is not None and paired.std is not None:
-            suggested = sequential_seeds_needed(paired.mean, paired.std, tolerance_pts, n_now)
+            suggested = sequential_seeds_needed(paired.estimate, paired.std, tolerance_pts, n_now)
         elif n_now < 2:
             suggested = 3  # the spread is unknown until two seeds pair up
     return Equivalence(
@@ -233,7 +266,7 @@ def describe(eq: Equivalence) -> str:
         return f"{n} paired seed(s): no interval from one seed (tolerance ±{eq.tolerance_pts:g} pt)"
     level = f"{100 * eq.ci_level:.4g}%"
     text = (
-        f"Δ {interval.mean:+.2f} pt, {level} CI [{interval.low:+.2f}, {interval.high:+.2f}] "
+        f"Δ {interval.estimate:+.2f} pt, {level} CI [{interval.low:+.2f}, {interval.high:+.2f}] "
         f"({eq.method}, n={interval.n}) vs ±{eq.tolerance_pts:g} pt"
     )
     if eq.looks > 1:

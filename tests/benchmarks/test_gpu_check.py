@@ -26,8 +26,52 @@ def test_gpu_throughput_config_validates():
     assert config.data.name == "synthetic"
     jobs = expand_jobs(config, "cuda")
     assert {(j.backend, j.policy) for j in jobs} == {
-        (b, p) for b in ("torch-amp", "tf-keras") for p in ("fp32", "tf32", "fp16-mixed", "bf16-mixed")
+        (b, p) for b in ("torch-amp", "tf-keras") for p in ("fp32", "tf32", "fp16-mixed", "bf16-mixed", "fp8-mixed")
     }
+    # FP8 only where its Linear layers are multiples of 16 and large enough to pay off.
+    assert {j.model.name for j in jobs if j.policy == "fp8-mixed"} == {"gpt2s-blocks", "wide-blocks"}
+
+
+def test_fp8_model_linears_all_convert():
+    """Every Linear of the FP8 models but the 10-class head is eligible, and wide-blocks' are at
+    least 2048 wide (where torchao's tensorwise recipe gains)."""
+    from precision_suite.backends.reference.fp8 import fp8_eligible
+
+    config = load_config(CONFIG)
+    for model in (m for m in config.models if m.name in ("gpt2s-blocks", "wide-blocks")):
+        patch_dim = model.patch_size**2 * config.data.synthetic.shape[0]
+        d, hidden = model.d_model, model.d_model * model.mlp_ratio
+        for n_in, n_out in ((patch_dim, d), (d, d), (d, hidden), (hidden, d)):
+            assert fp8_eligible(n_in, n_out) is None, (model.name, n_in, n_out)
+    wide = next(m for m in config.models if m.name == "wide-blocks")
+    assert wide.d_model >= 2048 and (config.train.batch_size * (64 // wide.patch_size) ** 2) >= 2048
+
+
+def test_gpu_check_fp8_overrides_validate():
+    """The --set list benchmarks/gpu_check.sh passes for its compiled FP8 run."""
+    script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    assert "FP8_POLICIES=${GPU_CHECK_FP8_POLICIES-bf16-mixed, fp8-mixed}" in script
+    assert "run_suite fp8 torch-amp" in script and "compile: true" in script
+    overrides = [
+        "train.steps=40",
+        "train.timing_warmup_steps=10",
+        "train.timing_window_steps=10",
+        "data.synthetic.train_size=2048",
+        "device=cuda",
+        "backends.policy_models={}",
+        "backends.names=[torch-amp]",
+        "backends.policies={torch-amp: [bf16-mixed, fp8-mixed]}",
+        "backends.options={torch-amp: {compile: true, fused: true, fp8_recipe: tensorwise}}",
+        "backends.policy_models={bf16-mixed: [wide-blocks], fp8-mixed: [wide-blocks]}",
+    ]
+    config = load_config(CONFIG, overrides)
+    check_backends(config, str(CONFIG))
+    jobs = expand_jobs(config, "cuda")
+    assert sorted((j.model.name, j.policy) for j in jobs) == [
+        ("wide-blocks", "bf16-mixed"),
+        ("wide-blocks", "fp8-mixed"),
+    ]
+    assert all(j.options["compile"] and j.options["fp8_recipe"] == "tensorwise" for j in jobs)
 
 
 @pytest.mark.parametrize("compile_", ["false", "true"])
@@ -40,13 +84,15 @@ def test_gpu_check_overrides_validate(compile_):
         "train.timing_window_steps=10",
         "data.synthetic.train_size=2048",
         "device=cuda",
+        "backends.policy_models={}",
         "backends.policies={torch-amp: [fp32, tf32, fp16-mixed, bf16-mixed]}",
         f"backends.options={{torch-amp: {{compile: {compile_}, fused: true}}}}",
     ]
     config = load_config(CONFIG, overrides)
     check_backends(config, str(CONFIG))
     jobs = expand_jobs(config, "cuda")
-    assert len(jobs) == 8 and {j.options["compile"] for j in jobs} == {compile_ == "true"}
+    # 3 models (wide-blocks too: the eager fp32 the FP8 run is read against) x 4 policies
+    assert len(jobs) == 12 and {j.options["compile"] for j in jobs} == {compile_ == "true"}
 
 
 def test_gpu_check_keras_jax_overrides_validate():
@@ -57,6 +103,7 @@ def test_gpu_check_keras_jax_overrides_validate():
         "train.timing_window_steps=10",
         "data.synthetic.train_size=2048",
         "device=cuda",
+        "backends.policy_models={}",
         "backends.names=[keras-jax]",
         "backends.policies={keras-jax: [fp32, fp16-mixed, bf16-mixed]}",
         "backends.options={keras-jax: {}}",
@@ -66,7 +113,7 @@ def test_gpu_check_keras_jax_overrides_validate():
     check_backends(config, str(CONFIG))
     jobs = expand_jobs(config, "cuda")
     assert {(j.backend, j.framework) for j in jobs} == {("keras-jax", "jax")}
-    assert sorted(j.policy for j in jobs) == ["bf16-mixed", "bf16-mixed", "fp16-mixed", "fp16-mixed", "fp32", "fp32"]
+    assert sorted(j.policy for j in jobs) == ["bf16-mixed"] * 3 + ["fp16-mixed"] * 3 + ["fp32"] * 3  # 3 models
     assert config.runner.isolation == "per-job"
 
 

@@ -28,11 +28,15 @@ def test_installed_wheel_has_one_namespace(tmp_path):
     top_level = sorted(p.name for p in target.iterdir() if not p.name.endswith((".dist-info", ".egg-info")))
     assert "precision_suite" in top_level
     assert not {"backends", "suite", "configs"} & set(top_level), top_level
+    # The pytest plugin is registered where pip puts entry points (pytest loads it from there).
+    (entry_points,) = target.glob("precision_suite-*.dist-info/entry_points.txt")
+    assert "[pytest11]\nprecision_suite = precision_suite.testing.plugin" in entry_points.read_text()
     script = tmp_path / "check.py"
     script.write_text(
         "import importlib.util, sys\n"
         "sys.path.insert(0, sys.argv[1])\n"
         "import precision_suite, precision_suite.backends.base, precision_suite.configs\n"
+        "import precision_suite.testing.plugin\n"
         "from importlib import resources\n"
         "assert resources.files('precision_suite.configs').joinpath('default.yaml').is_file()\n"
         "assert precision_suite.__file__.startswith(sys.argv[1]), precision_suite.__file__\n"

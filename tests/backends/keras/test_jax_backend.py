@@ -32,7 +32,7 @@ def test_registered_only_through_the_entry_point_group():
     assert ep.value == "precision_suite.backends.keras.jax_backend:KerasJaxBackend"
     cls = get_backend_class(NAME)
     assert cls.framework == "jax"
-    assert set(cls.policies) == {"fp32", "tf32", "fp16-mixed", "bf16-mixed"}
+    assert set(cls.policies) == {"fp32", "tf32", "fp16-mixed", "bf16-mixed", "fp8-mixed"}
 
 
 def test_availability_and_config_checks_do_not_import_jax_or_keras():

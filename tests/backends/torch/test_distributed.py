@@ -142,7 +142,7 @@ def _textbook_ddp(job, tmp_path: Path) -> dict[str, list[float]]:
 def _curve_record(job, curve: list[float]) -> dict[str, object]:
     """A result record of ``job`` with ``curve`` as its losses: a run outside the suite, judged
     by the suite's verdict."""
-    from precision_suite.measure.loop import new_record
+    from precision_suite.results import new_record
 
     record = new_record(job)
     record.update(status="ok", world_size=job.world_size, curves={"train_loss": curve})

@@ -9,6 +9,7 @@ from precision_suite.data import batch_plan, load_dataset
 from precision_suite.measure import loop
 from precision_suite.models import init_weights
 from precision_suite.plan import expand_jobs
+from precision_suite.results import new_record
 
 from tests.helpers.fake_backend import FakeBackend
 
@@ -50,7 +51,7 @@ def _run(monkeypatch, **train):
     data = load_dataset(config.data)
     backend = RecordingBackend()
     backend.setup(job, init_weights(job.model, data.input_shape, data.num_classes, 0), data)
-    record = loop.new_record(job)
+    record = new_record(job)
     loop.train_timed(backend, job, data, record, None)
     plan = batch_plan(len(data.y_train), 64, 0, job.train.epochs, job.train.steps)
     return backend, record, plan
@@ -80,3 +81,28 @@ def test_batches_are_staged_in_blocks_of_whole_windows(monkeypatch):
     backend, _, plan = _run(monkeypatch, steps=100, timing_window_steps=15)
     # block = 15 * (40 // 15) = 30 steps
     assert [n for kind, n in backend.events if kind == "prepare"] == [30, 30, 30, 10]
+
+
+class ObservingBackend(FakeBackend):
+    """The fake backend, saying in its observed precision how many steps it had trained."""
+
+    def observed_precision(self):
+        return {**super().observed_precision(), "steps_trained": self.step}
+
+
+def test_observed_precision_is_read_after_training():
+    # What a policy writes only in training steps (Keras float8's amax histories: fp8-mixed's
+    # evidence that FP8 ran) must be in the record.
+    config = SuiteConfig.model_validate(
+        {
+            "models": [{"kind": "mlp", "hidden": [8]}],
+            "train": {"batch_size": 64, "steps": 7, "timing_warmup_steps": 2},
+            "backends": {"names": ["torch-amp"], "policies": {"torch-amp": ["fp32"]}},
+            "seeds": [0],
+        }
+    )
+    (job,) = expand_jobs(config, "cpu")
+    job.options = {}
+    record = loop.run_job(job, backend_cls=ObservingBackend)
+    assert record["status"] == "ok", record["error"]
+    assert record["observed"]["steps_trained"] == 7

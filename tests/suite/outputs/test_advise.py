@@ -87,3 +87,25 @@ def test_failed_and_diverged_policies_are_named_with_why(write_run):
     torch = _by_framework(advise(load_run(write_run("run", records))))["torch"]
     reasons = {c.row.label: "; ".join(c.reasons) for c in torch.avoid}
     assert reasons["torch-manual bf16-mixed"].startswith("failed: all 3 seed(s) failed (diverged)")
+
+
+def test_fp8_on_a_capable_gpu_gets_the_fp8_settings_and_is_never_claimed_emulated(write_run):
+    def records(environ):
+        out = [
+            make_record("torch-amp", p, s, step_ms=ms + 0.1 * s, device="cuda")
+            for p, ms in (("fp32", 10.0), ("fp8-mixed", 5.0))
+            for s in (0, 1, 2)
+        ]
+        for record in out:
+            record["environ"].update(environ)
+        return out
+
+    (item,) = advise(load_run(write_run("h100", records({"cuda_capability": [9, 0]}))))
+    assert item.choice.row.policy == "fp8-mixed"
+    settings = dict(item.settings())
+    assert settings["Lightning"].startswith('L.Trainer(precision="transformer-engine")')
+    assert 'Accelerator(mixed_precision="fp8", kwargs_handlers=[AORecipeKwargs()])' in settings["accelerate"]
+    assert "convert_to_float8_training(model" in settings["PyTorch"]
+    (item,) = advise(load_run(write_run("a100", records({"cuda_capability": [8, 0]}))))
+    assert item.choice is None
+    assert "emulated: compute capability 8.0 < 8.9, so no speed claim" in item.avoid[0].reasons

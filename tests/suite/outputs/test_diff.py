@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 from precision_suite.cli import main
 from precision_suite.outputs.diff import diff_runs, render_html, render_markdown
-from precision_suite.outputs.intervals import Interval, paired_change
+from precision_suite.outputs.intervals import paired_change
 from precision_suite.outputs.rundir import RunDirError, load_run
 from precision_suite.results import Record
 from precision_suite.verdicts.compare import jobs_speedup
+from precision_suite.verdicts.stats import Interval
 
 from tests.helpers.cli import read_run, run_cli
 from tests.helpers.records import default_run, make_record

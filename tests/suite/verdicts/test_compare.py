@@ -579,3 +579,36 @@ def test_one_seed_cross_framework_passes_only_when_the_runs_are_one_computation(
     late["curves"]["train_loss"] = loss[:120] + [v * 1.01 for v in loss[120:]]
     [verdict] = compare([make_record("torch-amp", "fp32", 0, steps=150), late]).groups[0].verdicts
     assert verdict.outcome == INCONCLUSIVE, verdict.detail
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"fp8_layers": []}, "no layer ran in FP8"),
+        ({"fp8_operands": {"forward": [], "backward": ["float8_e5m2"]}}, "expected float8_e4m3fn"),
+        ({"fp8_operands": {"forward": ["float8_e4m3fn"], "backward": ["bfloat16"]}}, "no FP8 gradient operands"),
+    ],
+)
+def test_fp8_without_observed_fp8_fails_precision_active(change, message):
+    records = [make_record("torch-amp", "fp8-mixed", 0)]
+    assert compare(records).rows[0].verdict("precision-active").outcome == PASS
+    records[0]["observed"].update(change)
+    verdict = compare(records).rows[0].verdict("precision-active")
+    assert verdict.outcome == FAIL and message in verdict.detail
+
+
+def test_fp8_rows_of_two_frameworks_get_a_note_on_their_scaling():
+    from precision_suite.verdicts.cross_framework import fp8_scaling_note
+
+    scaling = {"torch-amp": "torchao tensorwise: per tensor", "tf-keras": "keras delayed: amax history of 1024"}
+    records = [make_record(b, p, s) for b in scaling for p in ("fp32", "fp8-mixed") for s in (0, 1, 2)]
+    for record in records:
+        if record["policy"] == "fp8-mixed":
+            record["environ"]["fp8"] = {"scaling": scaling[record["backend"]], "emulate_reason": "cpu"}
+    group = compare(records).groups[0]
+    note = fp8_scaling_note(group.rows)
+    assert "torch-amp fp8-mixed: torchao tensorwise: per tensor" in note
+    assert "tf-keras fp8-mixed: keras delayed: amax history of 1024" in note
+    one_side = compare([r for r in records if r["backend"] == "torch-amp"]).groups[0]
+    assert fp8_scaling_note(one_side.rows) is None
+    assert all(r.emulated for r in group.rows if r.policy == "fp8-mixed")

@@ -34,9 +34,9 @@ def test_paired_interval_is_student_t_on_the_differences():
     d = [0.5, -0.5, 1.0, 0.0, 0.5]
     interval = paired_interval(d)
     sd = math.sqrt(sum((x - 0.3) ** 2 for x in d) / 4)
-    assert interval.mean == pytest.approx(0.3)
+    assert interval.estimate == pytest.approx(0.3)
     assert interval.std == pytest.approx(sd)
-    assert interval.high - interval.mean == pytest.approx(T95[4] * sd / math.sqrt(5), rel=1e-8)
+    assert interval.high - interval.estimate == pytest.approx(T95[4] * sd / math.sqrt(5), rel=1e-8)
     assert paired_interval([1.0]) is None
     assert paired_interval([1.0, float("nan")]) is None  # a NaN is no seed
 
@@ -48,8 +48,8 @@ def test_unpaired_interval_is_welch():
     df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 4)
     from scipy.stats import t
 
-    assert interval.mean == pytest.approx(2.0 - 0.8)
-    assert interval.high - interval.mean == pytest.approx(t.ppf(0.95, df) * math.sqrt(va + vb), rel=1e-8)
+    assert interval.estimate == pytest.approx(2.0 - 0.8)
+    assert interval.high - interval.estimate == pytest.approx(t.ppf(0.95, df) * math.sqrt(va + vb), rel=1e-8)
     assert unpaired_interval([1.0], b) is None
 
 
@@ -67,7 +67,7 @@ def test_equivalence_pairs_seeds_and_reports_how_much_pairing_helped():
     cand = {0: 0.901, 1: 0.952, 2: 0.799}  # seed spread 7 pt, paired spread 0.15 pt
     eq = equivalence(cand, base, 1.0)
     assert eq.method == "paired" and eq.outcome == PASS
-    assert eq.paired.mean == pytest.approx(100 * (0.002 / 3), abs=1e-9)
+    assert eq.paired.estimate == pytest.approx(100 * (0.002 / 3), abs=1e-9)
     assert eq.pairing_gain < 0.05  # pairing removed nearly all the seed-to-seed spread
     # The unpaired interval on the same numbers cannot tell.
     assert tost_outcome(eq.unpaired, 1.0) == INCONCLUSIVE
@@ -78,7 +78,7 @@ def test_a_seed_missing_on_one_side_is_left_out_of_the_pairs_but_not_of_the_unpa
     cand = {0: 0.90, 1: 0.91, 2: 0.92}
     eq = equivalence(cand, base, 1.0)
     assert eq.paired.n == 3 and eq.n_baseline == 4
-    assert eq.unpaired.mean == pytest.approx(100 * (0.91 - 0.915))
+    assert eq.unpaired.estimate == pytest.approx(100 * (0.91 - 0.915))
     only_one_pair = equivalence({0: 0.9, 5: 0.91}, {0: 0.9, 6: 0.92}, 5.0)
     assert only_one_pair.method == "unpaired"
 

@@ -20,6 +20,7 @@ from functools import cache
 import numpy as np
 import pytest
 from precision_suite.execution.seeds_on_demand import undecided_rows
+from precision_suite.results import RowKey
 from precision_suite.verdicts.compare import compare
 from precision_suite.verdicts.stats import FAIL, INCONCLUSIVE, PASS, look_schedule
 
@@ -78,7 +79,7 @@ def simulate(
             [row] = [r for r in group.rows if r.policy == "bf16-mixed"]
             outcome[run] = row.verdict("parity").outcome
             seeds_used[run] = n
-        active = [run for run in active if (f"sim{run}", "torch-amp", "bf16-mixed") in undecided]
+        active = [run for run in active if RowKey(f"sim{run}", "digits", "cpu", "torch-amp", "bf16-mixed") in undecided]
         if k + 1 < len(looks):
             for run in active:
                 by_run[run] += records(run, range(n, looks[k + 1]))

@@ -1,0 +1,17 @@
+"""The one kind of error a user's input causes.
+
+Every error whose cause is the user's input (a config, a data file, a backend name, a run
+directory, a command-line argument) derives from ``UserError``: its message is one line that
+names the thing and what would be valid. The CLI prints it and exits 2; the Python API
+(``precision_suite.run``) raises it. Anything else escaping is a bug in precision-suite.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input from the user; the message is one line (the CLI prints it and exits 2)."""
+
+
+class UsageError(UserError):
+    """Bad input that is none of the more specific kinds (an argument, a directory to resume)."""
