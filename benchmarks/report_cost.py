@@ -7,10 +7,12 @@ other model names, so each copy is another model group with its own plots — an
 `precision-suite report DIR` (and `precision-suite check DIR`, which reads and compares the same
 records but draws nothing) in a fresh process each, as a user runs them. Printed per size:
 
-    records  groups  plots  report s  report cpu s  check s
+    records  groups  plots  report s  report cpu s  again s  check s
 
-(report cpu s: the CPU time of the report process and its plot workers, which load from other
-processes inflates less than the wall clock.)
+(report s: a report into a folder without plots, every plot drawn; report cpu s: the CPU time of
+that report process and its plot workers, which load from other processes inflates less than the
+wall clock; again s: the same report run again, every group's PNGs read back as drawn from the
+same inputs.)
 
 With ``--from RUN_DIR`` the records of a real run are copied instead (model names suffixed
 ``-2``, ``-3``, ...). Timings are wall clock on whatever else the machine runs: the load average is
@@ -29,6 +31,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,7 +44,8 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
 DIGITS_TRAIN_ROWS = 1437  # scikit-learn's 1,797 digits less the default 20 % test split
-COLUMNS = ("records", "groups", "plots", "report s", "report cpu s", "check s")
+COLUMNS = ("records", "groups", "plots", "report s", "report cpu s", "again s", "check s")
+WIDTHS = (7, 6, 5, 8, 12, 7, 7)
 
 
 def default_run_records(models: int | None = None) -> list[dict[str, Any]]:
@@ -125,14 +129,17 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def time_command(command: str, run_dir: Path, repeat: int) -> tuple[float, float]:
+def time_command(command: str, run_dir: Path, repeat: int, redraw: bool = False) -> tuple[float, float]:
     """The fastest of ``repeat`` timings of ``precision-suite COMMAND RUN_DIR`` in a fresh
-    interpreter: wall-clock seconds, and the CPU seconds of that run (its workers included)."""
+    interpreter: wall-clock seconds, and the CPU seconds of that run (its workers included).
+    ``redraw``: remove the plots first, so every timing draws them all."""
     code = "import sys; from precision_suite.cli import main; sys.exit(main())"
     argv = [sys.executable, "-c", code, command, str(run_dir)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     best = (math.inf, math.inf)
     for _ in range(repeat):
+        if redraw:
+            shutil.rmtree(run_dir / "plots", ignore_errors=True)
         cpu0, started = _children_cpu_s(), time.perf_counter()
         result = subprocess.run(argv, capture_output=True, text=True, env=env)
         timing = (time.perf_counter() - started, _children_cpu_s() - cpu0)
@@ -149,13 +156,15 @@ def measure(template: list[dict[str, Any]], sizes: list[int], repeat: int, work:
     for copies in sizes:
         run_dir = work / f"x{copies}"
         records = write_run(run_dir, template, copies)
-        report_s, report_cpu_s = time_command("report", run_dir, repeat)
+        report_s, report_cpu_s = time_command("report", run_dir, repeat, redraw=True)
+        again_s, _ = time_command("report", run_dir, repeat)
         check_s, _ = time_command("check", run_dir, repeat)
         plots = len(list((run_dir / "plots").glob("*.png")))
         groups = len({(r["model"], r.get("dataset"), r.get("device")) for r in read_run(run_dir)})
-        rows.append((records, groups, plots, report_s, report_cpu_s, check_s))
-        cells = f"{records:>7}  {groups:>6}  {plots:>5}  {report_s:8.1f}  {report_cpu_s:12.1f}  {check_s:7.1f}"
-        print(cells, flush=True)
+        rows.append((records, groups, plots, report_s, report_cpu_s, again_s, check_s))
+        counts = [f"{n:>{w}}" for n, w in zip((records, groups, plots), WIDTHS, strict=False)]
+        seconds = [f"{s:{w}.1f}" for s, w in zip(rows[-1][3:], WIDTHS[3:], strict=True)]
+        print("  ".join(counts + seconds), flush=True)
     return rows
 
 
@@ -199,14 +208,14 @@ def main(argv: list[str] | None = None) -> int:
         template = default_run_records(1 if args.quick else None)
         source = "synthetic default-run records (configs/default.yaml)"
     print(f"# {machine()}; load average {os.getloadavg()[0]:.2f}; records: {source}", flush=True)
-    print("  ".join(f"{c:>{w}}" for c, w in zip(COLUMNS, (7, 6, 5, 8, 12, 7), strict=True)), flush=True)
+    print("  ".join(f"{c:>{w}}" for c, w in zip(COLUMNS, WIDTHS, strict=True)), flush=True)
     with tempfile.TemporaryDirectory(prefix="report-cost-") as tmp:
         rows = measure(template, sizes, args.repeat, args.keep or Path(tmp))
     print(f"# load average now {os.getloadavg()[0]:.2f}", flush=True)
     if args.markdown:
         print("\n| " + " | ".join(COLUMNS) + " |\n|" + "---:|" * len(COLUMNS))
-        for records, groups, plots, report_s, report_cpu_s, check_s in rows:
-            print(f"| {records:,} | {groups} | {plots} | {report_s:.1f} | {report_cpu_s:.1f} | {check_s:.1f} |")
+        for records, groups, plots, *seconds in rows:
+            print(f"| {records:,} | {groups} | {plots} | " + " | ".join(f"{s:.1f}" for s in seconds) + " |")
     return 0
 
 

@@ -255,7 +255,7 @@ def report_run(
         return run_dir, []
     # The plots are nearly all of the cost: drawn in worker processes while this one prints
     # the table and writes the CI files.
-    plots = report.start_plots(comparison, records)
+    plots = report.start_plots(comparison, records, plot_dir=out_dir / "plots")
     report.render_terminal(comparison, console)
     ci_paths = write_ci_files(out_dir, comparison, records)
     paths = report.write_reports(out_dir, comparison, records, plots)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from precision_suite.report.cells import CODE, CSS_CLASS
-from precision_suite.report.plots import PendingPlots, Plot, start_plots
+from precision_suite.report.plots import DRAWN_FROM_FILE, PendingPlots, Plot, start_plots
 from precision_suite.report.sections import (
     DOCUMENTS,
     Block,
@@ -219,16 +219,21 @@ def write_reports(
 ) -> list[Path]:
     """Write report.md, report.html (self-contained), summary.csv and plots/*.png into
     ``out_dir``; returns the paths written, reports first. ``plots``: the plots already being
-    drawn (``plots.start_plots``, so a caller can do other work meanwhile); else drawn here."""
+    drawn (``plots.start_plots``, so a caller can do other work meanwhile); else drawn here,
+    reading back the groups drawn in ``out_dir/plots`` before from the same inputs."""
     out_dir = Path(out_dir)
     plot_dir = out_dir / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
-    plots = (plots or start_plots(comparison, records)).result()
+    pending = plots or start_plots(comparison, records, plot_dir=plot_dir)
+    plots = pending.result()
+    # Not valid while the PNGs are being replaced: written again once they are.
+    (plot_dir / DRAWN_FROM_FILE).unlink(missing_ok=True)
     plot_paths = []
     for plot in plots:
         path = plot_dir / f"{plot.name}.png"
         path.write_bytes(plot.png)
         plot_paths.append(path)
+    pending.write_drawn_from(plot_dir)
     md_path, html_path, csv_path = (
         out_dir / "report.md",
         out_dir / "report.html",

@@ -9,11 +9,15 @@ byte-identical either way."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import multiprocessing
+import sys
 from collections import defaultdict
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,8 +57,11 @@ def _new_figure(width: float, height: float) -> Any:
 
 
 def _png(figure: Any) -> bytes:
+    # The canvas's own print_png, not figure.savefig: savefig draws a constrained-layout figure
+    # twice (a dry-run draw for the layout, then the real one); print_png lays it out within its
+    # one draw. Same pixels, same bytes (tested), a tenth less time per plot.
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    figure.canvas.print_png(buffer)
     return buffer.getvalue()
 
 
@@ -432,30 +439,102 @@ def plot_workers(groups: int) -> int:
     return max(1, min(available_cores(), groups // GROUPS_PER_WORKER))
 
 
+# --- plots drawn before: a group whose inputs have not changed keeps its PNGs ---------------------
+
+DRAWN_FROM_FILE = ".drawn-from.json"  # in the plot folder: per group, what its plots were drawn from
+
+
+def drawing_version() -> str:
+    """What a plot's pixels depend on besides its group's inputs: the drawing code (this module
+    and the ones it draws with), numpy's and matplotlib's versions and matplotlib's settings."""
+    import matplotlib
+    from precision_suite.backends import policy
+    from precision_suite.measure import memory
+    from precision_suite.report import cells
+
+    digest = hashlib.sha256()
+    for module in (sys.modules[__name__], cells, memory, policy):
+        digest.update(Path(module.__file__).read_bytes())
+    digest.update(f"{np.__version__} {matplotlib.__version__} {sorted(matplotlib.rcParams.items())!r}".encode())
+    return digest.hexdigest()
+
+
+def inputs_digest(inputs: GroupPlots, version: str) -> str:
+    """A group's plots are a function of this: its inputs (their repr, every field) and the
+    drawing version."""
+    return hashlib.sha256(f"{version}\n{inputs!r}".encode()).hexdigest()
+
+
+def drawn_before(plot_dir: Path, inputs: list[GroupPlots], digests: list[str]) -> dict[int, list[Plot]]:
+    """The plots in ``plot_dir`` of each group (by index) drawn from the inputs it has now, as
+    ``plot_dir/.drawn-from.json`` records them; a group with a file missing is not among them."""
+    try:
+        groups = json.loads((plot_dir / DRAWN_FROM_FILE).read_text(encoding="utf-8"))["groups"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    kept = {}
+    for index, (group_inputs, digest) in enumerate(zip(inputs, digests, strict=True)):
+        key = group_inputs.group.key
+        entry = groups.get(key) if isinstance(groups, dict) else None
+        if not isinstance(entry, dict) or entry.get("inputs") != digest:
+            continue
+        try:
+            kept[index] = [
+                Plot(name, title, (plot_dir / f"{name}.png").read_bytes(), key) for name, title in entry["plots"]
+            ]
+        except (OSError, KeyError, TypeError, ValueError):
+            continue
+    return kept
+
+
 class PendingPlots:
     """Plots being drawn: by worker processes when ``workers`` > 1 (started at construction),
-    otherwise here when ``result`` is called. ``result`` returns them in the report's order."""
+    otherwise here when ``result`` is called. ``result`` returns them in the report's order.
+    With ``plot_dir``, a group drawn there before from the same inputs (``drawn_before``) is read
+    back, not drawn again: a sweep that grows redraws only the groups whose records changed."""
 
-    def __init__(self, inputs: list[GroupPlots], workers: int) -> None:
+    def __init__(self, inputs: list[GroupPlots], workers: int | None = None, plot_dir: Path | None = None) -> None:
         self._inputs = inputs
+        version = drawing_version()
+        self._digests = [inputs_digest(group_inputs, version) for group_inputs in inputs]
+        self._drawn = drawn_before(plot_dir, inputs, self._digests) if plot_dir is not None else {}
+        self._to_draw = [index for index in range(len(inputs)) if index not in self._drawn]
+        workers = plot_workers(len(self._to_draw)) if workers is None else workers
         self._executor: ProcessPoolExecutor | None = None
         self._futures: list[Future[list[Plot]]] = []
-        if workers > 1 and inputs:
+        if workers > 1 and self._to_draw:
             # spawn, not fork: the parent may hold threads (Ray's driver, a server) that a
             # forked child would inherit mid-operation.
             self._executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-            self._futures = [self._executor.submit(draw_group, group_inputs) for group_inputs in inputs]
+            self._futures = [self._executor.submit(draw_group, inputs[index]) for index in self._to_draw]
 
     def result(self) -> list[Plot]:
         if self._executor is None:
-            return [plot for group_inputs in self._inputs for plot in draw_group(group_inputs)]
-        try:
-            return [plot for future in self._futures for plot in future.result()]
-        finally:
-            self._executor.shutdown(cancel_futures=True)
+            self._drawn.update((index, draw_group(self._inputs[index])) for index in self._to_draw)
+        else:
+            try:
+                for index, future in zip(self._to_draw, self._futures, strict=True):
+                    self._drawn[index] = future.result()
+            finally:
+                self._executor.shutdown(cancel_futures=True)
+        self._to_draw, self._executor = [], None
+        return [plot for index in range(len(self._inputs)) for plot in self._drawn[index]]
+
+    def write_drawn_from(self, plot_dir: Path) -> None:
+        """Record in ``plot_dir`` what each group's plots (``result``, written there) were drawn from."""
+        groups = {
+            group_inputs.group.key: {
+                "inputs": digest,
+                "plots": [[plot.name, plot.title] for plot in self._drawn[index]],
+            }
+            for index, (group_inputs, digest) in enumerate(zip(self._inputs, self._digests, strict=True))
+        }
+        (plot_dir / DRAWN_FROM_FILE).write_text(json.dumps({"groups": groups}, indent=1), encoding="utf-8")
 
 
-def start_plots(comparison: Comparison, records: list[dict[str, Any]], workers: int | None = None) -> PendingPlots:
-    """Start drawing the report's plots (``workers`` processes; default ``plot_workers``)."""
-    inputs = plot_inputs(comparison, records)
-    return PendingPlots(inputs, plot_workers(len(inputs)) if workers is None else workers)
+def start_plots(
+    comparison: Comparison, records: list[dict[str, Any]], workers: int | None = None, plot_dir: Path | None = None
+) -> PendingPlots:
+    """Start drawing the report's plots (``workers`` processes; default ``plot_workers`` of the
+    groups to draw), reading back those ``plot_dir`` holds from the same inputs."""
+    return PendingPlots(plot_inputs(comparison, records), workers, plot_dir)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from precision_suite.report.plots import DRAWN_FROM_FILE
 
 from tests.helpers.marks import needs_tf, needs_torch
 from tests.helpers.records import make_record, mfu_record
@@ -65,11 +66,13 @@ def test_report_cost_quick_mode(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split() for line in result.stdout.splitlines() if line.strip() and line.split()[0].isdigit()]
     assert len(rows) == 2, result.stdout
-    for (records, _, plots, report_s, _, check_s), size in zip(rows, ("x1", "x2"), strict=True):
+    for (records, _, plots, report_s, _, again_s, check_s), size in zip(rows, ("x1", "x2"), strict=True):
         run_dir = tmp_path / size
         assert len((run_dir / "results.jsonl").read_text().splitlines()) == int(records)
         assert len(list((run_dir / "plots").glob("*.png"))) == int(plots) > 0
         assert (run_dir / "report.md").is_file() and float(report_s) > 0 and float(check_s) > 0
+        # "again" reads back what the drawn-from file says each group's plots were drawn from.
+        assert (run_dir / "plots" / DRAWN_FROM_FILE).is_file() and float(again_s) > 0
     assert int(rows[1][0]) == 2 * int(rows[0][0]) and int(rows[1][1]) == 2 * int(rows[0][1])
 
 

@@ -100,6 +100,10 @@ def test_duplicate_entry_point_name_is_an_error(fake_backends, tmp_path, monkeyp
     registry.cache_clear()
 
 
+# Slow: the same mechanism as tests/integration/test_no_framework.py's run without jax (a missing
+# framework's jobs unavailable, the rest run) and its `list` without any framework, and the
+# runner's fake-backend tests of a missing framework.
+@pytest.mark.slow
 def test_missing_tensorflow_makes_tf_keras_unavailable_and_torch_jobs_still_run(tmp_path, monkeypatch, capsys):
     """As if tensorflow were uninstalled: `list` says why, `run` records tf-keras jobs as
     `unavailable` (not failures) and completes the torch jobs."""

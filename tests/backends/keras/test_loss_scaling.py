@@ -90,7 +90,11 @@ def test_static_scale_never_moves_but_still_skips_overflow(name):
     backend.teardown()
 
 
-@pytest.mark.parametrize("name", KERAS_BACKENDS)
+# keras-jax's checkpoint (loss-scale state included) round-trips in-process for every policy in
+# tests/backends/test_contract.py; the fresh process (minutes of jax compiling on 2 cores) is slow.
+@pytest.mark.parametrize(
+    "name", [pytest.param("tf-keras", marks=needs_tf), pytest.param("keras-jax", marks=[needs_jax, pytest.mark.slow])]
+)
 def test_resume_in_a_fresh_process_continues_identically(tmp_path, name):
     states = assert_resume_matches_uninterrupted(tmp_path, name)
     # growth_interval 3 with an overflow at step 1: the checkpoint at k=4 sits just before a

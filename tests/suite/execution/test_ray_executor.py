@@ -394,6 +394,10 @@ def ray_cluster(tmp_path):
         assert not _processes_in_session(head.pid)
 
 
+# Slow: a second Ray cluster (`ray start`, its own processes) costs more than any other Ray test.
+# The executor's behaviour on Ray is tested on the in-process instance above, the address rules
+# and an address nothing answers at without a cluster; this adds the CLI reaching one by address.
+@pytest.mark.slow
 @needs_ray
 def test_run_on_a_cluster_started_with_ray_start(ray_cluster, tmp_path):
     address, env, log = ray_cluster

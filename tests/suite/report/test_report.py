@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import io
 import math
 import re
 
@@ -155,6 +156,79 @@ def test_plots_drawn_in_worker_processes_change_nothing(tmp_path):
         for model in ("mlp", "cnn")
     }
     assert written[1] == written[2]
+
+
+def test_plots_are_the_bytes_savefig_writes(monkeypatch):
+    """The report saves a plot through the canvas in one draw; matplotlib's own savefig (a
+    dry-run draw for the constrained layout, then the real one) writes the same bytes."""
+    records = default_run(seeds=(0, 1), models=("mlp",))
+    (inputs,) = plots.plot_inputs(compare(records), records)
+    drawn = plots.draw_group(inputs)
+
+    def savefig_png(figure) -> bytes:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+        return buffer.getvalue()
+
+    monkeypatch.setattr(plots, "_png", savefig_png)
+    reference = plots.draw_group(inputs)
+    assert [p.name for p in drawn] == [p.name for p in reference] and len(drawn) == 5
+    assert [p.png for p in drawn] == [p.png for p in reference]
+
+
+def _written(out, paths) -> dict:
+    return {p.relative_to(out): p.read_bytes() for p in paths}
+
+
+def test_a_report_written_again_draws_only_the_groups_whose_inputs_changed(tmp_path, monkeypatch):
+    """Written again into the same folder, a report reads back the PNGs of every group whose
+    inputs are unchanged and draws the others; every file is what a report written from scratch
+    holds."""
+    drawn_groups = []
+    draw_group = plots.draw_group
+
+    def counting_draw_group(inputs):
+        drawn_groups.append(inputs.group.model)
+        return draw_group(inputs)
+
+    monkeypatch.setattr(plots, "draw_group", counting_draw_group)
+    records = default_run(seeds=(0, 1), models=("mlp", "cnn"))
+    out = tmp_path / "run"
+    first = _written(out, report.write_reports(out, compare(records), records))
+    assert sorted(drawn_groups) == ["cnn", "mlp"] and (out / "plots" / plots.DRAWN_FROM_FILE).is_file()
+
+    drawn_groups.clear()
+    assert _written(out, report.write_reports(out, compare(records), records)) == first
+    assert drawn_groups == []
+
+    # One cnn record changes: cnn is drawn again, mlp read back; the same files as from scratch.
+    changed = next(r for r in records if (r["model"], r["backend"], r["policy"]) == ("cnn", "tf-keras", "fp32"))
+    changed["metrics"]["test_accuracy"] = 0.9
+    again = _written(out, report.write_reports(out, compare(records), records))
+    assert drawn_groups == ["cnn"]
+    fresh = tmp_path / "fresh"
+    assert again == _written(fresh, report.write_reports(fresh, compare(records), records))
+    assert again != first
+
+    # A PNG gone, or other drawing code: drawn again.
+    drawn_groups.clear()
+    (out / "plots" / "loss_mlp_digits_cpu.png").unlink()
+    assert _written(out, report.write_reports(out, compare(records), records)) == again
+    assert drawn_groups == ["mlp"]
+    drawn_groups.clear()
+    monkeypatch.setattr(plots, "drawing_version", lambda: "other code")
+    assert _written(out, report.write_reports(out, compare(records), records)) == again
+    assert sorted(drawn_groups) == ["cnn", "mlp"]
+
+
+def test_a_damaged_drawn_from_file_means_draw_again(tmp_path):
+    records = default_run(seeds=(0, 1), models=("mlp",))
+    out = tmp_path / "run"
+    first = _written(out, report.write_reports(out, compare(records), records))
+    (out / "plots" / plots.DRAWN_FROM_FILE).write_text('{"groups": ["not", "a", "dict"')
+    assert _written(out, report.write_reports(out, compare(records), records)) == first
+    (out / "plots" / plots.DRAWN_FROM_FILE).write_text('{"groups": {"mlp/digits/cpu": {"inputs": 1}}}')
+    assert _written(out, report.write_reports(out, compare(records), records)) == first
 
 
 @pytest.mark.parametrize(

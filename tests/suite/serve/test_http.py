@@ -12,6 +12,7 @@ import threading
 from urllib.parse import quote, urlencode, urlsplit
 
 import pytest
+from precision_suite.config import ConfigError, validate
 from precision_suite.serve.launch import user_code
 from precision_suite.serve.runs import inside
 from precision_suite.serve.server import make_server
@@ -212,11 +213,17 @@ def test_user_code_config_is_refused(user_code_server):
 
 
 def test_user_code_allowed_goes_on_to_the_schema(user_code_server):
-    """With the flag, the config is no longer refused for its user code (this version's schema then
-    judges it: a 400 naming the key, or a start)."""
+    """With the flag, the config is no longer refused for its user code: the schema judges it,
+    as it judges the same config read directly (a 400 naming the key, or a start)."""
     url = user_code_server(allow=True)
     status, _, text = request(url, "/start", "POST", {"config": "mine/loader.yaml", "token": TOKEN})
-    assert status in (303, 400) and "--allow-user-code" not in text
+    assert "--allow-user-code" not in text
+    try:
+        validate({"data": {"name": "python", "loader": "mypkg.data:load"}}, "loader.yaml")
+    except ConfigError:
+        assert status == 400 and "data.name" in error_line(text)
+    else:
+        assert status == 303
 
 
 def test_user_code_is_found_by_its_keys():
