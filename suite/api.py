@@ -148,6 +148,9 @@ def load_run_config(
         if not config.exists():
             raise UsageError(f"--resume {resume_dir}: no {CONFIG_FILE} there (not a run directory)")
     suite_config = load_config(config, set_overrides, overrides)
+    from precision_suite.models import add_python_path
+
+    add_python_path(suite_config.python_path)  # a custom model's or a python loader's code, imported below
     for notice in suite_config.notices:
         print(f"warning: {notice}", file=sys.stderr)
     source = source_name(config)
@@ -160,9 +163,16 @@ def load_run_config(
         data = load_dataset(suite_config.data)
     except DataError as exc:
         raise DataError(f"{source}: data: {exc}") from None
-    from precision_suite.models import init_weights
+    from precision_suite.models import UserCodeError, check_custom_model, init_weights
 
     for i, model in enumerate(suite_config.models):
+        if model.kind == "custom":
+            try:  # a forward pass on one batch per family, before any job
+                for warning in check_custom_model(model, data, _implementations(suite_config)):
+                    print(f"warning: {warning} (each job of it will record the error)", file=sys.stderr)
+            except UserCodeError as exc:
+                raise UsageError(f"{source}: {exc}".replace("models (", f"models.{i} (", 1)) from None
+            continue
         try:  # the shape checks every job would otherwise fail on, once, before any job
             init_weights(model, data.input_shape, data.num_classes, seed=0)
         except ValueError as exc:
@@ -171,6 +181,14 @@ def load_run_config(
                 f"(rows of shape {data.input_shape}): {exc}"
             ) from None
     return suite_config
+
+
+def _implementations(config: SuiteConfig) -> list[tuple[str, str]]:
+    """(API family, runtime) of the config's available backends, in their order."""
+    from precision_suite.backends import get_backend_class
+
+    classes = [get_backend_class(name) for name in config.backends.names]
+    return [(cls.family, cls.runtime) for cls in classes if cls.is_available().ok]
 
 
 def default_out_dir(config: SuiteConfig, now: datetime | None = None) -> Path:

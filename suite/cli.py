@@ -67,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
         "--tolerance",
         type=float,
         metavar="PTS",
-        help="parity tolerance in accuracy points (default: the run's parity.tolerance_pts)",
+        help="parity tolerance in the parity metric's unit: accuracy points, or nats with parity.metric: loss "
+        "(default: the run's parity.tolerance_pts / tolerance_loss)",
     )
     check.add_argument(
         "--strict",

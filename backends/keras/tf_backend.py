@@ -231,7 +231,11 @@ class TfKerasBackend(KerasBackend):
                 logits = model(x[k * micro : (k + 1) * micro], training=True)
                 loss = self._loss(tf, logits, y[k * micro : (k + 1) * micro])
                 scaled = optimizer.scale_loss(loss / divisor if divisor > 1 else loss)
-            micro_grads = tape.gradient(scaled, tvars)
+            # An embedding's gradient comes as IndexedSlices; made dense, as torch's is (and as
+            # the torch-rule optimizers' arithmetic needs).
+            micro_grads = [
+                tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in tape.gradient(scaled, tvars)
+            ]
             grads = micro_grads if grads is None else [a + b for a, b in zip(grads, micro_grads, strict=True)]
             loss_sum += loss
         return grads, loss_sum
@@ -246,9 +250,9 @@ class TfKerasBackend(KerasBackend):
             for start in range(0, n, EVAL_BATCH):
                 logits = model(self.x_test[start : start + EVAL_BATCH], training=False)
                 y = self.y_test[start : start + EVAL_BATCH]
-                count = int(y.shape[0])
+                count = int(np.prod(y.shape))  # labels: one per row, or one per position
                 loss_sum += tf.cast(self._loss(tf, logits, y), tf.float64) * count
-                hits = tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), y)
+                hits = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
                 correct += tf.reduce_sum(tf.cast(hits, tf.int64))
             return loss_sum, correct
 
@@ -281,7 +285,7 @@ class TfKerasBackend(KerasBackend):
 
         with tf.device(self._device):
             loss_sum, correct = self._eval_fn()
-        n = int(self.x_test.shape[0])
+        n = int(np.prod(self.y_test.shape))
         return EvalResult(test_loss=float(loss_sum) / n, test_accuracy=int(correct) / n)
 
     def synchronize(self) -> None:

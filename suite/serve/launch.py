@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from precision_suite.backends import RegistryError
-from precision_suite.config import ConfigError, apply_overrides, load_config, parse_yaml
+from precision_suite.config import ConfigError, apply_overrides, load_config, parse_yaml, user_code_keys
 from precision_suite.plan import check_backends
 from precision_suite.serve.runs import SERVE_FILE
 
@@ -64,19 +64,8 @@ def list_configs(extra_dirs: list[Path]) -> dict[str, Path]:
 
 
 def user_code(raw: Any) -> list[str]:
-    """The keys by which a config would import the user's code: a model of ``kind: custom`` or a
-    ``data.name: python`` loader (read from the YAML, whatever the schema of this version knows)."""
-    found = []
-    if not isinstance(raw, dict):
-        return found
-    models = raw.get("models")
-    for index, model in enumerate(models if isinstance(models, list) else [models]):
-        if isinstance(model, dict) and model.get("kind") == "custom":
-            found.append(f"models.{index}.kind: custom")
-    data = raw.get("data")
-    if isinstance(data, dict) and data.get("name") == "python":
-        found.append("data.name: python")
-    return found
+    """The keys by which a config would import the user's code (``config.user_code_keys``)."""
+    return user_code_keys(raw)
 
 
 def parse_overrides(text: str) -> list[str]:

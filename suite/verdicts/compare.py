@@ -45,11 +45,12 @@ from precision_suite.verdicts.speed import (
 from precision_suite.verdicts.stats import (
     FAIL,
     INCONCLUSIVE,
+    PARITY_METRICS,
     PASS,
     Equivalence,
-    accuracy_by_seed,
     describe,
     equivalence,
+    metric_by_seed,
     t_quantile,
 )
 
@@ -242,9 +243,16 @@ class Group:
     dataset: str
     device: str
     device_name: str
-    tolerance_pts: float
+    tolerance_pts: float  # in the unit of parity_metric (points; nats for loss)
     rows: list[Row] = field(default_factory=list)
     verdicts: list[Verdict] = field(default_factory=list)  # cross-framework
+    parity_metric: str = "accuracy"  # parity.metric: what parity compares (stats.PARITY_METRICS)
+
+    @property
+    def tolerance_text(self) -> str:
+        """``±1.5 pt`` or ``±0.02 nats (test loss)``."""
+        unit = PARITY_METRICS[self.parity_metric].unit
+        return f"±{self.tolerance_pts:g} {unit}" + ("" if self.parity_metric == "accuracy" else " (test loss)")
 
     @property
     def key(self) -> str:
@@ -427,12 +435,15 @@ def _parity_verdict(
     tolerance_pts: float,
     check_pure: bool,
     looks: int,
+    metric: str = "accuracy",
 ) -> Verdict:
     enforced = check_pure or not row.is_pure
     note = "" if enforced else " (information: -pure policies are not checked)"
     if row.baseline is None:
         return Verdict("parity", row.subject, NO_BASELINE, f"no fp32 baseline of {row.runtime}{note}")
-    eq = equivalence(accuracy_by_seed(records), accuracy_by_seed(base_records), tolerance_pts, looks)
+    eq = equivalence(
+        metric_by_seed(records, metric), metric_by_seed(base_records, metric), tolerance_pts, looks, metric
+    )
     detail = f"{describe(eq)} vs {row.baseline}{note}"
     return Verdict("parity", row.subject, eq.outcome, detail, enforced=enforced, equivalence=eq)
 
@@ -459,7 +470,9 @@ def _cross_framework_verdicts(
     verdicts = []
     for other in others:
         subject = f"{group.key} {reference.label} vs {other.label}"
-        found = framework_pair(reference, other, by_row, noise_floor, group.tolerance_pts, rtol, steps, looks)
+        found = framework_pair(
+            reference, other, by_row, noise_floor, group.tolerance_pts, rtol, steps, looks, group.parity_metric
+        )
         verdicts.append(
             Verdict(
                 "cross-framework",
@@ -549,14 +562,26 @@ def compare(
     headlines: list[Headline] = []
     tolerances = set()
     for (model, dataset, device), group_records in sorted(_records_by_group(records).items()):
+        metric = str(_parity_setting(group_records, "metric", PARITY_DEFAULTS.metric))
         tol = tolerance_pts
         if tol is None:
-            recorded = _parity_setting(group_records, "tolerance_pts")
-            tol = float(recorded) if recorded is not None else PARITY_DEFAULTS.tolerance_pts
-        tolerances.add(tol)
+            key = PARITY_METRICS[metric].tolerance_key
+            recorded = _parity_setting(group_records, key)
+            tol = float(recorded) if recorded is not None else float(getattr(PARITY_DEFAULTS, key))
+        if metric == "accuracy":
+            tolerances.add(tol)
         nudged = _noise_floor_of(noise_floor, model, dataset, device)
         group = _build_group(
-            model, dataset, device, group_records, tol, check_pure, cross_framework_rtol, cross_framework_steps, nudged
+            model,
+            dataset,
+            device,
+            group_records,
+            tol,
+            check_pure,
+            cross_framework_rtol,
+            cross_framework_steps,
+            nudged,
+            metric=metric,
         )
         _distributed_verdicts(group, group_records, records, noise_floor)
         row_speed(group, phases.pop(group.key_tuple, []), group_records)
@@ -708,7 +733,9 @@ def _row_verdicts(
     if not row.is_baseline:
         base = next((other for other in group.rows if other.label == row.baseline), None)
         base_records = ok_by_row[(base.backend, base.policy)] if base is not None else []
-        row.verdicts.append(_parity_verdict(row, own, base_records, group.tolerance_pts, check_pure, looks))
+        row.verdicts.append(
+            _parity_verdict(row, own, base_records, group.tolerance_pts, check_pure, looks, group.parity_metric)
+        )
     row.verdicts.append(_precision_verdict(row, own))
 
 
@@ -722,12 +749,13 @@ def _build_group(
     rtol: float,
     cf_steps: int,
     noise_floor: dict[tuple[str, str, int], dict[str, Any]] | None = None,
+    metric: str = "accuracy",
 ) -> Group:
     all_by_row, ok_by_row = _rows_by_key(records)
     for ok in ok_by_row.values():
         ok.sort(key=lambda r: r.get("seed") or 0)
     device_name = next((name for r in records if (name := r.environ.get("device_name"))), "")
-    group = Group(model, dataset, device, device_name, tolerance_pts)
+    group = Group(model, dataset, device, device_name, tolerance_pts, parity_metric=metric)
     for (backend, policy), found in all_by_row.items():
         ok = ok_by_row[(backend, policy)]
         environ = next((r.environ for r in ok), found[0].environ)
