@@ -77,6 +77,14 @@ EVAL_BATCH = 1024
 CUDA_ONLY_POLICIES: frozenset[str] = frozenset(p for p, s in POLICY_SPECS.items() if s.cuda_only)
 
 
+def dtype_summary(dtypes: set[str]) -> str | None:
+    """One dtype name for what a block was seen to use, ``"mixed: a, b"`` when several were seen
+    (a block claimed float32 then fails ``precision-active``), None when nothing was seen."""
+    if not dtypes:
+        return None
+    return next(iter(dtypes)) if len(dtypes) == 1 else "mixed: " + ", ".join(sorted(dtypes))
+
+
 @dataclass(frozen=True)
 class Availability:
     ok: bool

@@ -43,7 +43,10 @@ class TorchAmpBackend(TorchBackendBase):
 
     def _build(self) -> None:
         import torch
+        from precision_suite.backends.torch.keep_fp32 import KeptBlocks
 
+        # Kept blocks run with autocast off on fp32 inputs; their fp32 output meets autocast again.
+        self.kept = KeptBlocks(self.model, self.job.model.keep_fp32, self.device.type, out_dtype=None)
         ls = self.job.loss_scale
         mode = self.job.loss_scaling_mode
         self.scaling = mode != "none"

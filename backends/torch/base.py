@@ -501,18 +501,32 @@ class TorchBackendBase(Backend):
 
         was_training = self.model.training
         self.model.eval()  # no dropout RNG draw, no BatchNorm statistics update
+        kept = getattr(self, "kept", None)
         with torch.no_grad():
-            logits = self._forward(self.x_test[:2])
+            if kept is not None and kept.names:
+                # The logits may come from a kept block: the policy's compute dtype is read from
+                # the first layer that is not kept; each kept block reports its own dtypes.
+                blocks, compute = kept.observe(lambda: self._forward(self.x_test[:2]))
+            else:
+                blocks, compute = None, dtype_name(self._forward(self.x_test[:2]).dtype)
         self.model.train(was_training)
-        largest = max(self.model.parameters(), key=lambda p: p.numel())
+        inside = kept.inside() if kept is not None else set()
+        # The policy's weights: those outside every kept block (all of them when nothing is left).
+        free = [p for m in self.model.modules() if id(m) not in inside for p in m.parameters(recurse=False)]
+        largest = max(free or self.model.parameters(), key=lambda p: p.numel())
         updated = self.optimizer.param_groups[0]["params"]
+        kept_ids = {id(p) for m in self.model.modules() if id(m) in inside for p in m.parameters(recurse=False)}
+        updated = [p for p in updated if id(p) not in kept_ids] or updated
         master = max(updated, key=lambda p: p.numel()).dtype if updated else None
-        return {
-            "compute_dtype": dtype_name(logits.dtype),
+        observed = {
+            "compute_dtype": compute,
             "param_dtype": dtype_name(largest.dtype),
             "master_dtype": dtype_name(master) if master is not None else None,
             "loss_scaling": self._loss_scaling_mode(),
         }
+        if blocks is not None:
+            observed["keep_fp32"] = blocks
+        return observed
 
     def environment(self) -> dict[str, Any]:
         import torch

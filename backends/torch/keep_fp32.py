@@ -1,0 +1,140 @@
+"""``keep_fp32`` for any ``torch.nn.Module``: named blocks (module qualified names, as
+``named_modules()`` gives them) stay float32 under a half policy.
+
+A kept block runs with autocast disabled on float32 inputs (torch-amp), or with float32
+parameters and a cast back to the working dtype at its output (torch-manual's half working copy:
+``out_dtype``). Its forward is wrapped in place, so the rest of the model, ``torch.compile`` and
+DDP see the same module. ``KeptBlocks.observe`` records what really ran inside each block.
+
+Imports torch at module level: only the torch backends import it, inside their methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from precision_suite.backends.base import dtype_summary
+from torch import nn
+
+# Containers whose forward only calls their children: a block is what is inside them.
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def candidate_blocks(model: nn.Module) -> list[str]:
+    """The blocks of a user's model that ``bisect`` ranks, in registration order: the root's
+    children, with containers (``Sequential``, ``ModuleList``, ``ModuleDict``) opened, leaving out
+    torch's own modules that hold no parameters or buffers (activations, dropout, pooling)."""
+    found: list[str] = []
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        for name, child in module.named_children():
+            qualified = f"{prefix}{name}"
+            if isinstance(child, _CONTAINERS):
+                visit(child, f"{qualified}.")
+            elif type(child).__module__.startswith("torch.") and not any(
+                True for _ in (*child.parameters(), *child.buffers())
+            ):
+                continue
+            else:
+                found.append(qualified)
+
+    visit(model, "")
+    return found
+
+
+def resolve_blocks(model: nn.Module, names: list[str], known: list[str] | None = None) -> dict[str, nn.Module]:
+    """``names`` → the modules they name in ``model``; an unknown name raises one line listing the
+    blocks (``known``, default ``candidate_blocks``)."""
+    modules = dict(model.named_modules())
+    blocks = {}
+    for name in names:
+        if not name or name not in modules:
+            listed = known if known is not None else candidate_blocks(model)
+            raise ValueError(f'keep_fp32: "{name}" is not a module of the model; its blocks: {", ".join(listed)}')
+        blocks[name] = modules[name]
+    return blocks
+
+
+def _cast_floats(value: Any, dtype: torch.dtype) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, list | tuple):
+        return type(value)(_cast_floats(v, dtype) for v in value)
+    if isinstance(value, dict):
+        return {k: _cast_floats(v, dtype) for k, v in value.items()}
+    return value
+
+
+class KeptBlocks:
+    """The blocks of ``model`` named in ``names``, made float32: parameters and buffers cast to
+    float32, forward wrapped to run on float32 inputs with autocast off, its output cast to
+    ``out_dtype`` when one is given (a half working copy's edge). Empty ``names``: nothing."""
+
+    def __init__(self, model: nn.Module, names: list[str], device_type: str, out_dtype: torch.dtype | None) -> None:
+        self.model = model
+        self.blocks = resolve_blocks(model, names)
+        self.raw_dtypes: dict[str, torch.dtype] = {}
+        for name, block in self.blocks.items():
+            block.float()
+            block.forward = self._wrapped(name, block.forward, device_type, out_dtype)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.blocks)
+
+    def inside(self) -> set[int]:
+        """ids of every module inside a kept block (the blocks included)."""
+        return {id(m) for block in self.blocks.values() for m in block.modules()}
+
+    def _wrapped(self, name: str, inner: Callable[..., Any], device_type: str, out_dtype: torch.dtype | None):
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            with torch.autocast(device_type, enabled=False):
+                out = inner(*_cast_floats(args, torch.float32), **_cast_floats(kwargs, torch.float32))
+            if isinstance(out, torch.Tensor):
+                self.raw_dtypes[name] = out.dtype  # an attribute write: nothing on the device
+            return out if out_dtype is None else _cast_floats(out, out_dtype)
+
+        return forward
+
+    def observe(self, run_forward: Callable[[], Any]) -> tuple[dict[str, dict[str, str]], str | None]:
+        """Run ``run_forward`` once with hooks on every leaf module: (per kept block, the dtypes its
+        computations produced and its parameters hold; the output dtype of the first leaf module
+        with parameters outside every kept block, None if there is none)."""
+        inside = self.inside()
+        produced: dict[str, set[str]] = {name: set() for name in self.blocks}
+        outside: list[str] = []
+        owner = {id(m): name for name, block in self.blocks.items() for m in block.modules()}
+        blocks = {id(block) for block in self.blocks.values()}
+        hooks = []
+
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+                return
+            if id(module) in blocks:
+                return  # what it returns is cast at its edge: its raw output is in raw_dtypes
+            if id(module) in inside:
+                produced[owner[id(module)]].add(_dtype_name(out.dtype))
+            elif any(True for _ in module.parameters(recurse=False)):
+                outside.append(_dtype_name(out.dtype))
+
+        for module in self.model.modules():
+            if not any(True for _ in module.children()):
+                hooks.append(module.register_forward_hook(hook))
+        self.raw_dtypes.clear()
+        try:
+            run_forward()
+        finally:
+            for handle in hooks:
+                handle.remove()
+        observed = {}
+        for name, block in self.blocks.items():
+            dtypes = produced[name] | ({_dtype_name(self.raw_dtypes[name])} if name in self.raw_dtypes else set())
+            params = {_dtype_name(p.dtype) for p in block.parameters()}
+            observed[name] = {"compute_dtype": dtype_summary(dtypes), "param_dtype": dtype_summary(params)}
+        return observed, (outside[0] if outside else None)
