@@ -71,6 +71,12 @@ class TorchAmpBackend(TorchBackendBase):
         with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=self.autocast_enabled):
             return self.forward_module(x)
 
+    def run_block(self, module: Any, args: Any, kwargs: Any) -> Any:
+        import torch
+
+        with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=self.autocast_enabled):
+            return module(*args, **kwargs)
+
     def _loss_scaling_mode(self) -> str:
         if not self.scaling:
             return "none"

@@ -548,6 +548,27 @@ class TorchBackendBase(Backend):
             "interop_threads": torch.get_num_interop_threads(),
         }
 
+    # -------------------------------------------------- bisect
+    def block_names(self) -> list[str]:
+        from precision_suite.backends.torch.keep_fp32 import candidate_blocks
+        from precision_suite.models import BUILT_IN_KINDS, block_names
+
+        kind = self.job.model.kind
+        return block_names(self.job.model) if kind in BUILT_IN_KINDS else candidate_blocks(self.model)
+
+    def run_block(self, module: Any, args: Any, kwargs: Any) -> Any:
+        """One block of ``self.model`` under the policy, as the forward pass runs it: inputs in
+        the working dtype (torch-manual's half copy); torch-amp runs it under autocast."""
+        from precision_suite.backends.torch.keep_fp32 import cast_floats
+
+        return module(*cast_floats(args, self.compute_dtype), **cast_floats(kwargs, self.compute_dtype))
+
+    def probe_blocks(self, reference: Backend, names: list[str], steps: Sequence[np.ndarray]) -> list[Any]:
+        from precision_suite.backends.torch.keep_fp32 import probe_blocks
+
+        scale = self.job.loss_scale.init_scale if self.job.loss_scaling_mode != "none" else 1.0
+        return probe_blocks(self, reference, names, list(steps), self.run_block, scale)
+
     # -------------------------------------------------- checkpoints
     def _extra_state(self) -> dict[str, Any]:
         return {}

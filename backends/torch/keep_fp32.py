@@ -61,13 +61,13 @@ def resolve_blocks(model: nn.Module, names: list[str], known: list[str] | None =
     return blocks
 
 
-def _cast_floats(value: Any, dtype: torch.dtype) -> Any:
+def cast_floats(value: Any, dtype: torch.dtype) -> Any:
     if isinstance(value, torch.Tensor):
         return value.to(dtype) if value.is_floating_point() else value
     if isinstance(value, list | tuple):
-        return type(value)(_cast_floats(v, dtype) for v in value)
+        return type(value)(cast_floats(v, dtype) for v in value)
     if isinstance(value, dict):
-        return {k: _cast_floats(v, dtype) for k, v in value.items()}
+        return {k: cast_floats(v, dtype) for k, v in value.items()}
     return value
 
 
@@ -95,10 +95,10 @@ class KeptBlocks:
     def _wrapped(self, name: str, inner: Callable[..., Any], device_type: str, out_dtype: torch.dtype | None):
         def forward(*args: Any, **kwargs: Any) -> Any:
             with torch.autocast(device_type, enabled=False):
-                out = inner(*_cast_floats(args, torch.float32), **_cast_floats(kwargs, torch.float32))
+                out = inner(*cast_floats(args, torch.float32), **cast_floats(kwargs, torch.float32))
             if isinstance(out, torch.Tensor):
                 self.raw_dtypes[name] = out.dtype  # an attribute write: nothing on the device
-            return out if out_dtype is None else _cast_floats(out, out_dtype)
+            return out if out_dtype is None else cast_floats(out, out_dtype)
 
         return forward
 
@@ -138,3 +138,85 @@ class KeptBlocks:
             params = {_dtype_name(p.dtype) for p in block.parameters()}
             observed[name] = {"compute_dtype": dtype_summary(dtypes), "param_dtype": dtype_summary(params)}
         return observed, (outside[0] if outside else None)
+
+
+# ---------------------------------------------------------------- bisect's proxy (Backend.probe_blocks)
+def _rel_error(candidate: torch.Tensor, reference: torch.Tensor) -> float:
+    diff = torch.linalg.vector_norm(candidate.double() - reference.double())
+    scale = torch.linalg.vector_norm(reference.double())
+    return float(diff / scale) if float(scale) > 0 else float(diff)
+
+
+def _detached(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, list | tuple):
+        return type(value)(_detached(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _detached(v) for k, v in value.items()}
+    return value
+
+
+def _capture(captured: dict[str, Any], name: str) -> Callable[..., None]:
+    """A forward hook keeping a block's inputs and its output (whose gradient backward fills)."""
+
+    def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            output.retain_grad()
+            captured[name] = (_detached(args), _detached(kwargs), output)
+
+    return hook
+
+
+def probe_blocks(
+    candidate: Any, reference: Any, names: list[str], steps: list[Any], run_block: Callable[..., Any], scale: float
+) -> list[Any]:
+    """``Backend.probe_blocks`` for the torch backends: ``run_block(module, args, kwargs)`` runs a
+    block of ``candidate.model`` under its policy; ``scale`` is the loss scale its gradients
+    would carry (so fp16 gradients underflow as they would in training)."""
+    import torch.nn.functional as F
+    from precision_suite.backends.base import BlockError
+
+    ref_modules, cand_modules = dict(reference.model.named_modules()), dict(candidate.model.named_modules())
+    found: list[BlockError] = []
+    for step, rows in enumerate(steps):
+        idx = reference._batch(rows).reshape(-1)
+        captured: dict[str, tuple[Any, Any, torch.Tensor]] = {}
+        handles = [
+            ref_modules[name].register_forward_hook(_capture(captured, name), with_kwargs=True) for name in names
+        ]
+        try:
+            reference.model.zero_grad(set_to_none=True)
+            logits = reference._forward(reference.x_train.index_select(0, idx))
+            F.cross_entropy(logits.float(), reference.y_train.index_select(0, idx)).backward()
+        finally:
+            for handle in handles:
+                handle.remove()
+        for name in names:
+            if name not in captured:
+                continue  # not called on this path
+            args, kwargs, output = captured[name]
+            block = cand_modules[name]
+            params = [p for p in block.parameters() if p.requires_grad]
+            out = run_block(block, args, kwargs)
+            nonfinite = int((~torch.isfinite(out.detach())).sum())
+            act = _rel_error(out.detach().float(), output.detach()) if nonfinite == 0 else float("inf")
+            grad = None
+            if params and output.grad is not None and out.requires_grad:
+                grads = torch.autograd.grad(out, params, (output.grad * scale).to(out.dtype), allow_unused=True)
+                mine = [
+                    torch.zeros_like(p) if g is None else g.float() / scale for g, p in zip(grads, params, strict=True)
+                ]
+                theirs = [p.grad if p.grad is not None else torch.zeros_like(p) for p in ref_modules[name].parameters()]
+                flat = torch.cat([g.reshape(-1) for g in mine])
+                bad = int((~torch.isfinite(flat)).sum())
+                nonfinite += bad
+                grad = float("inf") if bad else _rel_error(flat, torch.cat([g.reshape(-1).float() for g in theirs]))
+            found.append(BlockError(name, step, act, grad, nonfinite))
+        reference.model.zero_grad(set_to_none=True)
+        reference.train_step(rows)
+        with torch.no_grad():  # the candidate probes the weights fp32 training reached
+            theirs = dict(reference.model.named_parameters()) | dict(reference.model.named_buffers())
+            for key, tensor in [*candidate.model.named_parameters(), *candidate.model.named_buffers()]:
+                tensor.copy_(theirs[key])
+    return found
