@@ -132,6 +132,9 @@ def _load_run_config(args: argparse.Namespace):
         if not path.exists():
             raise UsageError(f"--resume {args.resume}: no {CONFIG_FILE} there (not a run directory)")
     config = load_config(path, args.overrides)
+    from precision_suite.models import add_python_path
+
+    add_python_path(config.python_path)  # a custom model's or a python loader's code, imported below
     for notice in config.notices:
         print(f"warning: {notice}", file=sys.stderr)
     check_backends(config, str(path or "default.yaml"))
@@ -143,9 +146,16 @@ def _load_run_config(args: argparse.Namespace):
         data = load_dataset(config.data)
     except DataError as exc:
         raise UsageError(f"{path or 'default.yaml'}: data: {exc}") from None
-    from precision_suite.models import init_weights
+    from precision_suite.models import UserCodeError, check_custom_model, init_weights
 
     for i, model in enumerate(config.models):
+        if model.kind == "custom":
+            try:  # a forward pass on one batch per family, before any job
+                for warning in check_custom_model(model, data, _frameworks(config)):
+                    print(f"warning: {warning} (each job of it will record the error)", file=sys.stderr)
+            except UserCodeError as exc:
+                raise UsageError(f"{path or 'default.yaml'}: {exc}".replace("models (", f"models.{i} (", 1)) from None
+            continue
         try:  # the shape checks every job would otherwise fail on, once, before any job
             init_weights(model, data.input_shape, data.num_classes, seed=0)
         except ValueError as exc:
@@ -154,6 +164,14 @@ def _load_run_config(args: argparse.Namespace):
                 f"(rows of shape {data.input_shape}): {exc}"
             ) from None
     return config
+
+
+def _frameworks(config) -> list[str]:
+    """The frameworks of the config's backends, in their order."""
+    from precision_suite.backends import get_backend_class
+
+    classes = [get_backend_class(name) for name in config.backends.names]
+    return [cls.framework for cls in classes if cls.is_available().ok]
 
 
 def _out_dir(args: argparse.Namespace, config) -> Path:

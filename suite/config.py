@@ -90,8 +90,51 @@ class TransformerConfig(_ModelBase):
         return self
 
 
-ModelConfig = Annotated[MlpConfig | CnnConfig | TransformerConfig, Field(discriminator="kind")]
-MODEL_KINDS = ("mlp", "cnn", "transformer")
+# ``package.module:attribute``: how a config names a user's Python callable (an entry-point string).
+# Checked for its form only: the code is imported when a run needs it, never to read a config.
+IMPORT_STRING_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def _import_string(value: str | None, key: str) -> str | None:
+    if value is not None and not IMPORT_STRING_RE.match(value):
+        where = f"{key}: " if key else ""
+        raise ValueError(f"{where}expected an import string package.module:function, got {json.dumps(value)}")
+    return value
+
+
+class CustomModelConfig(_ModelBase):
+    """A user's model, one factory per API family (``precision_suite.models``, "Your own model"):
+    ``torch`` ``(input_shape, num_classes) -> torch.nn.Module``, ``keras`` the same ``-> keras.Model``
+    (called under the job's dtype policy), ``convert`` ``(torch initial state {name: ndarray},
+    keras_model) -> None`` making the Keras model start from the torch weights."""
+
+    kind: Literal["custom"] = "custom"
+    name: str = "custom"
+    torch: str | None = None
+    keras: str | None = None
+    convert: str | None = None
+
+    @field_validator("torch", "keras", "convert")
+    @classmethod
+    def _import_strings(cls, value: str | None) -> str | None:
+        return _import_string(value, "")
+
+    def problem(self) -> str | None:
+        """What makes this model unusable as a whole (checked with the list of models), or None."""
+        if self.torch is None and self.keras is None:
+            return "a custom model needs a torch or a keras factory (package.module:function)"
+        if self.convert is not None and (self.torch is None or self.keras is None):
+            return "convert maps the torch initial weights onto the Keras model: it needs both factories"
+        return None
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """The API families with a factory: the backends of the others do not run this model."""
+        return tuple(f for f in ("torch", "keras") if getattr(self, f) is not None)
+
+
+ModelConfig = Annotated[MlpConfig | CnnConfig | TransformerConfig | CustomModelConfig, Field(discriminator="kind")]
+MODEL_KINDS = ("mlp", "cnn", "transformer", "custom")
 # runner.parallel_jobs: auto never runs more training jobs at once than this.
 MAX_AUTO_PARALLEL_JOBS = 4
 
@@ -108,8 +151,10 @@ class SyntheticConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    name: Literal["digits", "synthetic", "npz", "mnist", "fashion_mnist", "cifar10"] = "digits"
+    name: Literal["digits", "synthetic", "npz", "mnist", "fashion_mnist", "cifar10", "python"] = "digits"
     path: str | None = None
+    # data.name python: a user's function () -> {x_train, y_train, x_test, y_test[, num_classes]}.
+    loader: str | None = None
     cache_dir: str = "~/.cache/precision-suite"
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     synthetic: SyntheticConfig = SyntheticConfig()
@@ -118,6 +163,11 @@ class DataConfig(_Strict):
     def _npz_needs_path(self) -> DataConfig:
         if self.name == "npz" and not self.path:
             raise ValueError("data.name npz needs data.path (a .npz file)")
+        if self.name == "python" and not self.loader:
+            raise ValueError("data.name python needs data.loader (package.module:function)")
+        if self.loader is not None and self.name != "python":
+            raise ValueError(f"data.loader is read only with data.name python (data.name is {self.name})")
+        _import_string(self.loader, "loader")
         return self
 
 
@@ -206,9 +256,13 @@ class BackendsConfig(_Strict):
 
 
 class ParityConfig(_Strict):
+    # What parity compares, paired per seed: test accuracy (tolerance_pts, in accuracy points) or
+    # test loss (tolerance_loss, in nats: "within 0.02 nats of fp32", as language models are judged).
+    metric: Literal["accuracy", "loss"] = "accuracy"
     # Three seeds on digits' 360 test rows (one sample = 0.28 pt) can show equivalence within
     # ±1.5 pt, rarely within ±1 (a single flipped sample widens the 90% CI to about ±1).
     tolerance_pts: Annotated[float, Field(ge=0)] = 1.5
+    tolerance_loss: Annotated[float, Field(ge=0)] = 0.02
     check_pure: bool = False
     cross_framework_rtol: PositiveFloat = 1e-3
     # Per-step losses are compared over at most this many first steps (see
@@ -363,6 +417,10 @@ class SuiteConfig(_Strict):
     debug: DebugConfig = DebugConfig()
     speed: SpeedConfig = SpeedConfig()
     distributed: DistributedConfig = DistributedConfig()
+    # Folders put on sys.path (and PYTHONPATH of every worker) before a custom model's factories or
+    # a python data loader are imported. A config with such import strings gets its own folder and
+    # the current directory added when it is loaded (absolute), so --resume finds the same code.
+    python_path: list[str] = []
     # What loading said besides errors (deprecated keys); not part of the config itself.
     _notices: list[str] = PrivateAttr(default_factory=list)
 
@@ -386,6 +444,9 @@ class SuiteConfig(_Strict):
             raise ValueError("at least one model is needed")
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
+        for index, model in enumerate(models):
+            if isinstance(model, CustomModelConfig) and (problem := model.problem()):
+                raise ValueError(f"models.{index} ({model.name}): {problem}")
         return models
 
     @field_validator("seeds", mode="before")
@@ -653,7 +714,44 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raw = apply_overrides(raw, overrides)
         source = f"{source} (with --set)"
         _resolve_data_path(raw, Path.cwd())  # typed on the command line: relative to the cwd
+    _resolve_python_path(raw, Path(path).parent if path is not None else None)
     return validate(raw, source)
+
+
+def user_code_keys(raw: Any) -> list[str]:
+    """The keys by which a raw config imports the user's code: models of ``kind: custom`` and a
+    ``data.name: python`` loader (read from the mapping, before validation)."""
+    found = []
+    if not isinstance(raw, dict):
+        return found
+    models = raw.get("models")
+    for index, model in enumerate(models if isinstance(models, list) else [models]):
+        if isinstance(model, dict) and model.get("kind") == "custom":
+            found.append(f"models.{index}.kind: custom")
+    data = raw.get("data")
+    if isinstance(data, dict) and data.get("name") == "python":
+        found.append("data.name: python")
+    return found
+
+
+def _resolve_python_path(raw: dict[str, Any], config_dir: Path | None) -> None:
+    """For a config that imports user code: ``python_path`` entries made absolute (relative to the
+    config's folder), then that folder and the current directory appended, as a user expects
+    ``mypkg`` next to the config or under the cwd to import (in place). Left alone otherwise, so
+    a built-in config's resolved form (and hash) does not change."""
+    if not user_code_keys(raw):
+        return
+    entries = raw.get("python_path")
+    if entries is None:
+        entries = []
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        return  # the schema reports it
+    base = config_dir if config_dir is not None else Path.cwd()
+    resolved = [str((base / Path(e).expanduser()).absolute()) for e in entries]
+    for extra in ([config_dir.absolute()] if config_dir is not None else []) + [Path.cwd()]:
+        if str(extra) not in resolved:
+            resolved.append(str(extra))
+    raw["python_path"] = resolved
 
 
 def _resolve_data_path(raw: dict[str, Any], base: Path) -> None:

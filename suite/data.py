@@ -588,7 +588,81 @@ def load_named_dataset(cfg: DataConfig) -> Dataset:
     return _standardise(Dataset(spec.name, x_train.astype(np.float32), y_train, x_test.astype(np.float32), y_test, k))
 
 
+# ---------------------------------------------------------------- python: the user's loader
+def _check_python_labels(y: Any, key: str, n_rows: int, source: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim not in (1, 2):
+        raise DataError(
+            f"{source}: {key} has shape {y.shape}; expected class indices of shape (N,) or one per position (N, T)"
+        )
+    if y.dtype.kind not in "iu":
+        raise DataError(f"{source}: {key} has dtype {y.dtype}; expected integer class labels (e.g. y.astype(np.int64))")
+    if len(y) != n_rows:
+        raise DataError(f"{source}: {key} has {_count(len(y), 'row')} but {key.replace('y_', 'x_')} has {n_rows}")
+    if y.size and y.min() < 0:
+        raise DataError(f"{source}: {key} has negative label {int(y.min())}; labels must be class indices 0..K-1")
+    return y.astype(np.int64)
+
+
+def load_python_dataset(cfg: DataConfig) -> Dataset:
+    """``data.loader``'s arrays, as the user's function returns them: ``() -> {x_train, y_train,
+    x_test, y_test[, num_classes]}``. Inputs keep their shape and dtype (float inputs become
+    float32; token ids stay integers) and are not standardised (the loader owns its
+    preprocessing); labels are class indices of shape (N,) or one per position (N, T)."""
+    from precision_suite.models import UserCodeError, resolve_import
+
+    source = f"data.loader {cfg.loader}"
+    try:
+        loader = resolve_import(str(cfg.loader), "data.loader")
+    except UserCodeError as exc:
+        raise DataError(str(exc)) from None
+    try:
+        arrays = loader()
+    except Exception as exc:  # the user's code failing is a data problem, reported in one line
+        text = str(exc).strip().splitlines()
+        raise DataError(f"{source} raised {type(exc).__name__}: {text[0] if text else ''}") from None
+    if not isinstance(arrays, dict):
+        raise DataError(
+            f"{source} returned {type(arrays).__name__}; expected a dict with keys {', '.join(_ARRAY_KEYS)}"
+        )
+    missing = [k for k in _ARRAY_KEYS if k not in arrays]
+    if missing:
+        raise DataError(
+            f"{source}: the dict it returned has no {', '.join(missing)} (has: {', '.join(map(str, arrays))})"
+        )
+    xs, ys = {}, {}
+    for split in ("train", "test"):
+        x = np.asarray(arrays[f"x_{split}"])
+        if x.ndim < 2 or x.size == 0 or x.dtype.kind not in "biuf":
+            raise DataError(f"{source}: x_{split} has shape {x.shape} and dtype {x.dtype}; expected numbers, (N, ...)")
+        if x.dtype.kind == "f":
+            x = x.astype(np.float32)
+            if not np.isfinite(x).all():
+                raise DataError(f"{source}: x_{split} has NaN or inf values")
+        xs[split] = x if x.dtype.kind == "f" else x.astype(np.int64)
+        ys[split] = _check_python_labels(arrays[f"y_{split}"], f"y_{split}", len(x), source)
+    if xs["train"].shape[1:] != xs["test"].shape[1:] or ys["train"].shape[1:] != ys["test"].shape[1:]:
+        raise DataError(
+            f"{source}: train rows have shape {xs['train'].shape[1:]} (labels {ys['train'].shape[1:]}) but test rows "
+            f"{xs['test'].shape[1:]} (labels {ys['test'].shape[1:]}); they must match"
+        )
+    declared = arrays.get("num_classes")
+    if declared is not None:
+        if not isinstance(declared, int | np.integer) or int(declared) < 2:
+            raise DataError(f"{source}: num_classes must be one integer >= 2, got {declared!r}")
+        num_classes = int(declared)
+    else:
+        num_classes = int(max(ys["train"].max(), ys["test"].max())) + 1
+    for split in ("train", "test"):
+        if ys[split].size and ys[split].max() >= num_classes:
+            raise DataError(
+                f"{source}: y_{split} has label {int(ys[split].max())}, out of range for {num_classes} classes"
+            )
+    return Dataset("python", xs["train"], ys["train"], xs["test"], ys["test"], num_classes)
+
+
 _LOADERS: dict[str, Callable[[DataConfig], Dataset]] = {
+    "python": load_python_dataset,
     "digits": load_digits_dataset,
     "synthetic": load_synthetic_dataset,
     "npz": load_npz_dataset,

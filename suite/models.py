@@ -48,11 +48,20 @@ reference):
 
 from __future__ import annotations
 
+import importlib
+import json
 import math
-from typing import Any
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from precision_suite.config import CnnConfig, MlpConfig, TransformerConfig
+from precision_suite.config import CnnConfig, CustomModelConfig, MlpConfig, TransformerConfig
+
+if TYPE_CHECKING:
+    from precision_suite.data import Dataset
+    from precision_suite.jobs import Job
 
 LAYER_NORM_EPS = 1e-5
 BATCH_NORM_EPS = 1e-5
@@ -107,6 +116,8 @@ def prepare_inputs(model: Any, x: np.ndarray) -> np.ndarray:
     framework transposes it). transformer: non-overlapping patches (N, T, C·p·p), row-major over
     the patch grid, each patch flattened as (C, p, p).
     """
+    if model.kind == "custom":
+        return np.ascontiguousarray(x)  # the user's arrays as the loader gave them (token ids stay integers)
     x = np.asarray(x, np.float32)
     if model.kind == "mlp":
         return np.ascontiguousarray(x.reshape(len(x), -1))
@@ -209,8 +220,133 @@ def perturb_weights(weights: dict[str, np.ndarray], ulps: int) -> dict[str, np.n
     float32 run can see, used to measure how fast training amplifies rounding (its chaos)."""
     out = {}
     for name, value in weights.items():
+        if value.dtype.kind != "f":  # a counter (BatchNorm's num_batches_tracked) is no weight
+            out[name] = value
+            continue
         moved = value
         for _ in range(ulps):
             moved = np.nextafter(moved, np.asarray(np.inf, dtype=moved.dtype))
         out[name] = moved.astype(value.dtype, copy=False)
     return out
+
+
+# ---------------------------------------------------------------- your own model (kind: custom)
+# A custom model has no spec here: its factories (``CustomModelConfig``) build it, one per API
+# family, and its initial weights are what the family's factory builds under the seed — the torch
+# module's ``state_dict`` as {name: ndarray}; the Keras model's ``weights`` in order as
+# {"<index> <path>": ndarray}, or, with ``convert``, the Keras model the converter filled from the
+# torch state. They are built once per seed and family in a process and copied into each job, so
+# every policy of a seed starts from the same weights. The code lives in
+# ``backends/torch/custom.py`` and ``backends/keras/custom.py``.
+
+
+class UserCodeError(ValueError):
+    """An import string that does not resolve, or a user's function that returned the wrong thing;
+    the message is one line naming the string."""
+
+
+# Framework (``Backend.framework``) → the API family whose factory builds its model.
+FAMILY_OF_FRAMEWORK = {"torch": "torch", "tensorflow": "keras", "jax": "keras"}
+
+
+def family_of(framework: str) -> str:
+    return FAMILY_OF_FRAMEWORK.get(framework, framework)
+
+
+def add_python_path(paths: list[str]) -> None:
+    """Put ``paths`` (``SuiteConfig.python_path``) on ``sys.path`` of this process, first, in order.
+    Worker processes get them through ``PYTHONPATH`` (``execution/local.worker_environment``)."""
+    for path in reversed(paths):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+
+
+def python_path_env(paths: list[str], current: str | None) -> str | None:
+    """``PYTHONPATH`` for a worker: ``paths`` before what ``current`` already holds."""
+    parts = [*paths, *[p for p in (current or "").split(os.pathsep) if p and p not in paths]]
+    return os.pathsep.join(parts) or None
+
+
+def resolve_import(spec: str, key: str) -> Callable[..., Any]:
+    """The callable an import string ``package.module:function`` names (attribute paths allowed),
+    importing its module; ``UserCodeError`` naming ``key``, the string and the import error."""
+    module_name, _, attr_path = spec.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as exc:  # any failure of the user's module is the same thing to the user
+        text = str(exc).strip().splitlines()
+        raise UserCodeError(
+            f"{key}: cannot import {spec!r}: {type(exc).__name__}: {text[0] if text else ''} "
+            f"(searched sys.path, which starts {sys.path[:3]})"
+        ) from None
+    for part in attr_path.split("."):
+        if not hasattr(target, part):
+            raise UserCodeError(f"{key}: cannot import {spec!r}: module {module_name!r} has no attribute {part!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise UserCodeError(f"{key}: {spec!r} is a {type(target).__name__}, not a function")
+    return target
+
+
+_CUSTOM_WEIGHTS: dict[tuple[str, ...], dict[str, np.ndarray]] = {}
+
+
+def initial_weights(job: Job, data: Dataset) -> dict[str, np.ndarray]:
+    """The initial weights of ``job``'s model for its seed: the spec's (``init_weights``), or a
+    custom model's as its family builds them (module comment above), built once per seed and
+    family in this process. Callers must not change the arrays."""
+    if not isinstance(job.model, CustomModelConfig):
+        return init_weights(job.model, data.input_shape, data.num_classes, job.seed)
+    family = family_of(job.framework)
+    key = (json.dumps(job.model.model_dump(mode="json"), sort_keys=True), family, str(job.seed), data.name)
+    key += (str(data.input_shape), str(data.num_classes))
+    if key not in _CUSTOM_WEIGHTS:
+        _CUSTOM_WEIGHTS[key] = custom_initial_weights(
+            job.model, job.framework, data.input_shape, data.num_classes, job.seed
+        )
+    return _CUSTOM_WEIGHTS[key]
+
+
+def custom_initial_weights(
+    model: CustomModelConfig, framework: str, input_shape: tuple[int, ...], num_classes: int, seed: int
+) -> dict[str, np.ndarray]:
+    """A custom model's initial weights for ``framework``'s family, from its factory under ``seed``."""
+    if family_of(framework) == "torch":
+        from precision_suite.backends.torch.custom import torch_initial_state
+
+        return torch_initial_state(model, input_shape, num_classes, seed)
+    from precision_suite.backends.keras.custom import keras_initial_weights
+
+    return keras_initial_weights(model, input_shape, num_classes, seed, runtime=framework)
+
+
+# Rows of x_train the checks before a run push through each factory's model.
+CHECK_ROWS = 4
+
+
+def check_custom_model(model: CustomModelConfig, data: Dataset, frameworks: list[str]) -> list[str]:
+    """Before any job, for each family of ``frameworks`` with a factory: the factory resolves and
+    returns the right type, one forward pass on a few rows of x_train gives (rows, [T,] num_classes)
+    logits, and ``convert`` sets every Keras weight so the Keras model computes what the torch one
+    does. ``UserCodeError`` (one line) otherwise. A factory that itself raises is left to the jobs
+    (each records the error, the run goes on): returned as warnings."""
+    x = data.x_train[:CHECK_ROWS]
+    expected = (len(x), *data.y_train.shape[1:], data.num_classes)
+    families = {family_of(f): f for f in reversed(frameworks)}  # the first framework of each family
+    warnings: list[str] = []
+    torch_output = None
+    if "torch" in model.families and ("torch" in families or model.convert is not None):
+        from precision_suite.backends.torch.custom import check_torch_model
+
+        found = check_torch_model(model, x, expected, data.num_classes)
+        if isinstance(found, Exception):
+            warnings.append(f"models ({model.name}): the torch factory raised {type(found).__name__}: {found}")
+        else:
+            torch_output = found
+    if "keras" in model.families and "keras" in families:
+        from precision_suite.backends.keras.custom import check_keras_model
+
+        raised = check_keras_model(model, x, expected, data.num_classes, families["keras"], torch_output)
+        if raised is not None:
+            warnings.append(f"models ({model.name}): the keras factory raised {type(raised).__name__}: {raised}")
+    return warnings

@@ -33,6 +33,8 @@ def expand_jobs(config: SuiteConfig, device: str, seeds: list[int] | None = None
     for model in config.models:
         for name in config.backends.names:
             cls, policies, options = resolved[name]
+            if not runs_model(model, cls.framework):
+                continue
             for policy in (p for p in policies if model.name in only.get(p, [model.name])):
                 train = config.train
                 if (scale := config.debug.lr_scale.get(f"{name}/{policy}")) is not None:
@@ -63,6 +65,15 @@ def expand_jobs(config: SuiteConfig, device: str, seeds: list[int] | None = None
     # Noise-floor runs measure one process's own chaos: never data-parallel themselves.
     expanded = expand_world_sizes(jobs)
     return expanded + noise_floor_jobs(config, expanded)
+
+
+def runs_model(model: object, framework: str) -> bool:
+    """Whether a backend of ``framework`` runs ``model``: a custom model only where its family
+    (torch, keras) has a factory."""
+    from precision_suite.models import family_of
+
+    families = getattr(model, "families", None)
+    return families is None or family_of(framework) in families
 
 
 def noise_floor_jobs(config: SuiteConfig, jobs: list[Job]) -> list[Job]:

@@ -298,7 +298,8 @@ def cross_entropy(logits: Any, labels: Any, num_classes: int) -> Any:
     from keras import ops
 
     logp = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
-    return -ops.mean(ops.sum(ops.one_hot(labels, num_classes) * logp, axis=1))
+    # Over the last axis: labels (N,) or one per position (N, T), the mean over every label.
+    return -ops.mean(ops.sum(ops.one_hot(labels, num_classes) * logp, axis=-1))
 
 
 def keras_observed_precision(model: Any, activation: Any, job: Job) -> dict[str, Any]:
@@ -317,6 +318,13 @@ def keras_observed_precision(model: Any, activation: Any, job: Job) -> dict[str,
         "head_compute_dtype": model.get_layer("head").compute_dtype,
         "loss_scale_config": loss_scale_used(job),
     }
+
+
+# A custom model's CPU figure: its variables by size; no activations (no saved-tensor hook in Keras).
+KERAS_MEASURED_CPU = (
+    "measured (cpu): the model's variables, gradients (one per trainable variable) and optimizer "
+    "state; activations not counted (Keras has no saved-tensor hook)"
+)
 
 
 class KerasBackend(Backend):
@@ -408,7 +416,13 @@ class KerasBackend(Backend):
 
         job = self.job
         policy = keras.DTypePolicy(KERAS_DTYPE_POLICIES[job.policy])
-        self.model = build_keras_model(job.model, data.input_shape, data.num_classes, init_weights, policy)
+        if job.model.kind == "custom":
+            from precision_suite.backends.keras.custom import call_keras_factory, load_keras_weights
+
+            self.model = call_keras_factory(keras, job.model, data.input_shape, data.num_classes, policy)
+            load_keras_weights(self.model, init_weights, f"the Keras model {job.model.name}")
+        else:
+            self.model = build_keras_model(job.model, data.input_shape, data.num_classes, init_weights, policy)
         keep_layers_fp32(self.model, job.model.keep_fp32)
         self.optimizer, self.inner_optimizer = build_keras_optimizer(keras, job, data, self.options.optimizer_rules)
         self.optimizer.build(self.model.trainable_variables)
@@ -429,8 +443,15 @@ class KerasBackend(Backend):
         """The shared accounting (``precision_suite.measure.memory``) beside what the variables really
         hold; the figure is the allocator's ``peak`` where the runtime has one (GPU), else the
         accounting (CPU)."""
-        breakdown = account_job(self.job, self.data_shape, self.num_classes, self.memory_layout()).breakdown()
         observed = keras_memory_breakdown(self.model, self.optimizer)
+        if self.job.model.kind == "custom":
+            # No spec to count from: the model's own variables (Keras has no saved-tensor hook,
+            # so the activations are not in this figure, and the label says so).
+            breakdown = dict(observed)
+            if peak is None:
+                return MemoryStats(sum(breakdown.values()), KERAS_MEASURED_CPU, breakdown, observed)
+            return MemoryStats(int(peak), source, breakdown, observed)
+        breakdown = account_job(self.job, self.data_shape, self.num_classes, self.memory_layout()).breakdown()
         if peak is None:
             return MemoryStats(sum(breakdown.values()), "accounting (cpu)", breakdown, observed)
         return MemoryStats(int(peak), source, breakdown, observed)
@@ -466,7 +487,14 @@ class KerasBackend(Backend):
             keras.backend.clear_session()
 
     def observed_precision(self) -> dict[str, Any]:
-        observed = keras_observed_precision(self.model, self.first_layer_output(), self.job)
+        if self.job.model.kind == "custom":
+            import keras
+            from precision_suite.backends.keras.custom import custom_observed_precision
+
+            rows = self.x_test[:2]
+            observed = custom_observed_precision(keras, self.model, rows, self.job, loss_scale_used(self.job))
+        else:
+            observed = keras_observed_precision(self.model, self.first_layer_output(), self.job)
         names = self.job.model.keep_fp32
         if names:
             from precision_suite.backends.keras.keep_fp32 import matched_layers, observe_kept

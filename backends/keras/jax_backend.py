@@ -218,8 +218,8 @@ class KerasJaxBackend(KerasBackend):
                         state["trainable"], state["non_trainable"], x_test[start : start + EVAL_BATCH]
                     )
                     y = y_test[start : start + EVAL_BATCH]
-                    losses.append(cross_entropy(logits, y, num_classes) * y.shape[0])
-                    hits.append(jnp.sum(jnp.argmax(logits, axis=1) == y))
+                    losses.append(cross_entropy(logits, y, num_classes) * y.size)  # labels per row or position
+                    hits.append(jnp.sum(jnp.argmax(logits, axis=-1) == y))
                 return jnp.stack(losses), jnp.stack(hits)
 
         if not self.options.jit_compile:
@@ -271,7 +271,7 @@ class KerasJaxBackend(KerasBackend):
 
     def evaluate(self) -> EvalResult:
         losses, hits = self._eval_fn(self._state, self.x_test, self.y_test)
-        n = int(self.x_test.shape[0])
+        n = int(self.y_test.size)
         loss_sum = float(np.sum(np.asarray(losses, np.float64)))
         return EvalResult(test_loss=loss_sum / n, test_accuracy=int(np.sum(np.asarray(hits))) / n)
 

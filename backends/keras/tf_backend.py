@@ -236,9 +236,9 @@ class TfKerasBackend(KerasBackend):
             for start in range(0, n, EVAL_BATCH):
                 logits = model(self.x_test[start : start + EVAL_BATCH], training=False)
                 y = self.y_test[start : start + EVAL_BATCH]
-                count = int(y.shape[0])
+                count = int(np.prod(y.shape))  # labels: one per row, or one per position
                 loss_sum += tf.cast(self._loss(tf, logits, y), tf.float64) * count
-                hits = tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), y)
+                hits = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
                 correct += tf.reduce_sum(tf.cast(hits, tf.int64))
             return loss_sum, correct
 
@@ -271,7 +271,7 @@ class TfKerasBackend(KerasBackend):
 
         with tf.device(self._device):
             loss_sum, correct = self._eval_fn()
-        n = int(self.x_test.shape[0])
+        n = int(np.prod(self.y_test.shape))
         return EvalResult(test_loss=float(loss_sum) / n, test_accuracy=int(correct) / n)
 
     def synchronize(self) -> None:

@@ -238,6 +238,14 @@ def tensor_bytes(tensors: Any) -> int:
     return total
 
 
+CUDA_PEAK = "torch.cuda.max_memory_allocated"
+# A custom model's CPU figure: measured from its own tensors, not counted from a spec.
+MEASURED_CPU = (
+    "measured (cpu): the model's parameters, buffers, gradients, optimizer state and master copies, "
+    "and the activations autograd saved in the first step (saved-tensor hooks)"
+)
+
+
 # ---------------------------------------------------------------- the shared base class
 class TorchBackendBase(Backend):
     """Shared machinery; subclasses implement ``_build`` (model/optimizer/scaler),
@@ -393,7 +401,8 @@ class TorchBackendBase(Backend):
         import torch.nn.functional as F
 
         logits = self._forward(self.x_train.index_select(0, rows))
-        loss = F.cross_entropy(logits.float(), self.y_train.index_select(0, rows))
+        # Over the last axis: labels (N,) or one per position (N, T), e.g. a language model's tokens.
+        loss = F.cross_entropy(logits.float().flatten(0, -2), self.y_train.index_select(0, rows).flatten())
         return loss / self.n_micro if self.n_micro > 1 else loss
 
     def _measured(self, rows: torch.Tensor, backward: Any) -> torch.Tensor:
@@ -428,10 +437,10 @@ class TorchBackendBase(Backend):
                 x = self.x_test[start : start + EVAL_BATCH]
                 y = self.y_test[start : start + EVAL_BATCH]
                 logits = self._forward(x).float()
-                loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-                correct += (logits.argmax(dim=1) == y).sum()
+                loss_sum += F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="sum").double()
+                correct += (logits.argmax(dim=-1) == y).sum()
         self.model.train(was_training)
-        n = len(self.x_test)
+        n = self.y_test.numel()  # labels, one per row or per position: the mean is over every one
         return EvalResult(test_loss=float(loss_sum) / n, test_accuracy=int(correct) / n)
 
     def synchronize(self) -> None:
@@ -468,10 +477,16 @@ class TorchBackendBase(Backend):
         }
         if self.activation_bytes is not None:
             observed["activations"] = self.activation_bytes
+        if self.job.model.kind == "custom":
+            # No spec to count from: the model's own tensors and what autograd really saved.
+            breakdown = dict(observed)
+            if self.device.type == "cuda":
+                return MemoryStats(int(torch.cuda.max_memory_allocated(self.device)), CUDA_PEAK, breakdown, observed)
+            return MemoryStats(sum(breakdown.values()), MEASURED_CPU, breakdown, observed)
         breakdown = account_job(self.job, *self.data_shape, self.memory_layout()).breakdown()
         if self.device.type == "cuda":
             peak = int(torch.cuda.max_memory_allocated(self.device))
-            return MemoryStats(peak, "torch.cuda.max_memory_allocated", breakdown, observed)
+            return MemoryStats(peak, CUDA_PEAK, breakdown, observed)
         return MemoryStats(sum(breakdown.values()), "accounting (cpu)", breakdown, observed)
 
     def activate(self) -> None:

@@ -102,7 +102,8 @@ class NoLossScaler:
 def _is_norm(module: Any) -> bool:
     from torch import nn
 
-    return isinstance(module, nn.LayerNorm | nn.modules.batchnorm._BatchNorm)
+    # By type, so a user's model (kind: custom) keeps its normalisation layers fp32 too.
+    return isinstance(module, nn.LayerNorm | nn.GroupNorm | nn.RMSNorm | nn.modules.batchnorm._NormBase)
 
 
 class TorchManualBackend(TorchBackendBase):
@@ -148,7 +149,8 @@ class TorchManualBackend(TorchBackendBase):
         )
 
     def _forward(self, x: Any) -> Any:
-        return self.forward_module(x.to(self.compute_dtype))
+        # Token ids (a custom model's integer inputs) stay integers.
+        return self.forward_module(x.to(self.compute_dtype) if x.is_floating_point() else x)
 
     def _master_tensors(self) -> list[Any]:
         return self.master

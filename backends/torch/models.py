@@ -254,6 +254,10 @@ def build_torch_model(
     ``precision_suite.models.init_weights`` for the same canonical ``input_shape``, no batch dim). It reads
     ``precision_suite.models.prepare_inputs`` output and returns logits (N, num_classes)."""
     kind = model_cfg.kind
+    if kind == "custom":
+        from precision_suite.backends.torch.custom import build_custom_torch_model
+
+        return build_custom_torch_model(model_cfg, tuple(input_shape), num_classes, weights)
     if kind == "mlp":
         module: nn.Module = TorchMlp(
             int(np.prod(input_shape)),

@@ -15,12 +15,12 @@ from typing import Any
 from precision_suite.backends import get_backend_class
 from precision_suite.data import batch_plan, load_dataset
 from precision_suite.jobs import Job
-from precision_suite.models import init_weights
+from precision_suite.models import initial_weights
 
 
 def probe(job: Job, reference: Job, steps: int) -> dict[str, Any]:
     data = load_dataset(job.data)
-    weights = init_weights(job.model, data.input_shape, data.num_classes, job.seed)
+    weights = initial_weights(job, data)
     candidate, fp32 = get_backend_class(job.backend)(), get_backend_class(reference.backend)()
     candidate.setup(job, weights, data)
     try:

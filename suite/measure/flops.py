@@ -191,8 +191,8 @@ def record_mfu(
     metrics = record.get("metrics") or {}
     samples_per_s = metrics.get("samples_per_s")
     config = record.get("config") or {}
-    if not samples_per_s or "model" not in config:
-        return None
+    if not samples_per_s or "model" not in config or (config["model"] or {}).get("kind") == "custom":
+        return None  # a custom model has no spec to count its FLOPs from
     if (input_shape is None or num_classes is None) and metrics.get("input_shape"):
         # Recorded by the loop when it knows the dataset (any source, npz included).
         input_shape = input_shape or tuple(metrics["input_shape"])

@@ -21,7 +21,7 @@ from precision_suite.data import Dataset, batch_plan, load_dataset
 from precision_suite.jobs import Job
 from precision_suite.measure.environment import base_environment
 from precision_suite.measure.timing import WindowTimer
-from precision_suite.models import init_weights, perturb_weights
+from precision_suite.models import initial_weights, perturb_weights
 from precision_suite.results import SCHEMA
 
 ProgressFn = Callable[[int, int], None]
@@ -248,7 +248,7 @@ def run_job(
             record.update(status="unavailable", error=reason)
             return record
         data = cached_dataset(job)
-        weights = init_weights(job.model, data.input_shape, data.num_classes, job.seed)
+        weights = initial_weights(job, data)
         if job.perturb_ulp:
             weights = perturb_weights(weights, job.perturb_ulp)
         backend = cls()

@@ -170,12 +170,12 @@ def warm_speed_task(task: SpeedTask) -> None:
     compiled for the phase's own setup: the Keras compiled-step cache). Never raises: the phase
     itself reports what fails."""
     from precision_suite.measure.loop import cached_dataset
-    from precision_suite.models import init_weights
+    from precision_suite.models import initial_weights
 
     try:
         base_job = task.jobs[0]
         data = cached_dataset(base_job)
-        weights = init_weights(base_job.model, data.input_shape, data.num_classes, base_job.seed)
+        weights = initial_weights(base_job, data)
         probe = _half_batch_job(base_job) if task.batch_probe else None
         for job in [*task.jobs, *([probe] if probe is not None else [])]:
             cls, reason = _side_backend(job)
@@ -197,7 +197,7 @@ def run_speed_task(task: SpeedTask, progress: Callable[[int, int], None] | None 
     """Run one timed phase in this process and return its record; never raises for a failure."""
     from precision_suite.measure.environment import base_environment
     from precision_suite.measure.loop import cached_dataset, is_oom, one_line
-    from precision_suite.models import init_weights
+    from precision_suite.models import initial_weights
 
     started = time.perf_counter()
     record = new_speed_record(task)
@@ -207,7 +207,7 @@ def run_speed_task(task: SpeedTask, progress: Callable[[int, int], None] | None 
     try:
         base_job = task.jobs[0]
         data = cached_dataset(base_job)
-        weights = init_weights(base_job.model, data.input_shape, data.num_classes, base_job.seed)
+        weights = initial_weights(base_job, data)
         rows = _phase_rows(base_job, data)
         unavailable = _set_up_sides(task, weights, data, rows, sides, skipped)
         if unavailable:

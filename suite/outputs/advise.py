@@ -15,10 +15,12 @@ speed phase where it ran, training jobs only where they were timed alone, else "
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from precision_suite.outputs.intervals import Interval, ratio_interval, speedup_of
 from precision_suite.outputs.rundir import RunDir, baseline_key, ok_records_by_row, row_key
 from precision_suite.verdicts.compare import PASS, Comparison, Group, Row
+from precision_suite.verdicts.stats import PARITY_METRICS
 
 _TORCH_TOOLS = ("Lightning", "accelerate", "PyTorch")
 _KERAS_TOOLS = ("Keras",)
@@ -164,6 +166,14 @@ def advise(run: RunDir) -> list[Advice]:
     return [a for g in run.comparison.groups for a in advise_group(g, records, run.comparison.check_pure)]
 
 
+def _parity_delta(row: Any) -> str:
+    """The difference parity judged: accuracy in points, or test loss in nats (``parity.metric``)."""
+    eq = next((v.equivalence for v in row.verdicts if v.name == "parity" and v.equivalence is not None), None)
+    if eq is None or eq.metric == "accuracy" or eq.interval is None:
+        return f"accuracy Δ {row.delta_pts:+.2f} pt"
+    return f"test loss Δ {PARITY_METRICS[eq.metric].fmt(eq.interval.mean)} {eq.unit}"
+
+
 def render_text(advice: list[Advice], comparison: Comparison) -> str:
     lines = []
     for item in advice:
@@ -178,7 +188,7 @@ def render_text(advice: list[Advice], comparison: Comparison) -> str:
             c = item.choice
             lines.append(
                 f"use {c.row.policy} ({c.row.backend}): {_fmt(c.speedup)} faster than fp32, "
-                f"{memory_saving_text(c.memory_ratio)}, accuracy Δ {c.row.delta_pts:+.2f} pt, parity PASS."
+                f"{memory_saving_text(c.memory_ratio)}, {_parity_delta(c.row)}, parity PASS."
             )
             for tool, setting in item.settings():
                 body = setting.replace("\n", "\n    ")
@@ -191,9 +201,12 @@ def render_text(advice: list[Advice], comparison: Comparison) -> str:
             lines.append(f"  avoid {c.row.label}: " + "; ".join(c.reasons))
         lines.append("")
     tolerance = comparison.tolerance_pts
-    if tolerance is not None:
+    bands = {g.tolerance_text for g in comparison.groups if g.parity_metric != "accuracy"}
+    if tolerance is not None or bands:
+        within = [f"accuracy within ±{tolerance:g} pt"] if tolerance is not None else []
+        within += [f"test loss within {band.removesuffix(' (test loss)')}" for band in sorted(bands)]
         lines.append(
-            f"parity: accuracy within ±{tolerance:g} pt of fp32 of the same framework; speedups vs fp32 of "
+            f"parity: {' / '.join(within)} of fp32 of the same framework; speedups vs fp32 of "
             "the same framework with 95% intervals, as in the report: the paired speed phase where it ran, "
             "else training jobs timed alone (over seeds; timed windows with one seed)."
         )

@@ -176,6 +176,12 @@ def _loss_curve_note(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> st
     return f"per-step losses differ from step {first} (max {worst:.1e} relative)"
 
 
+def _parity_metric(records: list[dict[str, Any]]) -> str:
+    """The ``parity.metric`` the records ran with (accuracy when none says)."""
+    found = (((r.get("config") or {}).get("parity") or {}).get("metric") for r in records)
+    return next((str(m) for m in found if m), "accuracy")
+
+
 def _change(quantity: str, unit: str, old_value: float | None, new_value: float | None, delta: Interval) -> Change:
     note = ""
     if delta.estimate is not None and not delta.defined:
@@ -211,6 +217,18 @@ def diff_row(
             paired_change(_by_seed(old_ok, "test_accuracy", 100), _by_seed(new_ok, "test_accuracy", 100)),
         )
     )
+    if _parity_metric(old_ok + new_ok) == "loss":
+        # parity.metric: loss (a language model): the test loss is the quantity parity judged.
+        old_test, new_test = _by_seed(old_ok, "test_loss"), _by_seed(new_ok, "test_loss")
+        out.changes.append(
+            _change(
+                "test loss",
+                "nats",
+                float(np.mean(list(old_test.values()))) if old_test else None,
+                float(np.mean(list(new_test.values()))) if new_test else None,
+                paired_change(old_test, new_test),
+            )
+        )
     old_loss = {r.get("seed"): v for r in old_ok if (v := _mean_loss(r)) is not None}
     new_loss = {r.get("seed"): v for r in new_ok if (v := _mean_loss(r)) is not None}
     loss = _change(

@@ -18,7 +18,7 @@ from precision_suite.verdicts.compare import (
     Verdict,
 )
 from precision_suite.verdicts.diagnose import is_hardware_cause
-from precision_suite.verdicts.stats import MAX_SUGGESTED_SEEDS
+from precision_suite.verdicts.stats import MAX_SUGGESTED_SEEDS, PARITY_METRICS
 
 # Styles a piece of text may carry besides an outcome: a caveat on a number (emulated, noisy,
 # the seeds advice) and a name to be read literally (a job id).
@@ -219,15 +219,16 @@ def equivalence_cells(label: str, verdict: Verdict, run_dir: str | None) -> list
     eq = verdict.equivalence
     assert eq is not None
     interval = eq.interval
+    fmt = PARITY_METRICS[eq.metric].fmt
     return [
         verdict.name,
         label,
-        "—" if interval is None else _minus(f"{interval.mean:+.2f}"),
+        "—" if interval is None else _minus(fmt(interval.mean)),
         "— (1 seed)"
         if interval is None
-        else _minus(f"{100 * eq.ci_level:.4g}% [{interval.low:+.2f}, {interval.high:+.2f}]")
+        else _minus(f"{100 * eq.ci_level:.4g}% [{fmt(interval.low)}, {fmt(interval.high)}]")
         + f" {eq.method} n={interval.n}",
-        f"±{eq.tolerance_pts:g}",
+        f"±{eq.tolerance_pts:g}" + ("" if eq.metric == "accuracy" else f" {eq.unit}"),
         verdict_label(verdict),
         "—" if eq.pairing_gain is None else f"×{eq.pairing_gain:.2f}",
         seeds_advice(verdict, run_dir) or "—",

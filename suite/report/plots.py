@@ -28,6 +28,7 @@ from precision_suite.verdicts.compare import (
     Group,
     Verdict,
 )
+from precision_suite.verdicts.stats import PARITY_METRICS
 
 # --- plots -----------------------------------------------------------------------------------
 
@@ -290,7 +291,8 @@ def _plot_accuracy(group: Group) -> Plot | None:
         for value in row.accuracy_values:
             axes.plot(position, 100 * value, ".", color="grey", markersize=3)
     for row in rows:
-        if row.is_baseline and row.accuracy_mean is not None:
+        # The parity band is in accuracy points only when parity compares accuracy.
+        if row.is_baseline and row.accuracy_mean is not None and group.parity_metric == "accuracy":
             level = 100 * row.accuracy_mean
             axes.axhspan(
                 level - group.tolerance_pts,
@@ -324,7 +326,8 @@ def _plot_forest(group: Group, equivalences: list[tuple[str, Verdict]]) -> Plot 
     figure = _new_figure(7, 1.4 + 0.35 * len(entries))
     axes = figure.add_subplot()
     tol = group.tolerance_pts
-    axes.axvspan(-tol, tol, color="#137333", alpha=0.08, label=f"±{tol:g} pt tolerance")
+    unit = PARITY_METRICS[group.parity_metric].unit
+    axes.axvspan(-tol, tol, color="#137333", alpha=0.08, label=f"±{tol:g} {unit} tolerance")
     axes.axvline(0, color="grey", linewidth=0.8)
     for y, (_, verdict) in enumerate(reversed(entries)):
         eq = verdict.equivalence
@@ -339,7 +342,8 @@ def _plot_forest(group: Group, equivalences: list[tuple[str, Verdict]]) -> Plot 
     )
     reach = max([tol] + [max(abs(v.equivalence.interval.low), abs(v.equivalence.interval.high)) for _, v in entries])
     axes.set_xlim(-1.15 * reach, 1.15 * reach)
-    axes.set_xlabel("Δ accuracy vs baseline, pt (bar: the verdict's CI)", fontsize=8)
+    what = "accuracy" if group.parity_metric == "accuracy" else "test loss"
+    axes.set_xlabel(f"Δ {what} vs baseline, {unit} (bar: the verdict's CI)", fontsize=8)
     axes.set_title(f"Equivalence — {group.key}", fontsize=9)
     axes.grid(True, axis="x", alpha=0.3)
     axes.legend(fontsize=7, loc="best")

@@ -310,7 +310,7 @@ def _plain_table(header: list[str], rows: list[list[str]], **kwargs: Any) -> Tab
 def _group_section(comparison: Comparison, group: Group, plots: Sequence[Plot]) -> Section:
     legend = (
         f"accuracy: mean ± 95% CI over seeds; Δ and speedup vs fp32 of the same framework;"
-        f" tolerance ±{group.tolerance_pts:g} pt; {speed_explanation(group)}"
+        f" tolerance {group.tolerance_text}; {speed_explanation(group)}"
     )
     blocks: list[Block] = [
         Table(

@@ -43,11 +43,12 @@ from precision_suite.verdicts.speed import (
 from precision_suite.verdicts.stats import (
     FAIL,
     INCONCLUSIVE,
+    PARITY_METRICS,
     PASS,
     Equivalence,
-    accuracy_by_seed,
     describe,
     equivalence,
+    metric_by_seed,
     t_quantile,
 )
 
@@ -224,9 +225,16 @@ class Group:
     dataset: str
     device: str
     device_name: str
-    tolerance_pts: float
+    tolerance_pts: float  # in the unit of parity_metric (points; nats for loss)
     rows: list[Row] = field(default_factory=list)
     verdicts: list[Verdict] = field(default_factory=list)  # cross-framework
+    parity_metric: str = "accuracy"  # parity.metric: what parity compares (stats.PARITY_METRICS)
+
+    @property
+    def tolerance_text(self) -> str:
+        """``±1.5 pt`` or ``±0.02 nats (test loss)``."""
+        unit = PARITY_METRICS[self.parity_metric].unit
+        return f"±{self.tolerance_pts:g} {unit}" + ("" if self.parity_metric == "accuracy" else " (test loss)")
 
     @property
     def key(self) -> str:
@@ -422,12 +430,15 @@ def _parity_verdict(
     tolerance_pts: float,
     check_pure: bool,
     looks: int,
+    metric: str = "accuracy",
 ) -> Verdict:
     enforced = check_pure or not row.is_pure
     note = "" if enforced else " (information: -pure policies are not checked)"
     if row.baseline is None:
         return Verdict("parity", row.subject, NO_BASELINE, f"no fp32 baseline of {row.framework}{note}")
-    eq = equivalence(accuracy_by_seed(records), accuracy_by_seed(base_records), tolerance_pts, looks)
+    eq = equivalence(
+        metric_by_seed(records, metric), metric_by_seed(base_records, metric), tolerance_pts, looks, metric
+    )
     detail = f"{describe(eq)} vs {row.baseline}{note}"
     return Verdict("parity", row.subject, eq.outcome, detail, enforced=enforced, equivalence=eq)
 
@@ -454,7 +465,9 @@ def _cross_framework_verdicts(
     for other_fw in frameworks[1:]:
         other = fp32_rows[other_fw]
         subject = f"{group.key} {reference.label} vs {other.label}"
-        found = framework_pair(reference, other, by_row, noise_floor, group.tolerance_pts, rtol, steps, looks)
+        found = framework_pair(
+            reference, other, by_row, noise_floor, group.tolerance_pts, rtol, steps, looks, group.parity_metric
+        )
         verdicts.append(
             Verdict(
                 "cross-framework",
@@ -552,11 +565,14 @@ def compare(
     headlines: list[Headline] = []
     tolerances = set()
     for (model, dataset, device), group_records in sorted(_records_by_group(records).items()):
+        metric = str(_parity_setting(group_records, "metric", PARITY_DEFAULTS.metric))
         tol = tolerance_pts
         if tol is None:
-            recorded = _parity_setting(group_records, "tolerance_pts")
-            tol = float(recorded) if recorded is not None else PARITY_DEFAULTS.tolerance_pts
-        tolerances.add(tol)
+            key = PARITY_METRICS[metric].tolerance_key
+            recorded = _parity_setting(group_records, key)
+            tol = float(recorded) if recorded is not None else float(getattr(PARITY_DEFAULTS, key))
+        if metric == "accuracy":
+            tolerances.add(tol)
         group = _build_group(
             model,
             dataset,
@@ -567,6 +583,7 @@ def compare(
             cross_framework_rtol,
             cross_framework_steps,
             noise_floor=_noise_floor_of(noise_floor, model, dataset, device),
+            metric=metric,
         )
         _distributed_verdicts(group, group_records, records, noise_floor)
         row_speed(group, phases.pop(group.key_tuple, []), group_records)
@@ -660,6 +677,7 @@ def _build_group(
     rtol: float,
     cf_steps: int,
     noise_floor: dict[tuple[str, str, int], dict[str, Any]] | None = None,
+    metric: str = "accuracy",
 ) -> Group:
     ok_by_row: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     all_by_row: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -676,7 +694,7 @@ def _build_group(
         device_name = (record.get("environ") or {}).get("device_name") or device_name
         if device_name:
             break
-    group = Group(model, dataset, device, device_name, tolerance_pts)
+    group = Group(model, dataset, device, device_name, tolerance_pts, parity_metric=metric)
 
     def row_order(key: tuple[str, str]) -> tuple[bool, str, str, int, str]:
         backend, policy = key
@@ -715,7 +733,9 @@ def _build_group(
             base = labels.get(row.baseline or "")
             base_records = ok_by_row[(base.backend, base.policy)] if base is not None else []
             records_of_row = ok_by_row[(row.backend, row.policy)]
-            row.verdicts.append(_parity_verdict(row, records_of_row, base_records, tolerance_pts, check_pure, looks))
+            row.verdicts.append(
+                _parity_verdict(row, records_of_row, base_records, tolerance_pts, check_pure, looks, metric)
+            )
         row.verdicts.append(_precision_verdict(row, ok_by_row[(row.backend, row.policy)]))
 
     group.verdicts = _cross_framework_verdicts(group, ok_by_row, noise_floor or {}, rtol, cf_steps, looks)

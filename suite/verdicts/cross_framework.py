@@ -26,10 +26,10 @@ from precision_suite.verdicts.stats import (
     PASS,
     Equivalence,
     PastHorizon,
-    accuracy_by_seed,
     chaos_aware_agreement,
     describe,
     equivalence,
+    metric_by_seed,
     past_horizon_problem,
 )
 
@@ -80,11 +80,15 @@ def framework_pair(
     rtol: float,
     steps: int,
     looks: int,
+    metric: str = "accuracy",
 ) -> PairVerdict:
     """The verdict on the fp32 rows ``reference`` and ``other`` (``precision_suite.verdicts.compare.Row``)
-    of one group, from their ok records (``by_row``) and their noise-floor runs."""
+    of one group, from their ok records (``by_row``) and their noise-floor runs. ``metric``: the
+    parity metric the seed test compares (``tolerance_pts`` is in its unit)."""
     ref_records = {r["seed"]: r for r in by_row[(reference.backend, reference.policy)]}
     other_records = {r["seed"]: r for r in by_row[(other.backend, other.policy)]}
+    if not (weights_aligned(ref_records.values()) and weights_aligned(other_records.values())):
+        return unpaired_pair(other_records, ref_records, tolerance_pts, looks, metric)
     rules = (optimizer_rules(ref_records.values()), optimizer_rules(other_records.values()))
     if rules[0] != rules[1]:
         # e.g. tf-keras with optimizer_rules: keras (stock Keras Adam places ε differently):
@@ -99,13 +103,14 @@ def framework_pair(
         return PairVerdict(Outcome.NOT_COMPARABLE, "no seed ran in both")
     found = curve_agreement(reference, other, ref_records, other_records, shared, noise_floor, rtol, steps)
     eq = equivalence(
-        accuracy_by_seed(list(other_records.values())),
-        accuracy_by_seed(list(ref_records.values())),
+        metric_by_seed(list(other_records.values()), metric),
+        metric_by_seed(list(ref_records.values()), metric),
         tolerance_pts,
         looks,
+        metric,
     )
     if eq.outcome == FAIL:
-        found.problems.append(f"accuracy {describe(eq)}")
+        found.problems.append(f"{metric} {describe(eq)}")
     horizon = min(found.horizons) if found.horizons else None
     if found.floors:
         where = f"divergence horizon step {horizon}" if horizon is not None else "no self-divergence"
@@ -119,7 +124,7 @@ def framework_pair(
         detail = (
             f"{len(shared)} seed(s): per-step loss within {found.worst:.1e} relative (≤ {rtol:g}) {scope}"
             + (f"; past it {'; '.join(found.notes)}" if found.notes else "")
-            + f"; accuracy {describe(eq)}"
+            + f"; {metric} {describe(eq)}"
         )
         if outcome == INCONCLUSIVE and found.same_computation:
             # Too few seeds for the accuracy test, but no seed noise to test either: each seed's
@@ -130,6 +135,37 @@ def framework_pair(
                 "same test accuracy (the runs are one computation up to rounding)"
             )
     return PairVerdict(outcome, detail, equivalence=eq, divergence_horizon=horizon)
+
+
+def weights_aligned(records: Any) -> bool:
+    """Whether the rows' families started from the same initial weights: always for the built-in
+    specs; for a custom model only with ``convert`` (the Keras model then starts from the torch
+    weights)."""
+    for record in records:
+        model = (record.get("config") or {}).get("model") or {}
+        if model.get("kind") == "custom" and not model.get("convert"):
+            return False
+    return True
+
+
+UNPAIRED_LABEL = "unpaired test (no convert: the frameworks start from different initial weights)"
+
+
+def unpaired_pair(
+    other_records: dict[int, Any], ref_records: dict[int, Any], tolerance_pts: float, looks: int, metric: str
+) -> PairVerdict:
+    """Two families that did not start from the same weights (a custom model without ``convert``):
+    no per-step comparison, only an unpaired (Welch) equivalence test of the parity metric over
+    every seed of each side, labelled so."""
+    eq = equivalence(
+        metric_by_seed(list(other_records.values()), metric),
+        metric_by_seed(list(ref_records.values()), metric),
+        tolerance_pts,
+        looks,
+        metric,
+        pair=False,
+    )
+    return PairVerdict(eq.outcome, f"{UNPAIRED_LABEL} of {metric}: {describe(eq)}", equivalence=eq)
 
 
 def curve_agreement(

@@ -91,7 +91,9 @@ def why_not_faster(
         return []
     lines = []
     overhead = False
-    if input_shape and num_classes and batch_size and baseline_step_ms and matmul_tflops_fp32:
+    # A custom model has no spec to count its FLOPs from.
+    specced = getattr(model, "kind", None) != "custom"
+    if specced and input_shape and num_classes and batch_size and baseline_step_ms and matmul_tflops_fp32:
         flops = train_flops_per_sample(model, input_shape, num_classes) * batch_size
         achieved = flops / (baseline_step_ms / 1e3) / 1e12
         if achieved < OVERHEAD_FLOPS_FRACTION * matmul_tflops_fp32:

@@ -142,8 +142,31 @@ def sequential_seeds_needed(mean: float, std: float, tolerance: float, n_now: in
 
 
 @dataclass(frozen=True)
+class ParityMetric:
+    """What a parity test compares per seed (``parity.metric``): a record's metric, the factor that
+    turns it into the unit the tolerance is in, and the config key of that tolerance."""
+
+    name: str
+    record_key: str
+    scale: float
+    unit: str
+    tolerance_key: str
+    digits: int  # decimals a difference is shown with
+
+    def fmt(self, value: float, sign: bool = True) -> str:
+        return f"{value:{'+' if sign else ''}.{self.digits}f}"
+
+
+PARITY_METRICS: dict[str, ParityMetric] = {
+    "accuracy": ParityMetric("accuracy", "test_accuracy", 100.0, "pt", "tolerance_pts", 2),
+    "loss": ParityMetric("loss", "test_loss", 1.0, "nats", "tolerance_loss", 4),
+}
+
+
+@dataclass(frozen=True)
 class Equivalence:
-    """The equivalence test of one accuracy difference (candidate − baseline), in points."""
+    """The equivalence test of one difference of a parity metric (candidate − baseline): accuracy
+    in points, or test loss in nats (``metric``). ``tolerance_pts`` is in that metric's unit."""
 
     outcome: str  # pass | fail | inconclusive
     tolerance_pts: float
@@ -157,6 +180,11 @@ class Equivalence:
     # Width of the paired interval / width of the unpaired one on the same seeds (< 1: pairing
     # helped). None when either is missing or the unpaired width is zero.
     pairing_gain: float | None = None
+    metric: str = "accuracy"
+
+    @property
+    def unit(self) -> str:
+        return PARITY_METRICS[self.metric].unit
 
     @property
     def interval(self) -> Interval | None:
@@ -175,7 +203,13 @@ class Equivalence:
 def accuracy_by_seed(records: list[Any]) -> dict[int, float]:
     """Test accuracy by seed of result records (``precision_suite.results.Record``): what the
     equivalence tests of parity and cross-framework pair up."""
-    return {r.get("seed"): v for r in records if (v := r.metric("test_accuracy")) is not None}
+    return metric_by_seed(records, "accuracy")
+
+
+def metric_by_seed(records: list[Any], metric: str) -> dict[int, float]:
+    """The parity ``metric``'s record value (``PARITY_METRICS``) by seed of result records."""
+    key = PARITY_METRICS[metric].record_key
+    return {r.get("seed"): v for r in records if (v := r.metric(key)) is not None}
 
 
 def equivalence(
@@ -183,22 +217,28 @@ def equivalence(
     baseline: dict[int, float],
     tolerance_pts: float,
     looks: int = 1,
+    metric: str = "accuracy",
+    pair: bool = True,
 ) -> Equivalence:
-    """TOST of per-seed accuracies (fractions, keyed by seed) against ±``tolerance_pts``.
+    """TOST of per-seed values of ``metric`` (record values, keyed by seed: accuracy fractions,
+    losses) against ±``tolerance_pts`` in the metric's unit (points, nats).
 
     Seeds present on both sides are paired (same initial weights and batches); the verdict
-    comes from the paired interval when there are two pairs, else from the unpaired one."""
+    comes from the paired interval when there are two pairs, else from the unpaired one.
+    ``pair=False``: the sides did not start from the same weights, so only the unpaired (Welch)
+    interval is read."""
+    scale = PARITY_METRICS[metric].scale
     alpha = per_look_alpha(looks)
-    shared = sorted(set(candidate) & set(baseline))
-    diffs = [100.0 * (candidate[s] - baseline[s]) for s in shared]
+    shared = sorted(set(candidate) & set(baseline)) if pair else []
+    diffs = [scale * (candidate[s] - baseline[s]) for s in shared]
     paired = paired_interval(diffs, alpha)
-    cand_pts = [100.0 * v for v in candidate.values()]
-    base_pts = [100.0 * v for v in baseline.values()]
+    cand_pts = [scale * v for v in candidate.values()]
+    base_pts = [scale * v for v in baseline.values()]
     unpaired = unpaired_interval(cand_pts, base_pts, alpha)
     gain = None
     if paired is not None:
         same_seeds = unpaired_interval(
-            [100.0 * candidate[s] for s in shared], [100.0 * baseline[s] for s in shared], alpha
+            [scale * candidate[s] for s in shared], [scale * baseline[s] for s in shared], alpha
         )
         if same_seeds is not None and same_seeds.width > 0:
             gain = paired.width / same_seeds.width
@@ -222,19 +262,24 @@ def equivalence(
         n_baseline=len(baseline),
         seeds_suggested=suggested,
         pairing_gain=gain,
+        metric=metric,
     )
 
 
 def describe(eq: Equivalence) -> str:
     """One line: the difference, its interval, the band and what the interval says."""
     interval = eq.interval
+    metric = PARITY_METRICS[eq.metric]
+    unit = metric.unit
+    # Accuracy is the default and says nothing; a loss comparison names itself.
+    what = "" if eq.metric == "accuracy" else "test loss "
     if interval is None:
         n = min(eq.n_candidate, eq.n_baseline)
-        return f"{n} paired seed(s): no interval from one seed (tolerance ±{eq.tolerance_pts:g} pt)"
+        return f"{what}{n} paired seed(s): no interval from one seed (tolerance ±{eq.tolerance_pts:g} {unit})"
     level = f"{100 * eq.ci_level:.4g}%"
     text = (
-        f"Δ {interval.mean:+.2f} pt, {level} CI [{interval.low:+.2f}, {interval.high:+.2f}] "
-        f"({eq.method}, n={interval.n}) vs ±{eq.tolerance_pts:g} pt"
+        f"{what}Δ {metric.fmt(interval.mean)} {unit}, {level} CI [{metric.fmt(interval.low)}, "
+        f"{metric.fmt(interval.high)}] ({eq.method}, n={interval.n}) vs ±{eq.tolerance_pts:g} {unit}"
     )
     if eq.looks > 1:
         text += f"; α {eq.alpha:.3g} per look ({eq.looks} planned looks)"
