@@ -158,22 +158,54 @@ def _detached(value: Any) -> Any:
 
 
 def _capture(captured: dict[str, Any], name: str) -> Callable[..., None]:
-    """A forward hook keeping a block's inputs and its output (whose gradient backward fills)."""
+    """A forward hook keeping a block's inputs and output, asking backward to fill their gradients."""
 
     def hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
-        if isinstance(output, torch.Tensor) and output.requires_grad:
+        if isinstance(output, torch.Tensor) and output.requires_grad and name not in captured:
+            for a in args:
+                if isinstance(a, torch.Tensor) and a.requires_grad:
+                    a.retain_grad()
             output.retain_grad()
-            captured[name] = (_detached(args), _detached(kwargs), output)
+            captured[name] = (tuple(args), _detached(kwargs), output)
 
     return hook
+
+
+def _input_dtypes(candidate: Any, x: torch.Tensor, names: list[str]) -> dict[str, list[Any]]:
+    """The dtype each named block's positional inputs have in the candidate's own forward pass:
+    under autocast a block downstream of a half matmul gets half inputs, and its error must be
+    measured on them."""
+    modules = dict(candidate.model.named_modules())
+    seen: dict[str, list[Any]] = {}
+
+    def pre_hook(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any) -> None:
+            seen.setdefault(name, [a.dtype if isinstance(a, torch.Tensor) else None for a in args])
+
+        return hook
+
+    handles = [modules[name].register_forward_pre_hook(pre_hook(name)) for name in names]
+    try:
+        with torch.no_grad():
+            candidate._forward(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1).float() for t in tensors]) if tensors else torch.zeros(0)
 
 
 def probe_blocks(
     candidate: Any, reference: Any, names: list[str], steps: list[Any], run_block: Callable[..., Any], scale: float
 ) -> list[Any]:
-    """``Backend.probe_blocks`` for the torch backends: ``run_block(module, args, kwargs)`` runs a
-    block of ``candidate.model`` under its policy; ``scale`` is the loss scale its gradients
-    would carry (so fp16 gradients underflow as they would in training)."""
+    """``Backend.probe_blocks`` for the torch backends. Each block of ``candidate.model`` runs
+    under its policy (``run_block(module, args, kwargs)``) on the reference's inputs rounded to the
+    dtypes its own forward pass gives that block; its output and its gradients (parameters and
+    inputs, from the reference's output gradient times ``scale``, the loss scale the policy's
+    gradients carry, so fp16 gradients underflow as in training) are held against fp32's."""
     import torch.nn.functional as F
     from precision_suite.backends.base import BlockError
 
@@ -181,14 +213,15 @@ def probe_blocks(
     found: list[BlockError] = []
     for step, rows in enumerate(steps):
         idx = reference._batch(rows).reshape(-1)
+        x = reference.x_train.index_select(0, idx)
+        dtypes = _input_dtypes(candidate, candidate.x_train.index_select(0, idx), names)
         captured: dict[str, tuple[Any, Any, torch.Tensor]] = {}
         handles = [
             ref_modules[name].register_forward_hook(_capture(captured, name), with_kwargs=True) for name in names
         ]
         try:
             reference.model.zero_grad(set_to_none=True)
-            logits = reference._forward(reference.x_train.index_select(0, idx))
-            F.cross_entropy(logits.float(), reference.y_train.index_select(0, idx)).backward()
+            F.cross_entropy(reference._forward(x).float(), reference.y_train.index_select(0, idx)).backward()
         finally:
             for handle in handles:
                 handle.remove()
@@ -197,21 +230,29 @@ def probe_blocks(
                 continue  # not called on this path
             args, kwargs, output = captured[name]
             block = cand_modules[name]
-            params = [p for p in block.parameters() if p.requires_grad]
-            out = run_block(block, args, kwargs)
+            inputs = []
+            for a, dtype in zip(args, dtypes.get(name, [None] * len(args)), strict=False):
+                if isinstance(a, torch.Tensor) and a.is_floating_point():
+                    a = a.detach().to(dtype or a.dtype).requires_grad_(a.requires_grad)
+                inputs.append(a)
+            wrt = [p for p in block.parameters() if p.requires_grad]
+            wrt += [a for a in inputs if isinstance(a, torch.Tensor) and a.requires_grad]
+            ref_wrt = [p for p in ref_modules[name].parameters() if p.requires_grad]
+            ref_wrt += [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+            out = run_block(block, tuple(inputs), kwargs)
             nonfinite = int((~torch.isfinite(out.detach())).sum())
             act = _rel_error(out.detach().float(), output.detach()) if nonfinite == 0 else float("inf")
             grad = None
-            if params and output.grad is not None and out.requires_grad:
-                grads = torch.autograd.grad(out, params, (output.grad * scale).to(out.dtype), allow_unused=True)
-                mine = [
-                    torch.zeros_like(p) if g is None else g.float() / scale for g, p in zip(grads, params, strict=True)
+            if wrt and output.grad is not None and out.requires_grad:
+                grads = torch.autograd.grad(out, wrt, (output.grad * scale).to(out.dtype), allow_unused=True)
+                unscaled = [
+                    torch.zeros_like(w) if g is None else g.float() / scale for g, w in zip(grads, wrt, strict=True)
                 ]
-                theirs = [p.grad if p.grad is not None else torch.zeros_like(p) for p in ref_modules[name].parameters()]
-                flat = torch.cat([g.reshape(-1) for g in mine])
-                bad = int((~torch.isfinite(flat)).sum())
+                mine = _flat(unscaled)
+                theirs = _flat([w.grad if w.grad is not None else torch.zeros_like(w) for w in ref_wrt])
+                bad = int((~torch.isfinite(mine)).sum())
                 nonfinite += bad
-                grad = float("inf") if bad else _rel_error(flat, torch.cat([g.reshape(-1).float() for g in theirs]))
+                grad = float("inf") if bad else _rel_error(mine, theirs)
             found.append(BlockError(name, step, act, grad, nonfinite))
         reference.model.zero_grad(set_to_none=True)
         reference.train_step(rows)
