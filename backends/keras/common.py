@@ -511,6 +511,18 @@ class KerasBackend(Backend):
         """The first layer's output on two test rows, computed as a training step would."""
         raise NotImplementedError
 
+    def block_names(self) -> list[str]:
+        from precision_suite.backends.keras.keep_fp32 import candidate_layers
+        from precision_suite.models import BUILT_IN_KINDS, block_names
+
+        kind = self.job.model.kind
+        return block_names(self.job.model) if kind in BUILT_IN_KINDS else candidate_layers(self.model)
+
+    def probe_blocks(self, reference: Backend, names: list[str], steps: Any) -> list[Any]:
+        from precision_suite.backends.keras.keep_fp32 import probe_layers
+
+        return probe_layers(self, reference, names, list(steps))
+
     def runtime_context(self) -> AbstractContextManager:
         """What a computation outside the compiled step runs in to be computed as the step would
         (a device scope, a matmul precision). Default: nothing."""

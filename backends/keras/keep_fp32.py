@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import keras
+import numpy as np
 from precision_suite.backends.base import dtype_summary
 
 
@@ -75,3 +76,35 @@ def observe_kept(
         variables = {str(v.dtype) for la in layers for v in la.weights if "float" in str(v.dtype)}
         observed[name] = {"compute_dtype": dtype_summary(computed), "param_dtype": dtype_summary(variables)}
     return observed, (dtype_of[id(free)] if free is not None else None)
+
+
+def probe_layers(candidate: Any, reference: Any, names: list[str], steps: list[Any]) -> list[Any]:
+    """``Backend.probe_blocks`` for the Keras backends: each named layer of ``candidate.model``
+    runs under its own dtype policy (which casts its inputs to the compute dtype, as in training)
+    on the inputs the fp32 ``reference`` gave it, against the reference's output. Activations
+    only: the gradient error is not measured here (None)."""
+    from keras import ops
+    from precision_suite.backends.base import BlockError
+
+    watched = [matched_layers(reference.model, [name])[name][0] for name in names]
+    inner = keras.Model(reference.model.inputs, [la.input for la in watched] + [la.output for la in watched])
+    found = []
+    for step, rows in enumerate(steps):
+        index = np.asarray(rows).reshape(-1)
+        with reference.runtime_context():
+            values = inner([ops.take(reference.x_train, index, axis=0)])
+        inputs, outputs = values[: len(watched)], values[len(watched) :]
+        for name, given, expected in zip(names, inputs, outputs, strict=True):
+            with candidate.runtime_context():
+                out = candidate.model.get_layer(name)(given)
+            mine = np.asarray(ops.convert_to_numpy(ops.cast(out, "float32")), np.float64)
+            theirs = np.asarray(ops.convert_to_numpy(expected), np.float64)
+            nonfinite = int((~np.isfinite(mine)).sum())
+            scale = float(np.linalg.norm(theirs))
+            diff = float(np.linalg.norm(mine - theirs))
+            act = float("inf") if nonfinite else (diff / scale if scale > 0 else diff)
+            found.append(BlockError(name, step, act, None, nonfinite))
+        reference.train_step(np.asarray(rows))
+        for target, source in zip(candidate.model.weights, reference.model.weights, strict=True):
+            target.assign(source.value)  # the candidate probes the weights fp32 training reached
+    return found
