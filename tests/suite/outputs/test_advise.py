@@ -112,5 +112,6 @@ def test_a_failing_policy_with_a_bisect_answer_next_to_the_run_says_what_fixes_i
     assert avoid.fix is not None and avoid.fix.keep == ["fragile"]
     assert abs(avoid.fix.speedup.estimate - 10.1 / 8.1) < 0.01  # the verdict run's own step times
     text = render_text([item], load_run(run_dir).comparison)
-    assert "torch-amp fp16-mixed fails; passes with 1 block(s) kept in fp32 (bisect: keep_fp32: [fragile]): 1.25×" in text
+    fix = "torch-amp fp16-mixed fails; passes with 1 block(s) kept in fp32 (bisect: keep_fp32: [fragile]): 1.25×"
+    assert fix in text
     assert "memory saving 30% (the same in every seed)" in text
