@@ -33,6 +33,7 @@ from precision_suite.models import BUILT_IN_KINDS, block_names, python_path_env
 from precision_suite.results import RESULTS_FILE, Record, append_record, latest_by_job, read_records
 from precision_suite.verdicts.compare import FAIL, FAILED, PASS, compare
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 # A short trial passes within this many parity tolerances of fp32 on its one seed: it screens for
 # a failure (a culprit left in half fails by far more); the verdict is the full paired test.
@@ -342,23 +343,34 @@ def run_bisect(
     quiet = Console(quiet=True)
     result = BisectResult(target.backend, target.policy, source, [])
     out_dir.mkdir(parents=True, exist_ok=True)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    )
+    # The most trials each model can take (an upper bound: most end far sooner), for the bar.
+    most = [3 + trial_bound(len(block_names(m)) if m.kind in BUILT_IN_KINDS else 16, 1) for m in models]
+    task = progress.add_task("bisect", total=sum(most))
 
     def run_trial(trial: SuiteConfig, run_dir: Path) -> None:
+        progress.update(task, description=f"{run_dir.parent.name}: {run_dir.name}")
         summary = run_suite(trial, run_dir, quiet, resume=(run_dir / RESULTS_FILE).exists())
+        progress.advance(task)
         if summary.interrupted:
             raise KeyboardInterrupt
 
-    for model in models:
-        console.print(f"[bold]{model.name}[/]", highlight=False)
-        model_dir = out_dir / model.name
-        search = ModelSearch(
-            config, model, target, model_dir, run_trial, lambda line: console.print(line, highlight=False, markup=False)
-        )
-        found = search.run(lambda model=model, model_dir=model_dir: run_probe(config, model, target, model_dir))
-        result.models.append(found)
-        result.write(out_dir)
-        answer = "no answer" if found.keep_fp32 is None else f"keep_fp32: [{', '.join(found.keep_fp32)}]"
-        console.print(f"{model.name}: {answer} (verdict {found.verdict})", highlight=False, markup=False)
+    def say(line: str) -> None:
+        progress.console.print(line, highlight=False, markup=False)
+
+    with progress:
+        for i, model in enumerate(models):
+            say(model.name)
+            model_dir = out_dir / model.name
+            search = ModelSearch(config, model, target, model_dir, run_trial, say)
+            found = search.run(lambda model=model, model_dir=model_dir: run_probe(config, model, target, model_dir))
+            result.models.append(found)
+            result.write(out_dir)
+            progress.update(task, completed=sum(most[: i + 1]))
+            answer = "no answer" if found.keep_fp32 is None else f"keep_fp32: [{', '.join(found.keep_fp32)}]"
+            say(f"{model.name}: {answer} (verdict {found.verdict})")
     result.write(out_dir)
     write_markdown(result, out_dir)
     return result
