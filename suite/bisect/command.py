@@ -344,7 +344,12 @@ def run_bisect(
     result = BisectResult(target.backend, target.policy, source, [])
     out_dir.mkdir(parents=True, exist_ok=True)
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
     )
     # The most trials each model can take (an upper bound: most end far sooner), for the bar.
     most = [3 + trial_bound(len(block_names(m)) if m.kind in BUILT_IN_KINDS else 16, 1) for m in models]
