@@ -4,8 +4,8 @@ Per model: (1) the endpoints: nothing kept, with the config's seeds and the usua
 (no FAIL and no failed seed: nothing needs keeping, stop), every block kept, one seed (still
 failing: no answer, exit 1); (2) the proxy ranking (``probe``: each block's own error against fp32
 on the first steps' batches, in a process of its own); (3) the search (``search.find_culprits``)
-with short trials: one seed, passing when the run finishes and its accuracy is within
-``SCREEN_FACTOR`` × the parity tolerance of fp32 on that seed; (4) the usual paired parity verdict
+with short trials: one seed, passing when the run finishes and its parity metric (accuracy, or
+test loss) is within ``SCREEN_FACTOR`` × the parity tolerance of fp32 on that seed; (4) the usual paired parity verdict
 over the config's seeds on the set found (a FAIL there falls back to the verdict of every block
 kept). Every trial is a run directory under ``DIR/<model>/`` run by the runner with its fp32
 baseline copied in, so a second bisect into the same DIR resumes: finished jobs are not run again.
@@ -32,6 +32,7 @@ from precision_suite.jobs import BASELINE_POLICY
 from precision_suite.models import BUILT_IN_KINDS, block_names, python_path_env
 from precision_suite.results import RESULTS_FILE, Record, append_record, latest_by_job, read_records
 from precision_suite.verdicts.compare import FAIL, FAILED, PASS, compare
+from precision_suite.verdicts.stats import PARITY_METRICS
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -119,7 +120,9 @@ class ModelSearch:
     ) -> None:
         self.config, self.model, self.target, self.out_dir = config, model, target, out_dir
         self.run_trial, self.say = run_trial, say
-        self.tolerance = config.parity.tolerance_pts
+        # The screen judges what parity judges (parity.metric), in that metric's unit.
+        self.metric = PARITY_METRICS[config.parity.metric]
+        self.tolerance = getattr(config.parity, self.metric.tolerance_key)
         seeds = config.seeds_at_look(0)
         self.first_seed = seeds[0]
         self.trials: list[TrialRecord] = []
@@ -168,10 +171,11 @@ class ModelSearch:
         elif not mine.ok:
             outcome, detail = FAILED, f"{mine['status']}: {mine.get('error')}"
         else:
-            delta = 100.0 * (mine.metrics["test_accuracy"] - base.metrics["test_accuracy"])
+            key, unit = self.metric.record_key, self.metric.unit
+            delta = self.metric.scale * (mine.metrics[key] - base.metrics[key])
             limit = SCREEN_FACTOR * self.tolerance
             outcome = PASS if abs(delta) <= limit else FAIL
-            detail = f"seed {self.first_seed}: Δ {delta:+.2f} pt vs fp32 (screen ±{limit:g} pt)"
+            detail = f"seed {self.first_seed}: Δ {self.metric.fmt(delta)} {unit} vs fp32 (screen ±{limit:g} {unit})"
         self.trials.append(TrialRecord(list(kept), purpose, outcome, detail, str(run_dir), [self.first_seed], 0))
         self.say(f"  {purpose}: keep [{', '.join(kept)}] → {outcome} ({detail})")
         return outcome == PASS
