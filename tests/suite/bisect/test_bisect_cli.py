@@ -74,7 +74,7 @@ def test_bisect_names_exactly_the_fragile_block_and_the_run_keeping_it_passes(tm
     # The runs themselves: nothing kept fails parity, the fragile block kept passes it.
     assert main(["check", str(out / "fragile_mlp" / "nothing-kept-full")]) == 1
     assert main(["check", model.verdict_run_dir]) == 0
-    kept = [r for r in _records(Path(model.verdict_run_dir)) if r["policy"] == policy]
+    kept = [r for r in _records(Path(model.verdict_run_dir)) if r.get("policy") == policy and r.get("observed")]
     assert kept and all(r["observed"]["keep_fp32"]["fragile"]["compute_dtype"] == "float32" for r in kept)
     assert "keep_fp32: [fragile]" in (out / "bisect.md").read_text()
     # Resumable: the same bisect again runs nothing new and gives the same answer.
