@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from precision_suite.backends.policy import get_policy
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
@@ -31,50 +32,19 @@ if TYPE_CHECKING:
     from precision_suite.jobs import Job
 
 
-@dataclass(frozen=True)
-class PolicySpec:
-    """What a framework-neutral policy means (docs/architecture.md, "The precision policy table").
-    Frameworks keep only what is truly theirs beside it (e.g. the Keras ``DTypePolicy`` name)."""
-
-    compute_dtype: str  # dtype of matmul outputs where the policy applies
-    master_dtype: str  # dtype of the weights the optimizer updates
-    loss_scaling: bool  # whether the policy scales the loss (settings from the loss_scale section)
-    accelerated_by: str | None  # the hardware feature that makes it fast: float16, bfloat16, tf32
-    tf32: bool = False  # TF32 matmul/conv allowed (set explicitly, on or off, for every policy)
-    cuda_only: bool = False
-
-    @property
-    def pure(self) -> bool:
-        """Half weights with no fp32 master copy (shown for information, not held to parity)."""
-        return self.master_dtype != "float32"
-
-    @property
-    def master_weights(self) -> bool:
-        """The optimizer updates an fp32 copy of the weights."""
-        return not self.pure
-
-    def loss_scaling_mode(self, enabled: bool, dynamic: bool) -> str:
-        """``"dynamic"``, ``"static"`` or ``"none"`` for the loss_scale section's ``enabled`` and
-        ``dynamic``: the one derivation every backend, the reference scaler and the comparison use."""
-        if not (self.loss_scaling and enabled):
-            return "none"
-        return "dynamic" if dynamic else "static"
+# The API family of the built-in backends of each runtime: the family of a backend (or a record)
+# that names only a ``framework`` (its runtime), as everything did before the two were apart.
+FAMILY_OF_RUNTIME: dict[str, str] = {"torch": "torch", "tensorflow": "keras", "jax": "keras"}
 
 
-# The one table every backend and the comparison read; no if-chains over policy names elsewhere.
-POLICY_SPECS: dict[str, PolicySpec] = {
-    "fp32": PolicySpec("float32", "float32", False, None),
-    "tf32": PolicySpec("float32", "float32", False, "tf32", tf32=True, cuda_only=True),
-    "fp16-mixed": PolicySpec("float16", "float32", True, "float16"),
-    "bf16-mixed": PolicySpec("bfloat16", "float32", False, "bfloat16"),
-    "fp16-pure": PolicySpec("float16", "float16", True, "float16"),
-    "bf16-pure": PolicySpec("bfloat16", "bfloat16", False, "bfloat16"),
-}
-POLICIES: tuple[str, ...] = tuple(POLICY_SPECS)
+def implementation_label(family: str, runtime: str) -> str:
+    """How a (family, runtime) pair is named in ids and headings: the runtime alone where the
+    family is the runtime's usual one ("torch", "tensorflow"), else "keras on torch"."""
+    return runtime if FAMILY_OF_RUNTIME.get(runtime, runtime) == family else f"{family} on {runtime}"
+
+
 # Rows per forward pass when evaluating, the same in every backend.
 EVAL_BATCH = 1024
-# Policies that only mean something on CUDA devices.
-CUDA_ONLY_POLICIES: frozenset[str] = frozenset(p for p, s in POLICY_SPECS.items() if s.cuda_only)
 
 
 def dtype_summary(dtypes: set[str]) -> str | None:
@@ -155,17 +125,47 @@ class Backend(ABC):
 
     Class attributes:
         name: registry name, e.g. ``"torch-amp"``.
-        framework: ``"torch"`` or ``"tensorflow"``; baselines are per framework, and the runner
-            keeps one worker process per framework.
-        policies: the policies this backend implements (a subset of ``POLICIES``).
+        family: the API family the user compares (``"torch"``, ``"keras"``): a policy's fp32
+            baseline, the cross-framework check (one family against another), the tools
+            ``advise`` names and the report's colours are per family.
+        runtime: what executes it (``"torch"``, ``"tensorflow"``, ``"jax"``; a module name that
+            is also its pip extra): the runner keeps one worker process per runtime, the speed
+            phase times a runtime's policies in one process, and ``is_available`` looks for it.
+        policies: the policies this backend implements (names declared with
+            ``precision_suite.backends.policy.register_policy``).
         Options: a pydantic model (``extra="forbid"``) of the backend's own options, validated
             with the config before anything runs.
     """
 
     name: ClassVar[str]
-    framework: ClassVar[str]
+    family: ClassVar[str]
+    runtime: ClassVar[str]
     policies: ClassVar[tuple[str, ...]]
     Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A backend written before family and runtime were apart set ``framework`` (its runtime).
+        legacy = cls.__dict__.get("framework")
+        if legacy is not None and "runtime" not in cls.__dict__:
+            cls.runtime = legacy
+            if "family" not in cls.__dict__:
+                cls.family = FAMILY_OF_RUNTIME.get(legacy, legacy)
+        if hasattr(cls, "runtime"):
+            cls.framework = cls.runtime  # the old name of the runtime, for code written before the split
+
+    @classmethod
+    def data_parallel_class(cls, job: Job) -> type[Backend] | None:
+        """The class that runs ``job`` over ``job.world_size`` replicas, or None when this backend
+        has no data-parallel variant (its N-replica jobs are then recorded unavailable). That
+        class's ``process_per_replica`` says whether the launcher starts one process per replica
+        (torch.distributed) or one for all (``tf.distribute.MirroredStrategy``). Must not import
+        the framework."""
+        return None
+
+    # On a data-parallel class: one process per replica, launched like torchrun (True), or one
+    # process holding every replica (False).
+    process_per_replica: ClassVar[bool] = True
 
     @staticmethod
     @abstractmethod
@@ -183,7 +183,7 @@ class Backend(ABC):
         if cls.sees_cuda():
             return "cuda"
         if requested == "cuda":
-            raise DeviceUnavailable(f"device cuda: {cls.framework} sees no CUDA device")
+            raise DeviceUnavailable(f"device cuda: {cls.runtime} sees no CUDA device")
         return "cpu"
 
     @classmethod
@@ -203,9 +203,7 @@ class Backend(ABC):
     def unsupported_reason(cls, policy: str, device: str) -> str | None:
         """Why ``policy`` cannot run on ``device`` ("cpu" or "cuda"), or None if it can.
         Checked without importing the framework; the job is then recorded ``unavailable``."""
-        if policy in CUDA_ONLY_POLICIES and device != "cuda":
-            return f"{policy} needs a CUDA device (device is {device})"
-        return None
+        return get_policy(policy).unsupported_reason(device)
 
     @abstractmethod
     def setup(self, job: Job, init_weights: dict[str, np.ndarray], data: Dataset) -> None:

@@ -208,7 +208,7 @@ def torch_case(model_name: str, policy: str, args: argparse.Namespace) -> Case:
     import torch
     import torch.nn.functional as F
     from precision_suite.backends import get_backend_class
-    from precision_suite.backends.base import POLICY_SPECS
+    from precision_suite.backends.policy import get_policy
     from precision_suite.backends.torch.base import torch_dtype
     from precision_suite.backends.torch.models import build_torch_model
     from precision_suite.measure.loop import cached_dataset
@@ -226,7 +226,7 @@ def torch_case(model_name: str, policy: str, args: argparse.Namespace) -> Case:
         model.train()
         cfg = job.train.optimizer
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
-        amp_dtype = torch_dtype(POLICY_SPECS[policy].compute_dtype)
+        amp_dtype = torch_dtype(get_policy(policy).compute_dtype)
         use_amp = amp_dtype != torch.float32
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         x_train = torch.from_numpy(prepare_inputs(job.model, data.x_train)).to(device)
@@ -283,9 +283,9 @@ def tensorflow_case(model_name: str, policy: str, args: argparse.Namespace) -> l
     import numpy as np
     import tensorflow as tf
     from precision_suite.backends import get_backend_class
-    from precision_suite.backends.base import POLICY_SPECS
-    from precision_suite.backends.keras.common import KERAS_DTYPE_POLICIES
+    from precision_suite.backends.keras.common import keras_dtype_policy
     from precision_suite.backends.keras.models import build_keras_model, to_keras_inputs
+    from precision_suite.backends.policy import get_policy
     from precision_suite.measure.loop import cached_dataset
     from precision_suite.models import init_weights
 
@@ -298,13 +298,13 @@ def tensorflow_case(model_name: str, policy: str, args: argparse.Namespace) -> l
     cases = []
     try:
         suite = SuiteSide(backend, job, data)
-        dtype_policy = keras.DTypePolicy(KERAS_DTYPE_POLICIES[policy])
+        dtype_policy = keras.DTypePolicy(keras_dtype_policy(policy))
         cfg = job.train.optimizer
         loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
         def adam() -> Any:
             opt = keras.optimizers.Adam(learning_rate=cfg.lr, beta_1=cfg.betas[0], beta_2=cfg.betas[1], epsilon=cfg.eps)
-            if POLICY_SPECS[policy].loss_scaling:
+            if get_policy(policy).loss_scaling:
                 opt = keras.optimizers.LossScaleOptimizer(opt)
             return opt
 

@@ -325,17 +325,17 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
     from precision_suite.backends import RegistryError, get_backend_class, registry
 
     table = Table(title="backends")
-    for column in ("backend", "framework", "policies", "available"):
+    for column in ("backend", "family", "runtime", "policies", "available"):
         table.add_column(column)
     for name in registry():
         try:
             cls = get_backend_class(name)
         except RegistryError as exc:
-            table.add_row(name, "?", "", f"[red]cannot load[/]: {exc}")
+            table.add_row(name, "?", "?", "", f"[red]cannot load[/]: {exc}")
             continue
         available = cls.is_available()
         state = "[green]yes[/]" if available.ok else f"[yellow]unavailable[/]: {available.reason}"
-        table.add_row(name, cls.framework, ", ".join(cls.policies), state)
+        table.add_row(name, cls.family, cls.runtime, ", ".join(cls.policies), state)
     console.print(table)
     for line in devices_seen():
         console.print(line)

@@ -320,6 +320,53 @@ class RayConfig(_Strict):
         return self
 
 
+class SlurmConfig(_Strict):
+    """``runner.executor: slurm``: the job matrix as Slurm job arrays through submitit
+    (``precision_suite.execution.slurm``). Names are submitit's ``AutoExecutor.update_parameters``
+    ones (``timeout_min``, ``mem_gb``, ``cpus_per_task``, ``gpus_per_node``) or sbatch's."""
+
+    # "slurm": sbatch on the cluster this machine submits to; "local": submitit's local executor
+    # (real subprocesses on this machine, the same folder layout, no Slurm needed).
+    cluster: Literal["slurm", "local"] = "slurm"
+    # submitit's folder (scripts, pickles, logs); on a file system every node sees. null: the
+    # run's logs/slurm.
+    folder: str | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    # Slurm's time limit of one job (minutes; Slurm rounds up to whole minutes). null:
+    # runner.job_timeout_s plus the worker's start-up and submitit's signal delay.
+    timeout_min: PositiveFloat | None = None
+    # CPUs per replica (a job of world size N asks N times as many); its thread count unless runner.threads.
+    cpus_per_task: PositiveInt = 1
+    mem_gb: PositiveFloat | None = None
+    # GPUs of one node: a GPU job (device cuda, or auto with this set) asks one per replica; a
+    # data-parallel job over more replicas than this spans nodes, one Slurm task per rank.
+    gpus_per_node: PositiveInt | None = None
+    # Ranks per node of a data-parallel job run as Slurm tasks (one task per rank; torch env:// and
+    # TF_CONFIG from the Slurm environment). null: gpus_per_node where the job needs more GPUs
+    # than that, else one task on one node whose ranks the suite's own launcher starts.
+    tasks_per_node: PositiveInt | None = None
+    # Array tasks running at once (sbatch --array=0-K%P); on cluster local, jobs running at once.
+    array_parallelism: PositiveInt = 256
+    # Timed jobs get a node of their own (sbatch --exclusive); false only where the partition
+    # hands out whole nodes anyway.
+    exclusive_timing: bool = True
+    # More submitit parameters of the cluster's executor, passed as they are, e.g. {constraint:
+    # a100, signal_delay_s: 120, additional_parameters: {mail-type: END}}.
+    extra: dict[str, Any] = {}
+
+    @field_validator("extra")
+    @classmethod
+    def _not_a_named_key(cls, extra: dict[str, Any]) -> dict[str, Any]:
+        named = {"partition", "account", "qos", "timeout_min", "time", "cpus_per_task", "mem_gb", "mem"}
+        named |= {"gpus_per_node", "tasks_per_node", "nodes", "array_parallelism", "exclusive", "folder", "cluster"}
+        clash = sorted(set(extra) & named)
+        if clash:
+            raise ValueError(f"{', '.join(clash)}: set with its own runner.slurm key, not in extra")
+        return extra
+
+
 class RunnerConfig(_Strict):
     isolation: Literal["per-framework", "per-job"] = "per-framework"
     job_timeout_s: PositiveFloat = 600.0
@@ -327,9 +374,10 @@ class RunnerConfig(_Strict):
     threads: PositiveInt | None = None
     deterministic: bool = True
     oom_retry_half_batch: bool = False
-    # Where jobs run: one at a time on this machine, or fanned out over a Ray cluster.
-    executor: Literal["local", "ray"] = "local"
+    # Where jobs run: one at a time on this machine, fanned out over a Ray cluster, or Slurm arrays.
+    executor: Literal["local", "ray", "slurm"] = "local"
     ray: RayConfig = RayConfig()
+    slurm: SlurmConfig = SlurmConfig()
     # Training jobs claim no speed: on Ray they then pack densely (one per device) instead of
     # taking their node's timing slot, and their step times are never used for a speedup.
     accuracy_only: bool = False
@@ -569,6 +617,11 @@ def _key_text(part: Any) -> str:
     return text
 
 
+# Names users bring from elsewhere (Slurm job scripts, issue texts) for keys the schema spells
+# submitit's way: the unknown-key error names the key meant.
+_KEY_SYNONYMS = {"time_min": "timeout_min", "cpus_per_job": "cpus_per_task", "gpus_per_job": "gpus_per_node"}
+
+
 def format_error(error: dict[str, Any], source: str) -> str:
     path = ".".join(_key_text(p) for p in error["loc"] if not str(p).startswith("function-"))
     # Drop pydantic's union-branch labels like `mlp` in `models.0.mlp.hidden`.
@@ -577,7 +630,9 @@ def format_error(error: dict[str, Any], source: str) -> str:
     if kind == "extra_forbidden":
         parent = path[: -len(_key_text(error["loc"][-1]))].rstrip(".")
         key = json.dumps(str(error["loc"][-1]))
-        return f"{source}: {path}: unknown key {key}" + (f" in {parent}" if parent else "")
+        hint = _KEY_SYNONYMS.get(str(error["loc"][-1]))
+        hint_text = f' (the key is "{hint}")' if hint else ""
+        return f"{source}: {path}: unknown key {key}" + (f" in {parent}" if parent else "") + hint_text
     if kind == "missing":
         return f"{source}: {path}: required key is missing"
     expected = {

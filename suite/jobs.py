@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from precision_suite.backends.base import FAMILY_OF_RUNTIME
 from precision_suite.config import (
     DataConfig,
     DistributedConfig,
@@ -30,7 +31,8 @@ class Job:
 
     job_id: str
     backend: str
-    framework: str
+    family: str  # the API family the user compares ("torch", "keras"): Backend.family
+    runtime: str  # what executes it ("torch", "tensorflow", "jax"): the worker process it runs in
     policy: str
     model: Any  # MlpConfig | CnnConfig | TransformerConfig
     data: DataConfig
@@ -61,11 +63,16 @@ class Job:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     @property
+    def framework(self) -> str:
+        """The runtime, under the name records have always given it (``"framework"``)."""
+        return self.runtime
+
+    @property
     def loss_scaling_mode(self) -> str:
         """``"dynamic"``, ``"static"`` or ``"none"``: the policy's scaling under ``loss_scale``."""
-        from precision_suite.backends.base import POLICY_SPECS
+        from precision_suite.backends.policy import get_policy
 
-        return POLICY_SPECS[self.policy].loss_scaling_mode(self.loss_scale.enabled, self.loss_scale.dynamic)
+        return get_policy(self.policy).loss_scaling_mode(self.loss_scale.enabled, self.loss_scale.dynamic)
 
     # The worker message type; ``precision_suite.measure.speed_phase.SpeedTask`` (a timed phase) is "speed".
     kind: ClassVar[str] = "job"
@@ -75,7 +82,8 @@ class Job:
         return {
             "job_id": self.job_id,
             "backend": self.backend,
-            "framework": self.framework,
+            "framework": self.runtime,
+            "family": self.family,
             "policy": self.policy,
             "model": self.model.model_dump(mode="json"),
             "data": self.data.model_dump(mode="json"),
@@ -101,7 +109,8 @@ class Job:
         return cls(
             job_id=raw["job_id"],
             backend=raw["backend"],
-            framework=raw["framework"],
+            family=raw.get("family") or FAMILY_OF_RUNTIME.get(raw["framework"], raw["framework"]),
+            runtime=raw["framework"],
             policy=raw["policy"],
             model=MODEL_ADAPTER.validate_python(raw["model"]),
             data=DataConfig.model_validate(raw["data"]),

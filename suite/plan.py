@@ -4,12 +4,12 @@ its ``backends`` section against the registry before anything runs, and the time
 
 from __future__ import annotations
 
-import importlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from precision_suite.backends import RegistryError, get_backend_class
-from precision_suite.backends.base import POLICIES
+from precision_suite.backends.base import Backend, implementation_label
+from precision_suite.backends.policy import find_policy
 from precision_suite.config import ConfigError, SuiteConfig, format_error
 from precision_suite.jobs import BASELINE_POLICY, DP_REFERENCE, Job, job_id
 from precision_suite.measure.speed_phase import SpeedTask
@@ -45,7 +45,8 @@ def expand_jobs(config: SuiteConfig, device: str, seeds: list[int] | None = None
                         Job(
                             job_id=job_id(model.name, config.data.name, name, policy, seed),
                             backend=name,
-                            framework=cls.framework,
+                            family=cls.family,
+                            runtime=cls.runtime,
                             policy=policy,
                             model=model,
                             data=config.data,
@@ -79,13 +80,14 @@ def runs_model(model: object, framework: str) -> bool:
 def noise_floor_jobs(config: SuiteConfig, jobs: list[Job]) -> list[Job]:
     """The same job with every initial weight one ulp up, stopped after
     ``parity.cross_framework_steps`` steps: for each one-process fp32 job when two or more
-    frameworks run fp32 (the cross-framework verdict), and for each one-process reference of a
-    data-parallel job (the data-parallel verdict)."""
+    implementations (family on runtime) run fp32 — those the cross-framework verdict compares —
+    and for each one-process reference of a data-parallel job (the data-parallel verdict)."""
     if not config.parity.noise_floor_runs:
         return []
-    single = [job for job in jobs if job.policy == "fp32" and job.world_size == 1 and not job.perturb_ulp]
+    single = [job for job in jobs if job.policy == BASELINE_POLICY and job.world_size == 1 and not job.perturb_ulp]
     plain = [job for job in single if not job.role]
-    fp32 = [job for job in single if job.role] + (plain if len({job.framework for job in plain}) >= 2 else [])
+    implementations = {(job.family, job.runtime) for job in plain}
+    fp32 = [job for job in single if job.role] + (plain if len(implementations) >= 2 else [])
     return [
         replace(
             job,
@@ -137,7 +139,7 @@ def check_backends(config: SuiteConfig, source: str) -> None:
             raise ConfigError(f"{source}: backends.policies.{name}: expected at least one policy")
         for j, policy in enumerate(policies):
             if policy not in cls.policies:
-                what = "is not implemented by" if policy in POLICIES else "is not a policy of"
+                what = "is not implemented by" if find_policy(policy) is not None else "is not a policy of"
                 raise ConfigError(
                     f'{source}: backends.policies.{name}.{j}: policy "{policy}" {what} {name}; '
                     f"it has: {', '.join(cls.policies)}"
@@ -181,30 +183,10 @@ def _check_keep_fp32(config: SuiteConfig, source: str) -> None:
 
 
 # ---------------------------------------------------------------- data-parallel jobs
-@dataclass(frozen=True)
-class DataParallelImpl:
-    """How one backend runs data-parallel: its class and whether it needs one process per
-    replica (torch.distributed) or one process for all (tf.distribute.MirroredStrategy)."""
-
-    backend_class: str  # "module:Class"
-    process_per_replica: bool
-
-
-DATA_PARALLEL: dict[str, DataParallelImpl] = {
-    "torch-amp": DataParallelImpl("precision_suite.backends.torch.distributed:DdpTorchAmpBackend", True),
-    "torch-manual": DataParallelImpl("precision_suite.backends.torch.distributed:DdpTorchManualBackend", True),
-    "tf-keras": DataParallelImpl("precision_suite.backends.keras.distributed:MirroredTfKerasBackend", False),
-}
-# Variants chosen by distributed.tf_strategy.
-DATA_PARALLEL_VARIANTS: dict[tuple[str, str], DataParallelImpl] = {
-    ("tf-keras", "multi-worker"): DataParallelImpl(
-        "precision_suite.backends.keras.distributed:MultiWorkerTfKerasBackend", True
-    ),
-}
-
-
-def data_parallel_impl(job: Job) -> DataParallelImpl:
-    return DATA_PARALLEL_VARIANTS.get((job.backend, job.distributed.tf_strategy), DATA_PARALLEL[job.backend])
+def data_parallel_class(job: Job) -> type[Backend] | None:
+    """The class that runs ``job`` over its replicas, as its backend says
+    (``Backend.data_parallel_class``), or None when the backend has no data-parallel variant."""
+    return get_backend_class(job.backend).data_parallel_class(job)
 
 
 def expand_world_sizes(jobs: list[Job]) -> list[Job]:
@@ -221,7 +203,7 @@ def expand_world_sizes(jobs: list[Job]) -> list[Job]:
             out.append(replace(job, world_size=size, job_id=f"{job.job_id}/ws{size}"))
             # A backend with no data-parallel variant records its N-replica jobs unavailable:
             # nothing to compare, so no reference to run.
-            if job.policy == "fp32" and job.backend in DATA_PARALLEL:
+            if job.policy == BASELINE_POLICY and data_parallel_class(job) is not None:
                 references.append(replica_shards_reference(job, size))
     return out + references
 
@@ -243,8 +225,8 @@ def replica_shards_reference(job: Job, size: int) -> Job:
 
 
 def data_parallel_unavailable_reason(job: Job) -> str | None:
-    if job.world_size > 1 and job.backend not in DATA_PARALLEL:
-        return f"backend {job.backend} has no data-parallel implementation (have: {', '.join(DATA_PARALLEL)})"
+    if job.world_size > 1 and data_parallel_class(job) is None:
+        return f"backend {job.backend} has no data-parallel implementation (Backend.data_parallel_class)"
     return None
 
 
@@ -252,41 +234,38 @@ def data_parallel_problem(job: Job) -> str | None:
     """Why the data-parallel variant of the job's backend cannot run it as configured (checked
     with the config, before anything runs; never imports a framework). A backend with no
     data-parallel variant is not a config error: its N-replica jobs are recorded unavailable."""
-    if job.world_size == 1 or job.backend not in DATA_PARALLEL:
+    cls = data_parallel_class(job) if job.world_size > 1 else None
+    if cls is None:
         return None
-    problem = data_parallel_backend_class(job).config_problem(job)
+    problem = cls.config_problem(job)
     return f"over {job.world_size} replicas: {problem}" if problem else None
 
 
-def data_parallel_backend_class(job: Job) -> type:
-    module, _, name = data_parallel_impl(job).backend_class.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
 # ---------------------------------------------------------------- speed phases
-def speed_task_id(model: str, dataset: str, framework: str) -> str:
-    return f"speed/{model}/{dataset}/{framework}"
+def speed_task_id(model: str, dataset: str, family: str, runtime: str) -> str:
+    return f"speed/{model}/{dataset}/{implementation_label(family, runtime).replace(' ', '-')}"
 
 
 def speed_tasks(config: SuiteConfig, jobs: list[Job]) -> list[SpeedTask]:
-    """One task per (model, framework) with an fp32 baseline and at least one other policy:
-    the first seed's jobs, the baseline the first backend (in ``backends.names`` order) that
-    runs fp32."""
+    """One task per (model, API family, runtime) with an fp32 baseline and at least one other
+    policy: the first seed's jobs, timed in the runtime's worker against the family's fp32 on that
+    runtime — the first backend (in ``backends.names`` order) of the family that runs fp32 there,
+    so a backend that has fp32 is timed against its own."""
     settings = config.speed
     seed = config.seeds_at_look(0)[0]
-    groups: dict[tuple[str, str], list[Job]] = {}
+    groups: dict[tuple[str, str, str], list[Job]] = {}
     for job in jobs:
         # One process per policy: data-parallel jobs, their one-process references and the
         # one-ulp noise-floor runs are no policies of their own to time.
         single = job.world_size == 1 and not job.role and not job.perturb_ulp
         if job.seed == seed and single:
-            groups.setdefault((job.model.name, job.framework), []).append(job)
+            groups.setdefault((job.model.name, job.family, job.runtime), []).append(job)
     tasks = []
-    for (model, framework), members in groups.items():
+    for (model, family, runtime), members in groups.items():
         baseline = next((j for j in members if j.policy == BASELINE_POLICY), None)
         if baseline is None or len(members) < 2:
             continue
         ordered = [baseline, *(j for j in members if j is not baseline)]
-        task_id = speed_task_id(model, baseline.data.name, framework)
-        tasks.append(SpeedTask(task_id, framework, ordered, settings.rounds, settings.window_ms, settings.batch_probe))
+        task_id = speed_task_id(model, baseline.data.name, family, runtime)
+        tasks.append(SpeedTask(task_id, runtime, ordered, settings.rounds, settings.window_ms, settings.batch_probe))
     return tasks

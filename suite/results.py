@@ -96,9 +96,23 @@ class Record(dict):
 
     @property
     def framework(self) -> str:
+        """The runtime the job ran on: the record's ``framework`` key (its name since before
+        family and runtime were apart), else the first framework whose version it recorded."""
         if self.get("framework"):
             return str(self["framework"])
         return next(iter(self.environ.get("framework_versions") or {}), "unknown")
+
+    @property
+    def runtime(self) -> str:
+        return self.framework
+
+    @property
+    def family(self) -> str:
+        """The API family the job belongs to; a record written before families existed names
+        only its runtime, whose built-in backends' family it takes."""
+        from precision_suite.backends.base import FAMILY_OF_RUNTIME
+
+        return str(self.get("family") or FAMILY_OF_RUNTIME.get(self.runtime, self.runtime))
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -148,10 +162,10 @@ def is_job_failure(record: dict[str, Any], check_pure: bool = False) -> bool:
     if status in NOT_FAILURES:
         return False
     if status == "diverged" and not check_pure:
-        from precision_suite.backends.base import POLICY_SPECS
+        from precision_suite.backends.policy import find_policy
 
-        spec = POLICY_SPECS.get(record.get("policy", ""))
-        return not (spec is not None and spec.pure)
+        policy = find_policy(record.get("policy", ""))
+        return not (policy is not None and policy.pure)
     return True
 
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-from precision_suite.backends.base import EVAL_BATCH, POLICY_SPECS, Availability, Backend, MemoryStats
+from precision_suite.backends.base import EVAL_BATCH, Availability, Backend, MemoryStats
+from precision_suite.backends.policy import get_policy
 from precision_suite.measure.memory import PrecisionLayout, account_job
 from pydantic import BaseModel, ConfigDict
 
@@ -74,19 +75,22 @@ class KerasOptions(BaseModel):
         return job.runner.deterministic if self.deterministic is None else self.deterministic
 
 
-# The only Keras-specific part of a policy: its DTypePolicy name (the rest is POLICY_SPECS).
-KERAS_DTYPE_POLICIES: dict[str, str] = {
-    "fp32": "float32",
-    "tf32": "float32",
-    "fp16-mixed": "mixed_float16",
-    "bf16-mixed": "mixed_bfloat16",
-}
+# The policies the Keras backends implement; each one's DTypePolicy name is ``Policy.keras_name``.
+KERAS_POLICIES: tuple[str, ...] = ("fp32", "tf32", "fp16-mixed", "bf16-mixed")
 
 
-def keras_availability(backend_name: str, framework: str) -> Availability:
-    """The runtime ``framework`` (a module name that is also its pip name) and Keras 3, found
+def keras_dtype_policy(policy: str) -> str:
+    """The Keras ``DTypePolicy`` name of ``policy``."""
+    name = get_policy(policy).keras_name
+    if name is None:
+        raise ValueError(f'policy "{policy}" has no Keras DTypePolicy')
+    return name
+
+
+def keras_availability(backend_name: str, runtime: str) -> Availability:
+    """The ``runtime`` (a module name that is also its pip name) and Keras 3, found
     without importing either."""
-    for module in (framework, "keras"):
+    for module in (runtime, "keras"):
         if importlib.util.find_spec(module) is None:
             return Availability(False, f"{module} is not installed")
     version = importlib.metadata.version("keras")
@@ -218,8 +222,8 @@ def same_variable_layout(variables: Any, others: Any) -> bool:
 
 def keras_config_problem(backend_name: str, job: Job) -> str | None:
     """Why a Keras backend cannot run ``job`` as configured (one line), or None."""
-    if job.policy not in KERAS_DTYPE_POLICIES:
-        return f'backend {backend_name} has no policy "{job.policy}"; it has: {", ".join(KERAS_DTYPE_POLICIES)}'
+    if job.policy not in KERAS_POLICIES:
+        return f'backend {backend_name} has no policy "{job.policy}"; it has: {", ".join(KERAS_POLICIES)}'
     ls = job.loss_scale
     if job.loss_scaling_mode == "dynamic":
         for key, value, fixed in (
@@ -328,13 +332,14 @@ KERAS_MEASURED_CPU = (
 
 
 class KerasBackend(Backend):
-    """What every Keras runtime backend shares. A subclass sets ``name`` and ``framework`` (the
+    """What every Keras runtime backend shares. A subclass sets ``name`` and ``runtime`` (the
     Keras backend it runs on: "tensorflow", "jax"), answers ``sees_cuda`` and does the
     runtime's own work; ``setup`` starts with ``start_setup`` and leaves the job's Keras model
     and optimizer in ``self.model`` / ``self.optimizer`` (their variables hold the training
     state whenever ``state_dict`` reads them)."""
 
-    policies = tuple(KERAS_DTYPE_POLICIES)
+    family = "keras"
+    policies = KERAS_POLICIES
     Options: ClassVar[type[KerasOptions]] = KerasOptions
     runtime_name: ClassVar[str]  # for messages: "TensorFlow", "JAX"
     # Whether a later job may reuse this class's compiled functions (``COMPILED_STEPS``); not a
@@ -343,7 +348,7 @@ class KerasBackend(Backend):
 
     @classmethod
     def is_available(cls) -> Availability:  # type: ignore[override]
-        return keras_availability(cls.name, cls.framework)
+        return keras_availability(cls.name, cls.runtime)
 
     @classmethod
     def config_problem(cls, job: Job) -> str | None:
@@ -357,9 +362,9 @@ class KerasBackend(Backend):
             raise ValueError(problem)
         self.options = self.Options.model_validate(job.options)
         self.deterministic = self.options.deterministic_for(job)
-        keras = import_keras(self.framework)
+        keras = import_keras(self.runtime)
         self.job = job
-        self.policy = POLICY_SPECS[job.policy]
+        self.policy = get_policy(job.policy)
         self.loss_mode = job.loss_scaling_mode
         return keras
 
@@ -415,7 +420,7 @@ class KerasBackend(Backend):
         from precision_suite.backends.keras.models import build_keras_model
 
         job = self.job
-        policy = keras.DTypePolicy(KERAS_DTYPE_POLICIES[job.policy])
+        policy = keras.DTypePolicy(keras_dtype_policy(job.policy))
         if job.model.kind == "custom":
             from precision_suite.backends.keras.custom import call_keras_factory, load_keras_weights
 
@@ -436,7 +441,7 @@ class KerasBackend(Backend):
 
         variable = max(self.model.trainable_variables, key=lambda v: int(np.prod(v.shape)))
         param = np.dtype(variable.dtype).name
-        compute = keras.DTypePolicy(KERAS_DTYPE_POLICIES[self.job.policy]).compute_dtype
+        compute = keras.DTypePolicy(keras_dtype_policy(self.job.policy)).compute_dtype
         return PrecisionLayout(param, compute, (param,), None, param)
 
     def memory_with_peak(self, peak: int | None, source: str) -> MemoryStats:

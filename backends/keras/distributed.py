@@ -65,6 +65,7 @@ def batchnorm_statistics(model: Any) -> str:
 class MirroredTfKerasBackend(TfKerasBackend):
     # Its step holds this job's strategy and injected faults; each such job has its own process.
     reuses_compiled_steps = False
+    process_per_replica = False  # one process holds every replica
 
     @classmethod
     def init_process(cls, job: Job) -> None:
@@ -87,7 +88,7 @@ class MirroredTfKerasBackend(TfKerasBackend):
             return problem
         if job.train.grad_clip_norm is not None:
             return "train.grad_clip_norm cannot run data-parallel on tf-keras: Keras clips each replica's gradients"
-        if job.policy == "fp16-mixed" and job.loss_scale.enabled and not job.loss_scale.dynamic:
+        if job.loss_scaling_mode == "static":
             return "loss_scale.dynamic: false cannot run data-parallel on tf-keras; use a dynamic loss scale"
         return None
 
@@ -235,6 +236,7 @@ class MultiWorkerTfKerasBackend(MirroredTfKerasBackend):
 
     all_reduce_loss = True
     strategy_name = "MultiWorkerMirroredStrategy"
+    process_per_replica = True
 
     @classmethod
     def init_process(cls, job: Job) -> None:

@@ -65,7 +65,7 @@ class KerasJaxOptions(KerasOptions):
 
 class KerasJaxBackend(KerasBackend):
     name = "keras-jax"
-    framework = "jax"
+    runtime = "jax"
     runtime_name = "JAX"
     Options = KerasJaxOptions
 

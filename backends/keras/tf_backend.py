@@ -58,8 +58,18 @@ def grads_all_finite(tf: Any, grads: list) -> Any:
 
 class TfKerasBackend(KerasBackend):
     name = "tf-keras"
-    framework = "tensorflow"
+    runtime = "tensorflow"
     runtime_name = "TensorFlow"
+
+    @classmethod
+    def data_parallel_class(cls, job: Job) -> type[TfKerasBackend]:
+        """``tf.distribute.MirroredStrategy`` (one process, every replica), or with
+        ``distributed.tf_strategy: multi-worker`` one process per replica."""
+        from precision_suite.backends.keras import distributed
+
+        if job.distributed.tf_strategy == "multi-worker":
+            return distributed.MultiWorkerTfKerasBackend
+        return distributed.MirroredTfKerasBackend
 
     @classmethod
     def sees_cuda(cls) -> bool:

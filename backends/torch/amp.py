@@ -37,6 +37,12 @@ class TorchAmpBackend(TorchBackendBase):
     policies = ("fp32", "tf32", "fp16-mixed", "bf16-mixed")
     Options = TorchAmpOptions
 
+    @classmethod
+    def data_parallel_class(cls, job: Any) -> type[TorchAmpBackend]:
+        from precision_suite.backends.torch.distributed import DdpTorchAmpBackend
+
+        return DdpTorchAmpBackend
+
     @property
     def _wants_fused(self) -> bool:
         return bool(self.options.fused)

@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from precision_suite.backends.base import (
     EVAL_BATCH,
-    POLICY_SPECS,
     Backend,
     EvalResult,
     MemoryStats,
     Telemetry,
     module_available,
 )
+from precision_suite.backends.policy import get_policy
 from precision_suite.backends.reference.lr_schedule import lr_table
 from precision_suite.data import plan_steps
 from precision_suite.measure.environment import cpu_info
@@ -251,7 +251,8 @@ class TorchBackendBase(Backend):
     """Shared machinery; subclasses implement ``_build`` (model/optimizer/scaler),
     ``_forward`` (logits under the policy's compute precision) and ``train_step``."""
 
-    framework = "torch"
+    family = "torch"
+    runtime = "torch"
 
     @staticmethod
     def is_available():
@@ -272,7 +273,7 @@ class TorchBackendBase(Backend):
         if job.policy not in self.policies:
             raise ValueError(f'backend {self.name} has no policy "{job.policy}"; it has: {", ".join(self.policies)}')
         self.job = job
-        self.policy = POLICY_SPECS[job.policy]
+        self.policy = get_policy(job.policy)
         self.options = self.Options.model_validate(job.options)
         self.device = torch.device(job.device)
         self.compute_dtype = torch_dtype(self.policy.compute_dtype)

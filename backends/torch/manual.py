@@ -111,6 +111,12 @@ class TorchManualBackend(TorchBackendBase):
     policies = ("fp16-mixed", "bf16-mixed", "fp16-pure", "bf16-pure")
     Options = TorchManualOptions
 
+    @classmethod
+    def data_parallel_class(cls, job: Any) -> type[TorchManualBackend]:
+        from precision_suite.backends.torch.distributed import DdpTorchManualBackend
+
+        return DdpTorchManualBackend
+
     def _build(self) -> None:
         import torch
         from precision_suite.backends.torch.keep_fp32 import KeptBlocks

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from precision_suite.backends import backend_names, get_backend_class
-from precision_suite.backends.base import POLICY_SPECS, BlockError
+from precision_suite.backends.base import BlockError
+from precision_suite.backends.policy import get_policy
 from precision_suite.bisect.record import BisectResult, ModelBisect, TrialRecord
 from precision_suite.bisect.search import BlockSensitivity, find_culprits, rank_blocks, trial_bound
 from precision_suite.config import SuiteConfig
@@ -61,19 +62,19 @@ def resolve_target(config: SuiteConfig, backend: str, policy: str) -> Target:
     cls = get_backend_class(backend)
     if policy not in cls.policies:
         raise BisectInputError(f'--policy: {backend} has no policy "{policy}"; it has: {", ".join(cls.policies)}')
-    if POLICY_SPECS[policy].compute_dtype == "float32":
-        halves = [p for p in cls.policies if POLICY_SPECS[p].compute_dtype != "float32"]
+    if get_policy(policy).compute_dtype == "float32":
+        halves = [p for p in cls.policies if get_policy(p).compute_dtype != "float32"]
         raise BisectInputError(
             f"--policy: {policy} computes in float32, nothing to keep; a half policy: {', '.join(halves)}"
         )
     if BASELINE_POLICY in cls.policies:
         return Target(backend, policy, backend)
-    for name in names:
+    for name in names:  # the baseline is fp32 of the same API family on the same runtime (compare)
         other = get_backend_class(name)
-        if other.framework == cls.framework and BASELINE_POLICY in other.policies:
+        if (other.family, other.runtime) == (cls.family, cls.runtime) and BASELINE_POLICY in other.policies:
             return Target(backend, policy, name)
     raise BisectInputError(
-        f"--backend: no backend of {cls.framework} runs fp32, the baseline {backend} is judged against"
+        f"--backend: no {cls.family} backend on {cls.runtime} runs fp32, the baseline {backend} is judged against"
     )
 
 
@@ -216,7 +217,7 @@ class ModelSearch:
             return self._result(blocks, None, outcome, detail, run_dir, [], 0)
         if note:
             self.story.append(f"Note: {note}.")
-        compute = POLICY_SPECS[self.target.policy].compute_dtype
+        compute = get_policy(self.target.policy).compute_dtype
         ranking = rank_blocks(blocks, errors, compute)
         ranked = [s.name for s in ranking]
         bound = trial_bound(len(ranked), 1)

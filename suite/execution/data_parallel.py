@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from precision_suite.execution.process import exit_text, kill_group, log_tail
-from precision_suite.plan import data_parallel_backend_class, data_parallel_impl, data_parallel_unavailable_reason
+from precision_suite.plan import data_parallel_class, data_parallel_unavailable_reason
 
 if TYPE_CHECKING:
     from precision_suite.jobs import Job
@@ -125,13 +125,13 @@ def run_distributed(job: Job, timeout_s: float, log_dir: Path, env: dict[str, st
     reason = data_parallel_unavailable_reason(job)
     if reason:
         return _failed(job, "unavailable", reason)
-    impl = data_parallel_impl(job)
+    cls = data_parallel_class(job)
     log_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="precision-suite-dp-") as tmp:
         job_path = Path(tmp) / "job.json"
         job_path.write_text(json.dumps(job.to_dict()))
         result_path = Path(tmp) / "record.json"
-        n_procs = job.world_size if impl.process_per_replica else 1
+        n_procs = job.world_size if cls is not None and cls.process_per_replica else 1
         base_env = _ranks_environment(job, env, result_path, n_procs)
         ranks = _Ranks()
         try:
@@ -281,7 +281,9 @@ def main() -> int:
 
     job = Job.from_dict(json.loads(Path(sys.argv[1]).read_text()))
     rank = int(os.environ.get("RANK", "0"))
-    cls = data_parallel_backend_class(job)
+    cls = data_parallel_class(job)
+    if cls is None:
+        raise SystemExit(f"backend {job.backend} has no data-parallel implementation")
     cls.init_process(job)
     report: dict[str, Any] = {}
 

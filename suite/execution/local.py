@@ -56,7 +56,7 @@ def worker_environment(config: SuiteConfig, threads: int | None = None) -> dict[
 
 class Executor:
     """Local executor. Timed jobs run one at a time (timings must not share the machine), each in
-    the worker of its framework. With ``runner.parallel_jobs`` above 1, the jobs that claim no
+    the worker of its runtime. With ``runner.parallel_jobs`` above 1, the jobs that claim no
     timing (``Job.timed`` false) run that many at a time in side-by-side workers ("lanes"), each
     with its share of the cores; timed work (the speed phases) and data-parallel jobs still run
     alone, in workers that have every core."""
@@ -82,20 +82,20 @@ class Executor:
                         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
                     }
                 )
-        # (lane, framework) → worker; lane None: the workers with every core.
+        # (lane, runtime) → worker; lane None: the workers with every core.
         self.workers: dict[tuple[int | None, str], Worker] = {}
         self.warnings: list[str] = []
         self._lock = threading.Lock()
         self._closing = threading.Event()
 
-    def _worker(self, framework: str, lane: int | None = None, wait: bool = True) -> Worker:
-        """The live worker of ``framework`` in ``lane`` (None: the every-core one), started if
+    def _worker(self, runtime: str, lane: int | None = None, wait: bool = True) -> Worker:
+        """The live worker of ``runtime`` in ``lane`` (None: the every-core one), started if
         needed (``wait``: see ``Worker``)."""
-        key = (lane, framework)
+        key = (lane, runtime)
         with self._lock:
             worker = self.workers.get(key)
         if worker is None or not worker.alive:
-            worker = Worker(self._log_path(framework, lane), self.env if lane is None else self.lane_env, wait)
+            worker = Worker(self._log_path(runtime, lane), self.env if lane is None else self.lane_env, wait)
             with self._lock:
                 if self._closing.is_set():
                     worker.kill()
@@ -103,14 +103,14 @@ class Executor:
                 self.workers[key] = worker
         return worker
 
-    def _log_path(self, framework: str, lane: int | None) -> Path:
+    def _log_path(self, runtime: str, lane: int | None) -> Path:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        name = f"worker-{framework}.log" if lane is None else f"worker-{framework}-lane{lane}.log"
+        name = f"worker-{runtime}.log" if lane is None else f"worker-{runtime}-lane{lane}.log"
         return self.log_dir / name
 
-    def _drop(self, framework: str, lane: int | None) -> None:
+    def _drop(self, runtime: str, lane: int | None) -> None:
         with self._lock:
-            self.workers.pop((lane, framework), None)
+            self.workers.pop((lane, runtime), None)
 
     def warm(self, tasks: list[SpeedTask]) -> None:
         """Start the every-core workers of the speed phases ``tasks`` now and have them set the
@@ -121,7 +121,7 @@ class Executor:
             return
         for task in tasks:
             try:
-                self._worker(task.framework, wait=False).send({"type": WARM_KIND, "job": task.to_dict()})
+                self._worker(task.runtime, wait=False).send({"type": WARM_KIND, "job": task.to_dict()})
             except (WorkerDied, OSError):
                 pass  # started again, with its error, when a phase needs it
 
@@ -183,7 +183,7 @@ class Executor:
 
             return run_distributed(job, timeout_s, self.out_dir / "logs", self.env)
         try:
-            worker = self._worker(job.framework, lane)
+            worker = self._worker(job.runtime, lane)
         except WorkerDied as exc:
             return failed_record(job, "crashed", str(exc))
         since = worker.log_offset()
@@ -197,20 +197,20 @@ class Executor:
             record = worker.run(job, timeout_s, track)
         except TimeoutError:
             worker.kill()
-            self._drop(job.framework, lane)
+            self._drop(job.runtime, lane)
             where = f" (last report: step {last_step[0]}/{last_step[1]})" if last_step[1] else ""
             return failed_record(job, "timeout", f"exceeded runner.job_timeout_s={timeout_s:g}s{where}; worker killed")
         except WorkerDied as exc:
             tail = worker.stderr_tail(since)
             worker.kill()
-            self._drop(job.framework, lane)
+            self._drop(job.runtime, lane)
             where = f" at step {last_step[0]}/{last_step[1]}" if last_step[1] else ""
             record = failed_record(job, "crashed", f"{exc}{where}")
             record["stderr_tail"] = tail
             return record
         if self.config.runner.isolation == "per-job":
             worker.stop()
-            self._drop(job.framework, lane)
+            self._drop(job.runtime, lane)
         return record
 
     def _take_workers(self) -> list[Worker]:

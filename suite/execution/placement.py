@@ -29,14 +29,15 @@ class GpuInfo:
 
 @dataclass
 class Placement:
-    executor: str  # "local" or "ray"
-    node_id: str  # the Ray node id; the host name for the local executor
+    executor: str  # "local", "ray" or "slurm"
+    node_id: str  # the Ray node id; Slurm's node name; the host name for the local executor
     hostname: str
     timed: bool  # the job's timing claimed its node (Job.timed)
     cuda_visible_devices: str | None  # as the job's worker saw it (None: unset)
     gpus: list[GpuInfo] = field(default_factory=list)  # the GPUs the worker could see
     node_ip: str | None = None
-    gpu_ids: list[str] = field(default_factory=list)  # Ray's assignment
+    gpu_ids: list[str] = field(default_factory=list)  # Ray's (or Slurm's) assignment
+    slurm_job_id: str | None = None  # "<array job>_<task>" (or a plain job id) under Slurm
     # Most jobs of this run on the node at one time while this one ran, itself included.
     concurrent_timed_jobs_on_node: int = 0
     concurrent_jobs_on_node: int = 1

@@ -5,7 +5,8 @@ its own process session (``precision_suite.execution.process``).
 
 The dispatch goes through an executor (``JobExecutor``): ``precision_suite.execution.local``
 runs jobs in local worker processes; ``runner.executor: ray`` fans them out over a Ray cluster
-(``precision_suite.execution.ray_executor``). Both take a list of jobs and stream records back as
+(``precision_suite.execution.ray_executor``), ``slurm`` over Slurm job arrays
+(``precision_suite.execution.slurm``). All take a list of jobs and stream records back as
 jobs finish; the runner is the only writer of results.jsonl. Rounds of seeds on demand come from
 ``precision_suite.execution.seeds_on_demand``.
 """
@@ -81,6 +82,10 @@ def make_executor(config: SuiteConfig, out_dir: Path) -> JobExecutor:
         from precision_suite.execution.ray_executor import RayExecutor
 
         return RayExecutor(config, out_dir)
+    if config.runner.executor == "slurm":
+        from precision_suite.execution.slurm import SlurmExecutor
+
+        return SlurmExecutor(config, out_dir)
     return Executor(config, out_dir)
 
 
@@ -111,14 +116,14 @@ def _status_line(record: dict[str, Any]) -> str:
     return f"[{colour}]{status}[/] {record['job_id']}: {escape(str(record.get('error')))}"
 
 
-def install_command(framework: str) -> str | None:
-    """``pip install "precision-suite[FRAMEWORK]"`` where the distribution has an extra named for
-    the framework (pyproject's optional-dependencies: torch, tensorflow, jax), else None."""
+def install_command(runtime: str) -> str | None:
+    """``pip install "precision-suite[RUNTIME]"`` where the distribution has an extra named for
+    the runtime (pyproject's optional-dependencies: torch, tensorflow, jax), else None."""
     try:
         extras = importlib.metadata.metadata("precision-suite").get_all("Provides-Extra") or []
     except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
         return None
-    return f'pip install "precision-suite[{framework}]"' if framework in extras else None
+    return f'pip install "precision-suite[{runtime}]"' if runtime in extras else None
 
 
 def unavailable_lines(jobs: list[Job | SpeedTask], availability: dict[str, Any]) -> list[str]:
@@ -127,7 +132,7 @@ def unavailable_lines(jobs: list[Job | SpeedTask], availability: dict[str, Any])
     counts = Counter(job.backend for job in jobs if not availability[job.backend].ok)
     lines = []
     for backend, count in counts.items():
-        hint = install_command(get_backend_class(backend).framework)
+        hint = install_command(get_backend_class(backend).runtime)
         reason = availability[backend].reason + (f"; {hint}" if hint else "")
         lines.append(f"[yellow]unavailable[/] {backend}: {count} job(s) — {escape(reason)}")
     return lines

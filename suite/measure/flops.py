@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from precision_suite.backends.base import POLICY_SPECS
+from precision_suite.backends.policy import get_policy
 
 # ---------------------------------------------------------------- device peaks
 
@@ -72,16 +72,11 @@ DEVICE_PEAKS: tuple[tuple[str, DevicePeak], ...] = (
     (r"\bT4\b", _peak("NVIDIA T4", 8.1, None, 65.0, None, "NVIDIA T4 datasheet")),
 )
 
-_DTYPE_KEY = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-
 
 def peak_dtype(policy: str) -> str:
-    """The peak a policy is measured against: its compute dtype, or TF32 where the policy is
-    accelerated by TF32 tensor cores (read from ``precision_suite.backends.base.POLICY_SPECS``)."""
-    if policy not in POLICY_SPECS:
-        raise ValueError(f'unknown policy "{policy}"; known: {", ".join(POLICY_SPECS)}')
-    spec = POLICY_SPECS[policy]
-    return "tf32" if spec.accelerated_by == "tf32" else _DTYPE_KEY[spec.compute_dtype]
+    """The peak a policy is measured against (``Policy.peak``: its compute dtype's, or TF32's
+    where TF32 tensor cores accelerate it); ``UnknownPolicy`` (a ValueError) for an unknown name."""
+    return get_policy(policy).peak
 
 
 def device_peak(device_name: str | None) -> DevicePeak | None:

@@ -44,15 +44,9 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int64": 8}
+from precision_suite.backends.policy import dtype_bytes
+
 COMPONENTS = ("weights", "gradients", "optimizer_state", "master_weights", "activations")
-
-
-def dtype_bytes(name: str) -> int:
-    try:
-        return DTYPE_BYTES[name]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; known: {', '.join(DTYPE_BYTES)}") from None
 
 
 @dataclass(frozen=True)

@@ -38,11 +38,12 @@ MAX_WINDOW_STEPS = 10_000
 # ---------------------------------------------------------------- the speed phase
 @dataclass
 class SpeedTask:
-    """One timed phase: the jobs of one (framework, model, dataset, device), baseline first.
-    ``kind`` tells an executor this is a timed phase (exclusive use of the machine)."""
+    """One timed phase: the jobs of one (model, dataset, device) of one API family on one runtime,
+    baseline first: they share one worker process (the runtime's). ``kind`` tells an executor
+    this is a timed phase (exclusive use of the machine)."""
 
     job_id: str
-    framework: str
+    runtime: str
     jobs: list[Any]  # precision_suite.jobs.Job; jobs[0] is the fp32 baseline
     rounds: int
     window_ms: float
@@ -54,6 +55,10 @@ class SpeedTask:
     @property
     def model(self) -> Any:
         return self.jobs[0].model
+
+    @property
+    def family(self) -> str:
+        return self.jobs[0].family
 
     @property
     def backend(self) -> str:
@@ -72,7 +77,7 @@ class SpeedTask:
     def to_dict(self) -> dict[str, Any]:
         return {
             "job_id": self.job_id,
-            "framework": self.framework,
+            "framework": self.runtime,
             "jobs": [job.to_dict() for job in self.jobs],
             "rounds": self.rounds,
             "window_ms": self.window_ms,
@@ -95,7 +100,8 @@ def new_speed_record(task: SpeedTask) -> dict[str, Any]:
         "schema": SCHEMA,
         "kind": SPEED_KIND,
         "job_id": task.job_id,
-        "framework": task.framework,
+        "framework": task.runtime,
+        "family": task.family,
         "model": first.model.name,
         "dataset": first.data.name,
         "device": first.device,
@@ -353,9 +359,9 @@ def _matmul_rates(base: _Side) -> dict[str, float]:
     """The framework's measured large-matmul TFLOP/s in the baseline's dtype on this device:
     the ceiling the baseline's achieved FLOP/s is held against (diagnose.py). Half dtypes are
     not measured: an emulated one (fp16 in TF on a CPU) would take seconds."""
-    from precision_suite.backends.base import POLICY_SPECS
+    from precision_suite.backends.policy import get_policy
 
-    dtype = POLICY_SPECS[base.job.policy].compute_dtype
+    dtype = get_policy(base.job.policy).compute_dtype
     base.backend.activate()
     rate = base.backend.matmul_tflops(dtype)
     return {} if rate is None else {dtype: rate}

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from precision_suite.backends.base import implementation_label
+from precision_suite.backends.policy import find_policy
 from precision_suite.bisect.record import BISECT_FILE, read_bisect
 from precision_suite.outputs.intervals import Interval, ratio_interval, speedup_of
 from precision_suite.outputs.rundir import (
@@ -32,47 +34,8 @@ from precision_suite.outputs.rundir import (
 from precision_suite.verdicts.compare import PASS, Comparison, Group, Row
 from precision_suite.verdicts.stats import PARITY_METRICS
 
-_TORCH_TOOLS = ("Lightning", "accelerate", "PyTorch")
-_KERAS_TOOLS = ("Keras",)
-# Which tools' settings apply to a framework's result (a Keras result holds for any Keras backend).
-TOOLS_BY_FRAMEWORK = {"torch": _TORCH_TOOLS, "tensorflow": _KERAS_TOOLS, "jax": _KERAS_TOOLS, "keras": _KERAS_TOOLS}
-
-_AUTOCAST = 'with torch.autocast(device_type="{device}", dtype=torch.{dtype}):\n    loss = loss_fn(model(x), y)\n'
-# The one table of how each tool spells a policy; "{device}" is the run's device type.
-SETTINGS: dict[str, dict[str, str]] = {
-    "bf16-mixed": {
-        "Lightning": 'L.Trainer(precision="bf16-mixed")',
-        "accelerate": 'Accelerator(mixed_precision="bf16")',
-        "Keras": 'keras.mixed_precision.set_global_policy("mixed_bfloat16")',
-        "PyTorch": _AUTOCAST.format(device="{device}", dtype="bfloat16") + "loss.backward()\noptimizer.step()",
-    },
-    "fp16-mixed": {
-        "Lightning": 'L.Trainer(precision="16-mixed")',
-        "accelerate": 'Accelerator(mixed_precision="fp16")',
-        "Keras": 'keras.mixed_precision.set_global_policy("mixed_float16")',
-        "PyTorch": 'scaler = torch.amp.GradScaler("{device}")\n'
-        + _AUTOCAST.format(device="{device}", dtype="float16")
-        + "scaler.scale(loss).backward()\nscaler.step(optimizer)\nscaler.update()",
-    },
-    "tf32": {
-        "Lightning": 'torch.set_float32_matmul_precision("high")  # Lightning has no precision flag for TF32',
-        "accelerate": 'torch.set_float32_matmul_precision("high")',
-        "Keras": "tf.config.experimental.enable_tensor_float_32_execution(True)",
-        "PyTorch": "torch.backends.cuda.matmul.allow_tf32 = True\ntorch.backends.cudnn.allow_tf32 = True",
-    },
-    "bf16-pure": {
-        "Lightning": 'L.Trainer(precision="bf16-true")',
-        "accelerate": "model = model.to(torch.bfloat16)  # accelerate has no pure-bf16 switch",
-        "Keras": 'keras.mixed_precision.set_global_policy("bfloat16")',
-        "PyTorch": "model = model.to(torch.bfloat16)",
-    },
-    "fp16-pure": {
-        "Lightning": 'L.Trainer(precision="16-true")',
-        "accelerate": "model = model.to(torch.float16)  # accelerate has no pure-fp16 switch",
-        "Keras": 'keras.mixed_precision.set_global_policy("float16")',
-        "PyTorch": "model = model.to(torch.float16)",
-    },
-}
+# Which tools' settings apply to an API family's result (a Keras result holds on any runtime).
+TOOLS_BY_FAMILY = {"torch": ("Lightning", "accelerate", "PyTorch"), "keras": ("Keras",)}
 
 
 @dataclass
@@ -99,18 +62,21 @@ class Candidate:
 class Advice:
     group: str
     device_name: str
-    framework: str
+    framework: str  # the implementation advised: its runtime, or "keras on torch" (``implementation_label``)
     choice: Candidate | None
     avoid: list[Candidate]
     alternatives: list[Candidate] = field(default_factory=list)  # also qualify, but slower than the choice
+    family: str = ""  # whose tools' settings apply (``TOOLS_BY_FAMILY``)
 
     def settings(self) -> list[tuple[str, str]]:
         if self.choice is None:
             return []
         device = "cuda" if self.choice.row.device.startswith("cuda") else "cpu"
-        table = SETTINGS.get(self.choice.row.policy, {})
-        tools = TOOLS_BY_FRAMEWORK.get(self.framework, tuple(table))
-        return [(tool, table[tool].replace("{device}", device)) for tool in tools if tool in table]
+        policy = find_policy(self.choice.row.policy)
+        if policy is None:
+            return []
+        tools = TOOLS_BY_FAMILY.get(self.family, tuple(policy.advise))
+        return [(tool, line) for tool in tools if (line := policy.advice(tool, device)) is not None]
 
 
 def _fmt(value: Interval) -> str:
@@ -165,10 +131,10 @@ def why_not(row: Row, speedup: Interval, check_pure: bool) -> list[str]:
 
 def advise_group(group: Group, records: dict, check_pure: bool) -> list[Advice]:
     out = []
-    for framework in dict.fromkeys(row.framework for row in group.rows):
+    for implementation in dict.fromkeys(row.implementation for row in group.rows):
         candidates = []
         for row in group.rows:
-            if row.framework != framework or row.is_baseline:
+            if row.implementation != implementation or row.is_baseline:
                 continue
             base = records.get(baseline_key(row), []) if row.baseline else []
             own = records.get(row_key(row), [])
@@ -179,7 +145,8 @@ def advise_group(group: Group, records: dict, check_pure: bool) -> list[Advice]:
         choice = max(eligible, key=lambda c: c.speedup.estimate or 0.0) if eligible else None
         avoid = [c for c in candidates if c.reasons]
         alternatives = [c for c in eligible if c is not choice]
-        out.append(Advice(group.key, group.device_name, framework, choice, avoid, alternatives))
+        label = implementation_label(*implementation)
+        out.append(Advice(group.key, group.device_name, label, choice, avoid, alternatives, implementation[0]))
     return out
 
 

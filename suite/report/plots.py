@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from precision_suite.backends.policy import POLICIES
 from precision_suite.measure.environment import available_cores
 from precision_suite.report.cells import FRAMEWORK_COLOURS, equivalence_rows
 from precision_suite.results import Record, is_noise_floor_run, latest_by_job
@@ -70,11 +71,19 @@ def _stack(curves: list[list[Any]]) -> np.ndarray | None:
 
 
 def _colours(group: Group) -> dict[str, str]:
-    frameworks = sorted({row.framework for row in group.rows}, key=lambda f: (f != "torch", f))
-    return {f: FRAMEWORK_COLOURS[i % len(FRAMEWORK_COLOURS)] for i, f in enumerate(frameworks)}
+    """One colour per API family (torch first); rows are looked up by ``row.family``."""
+    families = sorted({row.family for row in group.rows}, key=lambda f: (f != "torch", f))
+    return {f: FRAMEWORK_COLOURS[i % len(FRAMEWORK_COLOURS)] for i, f in enumerate(families)}
 
 
-_LINESTYLES = {"fp32": "-", "tf32": (0, (1, 1)), "bf16-mixed": "--", "fp16-mixed": "-."}
+# Line styles by the order policies are declared in (fp32 solid); later ones dotted.
+_LINESTYLES: tuple[Any, ...] = ("-", (0, (1, 1)), "-.", "--")
+
+
+def _linestyle(policy: str) -> Any:
+    names = list(POLICIES)
+    index = names.index(policy) if policy in names else len(_LINESTYLES)
+    return _LINESTYLES[index] if index < len(_LINESTYLES) else ":"
 
 
 def _plot_loss(group: Group, by_row: dict[str, list[dict[str, Any]]]) -> Plot | None:
@@ -93,8 +102,8 @@ def _plot_loss(group: Group, by_row: dict[str, list[dict[str, Any]]]) -> Plot | 
             steps,
             loss,
             label=f"{row.label} (n={len(records)})",
-            color=colours[row.framework],
-            linestyle=_LINESTYLES.get(row.policy, ":"),
+            color=colours[row.family],
+            linestyle=_linestyle(row.policy),
             marker="os^vDx"[index % 6],
             markevery=max(1, loss.size // 8),
             markersize=4,
@@ -134,8 +143,8 @@ def _plot_loss_scale(group: Group, by_row: dict[str, list[dict[str, Any]]]) -> P
                 scale,
                 where="post",
                 label=f"{row.label} seed {record.get('seed')}",
-                color=colours[row.framework],
-                linestyle=_LINESTYLES.get(row.policy, ":"),
+                color=colours[row.family],
+                linestyle=_linestyle(row.policy),
             )[0]
             skipped = curves.get("skipped") or []
             marks = [i for i, s in enumerate(skipped[: len(scale)]) if s]
@@ -195,7 +204,7 @@ def _plot_speed_memory(group: Group) -> Plot | None:
         bars = axes.bar(
             positions,
             values,
-            color=[colours[r.framework] for r in rows],
+            color=[colours[r.family] for r in rows],
             hatch=None,
             edgecolor="black",
             linewidth=0.5,
@@ -285,7 +294,7 @@ def _plot_accuracy(group: Group) -> Plot | None:
             100 * row.accuracy_mean,
             yerr=None if row.accuracy_ci95 is None else 100 * row.accuracy_ci95,
             fmt="o" if row.accuracy_ci95 is not None else "s",
-            color=colours[row.framework],
+            color=colours[row.family],
             capsize=4,
         )
         for value in row.accuracy_values:
@@ -297,12 +306,12 @@ def _plot_accuracy(group: Group) -> Plot | None:
             axes.axhspan(
                 level - group.tolerance_pts,
                 level + group.tolerance_pts,
-                color=colours[row.framework],
+                color=colours[row.family],
                 alpha=0.08,
             )
             axes.axhline(
                 level,
-                color=colours[row.framework],
+                color=colours[row.family],
                 linestyle="--",
                 linewidth=0.8,
                 label=f"{row.label} ± {group.tolerance_pts:g} pt",

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from precision_suite.backends.base import POLICY_SPECS
+from precision_suite.backends.base import FAMILY_OF_RUNTIME
+from precision_suite.backends.policy import POLICIES, find_policy
 from precision_suite.config import ParityConfig
 from precision_suite.jobs import BASELINE_POLICY
 from precision_suite.measure.timing import SpeedEstimate
@@ -123,8 +124,9 @@ class Row:
     dataset: str
     device: str
     backend: str
-    framework: str
+    runtime: str  # what executed it (the records' "framework")
     policy: str
+    family: str = ""  # the API family (torch, keras); "" means the runtime's usual one
     seeds_ok: list[int] = field(default_factory=list)
     seeds_failed: list[int] = field(default_factory=list)
     accuracy_values: list[float] = field(default_factory=list)
@@ -152,9 +154,23 @@ class Row:
     speed_windows: Windows | None = None
     why_not_faster: list[str] = field(default_factory=list)  # precision_suite.verdicts.diagnose
 
+    def __post_init__(self) -> None:
+        self.family = self.family or FAMILY_OF_RUNTIME.get(self.runtime, self.runtime)
+
     @property
     def label(self) -> str:
         return f"{self.backend} {self.policy}"
+
+    @property
+    def framework(self) -> str:
+        """The runtime, under its name from before family and runtime were apart."""
+        return self.runtime
+
+    @property
+    def implementation(self) -> tuple[str, str]:
+        """(family, runtime): what a baseline shares with its rows, and what the cross-framework
+        check compares one of against another."""
+        return self.family, self.runtime
 
     @property
     def speedup(self) -> float | None:
@@ -188,8 +204,8 @@ class Row:
 
     @property
     def is_pure(self) -> bool:
-        spec = POLICY_SPECS.get(self.policy)
-        return spec is not None and spec.pure
+        policy = find_policy(self.policy)
+        return policy is not None and policy.pure
 
     def verdict(self, name: str) -> Verdict | None:
         return next((v for v in self.verdicts if v.name == name), None)
@@ -357,16 +373,16 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def _expected_loss_scaling(policy: str, config: dict[str, Any]) -> str:
-    spec = POLICY_SPECS.get(policy)
-    if spec is None:
+    found = find_policy(policy)
+    if found is None:
         return "none"
     loss_scale = config.get("loss_scale") or {}
-    return spec.loss_scaling_mode(loss_scale.get("enabled", True), loss_scale.get("dynamic", True))
+    return found.loss_scaling_mode(loss_scale.get("enabled", True), loss_scale.get("dynamic", True))
 
 
 def _precision_problems(record: dict[str, Any]) -> list[str]:
     policy = record.get("policy", "")
-    expected = POLICY_SPECS.get(policy)
+    expected = find_policy(policy)
     observed = record.get("observed") or {}
     if expected is None:
         return []  # a third-party policy: nothing to hold it to
@@ -435,7 +451,7 @@ def _parity_verdict(
     enforced = check_pure or not row.is_pure
     note = "" if enforced else " (information: -pure policies are not checked)"
     if row.baseline is None:
-        return Verdict("parity", row.subject, NO_BASELINE, f"no fp32 baseline of {row.framework}{note}")
+        return Verdict("parity", row.subject, NO_BASELINE, f"no fp32 baseline of {row.runtime}{note}")
     eq = equivalence(
         metric_by_seed(records, metric), metric_by_seed(base_records, metric), tolerance_pts, looks, metric
     )
@@ -451,19 +467,19 @@ def _cross_framework_verdicts(
     steps: int,
     looks: int,
 ) -> list[Verdict]:
-    """fp32 of each framework against the fp32 of the reference framework (torch when present),
-    where both frameworks have an fp32 result (``precision_suite.verdicts.cross_framework``)."""
-    fp32_rows = {}
+    """The fp32 of each implementation (API family on a runtime) against the reference's, torch's
+    when present (rows are in ``row_order``), where both have an fp32 result
+    (``precision_suite.verdicts.cross_framework``). A Keras backend on the torch runtime is a Keras
+    implementation: held against torch like every other."""
+    fp32_rows: dict[tuple[str, str], Row] = {}
     for row in group.rows:
-        if row.policy == BASELINE_POLICY and row.seeds_ok and row.framework not in fp32_rows:
-            fp32_rows[row.framework] = row
+        if row.policy == BASELINE_POLICY and row.seeds_ok:
+            fp32_rows.setdefault(row.implementation, row)
     if len(fp32_rows) < 2:
         return []
-    frameworks = sorted(fp32_rows, key=lambda f: (f != "torch", f))
-    reference = fp32_rows[frameworks[0]]
+    reference, *others = fp32_rows.values()
     verdicts = []
-    for other_fw in frameworks[1:]:
-        other = fp32_rows[other_fw]
+    for other in others:
         subject = f"{group.key} {reference.label} vs {other.label}"
         found = framework_pair(
             reference, other, by_row, noise_floor, group.tolerance_pts, rtol, steps, looks, group.parity_metric
@@ -536,18 +552,10 @@ def compare(
     records of the same job are superseded by the newest. ``speed_records`` (the speed phase's,
     ``ReadResult.speed``) replace the rows' speedups with paired ones (``precision_suite.measure.speed_phase``).
     """
-    records = [r if isinstance(r, Record) else Record(r) for r in records]
-    # Speed records mixed into ``records`` (a raw read of results.jsonl) are taken as such.
-    speed_records = [*(speed_records or []), *(r for r in records if r.get("kind") == SPEED_KIND)]
-    records = [r for r in records if r.get("kind") != SPEED_KIND]
-    phases: dict[tuple[str, str, str], list[Any]] = defaultdict(list)
+    records, noise_floor, speed_records = _sorted_records(records, speed_records or [])
+    phases: dict[tuple[str, str, str], list[SpeedPhase]] = defaultdict(list)
     for phase in speed_phases(speed_records):
         phases[phase.key].append(phase)
-    records = list(latest_by_job([r for r in records if "job_id" in r]).values())
-    # One-ulp noise-floor runs measure the run's own chaos for the cross-framework verdict; they
-    # are no result of their own (short, perturbed) and stay out of every statistic.
-    noise_floor = [r for r in records if is_noise_floor_run(r)]
-    records = [r for r in records if not is_noise_floor_run(r)]
     unavailable, failed_jobs = _job_notes(records, speed_records)
 
     if check_pure is None:
@@ -573,6 +581,7 @@ def compare(
             tol = float(recorded) if recorded is not None else float(getattr(PARITY_DEFAULTS, key))
         if metric == "accuracy":
             tolerances.add(tol)
+        nudged = _noise_floor_of(noise_floor, model, dataset, device)
         group = _build_group(
             model,
             dataset,
@@ -582,7 +591,7 @@ def compare(
             check_pure,
             cross_framework_rtol,
             cross_framework_steps,
-            noise_floor=_noise_floor_of(noise_floor, model, dataset, device),
+            nudged,
             metric=metric,
         )
         _distributed_verdicts(group, group_records, records, noise_floor)
@@ -606,6 +615,20 @@ def compare(
         cross_framework_rtol=cross_framework_rtol,
         scaling=scaling_rows(records),
     )
+
+
+def _sorted_records(
+    records: list[dict[str, Any]], speed_records: list[dict[str, Any]]
+) -> tuple[list[Record], list[Record], list[dict[str, Any]]]:
+    """(the newest record of each job, the one-ulp noise-floor runs, the speed records). Speed
+    records mixed into ``records`` (a raw read of results.jsonl) are taken as such. Noise-floor
+    runs measure the run's own chaos for the cross-framework verdict; they are no result of their
+    own (short, perturbed) and stay out of every statistic."""
+    records = [r if isinstance(r, Record) else Record(r) for r in records]
+    speed_records = [*speed_records, *(r for r in records if r.get("kind") == SPEED_KIND)]
+    jobs = latest_by_job([r for r in records if r.get("kind") != SPEED_KIND and "job_id" in r]).values()
+    noise_floor = [r for r in jobs if is_noise_floor_run(r)]
+    return [r for r in jobs if not is_noise_floor_run(r)], noise_floor, speed_records
 
 
 def _job_notes(records: list[Record], speed_records: list[dict[str, Any]]) -> tuple[list[JobNote], list[JobNote]]:
@@ -667,11 +690,70 @@ def _distributed_verdicts(
             row.verdicts.append(Verdict("data-parallel", row.subject, *data_parallel(ok, references, noise_floor)))
 
 
+# Records of a group by (backend, policy).
+ByBackendPolicy = dict[tuple[str, str], list[Record]]
+
+
+def _rows_by_key(records: list[Record]) -> tuple[ByBackendPolicy, ByBackendPolicy]:
+    """(every record, the ok ones) of each row, by (backend, policy)."""
+    ok_by_row: ByBackendPolicy = defaultdict(list)
+    all_by_row: ByBackendPolicy = defaultdict(list)
+    for record in records:
+        key = (str(record.get("backend")), str(record.get("policy")))
+        all_by_row[key].append(record)
+        if record.get("status") == "ok":
+            ok_by_row[key].append(record)
+    return all_by_row, ok_by_row
+
+
+def row_order(row: Row) -> tuple[bool, str, str, str, int, str]:
+    """Torch's rows first (the cross-framework reference), then by family, runtime, backend and
+    the order the policies were declared in."""
+    rank = list(POLICIES)
+    policy_rank = rank.index(row.policy) if row.policy in rank else len(rank)
+    return (row.family != "torch", row.family, row.runtime, row.backend, policy_rank, row.policy)
+
+
+def _new_row(group: Group, backend: str, policy: str, family: str, runtime: str, environ: dict[str, Any]) -> Row:
+    row = Row(group.model, group.dataset, group.device, backend, runtime, policy, family=family)
+    row.emulated_reason = emulation(policy, group.device, environ)
+    row.emulated = bool(row.emulated_reason)
+    return row
+
+
+def _row_verdicts(
+    row: Row,
+    group: Group,
+    all_records: list[Record],
+    ok_by_row: ByBackendPolicy,
+    check_pure: bool,
+    looks: int,
+) -> None:
+    """A row's own verdicts: ``status`` when every seed failed, else parity against its baseline
+    and precision-active."""
+    if row.all_failed:
+        statuses = sorted({r.get("status") for r in all_records})
+        detail = f"all {len(row.seeds_failed)} seed(s) failed ({', '.join(statuses)})"
+        enforced = any(is_job_failure(r, check_pure) for r in all_records)
+        if not enforced:
+            detail += " (information: -pure policies are not checked)"
+        row.verdicts.append(Verdict("status", row.subject, FAILED, detail, enforced=enforced))
+        return
+    own = ok_by_row[(row.backend, row.policy)]
+    if not row.is_baseline:
+        base = next((other for other in group.rows if other.label == row.baseline), None)
+        base_records = ok_by_row[(base.backend, base.policy)] if base is not None else []
+        row.verdicts.append(
+            _parity_verdict(row, own, base_records, group.tolerance_pts, check_pure, looks, group.parity_metric)
+        )
+    row.verdicts.append(_precision_verdict(row, own))
+
+
 def _build_group(
     model: str,
     dataset: str,
     device: str,
-    records: list[dict[str, Any]],
+    records: list[Record],
     tolerance_pts: float,
     check_pure: bool,
     rtol: float,
@@ -679,76 +761,36 @@ def _build_group(
     noise_floor: dict[tuple[str, str, int], dict[str, Any]] | None = None,
     metric: str = "accuracy",
 ) -> Group:
-    ok_by_row: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    all_by_row: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    frameworks: dict[str, str] = {}
-    for record in records:
-        row_key = (str(record.get("backend")), str(record.get("policy")))
-        all_by_row[row_key].append(record)
-        frameworks[row_key[0]] = record.framework
-        if record.get("status") == "ok":
-            ok_by_row[row_key].append(record)
-
-    device_name = ""
-    for record in records:
-        device_name = (record.get("environ") or {}).get("device_name") or device_name
-        if device_name:
-            break
-    group = Group(model, dataset, device, device_name, tolerance_pts, parity_metric=metric)
-
-    def row_order(key: tuple[str, str]) -> tuple[bool, str, str, int, str]:
-        backend, policy = key
-        rank = list(POLICY_SPECS)
-        policy_rank = rank.index(policy) if policy in rank else len(rank)
-        framework = frameworks[backend]
-        # torch first: it is the cross-framework reference.
-        return (framework != "torch", framework, backend, policy_rank, policy)
-
-    for backend, policy in sorted(all_by_row, key=row_order):
-        row = Row(model, dataset, device, backend, frameworks[backend], policy)
-        ok = ok_by_row[(backend, policy)]
+    all_by_row, ok_by_row = _rows_by_key(records)
+    for ok in ok_by_row.values():
         ok.sort(key=lambda r: r.get("seed") or 0)
-        row.seeds_failed = sorted(r.get("seed") for r in all_by_row[(backend, policy)] if r.get("status") != "ok")
+    device_name = next((name for r in records if (name := r.environ.get("device_name"))), "")
+    group = Group(model, dataset, device, device_name, tolerance_pts, parity_metric=metric)
+    for (backend, policy), found in all_by_row.items():
+        ok = ok_by_row[(backend, policy)]
+        environ = next((r.environ for r in ok), found[0].environ)
+        row = _new_row(group, backend, policy, found[0].family, found[0].runtime, environ)
+        row.seeds_failed = sorted(r.get("seed") for r in found if r.get("status") != "ok")
         _aggregate_row(row, ok)
-        environ = next((r.get("environ") or {} for r in ok), None)
-        if environ is None:
-            environ = (all_by_row[(backend, policy)][0].get("environ")) or {}
-        row.emulated_reason = emulation(policy, device, environ)
-        row.emulated = bool(row.emulated_reason)
         group.rows.append(row)
+    group.rows.sort(key=row_order)
 
     looks = seed_looks(records)
-    labels = {row.label: row for row in group.rows}
     for row in group.rows:
         _attach_baseline(row, group, ok_by_row)
-        if row.all_failed:
-            statuses = sorted({r.get("status") for r in all_by_row[(row.backend, row.policy)]})
-            detail = f"all {len(row.seeds_failed)} seed(s) failed ({', '.join(statuses)})"
-            enforced = any(is_job_failure(r, check_pure) for r in all_by_row[(row.backend, row.policy)])
-            if not enforced:
-                detail += " (information: -pure policies are not checked)"
-            row.verdicts.append(Verdict("status", row.subject, FAILED, detail, enforced=enforced))
-            continue
-        if not row.is_baseline:
-            base = labels.get(row.baseline or "")
-            base_records = ok_by_row[(base.backend, base.policy)] if base is not None else []
-            records_of_row = ok_by_row[(row.backend, row.policy)]
-            row.verdicts.append(
-                _parity_verdict(row, records_of_row, base_records, tolerance_pts, check_pure, looks, metric)
-            )
-        row.verdicts.append(_precision_verdict(row, ok_by_row[(row.backend, row.policy)]))
-
+        _row_verdicts(row, group, all_by_row[(row.backend, row.policy)], ok_by_row, check_pure, looks)
     group.verdicts = _cross_framework_verdicts(group, ok_by_row, noise_floor or {}, rtol, cf_steps, looks)
     return group
 
 
-def _attach_baseline(row: Row, group: Group, ok_by_row: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
-    """The baseline is fp32 of the same framework: the row's own backend's fp32 if it has one
-    with a result, else the same-framework backend with the most fp32 seeds."""
+def _attach_baseline(row: Row, group: Group, ok_by_row: ByBackendPolicy) -> None:
+    """The baseline is fp32 of the same API family on the same runtime: the row's own backend's
+    fp32 if it has one with a result, else the backend of that family and runtime with the most
+    fp32 seeds."""
     candidates = [
         other
         for other in group.rows
-        if other.framework == row.framework
+        if other.implementation == row.implementation
         and other.policy == BASELINE_POLICY
         and ok_by_row[(other.backend, other.policy)]
     ]
@@ -804,6 +846,14 @@ def row_speed(group: Group, phases: list[SpeedPhase], records: list[Record]) -> 
     Then the "why no speedup" lines of the group's half-precision rows (``precision_suite.verdicts.diagnose``)."""
     from precision_suite.verdicts.diagnose import diagnose_group
 
+    timed_by_phase = _paired_speed(group, phases)
+    _jobs_speed(group, records, timed_by_phase)
+    diagnose_group(group, {(phase.family, phase.runtime): phase for phase in phases}, records)
+
+
+def _paired_speed(group: Group, phases: list[SpeedPhase]) -> set[tuple[str, str]]:
+    """Rule 1 of ``row_speed``: the speed phases' paired speedups; returns the (backend, policy)
+    rows they timed."""
     rows = {(row.backend, row.policy): row for row in group.rows}
     timed_by_phase: set[tuple[str, str]] = set()
     for phase in phases:
@@ -811,9 +861,7 @@ def row_speed(group: Group, phases: list[SpeedPhase], records: list[Record]) -> 
         def row_for(backend: str, policy: str, phase: SpeedPhase = phase) -> Row:
             row = rows.get((backend, policy))
             if row is None:
-                row = Row(group.model, group.dataset, group.device, backend, phase.framework, policy)
-                row.emulated_reason = emulation(policy, group.device, phase.environ)
-                row.emulated = bool(row.emulated_reason)
+                row = _new_row(group, backend, policy, phase.family, phase.runtime, phase.environ)
                 rows[(backend, policy)] = row
                 group.rows.append(row)
             timed_by_phase.add((backend, policy))
@@ -827,11 +875,13 @@ def row_speed(group: Group, phases: list[SpeedPhase], records: list[Record]) -> 
             row.baseline = base.label
             row.speed = Speedup.paired(candidate.estimate)
             row.speed_windows = phase.windows.get(candidate.label)
+    return timed_by_phase
 
-    ok: dict[tuple[str, str], list[Record]] = defaultdict(list)
-    for record in records:
-        if record.get("status") == "ok":
-            ok[(str(record.get("backend")), str(record.get("policy")))].append(record)
+
+def _jobs_speed(group: Group, records: list[Record], timed_by_phase: set[tuple[str, str]]) -> None:
+    """Rules 2 and 3 of ``row_speed`` for the rows no phase timed: the training jobs' own speedup
+    where they were timed alone, else why not."""
+    _, ok = _rows_by_key(records)
     for row in group.rows:
         own = ok[(row.backend, row.policy)]
         if (row.backend, row.policy) in timed_by_phase or not own:
@@ -848,7 +898,6 @@ def row_speed(group: Group, phases: list[SpeedPhase], records: list[Record]) -> 
         if not row.speed_unmeasured:
             row.speed = jobs_speedup(ok[(base_backend, base_policy)], own)
             row.speed_windows = Windows.from_records(own)
-    diagnose_group(group, {phase.framework: phase for phase in phases}, records)
 
 
 # --- headlines ---------------------------------------------------------------------------------
@@ -879,7 +928,7 @@ def _headlines(group: Group) -> list[Headline]:
         precision = row.verdict("precision-active")
         parts = []
         if row.baseline is None:
-            parts.append(f"no fp32 baseline of {row.framework}")
+            parts.append(f"no fp32 baseline of {row.runtime}")
         else:
             parts.append(format_speed(row))
             if row.delta_pts is not None:

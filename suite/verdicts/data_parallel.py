@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from precision_suite.jobs import BASELINE_POLICY
 from precision_suite.results import BATCHNORM_NONE, BATCHNORM_PER_REPLICA, Record, is_dp_reference, world_size
 from precision_suite.verdicts.stats import PastHorizon, chaos_aware_agreement, past_horizon_problem
 
@@ -260,22 +261,24 @@ def scaling_rows(records: list[dict[str, Any]]) -> list[ScalingRow]:
     if not any(world_size(r) > 1 for r in ok):
         return []
     cells: dict[tuple[str, str, str, str, str, int], list[dict[str, Any]]] = defaultdict(list)
-    baselines: dict[tuple[str, str, str, str, int], list[dict[str, Any]]] = defaultdict(list)
-    framework: dict[str, str] = {}
+    baselines: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    # The baseline of a backend's row: fp32 of the same API family on the same runtime.
+    implementation: dict[str, tuple[str, str]] = {}
     for r in ok:
         key = (str(r.get("model")), str(r.get("dataset")), str(r.get("device")), str(r.get("backend")))
         cells[(*key, str(r.get("policy")), world_size(r))].append(r)
-        framework[key[3]] = str(r.get("framework"))
-        if r.get("policy") == "fp32":
-            baselines[(*key[:3], framework[key[3]], world_size(r))].append(r)
+        record = r if isinstance(r, Record) else Record(r)
+        implementation[key[3]] = (record.family, record.runtime)
+        if r.get("policy") == BASELINE_POLICY:
+            baselines[(*key[:3], implementation[key[3]], world_size(r))].append(r)
 
     def throughput(group: list[dict[str, Any]]) -> float | None:
         return _mean([(r.get("metrics") or {}).get("samples_per_s") for r in group])
 
     def speedup(key: tuple[Any, ...]) -> float | None:
-        if key[4] == "fp32":
+        if key[4] == BASELINE_POLICY:
             return None
-        base = throughput(baselines.get((*key[:3], framework[key[3]], key[5]), []))
+        base = throughput(baselines.get((*key[:3], implementation[key[3]], key[5]), []))
         mine = throughput(cells.get(key, []))
         return mine / base if base and mine else None
 
@@ -330,7 +333,7 @@ def scaling_cells(row: ScalingRow) -> list[str]:
         num(row.samples_per_s, ".0f"),
         num(row.samples_per_s_per_device, ".0f"),
         num(row.efficiency, ".2f"),
-        "base" if row.policy == "fp32" else num(row.speedup, ".2f") + ("×" if row.speedup else ""),
-        "base" if row.policy == "fp32" else num(row.speedup_at_1, ".2f") + ("×" if row.speedup_at_1 else ""),
+        "base" if row.policy == BASELINE_POLICY else num(row.speedup, ".2f") + ("×" if row.speedup else ""),
+        "base" if row.policy == BASELINE_POLICY else num(row.speedup_at_1, ".2f") + ("×" if row.speedup_at_1 else ""),
         "not exposed" if row.comm_share is None else f"{row.comm_share:.0%}",
     ]

@@ -23,12 +23,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from precision_suite.backends.base import POLICY_SPECS
+from precision_suite.backends.policy import NativeOn, find_policy
 
 OVERHEAD_FLOPS_FRACTION = 0.10
 OVERHEAD_BATCH_RATIO = 1.3
 GEMM_MULTIPLE = 8
-_AMX = {"bfloat16": ("avx512_bf16", "amx_bf16", "AVX512_BF16"), "float16": ("avx512_fp16", "amx_fp16", "AVX512_FP16")}
 # The causes that are the device's, the same for every row of a half type on it (emulation, no
 # AMX), rather than the row's: a report says them once per run (``is_hardware_cause``).
 HARDWARE_CAUSES = ("emulated: ", "CPU has ")
@@ -85,9 +84,8 @@ def why_not_faster(
     """The causes that apply (module docstring), one line each."""
     from precision_suite.measure.flops import train_flops_per_sample
 
-    spec = POLICY_SPECS.get(policy)
-    half = spec.accelerated_by if spec else None
-    if half not in ("float16", "bfloat16"):
+    found = find_policy(policy)
+    if found is None or not found.reduced_precision:
         return []
     lines = []
     overhead = False
@@ -121,17 +119,20 @@ def why_not_faster(
     for key, what in (("compile", "torch.compile"), ("jit_compile", "XLA (jit_compile)")):
         if overhead and baseline_environ.get(key) is False:
             lines.append(f"{what} off: every op is dispatched separately each step, in every precision")
-    if device == "cpu" and not emulated_reason:
+    native = found.native
+    if device == "cpu" and not emulated_reason and isinstance(native, NativeOn) and native.cpu_vector_flag:
         flags = baseline_environ.get("cpu_flags") or {}
-        vector, amx, name = _AMX[half]
-        if flags.get(vector) and not flags.get(amx):
-            lines.append(f"CPU has {name} but no AMX for {half}: half matmuls gain at most the vector width")
+        if flags.get(native.cpu_vector_flag) and not flags.get(native.cpu_matrix_flag or ""):
+            lines.append(
+                f"CPU has {native.cpu_vector_flag.upper()} but no AMX for {found.compute_dtype}: "
+                "half matmuls gain at most the vector width"
+            )
     return lines
 
 
-def diagnose_group(group: Any, phases: dict[str, Any], records: list[dict[str, Any]]) -> None:
+def diagnose_group(group: Any, phases: dict[tuple[str, str], Any], records: list[dict[str, Any]]) -> None:
     """Fill ``row.why_not_faster`` for every half-precision row of ``group`` not claimed faster;
-    ``phases``: the group's ``precision_suite.verdicts.speed.SpeedPhase`` by framework."""
+    ``phases``: the group's ``precision_suite.verdicts.speed.SpeedPhase`` by (family, runtime)."""
     from precision_suite.measure.flops import as_model_config, dataset_shape
 
     by_row: dict[tuple[str, str], dict[str, Any]] = {}
@@ -141,7 +142,7 @@ def diagnose_group(group: Any, phases: dict[str, Any], records: list[dict[str, A
         claimed = row.speedup is not None and row.speedup > 1 and not row.emulated and not row.noisy_reason
         if row.is_baseline or claimed:
             continue
-        phase = phases.get(row.framework)
+        phase = phases.get(row.implementation)
         record = by_row.get((row.backend, row.policy)) or {}
         config = record.get("config") or {}
         model = (phase.model_config if phase else None) or config.get("model")

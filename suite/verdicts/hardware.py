@@ -6,53 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from precision_suite.backends.base import POLICY_SPECS
-
-# CPU ISA flags any one of which lets the hardware compute in the policy's half type natively.
-_CPU_ACCELERATION_FLAGS: dict[str, tuple[str, ...]] = {
-    "float16": ("avx512_fp16", "amx_fp16"),
-    "bfloat16": ("avx512_bf16", "amx_bf16"),
-}
-# Minimum CUDA compute capability with native support (bf16 and TF32 arrived with Ampere).
-_CUDA_MIN_CAPABILITY: dict[str, float] = {"float16": 5.3, "bfloat16": 8.0, "tf32": 8.0}
-
-
-def _half_type(policy: str) -> str | None:
-    spec = POLICY_SPECS.get(policy)
-    return spec.accelerated_by if spec else None
-
-
-def _cuda_capability(environ: dict[str, Any]) -> float | None:
-    for key in ("cuda_capability", "compute_capability", "device_capability"):
-        value = environ.get(key)
-        if isinstance(value, list | tuple) and len(value) == 2:
-            return float(value[0]) + float(value[1]) / 10
-        if isinstance(value, int | float | str):
-            try:
-                return float(value)
-            except ValueError:
-                continue
-    return None
+from precision_suite.backends.policy import find_policy
 
 
 def emulation(policy: str, device: str, environ: dict[str, Any]) -> str:
     """Why the hardware cannot accelerate ``policy`` (a reason to label it "emulated" and keep
     it out of speed claims), or "" if it can. Missing ISA flags count as absent: a speed claim
-    needs evidence."""
-    kind = _half_type(policy)
-    if kind is None:
-        return ""
-    if device == "cpu":
-        if kind == "tf32":
-            return ""
-        flags = environ.get("cpu_flags") or {}
-        wanted = _CPU_ACCELERATION_FLAGS[kind]
-        if any(flags.get(flag) for flag in wanted):
-            return ""
-        if not flags:
-            return f"CPU ISA flags not recorded; {' / '.join(wanted)} not shown"
-        return f"CPU has no {' / '.join(wanted)}"
-    capability = _cuda_capability(environ)
-    if capability is not None and capability < _CUDA_MIN_CAPABILITY[kind]:
-        return f"compute capability {capability:.1f} < {_CUDA_MIN_CAPABILITY[kind]:.1f}"
-    return ""
+    needs evidence. The rule is the policy's (``Policy.native``); a policy nothing here declares
+    is not labelled."""
+    found = find_policy(policy)
+    return found.emulation(device, environ) if found is not None else ""

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from precision_suite.backends.base import FAMILY_OF_RUNTIME
 from precision_suite.measure.timing import SpeedEstimate
 from precision_suite.results import SPEED_KIND, latest_by_job
 
@@ -69,12 +70,13 @@ class CandidateSpeed:
 
 @dataclass
 class SpeedPhase:
-    """A speed record of one (model, dataset, device, framework), typed."""
+    """A speed record of one (model, dataset, device) of one API family on one runtime, typed."""
 
     model: str
     dataset: str
     device: str
-    framework: str
+    runtime: str  # the record's "framework"
+    family: str
     baseline_backend: str
     baseline_policy: str
     candidates: list[CandidateSpeed]
@@ -107,7 +109,8 @@ class SpeedPhase:
             model=str(record.get("model")),
             dataset=str(record.get("dataset")),
             device=str(record.get("device")),
-            framework=str(record.get("framework")),
+            runtime=(runtime := str(record.get("framework"))),
+            family=str(record.get("family") or FAMILY_OF_RUNTIME.get(runtime, runtime)),
             baseline_backend=speed["baseline"]["backend"],
             baseline_policy=speed["baseline"]["policy"],
             candidates=[CandidateSpeed.from_dict(c) for c in speed.get("candidates", [])],

@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 from precision_suite.backends import backend_names, get_backend_class
-from precision_suite.backends.base import POLICY_SPECS, Backend
+from precision_suite.backends.base import Backend
+from precision_suite.backends.policy import POLICIES, get_policy
 from precision_suite.config import MlpConfig, SuiteConfig
 from precision_suite.data import batch_plan, load_dataset
 from precision_suite.models import init_weights
@@ -76,8 +77,9 @@ def started(request):
 def test_class_attributes_and_availability_without_importing_the_framework(name):
     cls = get_backend_class(name)
     assert cls.name == name
-    assert cls.policies and set(cls.policies) <= set(POLICY_SPECS)
-    assert isinstance(cls.framework, str) and cls.framework
+    assert cls.policies and set(cls.policies) <= set(POLICIES)
+    assert isinstance(cls.family, str) and cls.family
+    assert isinstance(cls.runtime, str) and cls.runtime
     with pytest.raises(Exception, match="extra"):
         cls.Options.model_validate({"no_such_option": 1})
     # Listing backends must not import any framework (fast, and no import-order conflicts).
@@ -108,7 +110,7 @@ def test_train_steps_telemetry_evaluate_and_observed_precision(started):
     assert after.test_loss != before.test_loss, "training steps must change the model"
 
     observed = backend.observed_precision()
-    spec = POLICY_SPECS[policy]
+    spec = get_policy(policy)
     assert observed["compute_dtype"] == spec.compute_dtype
     assert observed["loss_scaling"] in ("dynamic", "static", "none")
     memory = backend.memory_stats()
@@ -191,7 +193,7 @@ def test_grad_accumulation_matches_full_batch_and_steps_the_scaler_once(name):
             backend.train_step(rows)
         losses.append(backend.drain_telemetry().loss)
         backend.teardown()
-    np.testing.assert_allclose(losses[1], losses[0], **TOLERANCES[POLICY_SPECS[policy].compute_dtype])
+    np.testing.assert_allclose(losses[1], losses[0], **TOLERANCES[get_policy(policy).compute_dtype])
 
     if "fp16-mixed" not in _cpu_policies(cls):
         return
@@ -245,7 +247,7 @@ def _half_cases():
     for name in backend_names():
         cls = get_backend_class(name)
         for policy in _cpu_policies(cls):
-            if POLICY_SPECS[policy].compute_dtype != "float32":
+            if get_policy(policy).compute_dtype != "float32":
                 yield pytest.param((name, policy), id=f"{name}-{policy}")
 
 
@@ -285,7 +287,7 @@ def test_keep_fp32_runs_the_named_blocks_in_fp32_and_the_rest_under_the_policy(c
         backend.teardown()
     fp32 = {"compute_dtype": "float32", "param_dtype": "float32"}
     assert observed["keep_fp32"] == {"dense1": fp32, "head": fp32}
-    spec = POLICY_SPECS[policy]
+    spec = get_policy(policy)
     assert observed["compute_dtype"] == spec.compute_dtype  # dense0, not kept
     updated = observed["master_dtype"] or observed["param_dtype"]
     assert updated == spec.master_dtype

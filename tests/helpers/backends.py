@@ -56,7 +56,8 @@ def make_job(
     return Job(
         job_id=f"test/{backend}/{policy}",
         backend=backend,
-        framework=get_backend_class(backend).framework,
+        family=get_backend_class(backend).family,
+        runtime=get_backend_class(backend).runtime,
         policy=policy,
         model=model or MlpConfig(hidden=[16], dropout=0.1),
         data=DataConfig(),

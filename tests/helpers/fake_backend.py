@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 from precision_suite.backends.base import (
-    POLICY_SPECS,
     Availability,
     Backend,
     EvalResult,
     MemoryStats,
     Telemetry,
 )
+from precision_suite.backends.policy import get_policy
 from precision_suite.models import prepare_inputs
 from pydantic import BaseModel, ConfigDict
 
@@ -70,7 +70,7 @@ class FakeBackend(Backend):
         self.x_test = prepare_inputs(job.model, data.x_test).reshape(len(data.x_test), -1)
         self.y_test = data.y_test
         # NumPy computes in float16 natively: the fp16 policy is real, not a label.
-        self.compute_dtype = np.dtype(POLICY_SPECS[job.policy].compute_dtype)
+        self.compute_dtype = np.dtype(get_policy(job.policy).compute_dtype)
         rng = np.random.default_rng(job.seed)
         self.w = rng.standard_normal((self.x.shape[1], data.num_classes)).astype(np.float32) * 0.01
         self.lr = job.train.optimizer.lr * 10 * self.faults.lr_factor

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from precision_suite.config import ConfigError, SuiteConfig, load_config
+from precision_suite.config import ConfigError, SlurmConfig, SuiteConfig, load_config
 
 
 def _error(tmp_path, text: str, overrides: list[str] | None = None) -> str:
@@ -51,6 +51,12 @@ def test_wrong_type_names_key_expected_and_got(tmp_path):
 def test_unknown_key_is_rejected_with_its_path(tmp_path):
     message = _error(tmp_path, "train:\n  epochz: 3\n")
     assert message.startswith(f"{tmp_path / 'x.yaml'}: train.epochz: unknown key")
+
+
+def test_a_slurm_key_spelled_the_sbatch_way_names_the_key_meant(tmp_path):
+    message = _error(tmp_path, "runner:\n  slurm:\n    time_min: 30\n")
+    assert message.endswith('runner.slurm.time_min: unknown key "time_min" in runner.slurm (the key is "timeout_min")')
+    assert SlurmConfig(timeout_min=30).timeout_min == 30  # the key named exists
 
 
 def test_impossible_value_is_rejected(tmp_path):
