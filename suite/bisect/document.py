@@ -37,7 +37,7 @@ def apply_lines(model: ModelBisect, backend: str) -> dict[str, str]:
     keras = "# Keras: the layer's dtype policy (when building it, or before compile)\n" + "\n".join(
         f'model.get_layer("{name}").dtype_policy = "float32"  # or: ..., dtype="float32")' for name in keep
     )
-    config = f"models:\n  - name: {model.model}\n    keep_fp32: [{names}]"
+    config = f"models:\n  - name: {model.model}  # the model's entry as it is, plus:\n    keep_fp32: [{names}]"
     lines = {"precision-suite config": config, "Keras": keras}
     lines["PyTorch"] = torch_half if backend == "torch-manual" else torch_amp
     return lines
