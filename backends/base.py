@@ -47,6 +47,14 @@ def implementation_label(family: str, runtime: str) -> str:
 EVAL_BATCH = 1024
 
 
+def dtype_summary(dtypes: set[str]) -> str | None:
+    """One dtype name for what a block was seen to use, ``"mixed: a, b"`` when several were seen
+    (a block claimed float32 then fails ``precision-active``), None when nothing was seen."""
+    if not dtypes:
+        return None
+    return next(iter(dtypes)) if len(dtypes) == 1 else "mixed: " + ", ".join(sorted(dtypes))
+
+
 @dataclass(frozen=True)
 class Availability:
     ok: bool
@@ -79,6 +87,20 @@ class MemoryStats:
     breakdown: dict[str, int] = field(default_factory=dict)
     # What the backend counted from its own tensors (a cross-check of the accounting).
     observed: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BlockError:
+    """One block's own error under a policy at one training step (``Backend.probe_blocks``): the
+    block run under the policy on the input the fp32 run gave it, against the fp32 run's output
+    (and, given the fp32 run's output gradient, its parameter gradients), as relative L2 errors;
+    ``nonfinite`` counts inf/NaN values among those outputs and gradients."""
+
+    name: str
+    step: int
+    activation_rel_error: float
+    gradient_rel_error: float | None  # None: not measured (no parameters, or not by this backend)
+    nonfinite: int
 
 
 class NoOptions(BaseModel):
@@ -254,6 +276,21 @@ class Backend(ABC):
         """Framework versions, device name, and the framework settings that affect speed or
         numerics (TF32, compile/XLA, thread counts)."""
         return {}
+
+    def block_names(self) -> list[str]:
+        """After ``setup``: the blocks of the job's model that ``keep_fp32`` may name and
+        ``precision-suite bisect`` ranks, in forward order. Built-in models: the spec's
+        (``precision_suite.models.block_names``). Default: none (bisect cannot search)."""
+        return []
+
+    def probe_blocks(self, reference: Backend, names: list[str], steps: Sequence[np.ndarray]) -> list[BlockError]:
+        """After ``setup`` of this job and of ``reference`` (the same model and weights in fp32,
+        same framework): for each training step's rows in ``steps``, each named block's own error
+        under this backend's policy (``BlockError``), then one fp32 step of ``reference`` and its
+        weights copied here, so every step probes the blocks on the weights fp32 training reaches.
+        Slow (not for the timed loop); ``bisect`` ranks blocks with it. Default: nothing measured
+        (bisect then ranks in forward order)."""
+        return []
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue bit-identically in a fresh process: model, optimizer,

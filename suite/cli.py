@@ -4,7 +4,8 @@ Exit codes:
   0    everything ran and every verdict passed
   1    a verdict failed (parity, cross-framework, precision-active, replica-consistency,
        data-parallel, or a policy none of whose seeds finished); with `check --strict`, also a
-       verdict that is INCONCLUSIVE (more seeds needed); `diff`: a regression
+       verdict that is INCONCLUSIVE (more seeds needed); `diff`: a regression; `bisect`: even
+       keeping every block in fp32 does not restore parity
   2    bad config or usage (nothing was run)
   3    some jobs failed (crashed, timeout, oom, diverged, error); `unavailable` is not a failure,
        nor is a -pure policy diverging (information) unless parity.check_pure
@@ -57,6 +58,17 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("list", help="list backends, their policies and availability, and devices")
+
+    bisect = sub.add_parser(
+        "bisect",
+        help="which blocks to keep in fp32 for a half policy to pass parity (exit 0 answer, 1 none, 2 bad input)",
+    )
+    bisect.add_argument("config", nargs="?", help="YAML config (default: the packaged default.yaml)")
+    bisect.add_argument("--backend", required=True, help="the backend, e.g. torch-amp")
+    bisect.add_argument("--policy", required=True, help="the half policy that fails, e.g. fp16-mixed")
+    bisect.add_argument("--model", help="only this model of the config (default: every model)")
+    bisect.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    bisect.add_argument("--out", help="output directory (default: runs/bisect-<timestamp>/); again: resumes")
 
     report = sub.add_parser("report", help="rebuild table and reports from DIR/results.jsonl")
     report.add_argument("dir")
@@ -141,6 +153,27 @@ def cmd_check(args: argparse.Namespace, console: Console) -> int:
     return _report(Path(args.dir), console, tolerance=args.tolerance, write=False, strict=args.strict)
 
 
+def cmd_bisect(args: argparse.Namespace, console: Console) -> int:
+    from datetime import datetime
+
+    from precision_suite.api import load_run_config
+    from precision_suite.bisect.command import BisectInputError, run_bisect
+
+    config = load_run_config(args.config, args.overrides, {})
+    out_dir = (
+        Path(args.out) if args.out else Path(config.runner.out_dir) / datetime.now().strftime("bisect-%Y%m%d-%H%M%S")
+    )
+    console.print(f"precision-suite bisect: writing to [bold]{out_dir}[/]", soft_wrap=True)
+    try:
+        result = run_bisect(
+            config, args.config or "default.yaml", args.backend, args.policy, args.model, out_dir, console
+        )
+    except BisectInputError as exc:
+        raise UsageError(str(exc)) from None
+    console.print(f"reports: {out_dir / 'bisect.json'}, {out_dir / 'bisect.md'}", soft_wrap=True, highlight=False)
+    return EXIT_OK if all(m.answered for m in result.models) else EXIT_VERDICT
+
+
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
     from precision_suite.outputs.export import export_run
 
@@ -219,6 +252,7 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
 COMMANDS = {
     "run": cmd_run,
     "list": cmd_list,
+    "bisect": cmd_bisect,
     "report": cmd_report,
     "check": cmd_check,
     "export": cmd_export,

@@ -43,7 +43,23 @@ class _Strict(BaseModel):
 
 
 # ---------------------------------------------------------------- models
-class MlpConfig(_Strict):
+class _ModelBase(_Strict):
+    # Blocks (layer names; module qualified names for a torch model) that stay float32 under a half
+    # policy: the answer of `precision-suite bisect`. Left out of the dump when empty, so a model
+    # that keeps nothing has the same resolved config (and hash) as before the key existed.
+    keep_fp32: list[str] = Field(default_factory=list, exclude_if=lambda names: not names)
+
+    @field_validator("keep_fp32")
+    @classmethod
+    def _keep_fp32(cls, names: list[str]) -> list[str]:
+        if any(not name.strip() for name in names):
+            raise ValueError("expected block names, got an empty one")
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate names in {names}")
+        return names
+
+
+class MlpConfig(_ModelBase):
     kind: Literal["mlp"] = "mlp"
     name: str = "mlp"
     hidden: list[PositiveInt] = [128, 64]
@@ -51,7 +67,7 @@ class MlpConfig(_Strict):
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
-class CnnConfig(_Strict):
+class CnnConfig(_ModelBase):
     kind: Literal["cnn"] = "cnn"
     name: str = "cnn"
     channels: list[PositiveInt] = [16, 32]
@@ -60,7 +76,7 @@ class CnnConfig(_Strict):
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
-class TransformerConfig(_Strict):
+class TransformerConfig(_ModelBase):
     kind: Literal["transformer"] = "transformer"
     name: str = "transformer"
     patch_size: PositiveInt = 4
@@ -89,7 +105,7 @@ def _import_string(value: str | None, key: str) -> str | None:
     return value
 
 
-class CustomModelConfig(_Strict):
+class CustomModelConfig(_ModelBase):
     """A user's model, one factory per API family (``precision_suite.models``, "Your own model"):
     ``torch`` ``(input_shape, num_classes) -> torch.nn.Module``, ``keras`` the same ``-> keras.Model``
     (called under the job's dtype policy), ``convert`` ``(torch initial state {name: ndarray},

@@ -71,6 +71,8 @@ BATCH_NORM_EPS = 1e-5
 BATCH_NORM_MOMENTUM = 0.1
 GELU_APPROXIMATE = False  # exact erf GELU (torch default; Keras defaults to the tanh form)
 MAX_POOL = 2
+# The model kinds this module specifies (their blocks: ``block_names``).
+BUILT_IN_KINDS = ("mlp", "cnn", "transformer")
 
 
 def _rng(seed: int, salt: int = 0x5EED) -> np.random.Generator:
@@ -179,6 +181,28 @@ def init_weights(model: Any, input_shape: tuple[int, ...], num_classes: int, see
     else:  # pragma: no cover - the config union admits nothing else
         raise TypeError(f"unknown model config {type(model).__name__}")
     return w
+
+
+def block_names(model: Any) -> list[str]:
+    """The blocks of a built-in model, in forward order: what ``keep_fp32`` may name and what
+    ``precision-suite bisect`` ranks. The same names in every framework (torch module qualified
+    names, Keras layer names); a transformer's ``block{b}`` also names its whole block at once
+    (``keep_fp32_names``)."""
+    if isinstance(model, MlpConfig):
+        return [f"dense{i}" for i in range(len(model.hidden))] + ["head"]
+    if isinstance(model, CnnConfig):
+        return [name for i in range(len(model.channels)) for name in (f"conv{i}", f"bn{i}")] + ["dense", "head"]
+    if isinstance(model, TransformerConfig):
+        parts = ("ln1", "attn", "ln2", "mlp1", "mlp2")
+        return ["embed"] + [f"block{b}.{part}" for b in range(model.depth) for part in parts] + ["ln_f", "head"]
+    raise TypeError(f"no built-in blocks for model config {type(model).__name__}")
+
+
+def keep_fp32_names(model: Any) -> list[str]:
+    """Every name ``keep_fp32`` accepts for a built-in model: its blocks and, for a transformer,
+    each whole ``block{b}``."""
+    groups = [f"block{b}" for b in range(model.depth)] if isinstance(model, TransformerConfig) else []
+    return block_names(model) + groups
 
 
 def check_weight_names(expected: Any, weights: dict[str, np.ndarray], what: str) -> None:

@@ -13,6 +13,7 @@ from precision_suite.backends.policy import find_policy
 from precision_suite.config import ConfigError, SuiteConfig, format_error
 from precision_suite.jobs import BASELINE_POLICY, DP_REFERENCE, Job, job_id
 from precision_suite.measure.speed_phase import SpeedTask
+from precision_suite.models import BUILT_IN_KINDS, keep_fp32_names
 from pydantic import ValidationError
 
 
@@ -157,10 +158,26 @@ def check_backends(config: SuiteConfig, source: str) -> None:
                 f"{source}: debug.lr_scale.{key}: not a backend/policy of this run; it has: {', '.join(sorted(rows))}"
             )
     _check_policy_models(config, {row.split("/", 1)[1] for row in rows}, source)
+    _check_keep_fp32(config, source)
     for job in expand_jobs(config, config.device):
         problem = classes[job.backend].config_problem(job) or data_parallel_problem(job)
         if problem:
             raise ConfigError(f"{source}: {job.backend} ({job.policy}): {problem}")
+
+
+def _check_keep_fp32(config: SuiteConfig, source: str) -> None:
+    """A built-in model's ``keep_fp32`` names its blocks (the same in every framework); a user's
+    model is checked by the backend that builds it."""
+    for i, model in enumerate(config.models):
+        if not model.keep_fp32 or model.kind not in BUILT_IN_KINDS:
+            continue
+        known = keep_fp32_names(model)
+        for j, name in enumerate(model.keep_fp32):
+            if name not in known:
+                raise ConfigError(
+                    f'{source}: models.{i}.keep_fp32.{j}: "{name}" is not a block of the {model.kind} model '
+                    f"{model.name}; it has: {', '.join(known)}"
+                )
 
 
 # ---------------------------------------------------------------- data-parallel jobs

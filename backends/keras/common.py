@@ -18,6 +18,7 @@ import os
 import sys
 import warnings
 from collections import OrderedDict
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -39,7 +40,11 @@ KERAS_GROWTH_FACTOR = 2.0
 KERAS_BACKOFF_FACTOR = 0.5
 # Modules of this package that import keras at module level: rebound when the Keras runtime is
 # switched in-process (see ``import_keras``).
-_KERAS_MODULES = ("precision_suite.backends.keras.models", "precision_suite.backends.keras.optim")
+_KERAS_MODULES = (
+    "precision_suite.backends.keras.models",
+    "precision_suite.backends.keras.optim",
+    "precision_suite.backends.keras.keep_fp32",
+)
 
 
 # Whose optimizer update rules a Keras backend runs (``OPTIMIZER_RULES`` in optim.py builds each):
@@ -418,6 +423,7 @@ class KerasBackend(Backend):
         """The job's Keras model under its dtype policy, holding ``init_weights``, and its built
         optimizer (``build_keras_optimizer``, with the options' ``optimizer_rules``), on the
         runtime's current device."""
+        from precision_suite.backends.keras.keep_fp32 import keep_layers_fp32
         from precision_suite.backends.keras.models import build_keras_model
 
         job = self.job
@@ -429,11 +435,12 @@ class KerasBackend(Backend):
             load_keras_weights(self.model, init_weights, f"the Keras model {job.model.name}")
         else:
             self.model = build_keras_model(job.model, data.input_shape, data.num_classes, init_weights, policy)
+        keep_layers_fp32(self.model, job.model.keep_fp32)
         self.fp8 = None
         if fp8_settings(self.policy) is not None:
             from precision_suite.backends.keras.fp8 import quantize_float8
 
-            self.fp8 = quantize_float8(self.model)
+            self.fp8 = quantize_float8(self.model, job.model.keep_fp32)
         self.optimizer, self.inner_optimizer = build_keras_optimizer(keras, job, data, self.options.optimizer_rules)
         self.optimizer.build(self.model.trainable_variables)
         self.data_shape = tuple(data.input_shape)
@@ -502,8 +509,19 @@ class KerasBackend(Backend):
             from precision_suite.backends.keras.custom import custom_observed_precision
 
             rows = self.x_test[:2]
-            return custom_observed_precision(keras, self.model, rows, self.job, loss_scale_used(self.job))
-        observed = keras_observed_precision(self.model, self.first_layer_output(), self.job)
+            observed = custom_observed_precision(keras, self.model, rows, self.job, loss_scale_used(self.job))
+        else:
+            observed = keras_observed_precision(self.model, self.first_layer_output(), self.job)
+        names = self.job.model.keep_fp32
+        if names:
+            from precision_suite.backends.keras.keep_fp32 import matched_layers, observe_kept
+
+            # The first layer may be kept: the policy's compute dtype is read from the first layer
+            # that is not; each kept name reports its own dtypes. (The layers are looked up again:
+            # a job that reused compiled steps trains the cached model.)
+            kept = matched_layers(self.model, names)
+            blocks, compute = observe_kept(self.model, kept, self.x_test[:2], self.runtime_context())
+            observed.update(compute_dtype=compute, keep_fp32=blocks)
         if self.fp8 is not None:
             from precision_suite.backends.keras.fp8 import observed_fp8
 
@@ -527,6 +545,23 @@ class KerasBackend(Backend):
     def first_layer_output(self) -> Any:
         """The first layer's output on two test rows, computed as a training step would."""
         raise NotImplementedError
+
+    def block_names(self) -> list[str]:
+        from precision_suite.backends.keras.keep_fp32 import candidate_layers
+        from precision_suite.models import BUILT_IN_KINDS, block_names
+
+        kind = self.job.model.kind
+        return block_names(self.job.model) if kind in BUILT_IN_KINDS else candidate_layers(self.model)
+
+    def probe_blocks(self, reference: Backend, names: list[str], steps: Any) -> list[Any]:
+        from precision_suite.backends.keras.keep_fp32 import probe_layers
+
+        return probe_layers(self, reference, names, list(steps))
+
+    def runtime_context(self) -> AbstractContextManager:
+        """What a computation outside the compiled step runs in to be computed as the step would
+        (a device scope, a matmul precision). Default: nothing."""
+        return nullcontext()
 
     def state_dict(self) -> dict[str, Any]:
         return keras_state_dict(self.model, self.optimizer, self.job)

@@ -17,6 +17,7 @@ cast ran, so non-zero histories after training are the evidence that FP8 ran.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ from precision_suite.backends.reference.fp8 import (
     GRADIENT_FORMAT,
     KERAS_AMAX_HISTORY_LENGTH,
     fp8_eligible,
+    in_kept_block,
     keras_recipe,
 )
 
@@ -88,12 +90,15 @@ def dense_layers(model: Any) -> list[tuple[str, Any]]:
     return out
 
 
-def quantize_float8(model: Any) -> Fp8Quantization:
-    """Quantise ``model``'s eligible Dense layers to float8 in place (built, weights loaded)."""
+def quantize_float8(model: Any, keep: Sequence[str] = ()) -> Fp8Quantization:
+    """Quantise ``model``'s eligible Dense layers to float8 in place (built, weights loaded);
+    layers in a block of ``keep`` (``keep_fp32``) stay float32."""
     done = Fp8Quantization()
     for name, layer in dense_layers(model):
         n_in, n_out = (int(d) for d in layer.kernel.shape)
         why_not = fp8_eligible(n_in, n_out)
+        if why_not is None and in_kept_block(name, keep):
+            why_not = "kept in fp32 (keep_fp32)"
         if why_not is not None:
             done.not_converted[name] = why_not
             continue

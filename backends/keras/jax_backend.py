@@ -290,10 +290,13 @@ class KerasJaxBackend(KerasBackend):
         return self.memory_with_peak(None, "")
 
     def first_layer_output(self) -> Any:
+        with self.runtime_context():
+            return self.model.layers[1](self.x_test[:2])
+
+    def runtime_context(self) -> Any:
         import jax
 
-        with jax.default_matmul_precision(self.matmul_precision):
-            return self.model.layers[1](self.x_test[:2])
+        return jax.default_matmul_precision(self.matmul_precision)
 
     def observed_precision(self) -> dict[str, Any]:
         self._variables_from_state()  # the FP8 evidence (amax histories) lives in the threaded state

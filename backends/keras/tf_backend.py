@@ -331,10 +331,13 @@ class TfKerasBackend(KerasBackend):
         return 2 * n**3 * iters / elapsed / 1e12
 
     def first_layer_output(self) -> Any:
+        with self.runtime_context():
+            return self.model.layers[1](self.x_test[:2])
+
+    def runtime_context(self) -> Any:
         import tensorflow as tf
 
-        with tf.device(self._device):
-            return self.model.layers[1](self.x_test[:2])
+        return tf.device(self._device)
 
     def cuda_capability(self) -> tuple[int, int] | None:
         import tensorflow as tf

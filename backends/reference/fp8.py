@@ -27,6 +27,7 @@ Where the frameworks differ is *which* amax:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -82,6 +83,12 @@ def fp8_eligible(in_features: int, out_features: int) -> str | None:
     if not bad:
         return None
     return f"{' and '.join(bad)} not a multiple of {FP8_DIM_MULTIPLE} (FP8 GEMM kernels need it)"
+
+
+def in_kept_block(name: str, keep: Sequence[str]) -> bool:
+    """Whether the layer ``name`` lies in a block kept in fp32 (``keep_fp32``): the block itself or
+    a layer under it (``block.sub``), the rule both keep_fp32 implementations match names by."""
+    return any(name == block or name.startswith(f"{block}.") for block in keep)
 
 
 def round_down_to_power_of_2(scale: np.ndarray) -> np.ndarray:

@@ -67,12 +67,15 @@ class TorchAmpBackend(TorchBackendBase):
 
     def _build(self) -> None:
         import torch
+        from precision_suite.backends.torch.keep_fp32 import KeptBlocks
 
         self.fp8 = None
         if fp8_settings(self.policy) is not None:
             from precision_suite.backends.torch.fp8 import convert
 
-            self.fp8 = convert(self.model, self.options.fp8_recipe, self.device)
+            self.fp8 = convert(self.model, self.options.fp8_recipe, self.device, self.job.model.keep_fp32)
+        # Kept blocks run with autocast off on fp32 inputs; their fp32 output meets autocast again.
+        self.kept = KeptBlocks(self.model, self.job.model.keep_fp32, self.device.type, out_dtype=None)
         ls = self.job.loss_scale
         mode = self.job.loss_scaling_mode
         self.scaling = mode != "none"
@@ -117,6 +120,12 @@ class TorchAmpBackend(TorchBackendBase):
 
             env["fp8"] = {**self.fp8.record(), "torchao_version": importlib.metadata.version("torchao")}
         return env
+
+    def run_block(self, module: Any, args: Any, kwargs: Any) -> Any:
+        import torch
+
+        with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=self.autocast_enabled):
+            return module(*args, **kwargs)
 
     def _loss_scaling_mode(self) -> str:
         if not self.scaling:

@@ -517,18 +517,32 @@ class TorchBackendBase(Backend):
 
         was_training = self.model.training
         self.model.eval()  # no dropout RNG draw, no BatchNorm statistics update
+        kept = getattr(self, "kept", None)
         with torch.no_grad():
-            logits = self._forward(self.x_test[:2])
+            if kept is not None and kept.names:
+                # The logits may come from a kept block: the policy's compute dtype is read from
+                # the first layer that is not kept; each kept block reports its own dtypes.
+                blocks, compute = kept.observe(lambda: self._forward(self.x_test[:2]))
+            else:
+                blocks, compute = None, dtype_name(self._forward(self.x_test[:2]).dtype)
         self.model.train(was_training)
-        largest = max(self.model.parameters(), key=lambda p: p.numel())
+        inside = kept.inside() if kept is not None else set()
+        # The policy's weights: those outside every kept block (all of them when nothing is left).
+        free = [p for m in self.model.modules() if id(m) not in inside for p in m.parameters(recurse=False)]
+        largest = max(free or self.model.parameters(), key=lambda p: p.numel())
         updated = self.optimizer.param_groups[0]["params"]
+        kept_ids = {id(p) for m in self.model.modules() if id(m) in inside for p in m.parameters(recurse=False)}
+        updated = [p for p in updated if id(p) not in kept_ids] or updated
         master = max(updated, key=lambda p: p.numel()).dtype if updated else None
-        return {
-            "compute_dtype": dtype_name(logits.dtype),
+        observed = {
+            "compute_dtype": compute,
             "param_dtype": dtype_name(largest.dtype),
             "master_dtype": dtype_name(master) if master is not None else None,
             "loss_scaling": self._loss_scaling_mode(),
         }
+        if blocks is not None:
+            observed["keep_fp32"] = blocks
+        return observed
 
     def environment(self) -> dict[str, Any]:
         import torch
@@ -550,6 +564,27 @@ class TorchBackendBase(Backend):
             "threads": torch.get_num_threads(),
             "interop_threads": torch.get_num_interop_threads(),
         }
+
+    # -------------------------------------------------- bisect
+    def block_names(self) -> list[str]:
+        from precision_suite.backends.torch.keep_fp32 import candidate_blocks
+        from precision_suite.models import BUILT_IN_KINDS, block_names
+
+        kind = self.job.model.kind
+        return block_names(self.job.model) if kind in BUILT_IN_KINDS else candidate_blocks(self.model)
+
+    def run_block(self, module: Any, args: Any, kwargs: Any) -> Any:
+        """One block of ``self.model`` under the policy, as the forward pass runs it: inputs in
+        the working dtype (torch-manual's half copy); torch-amp runs it under autocast."""
+        from precision_suite.backends.torch.keep_fp32 import cast_floats
+
+        return module(*cast_floats(args, self.compute_dtype), **cast_floats(kwargs, self.compute_dtype))
+
+    def probe_blocks(self, reference: Backend, names: list[str], steps: Sequence[np.ndarray]) -> list[Any]:
+        from precision_suite.backends.torch.keep_fp32 import probe_blocks
+
+        scale = self.job.loss_scale.init_scale if self.job.loss_scaling_mode != "none" else 1.0
+        return probe_blocks(self, reference, names, list(steps), self.run_block, scale)
 
     # -------------------------------------------------- checkpoints
     def _extra_state(self) -> dict[str, Any]:

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from precision_suite.backends.reference.fp8 import FP8_DIM_MULTIPLE, fp8_eligible, torchao_recipe
+from precision_suite.backends.reference.fp8 import FP8_DIM_MULTIPLE, fp8_eligible, in_kept_block, torchao_recipe
 
 if TYPE_CHECKING:
     import torch
@@ -90,9 +91,12 @@ def _import_torchao_float8() -> Any:
     return float8
 
 
-def convert(model: torch.nn.Module, recipe: str, device: torch.device) -> Fp8Conversion:
+def convert(
+    model: torch.nn.Module, recipe: str, device: torch.device, keep: Sequence[str] = ()
+) -> Fp8Conversion:
     """Swap ``model``'s eligible ``nn.Linear`` modules for torchao's ``Float8Linear`` in place
-    (parameters kept), recording every Linear's outcome."""
+    (parameters kept), recording every Linear's outcome. Modules in a block of ``keep``
+    (``keep_fp32``) stay as they are: a block kept in fp32 is not computed in FP8."""
     import torch
 
     float8 = _import_torchao_float8()
@@ -104,6 +108,8 @@ def convert(model: torch.nn.Module, recipe: str, device: torch.device) -> Fp8Con
         if not isinstance(module, torch.nn.Linear):
             return False
         why_not = fp8_eligible(module.in_features, module.out_features)
+        if why_not is None and in_kept_block(name, keep):
+            why_not = "kept in fp32 (keep_fp32)"
         if why_not is None:
             conversion.converted.append(name)
             return True

@@ -119,21 +119,26 @@ class TorchManualBackend(TorchBackendBase):
 
     def _build(self) -> None:
         import torch
+        from precision_suite.backends.torch.keep_fp32 import KeptBlocks
 
         half = self.compute_dtype
         # The exact fp32 initial weights, taken before any cast: the master copy starts from
         # them (as torch-amp's and Keras' weights do), and the working copy is made from it.
         init_fp32 = [p.detach().clone() for p in self.model.parameters()]
         self.model.to(half)
+        # Kept blocks: fp32 parameters and compute, cast back to half at their output. Their norms
+        # need no edges of their own (they would cast to half inside the fp32 block).
+        self.kept = KeptBlocks(self.model, self.job.model.keep_fp32, self.device.type, out_dtype=half)
+        inside_kept = self.kept.inside()
         for module in self.model.modules():
-            if _is_norm(module):
+            if _is_norm(module) and id(module) not in inside_kept:
                 module.float()
                 # fp32 statistics and affine; the rest of the network stays half.
                 module.register_forward_pre_hook(lambda m, args: (args[0].float(),))
                 module.register_forward_hook(lambda m, args, out: out.to(half))
         self.working = list(self.model.parameters())
         with torch.no_grad():
-            # Norm parameters (fp32) get the init unrounded; the rest its one rounding to half.
+            # Norm and kept parameters (fp32) get the init unrounded; the rest its one rounding to half.
             torch._foreach_copy_(self.working, init_fp32)
         if self.policy.master_weights:
             self.master = init_fp32

@@ -15,12 +15,22 @@ speed phase where it ran, training jobs only where they were timed alone, else "
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from precision_suite.backends.base import implementation_label
 from precision_suite.backends.policy import find_policy
+from precision_suite.bisect.record import BISECT_FILE, read_bisect
 from precision_suite.outputs.intervals import ratio_interval, speedup_of
-from precision_suite.outputs.rundir import RunDir, baseline_key, ok_records_by_row, row_key
+from precision_suite.outputs.rundir import (
+    RowKey,
+    RunDir,
+    RunDirError,
+    baseline_key,
+    load_run,
+    ok_records_by_row,
+    row_key,
+)
 from precision_suite.verdicts.compare import PASS, Comparison, Group, Row
 from precision_suite.verdicts.stats import PARITY_METRICS, Interval
 
@@ -29,11 +39,23 @@ TOOLS_BY_FAMILY = {"torch": ("Lightning", "accelerate", "PyTorch"), "keras": ("K
 
 
 @dataclass
+class BisectFix:
+    """What ``precision-suite bisect`` found for a failing policy: the blocks to keep in fp32, and
+    the speed and memory of the fixed policy measured in bisect's verdict run."""
+
+    keep: list[str]
+    verdict_run_dir: str
+    speedup: Interval
+    memory_ratio: Interval
+
+
+@dataclass
 class Candidate:
     row: Row
     speedup: Interval
     memory_ratio: Interval  # policy / fp32 peak memory
     reasons: list[str] = field(default_factory=list)  # why not; empty = eligible
+    fix: BisectFix | None = None  # a bisect answer for this failing policy, where one was found
 
 
 @dataclass
@@ -130,7 +152,55 @@ def advise_group(group: Group, records: dict, check_pure: bool) -> list[Advice]:
 
 def advise(run: RunDir) -> list[Advice]:
     records = ok_records_by_row(run.records)
-    return [a for g in run.comparison.groups for a in advise_group(g, records, run.comparison.check_pure)]
+    advice = [a for g in run.comparison.groups for a in advise_group(g, records, run.comparison.check_pure)]
+    fixes = bisect_fixes(run.path)
+    for item in advice:
+        for candidate in item.avoid:
+            row = candidate.row
+            if row.verdict("parity") is not None and row.verdict("parity").outcome != PASS:
+                candidate.fix = fixes.get((row.model, row.dataset, row.device, row.backend, row.policy))
+    return advice
+
+
+def _bisect_files(run_path: Path) -> list[Path]:
+    """bisect.json in the run directory, in its subfolders, next to it, and in its neighbours."""
+    places = [run_path, *sorted(p for p in run_path.glob("*") if p.is_dir())]
+    parent = run_path.parent
+    places += [parent, *sorted(p for p in parent.glob("*") if p.is_dir() and p != run_path)]
+    return [p / BISECT_FILE for p in places if (p / BISECT_FILE).is_file()]
+
+
+def bisect_fixes(run_path: Path) -> dict[RowKey, BisectFix]:
+    """Every answered bisect found around ``run_path`` whose verdict passed, by the row it fixes,
+    with the fixed policy's speed and memory read from bisect's own verdict run."""
+    fixes: dict[RowKey, BisectFix] = {}
+    for path in _bisect_files(run_path):
+        result = read_bisect(path)
+        for model in result.models if result is not None else []:
+            if not model.keep_fp32 or model.verdict != PASS or not model.verdict_run_dir:
+                continue
+            try:
+                fixed = load_run(model.verdict_run_dir)
+            except RunDirError:
+                continue
+            records = ok_records_by_row(fixed.records)
+            for row in fixed.comparison.rows:
+                if (row.backend, row.policy) != (result.backend, result.policy) or row.model != model.model:
+                    continue
+                base = records.get(baseline_key(row), []) if row.baseline else []
+                memory = ratio_interval(base, records.get(row_key(row), []), "peak_memory_bytes")
+                fixes.setdefault(
+                    row_key(row), BisectFix(model.keep_fp32, model.verdict_run_dir, speedup_of(row), memory)
+                )
+    return fixes
+
+
+def fix_text(fix: BisectFix) -> str:
+    speed = "speed not measured" if fix.speedup.estimate is None else f"{_fmt(fix.speedup)} vs fp32"
+    return (
+        f"fails; passes with {len(fix.keep)} block(s) kept in fp32 (bisect: keep_fp32: [{', '.join(fix.keep)}]): "
+        f"{speed}, {memory_saving_text(fix.memory_ratio)} (measured in {fix.verdict_run_dir})"
+    )
 
 
 def _parity_delta(row: Any) -> str:
@@ -166,6 +236,8 @@ def render_text(advice: list[Advice], comparison: Comparison) -> str:
             )
         for c in item.avoid:
             lines.append(f"  avoid {c.row.label}: " + "; ".join(c.reasons))
+            if c.fix is not None:
+                lines.append(f"    {c.row.label} {fix_text(c.fix)}")
         lines.append("")
     tolerance = comparison.tolerance_pts
     bands = {g.tolerance_text for g in comparison.groups if g.parity_metric != "accuracy"}

@@ -392,8 +392,11 @@ def _precision_problems(record: dict[str, Any]) -> list[str]:
         return ["observed precision not recorded"]
     problems = []
     compute = observed.get("compute_dtype")
-    if compute != expected.compute_dtype:
+    claimed = ((record.get("config") or {}).get("model") or {}).get("keep_fp32") or []
+    # With blocks kept in fp32, compute is read outside them: None when nothing is left outside.
+    if compute != expected.compute_dtype and not (claimed and compute is None):
         problems.append(f"compute {compute}, expected {expected.compute_dtype}")
+    problems += _kept_block_problems(claimed, observed.get("keep_fp32") or {}, expected.compute_dtype)
     updated = observed.get("master_dtype") or observed.get("param_dtype")
     if updated != expected.master_dtype:
         what = "master" if observed.get("master_dtype") else "param"
@@ -404,6 +407,23 @@ def _precision_problems(record: dict[str, Any]) -> list[str]:
         problems.append(f"loss scaling {scaling}, expected {want_scaling}")
     if (fp8 := fp8_settings(expected)) is not None:
         problems.extend(fp8_problems(observed, fp8))
+    return problems
+
+
+def _kept_block_problems(claimed: list[str], observed: dict[str, Any], policy_compute: str) -> list[str]:
+    """Every block the config keeps in fp32 must have been seen running in fp32 (under an fp32
+    policy there is nothing to keep apart, so nothing to check)."""
+    if policy_compute == "float32":
+        return []
+    problems = []
+    for name in claimed:
+        seen = observed.get(name)
+        if seen is None:
+            problems.append(f"kept block {name}: not observed")
+            continue
+        for what, allowed in (("compute_dtype", {"float32"}), ("param_dtype", {"float32", None})):
+            if seen.get(what) not in allowed:  # a block without parameters has no param dtype
+                problems.append(f"kept block {name}: {what.removesuffix('_dtype')} {seen.get(what)}, expected float32")
     return problems
 
 

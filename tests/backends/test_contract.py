@@ -242,3 +242,60 @@ def test_overflow_step_is_skipped_and_leaves_the_state_untouched(name):
     assert telemetry.skipped.tolist() == [False, True, False]
     assert telemetry.loss_scale.tolist() == [1024.0, 1024.0, 512.0]
     backend.teardown()
+
+
+def _half_cases():
+    for name in backend_names():
+        cls = get_backend_class(name)
+        for policy in _cpu_policies(cls):
+            if get_policy(policy).compute_dtype != "float32":
+                yield pytest.param((name, policy), id=f"{name}-{policy}")
+
+
+def _keep_backend(name: str, policy: str, keep: list[str], model: dict | None = None):
+    cls = get_backend_class(name)
+    available = cls.is_available()
+    if not available.ok:
+        pytest.skip(f"{name}: {available.reason}")
+    config = SuiteConfig.model_validate(
+        {
+            "models": [{"kind": "mlp", "hidden": [16, 16], "keep_fp32": keep, **(model or {})}],
+            "train": {"steps": STEPS, "batch_size": 32},
+            "backends": {"names": [name], "policies": {name: [policy]}},
+            "seeds": [0],
+            "device": "cpu",
+        }
+    )
+    (job,) = expand_jobs(config, "cpu")
+    data = _digits()
+    backend = cls()
+    backend.setup(job, init_weights(job.model, data.input_shape, data.num_classes, 0), data)
+    return backend, data
+
+
+@pytest.mark.parametrize("case", list(_half_cases()))
+def test_keep_fp32_runs_the_named_blocks_in_fp32_and_the_rest_under_the_policy(case):
+    """The observed dtypes come from the layers' real outputs on real rows: a kept block computed
+    in half, or the rest of the model silently in fp32, would show."""
+    name, policy = case
+    backend, data = _keep_backend(name, policy, ["dense1", "head"])
+    try:
+        for _, rows in batch_plan(len(data.y_train), 32, 0, None, STEPS):
+            backend.train_step(rows)
+        assert np.all(np.isfinite(backend.drain_telemetry().loss))
+        observed = backend.observed_precision()
+    finally:
+        backend.teardown()
+    fp32 = {"compute_dtype": "float32", "param_dtype": "float32"}
+    assert observed["keep_fp32"] == {"dense1": fp32, "head": fp32}
+    spec = get_policy(policy)
+    assert observed["compute_dtype"] == spec.compute_dtype  # dense0, not kept
+    updated = observed["master_dtype"] or observed["param_dtype"]
+    assert updated == spec.master_dtype
+
+
+@pytest.mark.parametrize("case", list(_half_cases()))
+def test_keep_fp32_of_an_unknown_block_is_an_error_naming_the_blocks(case):
+    name, policy = case
+    with pytest.raises(ValueError, match=r'keep_fp32: "dense7" is not a .*dense0, dense1, head'):
+        _keep_backend(name, policy, ["dense7"])

@@ -214,3 +214,37 @@ def test_the_default_run_shows_loss_scaling_on_every_backend_that_scales():
     with_fp16 = {name for name in config.backends.names if "fp16-mixed" in get_backend_class(name).policies}
     assert with_fp16 == {"torch-amp", "torch-manual", "tf-keras", "keras-jax"}
     assert scaling == with_fp16
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (
+            {"kind": "mlp", "hidden": [8, 8], "keep_fp32": ["dense2"]},
+            'models.0.keep_fp32.0: "dense2" is not a block of the mlp model mlp; it has: dense0, dense1, head',
+        ),
+        (
+            {"kind": "transformer", "depth": 1, "keep_fp32": ["block0", "block1"]},
+            'models.0.keep_fp32.1: "block1" is not a block of the transformer model transformer; it has: embed, '
+            "block0.ln1, block0.attn, block0.ln2, block0.mlp1, block0.mlp2, ln_f, head, block0",
+        ),
+    ],
+)
+def test_keep_fp32_names_blocks_of_the_built_in_model(model, message):
+    from precision_suite.plan import check_backends
+
+    config = SuiteConfig.model_validate({"models": [model], "backends": {"names": ["torch-amp"]}})
+    with pytest.raises(ConfigError) as info:
+        check_backends(config, "x.yaml")
+    assert str(info.value) == f"x.yaml: {message}"
+    ok = SuiteConfig.model_validate({"models": [{**model, "keep_fp32": ["head"]}]})
+    check_backends(ok, "x.yaml")
+
+
+def test_keep_fp32_rejects_duplicates_and_is_left_out_of_the_resolved_config_when_empty():
+    with pytest.raises(ValueError, match="duplicate names"):
+        SuiteConfig.model_validate({"models": [{"kind": "mlp", "keep_fp32": ["head", "head"]}]})
+    assert "keep_fp32" not in SuiteConfig().model_dump(mode="json")["models"][0]
+    kept = SuiteConfig.model_validate({"models": [{"kind": "mlp", "keep_fp32": ["head"]}]})
+    assert kept.model_dump(mode="json")["models"][0]["keep_fp32"] == ["head"]
+    assert kept.config_hash() != SuiteConfig().config_hash()

@@ -109,3 +109,31 @@ def test_fp8_on_a_capable_gpu_gets_the_fp8_settings_and_is_never_claimed_emulate
     (item,) = advise(load_run(write_run("a100", records({"cuda_capability": [8, 0]}))))
     assert item.choice is None
     assert "emulated: compute capability 8.0 < 8.9, so no speed claim" in item.avoid[0].reasons
+
+
+def test_a_failing_policy_with_a_bisect_answer_next_to_the_run_says_what_fixes_it(write_run):
+    """The fixed policy's speed and memory are read from bisect's verdict run, not assumed."""
+    from precision_suite.bisect.record import BisectResult, ModelBisect
+
+    flags = {"avx512_fp16": True, "avx512_bf16": True}
+    failing = [make_record("torch-amp", "fp32", s, step_ms=10.0 + 0.1 * s, cpu_flags=flags) for s in (0, 1, 2)]
+    failing += [make_record("torch-amp", "fp16-mixed", s, accuracy=0.10, cpu_flags=flags) for s in (0, 1, 2)]
+    run_dir = write_run("run", failing)
+    fixed = [make_record("torch-amp", "fp32", s, step_ms=10.0 + 0.1 * s, cpu_flags=flags) for s in (0, 1, 2)]
+    fixed += [
+        make_record("torch-amp", "fp16-mixed", s, step_ms=8.0 + 0.1 * s, memory=700_000, cpu_flags=flags)
+        for s in (0, 1, 2)
+    ]
+    (run_dir.parent / "bisect" / "mlp").mkdir(parents=True)
+    verdict_dir = write_run("bisect/mlp/keep-x-full", fixed)
+    model = ModelBisect("mlp", ["dense0", "fragile", "head"], ["fragile"], "pass", "Δ +0.00 pt", str(verdict_dir))
+    BisectResult("torch-amp", "fp16-mixed", "x.yaml", [model]).write(run_dir.parent / "bisect")
+    (item,) = advise(load_run(run_dir))
+    (avoid,) = item.avoid
+    assert "parity FAIL" in "; ".join(avoid.reasons)
+    assert avoid.fix is not None and avoid.fix.keep == ["fragile"]
+    assert abs(avoid.fix.speedup.estimate - 10.1 / 8.1) < 0.01  # the verdict run's own step times
+    text = render_text([item], load_run(run_dir).comparison)
+    fix = "torch-amp fp16-mixed fails; passes with 1 block(s) kept in fp32 (bisect: keep_fp32: [fragile]): 1.25×"
+    assert fix in text
+    assert "memory saving 30% (the same in every seed)" in text

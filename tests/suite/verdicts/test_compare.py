@@ -612,3 +612,36 @@ def test_fp8_rows_of_two_frameworks_get_a_note_on_their_scaling():
     one_side = compare([r for r in records if r["backend"] == "torch-amp"]).groups[0]
     assert fp8_scaling_note(one_side.rows) is None
     assert all(r.emulated for r in group.rows if r.policy == "fp8-mixed")
+
+
+@pytest.mark.parametrize(
+    ("seen", "outcome", "message"),
+    [
+        ({"compute_dtype": "float32", "param_dtype": "float32"}, PASS, ""),
+        ({"compute_dtype": "float16", "param_dtype": "float32"}, FAIL, "kept block dense1: compute float16"),
+        ({"compute_dtype": "mixed: float16, float32", "param_dtype": "float32"}, FAIL, "compute mixed: float16"),
+        ({"compute_dtype": "float32", "param_dtype": "float16"}, FAIL, "kept block dense1: param float16"),
+        (None, FAIL, "kept block dense1: not observed"),
+    ],
+)
+def test_a_block_claimed_fp32_must_be_seen_running_fp32(seen, outcome, message):
+    record = make_record("torch-amp", "fp16-mixed", 0)
+    record["config"]["model"]["keep_fp32"] = ["dense1"]
+    if seen is not None:
+        record["observed"]["keep_fp32"] = {"dense1": seen}
+    verdict = compare([record]).rows[0].verdict("precision-active")
+    assert verdict.outcome == outcome and message in verdict.detail
+
+
+def test_with_every_compute_layer_kept_no_half_compute_is_expected_but_the_kept_blocks_are_checked():
+    record = make_record("torch-amp", "fp16-mixed", 0)
+    record["config"]["model"]["keep_fp32"] = ["dense0", "head"]
+    record["observed"].update(
+        compute_dtype=None,
+        keep_fp32={"dense0": {"compute_dtype": "float32", "param_dtype": "float32"}},
+    )
+    verdict = compare([record]).rows[0].verdict("precision-active")
+    assert verdict.outcome == FAIL and verdict.detail == "seed 0: kept block head: not observed"
+    record["observed"]["compute_dtype"] = None
+    record["config"]["model"]["keep_fp32"] = []  # nothing kept: a missing compute dtype is a fallback
+    assert compare([record]).rows[0].verdict("precision-active").outcome == FAIL
