@@ -62,11 +62,6 @@ class Interval:
     std: float | None = None  # paired: the std of the differences
 
     @property
-    def mean(self) -> float | None:
-        """The estimate, under the name a mean difference (the equivalence tests') is read by."""
-        return self.estimate
-
-    @property
     def defined(self) -> bool:
         return self.estimate is not None and self.low is not None and self.high is not None
 
