@@ -9,10 +9,11 @@ records but draws nothing) in a fresh process each, as a user runs them. Printed
 
     records  groups  plots  report s  report cpu s  again s  check s
 
-(report s: a report into a folder without plots, every plot drawn; report cpu s: the CPU time of
-that report process and its plot workers, which load from other processes inflates less than the
-wall clock; again s: the same report run again, every group's PNGs read back as drawn from the
-same inputs.)
+(report s: a report into a folder without plots, every plot it shows drawn — those of
+``report.plot_groups`` (12) model groups by default, of every group with ``--plot-groups all``;
+report cpu s: the CPU time of that report process and its plot workers, which load from other
+processes inflates less than the wall clock; again s: the same report run again, every shown
+group's PNGs read back as drawn from the same inputs; plots: the PNGs the report shows.)
 
 With ``--from RUN_DIR`` the records of a real run are copied instead (model names suffixed
 ``-2``, ``-3``, ...). Timings are wall clock on whatever else the machine runs: the load average is
@@ -20,6 +21,7 @@ printed, and ``--repeat N`` keeps the fastest of N timings per size.
 
     python benchmarks/report_cost.py                       # sizes x1, x10, x40 of the default run
     python benchmarks/report_cost.py --quick               # one model group, x1 and x2: a smoke run
+    python benchmarks/report_cost.py --sizes 40 --plot-groups all   # every group's plots drawn
     python benchmarks/report_cost.py --from runs/default --sizes 1,10,40 --repeat 3 --markdown
 """
 
@@ -129,12 +131,14 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def time_command(command: str, run_dir: Path, repeat: int, redraw: bool = False) -> tuple[float, float]:
-    """The fastest of ``repeat`` timings of ``precision-suite COMMAND RUN_DIR`` in a fresh
-    interpreter: wall-clock seconds, and the CPU seconds of that run (its workers included).
+def time_command(
+    command: str, run_dir: Path, repeat: int, redraw: bool = False, options: tuple[str, ...] = ()
+) -> tuple[float, float]:
+    """The fastest of ``repeat`` timings of ``precision-suite COMMAND RUN_DIR [OPTIONS]`` in a
+    fresh interpreter: wall-clock seconds, and the CPU seconds of that run (its workers included).
     ``redraw``: remove the plots first, so every timing draws them all."""
     code = "import sys; from precision_suite.cli import main; sys.exit(main())"
-    argv = [sys.executable, "-c", code, command, str(run_dir)]
+    argv = [sys.executable, "-c", code, command, str(run_dir), *options]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     best = (math.inf, math.inf)
     for _ in range(repeat):
@@ -151,13 +155,16 @@ def time_command(command: str, run_dir: Path, repeat: int, redraw: bool = False)
     return best
 
 
-def measure(template: list[dict[str, Any]], sizes: list[int], repeat: int, work: Path) -> list[tuple]:
+def measure(
+    template: list[dict[str, Any]], sizes: list[int], repeat: int, work: Path, plot_groups: str | None = None
+) -> list[tuple]:
+    options = ("--plot-groups", plot_groups) if plot_groups else ()
     rows = []
     for copies in sizes:
         run_dir = work / f"x{copies}"
         records = write_run(run_dir, template, copies)
-        report_s, report_cpu_s = time_command("report", run_dir, repeat, redraw=True)
-        again_s, _ = time_command("report", run_dir, repeat)
+        report_s, report_cpu_s = time_command("report", run_dir, repeat, redraw=True, options=options)
+        again_s, _ = time_command("report", run_dir, repeat, options=options)
         check_s, _ = time_command("check", run_dir, repeat)
         plots = len(list((run_dir / "plots").glob("*.png")))
         groups = len({(r["model"], r.get("dataset"), r.get("device")) for r in read_run(run_dir)})
@@ -184,6 +191,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="one model group, sizes 1,2: a smoke run")
     parser.add_argument("--keep", type=Path, help="write the run directories here (default: a temporary folder)")
     parser.add_argument("--markdown", action="store_true", help="also print the table as markdown")
+    parser.add_argument(
+        "--plot-groups",
+        metavar="N|all",
+        help="passed to `precision-suite report` (default: its own, report.plot_groups = 12)",
+    )
     return parser
 
 
@@ -207,10 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         template = default_run_records(1 if args.quick else None)
         source = "synthetic default-run records (configs/default.yaml)"
-    print(f"# {machine()}; load average {os.getloadavg()[0]:.2f}; records: {source}", flush=True)
+    shown = f"; report --plot-groups {args.plot_groups}" if args.plot_groups else ""
+    print(f"# {machine()}; load average {os.getloadavg()[0]:.2f}; records: {source}{shown}", flush=True)
     print("  ".join(f"{c:>{w}}" for c, w in zip(COLUMNS, WIDTHS, strict=True)), flush=True)
     with tempfile.TemporaryDirectory(prefix="report-cost-") as tmp:
-        rows = measure(template, sizes, args.repeat, args.keep or Path(tmp))
+        rows = measure(template, sizes, args.repeat, args.keep or Path(tmp), args.plot_groups)
     print(f"# load average now {os.getloadavg()[0]:.2f}", flush=True)
     if args.markdown:
         print("\n| " + " | ".join(COLUMNS) + " |\n|" + "---:|" * len(COLUMNS))

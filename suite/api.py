@@ -233,15 +233,33 @@ def execute(config: SuiteConfig, out_dir: Path, console: Console, resume: bool =
     )
 
 
+# ``report_run(plot_groups=...)`` when the run's own config says how many groups get plots.
+PLOT_GROUPS_FROM_CONFIG = "config"
+
+
+def _plot_groups(run_config: dict[str, Any] | None) -> int | None:
+    """``report.plot_groups`` of a run's recorded config (the default where it has none)."""
+    from precision_suite.config import ReportConfig
+
+    recorded = ((run_config or {}).get("report") or {}) if isinstance(run_config, dict) else {}
+    try:
+        return ReportConfig.model_validate(recorded).plot_groups
+    except ValueError:  # a config.yaml edited by hand: the default, not a crash
+        return ReportConfig().plot_groups
+
+
 def report_run(
     out_dir: Path,
     console: Console,
     tolerance_pts: float | None = None,
     write: bool = True,
     strict: bool = False,
+    plot_groups: int | None | str = PLOT_GROUPS_FROM_CONFIG,
 ) -> tuple[RunDir, list[Path]]:
     """Read the run in ``out_dir`` and show it: with ``write``, the table in the terminal and
-    every report file (returned); without, the verdicts only (``check``)."""
+    every report file (returned); without, the verdicts only (``check``). ``plot_groups``: the
+    most model groups whose plots the reports show (None: every group); by default the run's
+    ``report.plot_groups``."""
     from precision_suite import report
     from precision_suite.outputs import write_ci_files
     from precision_suite.outputs.rundir import load_run
@@ -255,10 +273,19 @@ def report_run(
         return run_dir, []
     # The plots are nearly all of the cost: drawn in worker processes while this one prints
     # the table and writes the CI files.
-    plots = report.start_plots(comparison, records, plot_dir=out_dir / "plots")
+    limit = _plot_groups(run_dir.config) if plot_groups == PLOT_GROUPS_FROM_CONFIG else plot_groups
+    plots = report.start_plots(comparison, records, plot_dir=out_dir / "plots", limit=limit)
     report.render_terminal(comparison, console)
     ci_paths = write_ci_files(out_dir, comparison, records)
     paths = report.write_reports(out_dir, comparison, records, plots)
     paths[3:3] = ci_paths
     console.print("reports: " + ", ".join(str(p) for p in paths), soft_wrap=True)
+    if plots.left_out:
+        shown = len(comparison.groups) - len(plots.left_out)
+        console.print(
+            f"plots: {shown} of {len(comparison.groups)} model groups (report.plot_groups: {limit}; failing and"
+            f" inconclusive groups first); every group's: precision-suite report {out_dir} --plot-groups all",
+            soft_wrap=True,
+            highlight=False,
+        )
     return run_dir, paths

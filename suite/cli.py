@@ -23,12 +23,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from precision_suite.api import PLOT_GROUPS_FROM_CONFIG
 from precision_suite.errors import UsageError, UserError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 EXIT_OK, EXIT_VERDICT, EXIT_USAGE, EXIT_JOBS_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+
+
+def _plot_groups_arg(text: str) -> int | None | str:
+    if text == PLOT_GROUPS_FROM_CONFIG:  # the default (argparse passes a string default through here)
+        return text
+    if text == "all":
+        return None
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected a number of model groups >= 0 or 'all', got {text!r}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,6 +83,14 @@ def _parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="rebuild table and reports from DIR/results.jsonl")
     report.add_argument("dir")
+    report.add_argument(
+        "--plot-groups",
+        type=_plot_groups_arg,
+        default=PLOT_GROUPS_FROM_CONFIG,
+        metavar="N|all",
+        help="draw the plots of at most N model groups, failing and inconclusive ones first; all: every"
+        " group's (default: the run's report.plot_groups, 12)",
+    )
 
     check = sub.add_parser("check", help="print verdicts of DIR; exit 1 if any fails")
     check.add_argument("dir")
@@ -134,16 +153,23 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     return EXIT_JOBS_FAILED if result.failed_jobs else check_exit_code(result.comparison)
 
 
-def _report(out_dir: Path, console: Console, tolerance: float | None, write: bool = True, strict: bool = False) -> int:
+def _report(
+    out_dir: Path,
+    console: Console,
+    tolerance: float | None,
+    write: bool = True,
+    strict: bool = False,
+    plot_groups: int | None | str = PLOT_GROUPS_FROM_CONFIG,
+) -> int:
     from precision_suite.api import report_run
     from precision_suite.verdicts.compare import check_exit_code
 
-    run_dir, _ = report_run(out_dir, console, tolerance, write=write, strict=strict)
+    run_dir, _ = report_run(out_dir, console, tolerance, write=write, strict=strict, plot_groups=plot_groups)
     return check_exit_code(run_dir.comparison, strict=strict)
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
-    _report(Path(args.dir), console, tolerance=None)
+    _report(Path(args.dir), console, tolerance=None, plot_groups=args.plot_groups)
     return EXIT_OK
 
 

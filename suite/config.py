@@ -416,6 +416,15 @@ class SpeedConfig(_Strict):
     batch_probe: bool = True
 
 
+class ReportConfig(_Strict):
+    """What the report files draw (``precision_suite.report``)."""
+
+    # The most model groups whose plots report.md / report.html show (six plots a group, a few
+    # tenths of a CPU-second each): groups with a failing verdict or job first, then inconclusive
+    # ones, then in table order; every group keeps its table and verdicts. null: every group.
+    plot_groups: NonNegInt | None = 12
+
+
 class FaultInjectionConfig(_Strict):
     """Debug only, for tests of the data-parallel paths (not a user feature): make one replica
     misbehave. ``inf_grad``: its local gradient is multiplied by inf (before any all-reduce) at
@@ -468,6 +477,7 @@ class SuiteConfig(_Strict):
     debug: DebugConfig = DebugConfig()
     speed: SpeedConfig = SpeedConfig()
     distributed: DistributedConfig = DistributedConfig()
+    report: ReportConfig = ReportConfig()
     # Folders put on sys.path (and PYTHONPATH of every worker) before a custom model's factories or
     # a python data loader are imported. A config with such import strings gets its own folder and
     # the current directory added when it is loaded (absolute), so --resume finds the same code.

@@ -8,7 +8,7 @@ import base64
 import csv
 import html
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from precision_suite.report.sections import (
     Bullets,
     Image,
     Paragraph,
+    Report,
     Spans,
     Table,
     build_report,
@@ -129,8 +130,13 @@ def _md_block(block: Block) -> list[str]:
     return [f"![{block.plot.title}](plots/{block.plot.name}.png)"]
 
 
-def render_markdown(comparison: Comparison, records: list[dict[str, Any]], plots: list[Plot]) -> str:
-    report = build_report(comparison, records, plots)
+def render_markdown(
+    comparison: Comparison, records: list[dict[str, Any]], plots: list[Plot], plots_left_out: Sequence[str] = ()
+) -> str:
+    return markdown_of(build_report(comparison, records, plots, plots_left_out))
+
+
+def markdown_of(report: Report) -> str:
     lines = [f"# {report.title}", "", f"**{report.verdict.text}**", ""]
     for section in view(report.sections, DOCUMENTS):
         lines += [f"## {section.title}", ""]
@@ -198,8 +204,13 @@ def html_block(block: Block) -> str:
     return f'<figure><img alt="{title}" src="data:image/png;base64,{data}"><figcaption>{title}</figcaption></figure>'
 
 
-def render_html(comparison: Comparison, records: list[dict[str, Any]], plots: list[Plot]) -> str:
-    report = build_report(comparison, records, plots)
+def render_html(
+    comparison: Comparison, records: list[dict[str, Any]], plots: list[Plot], plots_left_out: Sequence[str] = ()
+) -> str:
+    return html_of(build_report(comparison, records, plots, plots_left_out))
+
+
+def html_of(report: Report) -> str:
     body = [
         f"<h1>{html.escape(report.title)}</h1>",
         f'<p class="banner {CSS_CLASS[report.verdict.style]}">{html.escape(report.verdict.text)}</p>',
@@ -219,8 +230,9 @@ def write_reports(
 ) -> list[Path]:
     """Write report.md, report.html (self-contained), summary.csv and plots/*.png into
     ``out_dir``; returns the paths written, reports first. ``plots``: the plots already being
-    drawn (``plots.start_plots``, so a caller can do other work meanwhile); else drawn here,
-    reading back the groups drawn in ``out_dir/plots`` before from the same inputs."""
+    drawn (``plots.start_plots``, so a caller can do other work meanwhile, and chooses the groups
+    shown); else every group's, drawn here, reading back the groups drawn in ``out_dir/plots``
+    before from the same inputs. A PNG there that is neither shown nor current is removed."""
     out_dir = Path(out_dir)
     plot_dir = out_dir / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
@@ -233,13 +245,18 @@ def write_reports(
         path = plot_dir / f"{plot.name}.png"
         path.write_bytes(plot.png)
         plot_paths.append(path)
+    current = {path.name for path in plot_paths} | {f"{plot.name}.png" for plot in pending.kept()}
+    for stale in plot_dir.glob("*.png"):
+        if stale.name not in current:
+            stale.unlink(missing_ok=True)
     pending.write_drawn_from(plot_dir)
     md_path, html_path, csv_path = (
         out_dir / "report.md",
         out_dir / "report.html",
         out_dir / "summary.csv",
     )
-    md_path.write_text(render_markdown(comparison, records, plots), encoding="utf-8")
-    html_path.write_text(render_html(comparison, records, plots), encoding="utf-8")
+    built = build_report(comparison, records, plots, pending.left_out)
+    md_path.write_text(markdown_of(built), encoding="utf-8")
+    html_path.write_text(html_of(built), encoding="utf-8")
     write_summary_csv(csv_path, comparison)
     return [md_path, html_path, csv_path, *plot_paths]

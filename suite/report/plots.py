@@ -396,6 +396,25 @@ def _plotted(record: Record) -> dict[str, Any]:
     }
 
 
+def _attention(group: Group) -> int:
+    """0: a failing verdict or a failed job in the group; 1: an inconclusive verdict; 2: neither."""
+    verdicts = [*group.verdicts, *(v for row in group.rows for v in row.verdicts)]
+    if any(v.is_failure for v in verdicts) or any(row.seeds_failed for row in group.rows):
+        return 0
+    return 1 if any(v.is_inconclusive for v in verdicts) else 2
+
+
+def shown_groups(comparison: Comparison, limit: int | None) -> list[Group]:
+    """The groups whose plots the report shows (``report.plot_groups``), in table order: every
+    group when ``limit`` is None or not exceeded; else ``limit`` of them, those with a failing
+    verdict or job first, then those with an inconclusive one, then the first in table order."""
+    groups = comparison.groups
+    if limit is None or len(groups) <= limit:
+        return list(groups)
+    ranked = sorted(range(len(groups)), key=lambda index: (_attention(groups[index]), index))
+    return [groups[index] for index in sorted(ranked[:limit])]
+
+
 def plot_inputs(comparison: Comparison, records: list[dict[str, Any]]) -> list[GroupPlots]:
     """One ``GroupPlots`` per group of ``comparison``, in its order: the latest ok record of
     each job (noise-floor runs left out) under its row."""
@@ -490,15 +509,24 @@ def drawn_before(plot_dir: Path, inputs: list[GroupPlots], digests: list[str]) -
 class PendingPlots:
     """Plots being drawn: by worker processes when ``workers`` > 1 (started at construction),
     otherwise here when ``result`` is called. ``result`` returns them in the report's order.
-    With ``plot_dir``, a group drawn there before from the same inputs (``drawn_before``) is read
-    back, not drawn again: a sweep that grows redraws only the groups whose records changed."""
+    ``shown``: the keys of the groups whose plots the report shows (default every group's;
+    ``shown_groups``); the others are not drawn. With ``plot_dir``, a group drawn there before
+    from the same inputs (``drawn_before``) is read back, not drawn again: a sweep that grows
+    redraws only the groups whose records changed."""
 
-    def __init__(self, inputs: list[GroupPlots], workers: int | None = None, plot_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        inputs: list[GroupPlots],
+        workers: int | None = None,
+        plot_dir: Path | None = None,
+        shown: set[str] | None = None,
+    ) -> None:
         self._inputs = inputs
+        self._shown = [i for i, group_inputs in enumerate(inputs) if shown is None or group_inputs.group.key in shown]
         version = drawing_version()
         self._digests = [inputs_digest(group_inputs, version) for group_inputs in inputs]
         self._drawn = drawn_before(plot_dir, inputs, self._digests) if plot_dir is not None else {}
-        self._to_draw = [index for index in range(len(inputs)) if index not in self._drawn]
+        self._to_draw = [index for index in self._shown if index not in self._drawn]
         workers = plot_workers(len(self._to_draw)) if workers is None else workers
         self._executor: ProcessPoolExecutor | None = None
         self._futures: list[Future[list[Plot]]] = []
@@ -508,7 +536,14 @@ class PendingPlots:
             self._executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
             self._futures = [self._executor.submit(draw_group, inputs[index]) for index in self._to_draw]
 
+    @property
+    def left_out(self) -> list[str]:
+        """The keys of the groups whose plots the report does not show, in table order."""
+        shown = set(self._shown)
+        return [group_inputs.group.key for i, group_inputs in enumerate(self._inputs) if i not in shown]
+
     def result(self) -> list[Plot]:
+        """The shown groups' plots, in the report's order."""
         if self._executor is None:
             self._drawn.update((index, draw_group(self._inputs[index])) for index in self._to_draw)
         else:
@@ -518,23 +553,36 @@ class PendingPlots:
             finally:
                 self._executor.shutdown(cancel_futures=True)
         self._to_draw, self._executor = [], None
-        return [plot for index in range(len(self._inputs)) for plot in self._drawn[index]]
+        return [plot for index in self._shown for plot in self._drawn[index]]
+
+    def kept(self) -> list[Plot]:
+        """The plots in the plot folder of groups not shown that are still current (drawn before
+        from the inputs they have now): left on disk for a later report that shows them."""
+        shown = set(self._shown)
+        return [plot for index, plots in sorted(self._drawn.items()) if index not in shown for plot in plots]
 
     def write_drawn_from(self, plot_dir: Path) -> None:
-        """Record in ``plot_dir`` what each group's plots (``result``, written there) were drawn from."""
+        """Record in ``plot_dir`` what each group's plots there (``result``, written there, and
+        ``kept``) were drawn from."""
         groups = {
-            group_inputs.group.key: {
-                "inputs": digest,
+            self._inputs[index].group.key: {
+                "inputs": self._digests[index],
                 "plots": [[plot.name, plot.title] for plot in self._drawn[index]],
             }
-            for index, (group_inputs, digest) in enumerate(zip(self._inputs, self._digests, strict=True))
+            for index in sorted(self._drawn)
         }
         (plot_dir / DRAWN_FROM_FILE).write_text(json.dumps({"groups": groups}, indent=1), encoding="utf-8")
 
 
 def start_plots(
-    comparison: Comparison, records: list[dict[str, Any]], workers: int | None = None, plot_dir: Path | None = None
+    comparison: Comparison,
+    records: list[dict[str, Any]],
+    workers: int | None = None,
+    plot_dir: Path | None = None,
+    limit: int | None = None,
 ) -> PendingPlots:
-    """Start drawing the report's plots (``workers`` processes; default ``plot_workers`` of the
-    groups to draw), reading back those ``plot_dir`` holds from the same inputs."""
-    return PendingPlots(plot_inputs(comparison, records), workers, plot_dir)
+    """Start drawing the report's plots: those of ``shown_groups(comparison, limit)`` (default
+    every group), in ``workers`` processes (default ``plot_workers`` of the groups to draw),
+    reading back those ``plot_dir`` holds from the same inputs."""
+    shown = {group.key for group in shown_groups(comparison, limit)}
+    return PendingPlots(plot_inputs(comparison, records), workers, plot_dir, shown)

@@ -310,7 +310,7 @@ def _plain_table(header: list[str], rows: list[list[str]], **kwargs: Any) -> Tab
     return Table(columns, [[Cell(plain(text)) for text in row] for row in rows], **kwargs)
 
 
-def _group_section(comparison: Comparison, group: Group, plots: Sequence[Plot]) -> Section:
+def _group_section(comparison: Comparison, group: Group, plots: Sequence[Plot], plotted: bool = True) -> Section:
     legend = (
         f"accuracy: mean ± 95% CI over seeds; Δ and speedup vs fp32 of the same framework;"
         f" tolerance {group.tolerance_text}; {speed_explanation(group)}"
@@ -332,7 +332,23 @@ def _group_section(comparison: Comparison, group: Group, plots: Sequence[Plot]) 
             )
         )
     blocks += [Image(plot) for plot in plots if plot.group == group.key]
+    if not plotted:
+        blocks.append(Paragraph(plain("No plots drawn for this group (see Plots above)."), style=INFO, only=DOCUMENTS))
     return Section(group_title(group), blocks)
+
+
+def _plots_note(comparison: Comparison, left_out: int) -> Section:
+    """Why some groups have no plots, and the command that draws them all."""
+    total = len(comparison.groups)
+    spans = (
+        Span(
+            f"Plots are drawn for {total - left_out} of {total} model groups (report.plot_groups): groups with a"
+            " failing verdict or job first, then inconclusive ones, then in table order. "
+        ),
+        Span(f"precision-suite report {comparison.run_dir or 'DIR'} --plot-groups all", CODE),
+        Span(" draws every group's."),
+    )
+    return Section("Plots", [Paragraph(spans, style=INFO)], only=DOCUMENTS)
 
 
 def _verdict_text(verdict: Verdict, run_dir: str | None) -> str:
@@ -394,10 +410,19 @@ def environment_table(records: list[dict[str, Any]]) -> tuple[list[str], list[li
     return ["key", *columns], rows
 
 
-def build_report(comparison: Comparison, records: Sequence[dict[str, Any]] = (), plots: Sequence[Plot] = ()) -> Report:
+def build_report(
+    comparison: Comparison,
+    records: Sequence[dict[str, Any]] = (),
+    plots: Sequence[Plot] = (),
+    plots_left_out: Sequence[str] = (),
+) -> Report:
     """The whole report: a section per (model, dataset, device), the weak-scaling table, the
-    verdicts, the jobs without a result, the environment (from ``records``; none without them)."""
-    sections = [_group_section(comparison, group, plots) for group in comparison.groups]
+    verdicts, the jobs without a result, the environment (from ``records``; none without them).
+    ``plots_left_out``: the keys of the groups whose plots were not drawn (``report.plot_groups``);
+    a note says so and how to draw them."""
+    left_out = set(plots_left_out)
+    sections = [_plots_note(comparison, len(left_out))] if left_out else []
+    sections += [_group_section(comparison, group, plots, group.key not in left_out) for group in comparison.groups]
     if comparison.scaling:
         table = _plain_table(SCALING_HEADER, [scaling_cells(r) for r in comparison.scaling])
         sections.append(Section("Data-parallel weak scaling", [table, Paragraph(plain(SCALING_NOTE), style=INFO)]))
