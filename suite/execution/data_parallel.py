@@ -204,6 +204,21 @@ def _ranks_environment(job: Job, env: dict[str, str], result_path: Path, n_procs
     return base_env
 
 
+def start_rank(job_path: Path, log: Path, env: dict[str, str], process_group: int | None = None) -> subprocess.Popen:
+    """One rank of a data-parallel job (``python -m precision_suite.execution.data_parallel
+    JOB_PATH``, its rank and world in ``env``), its output in ``log``; ``process_group`` as
+    ``subprocess.Popen`` takes it (0: a group of its own)."""
+    with open(log, "wb") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "precision_suite.execution.data_parallel", str(job_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            process_group=process_group,
+        )
+
+
 @dataclass
 class _Ranks:
     """The rank processes of one job, in one process group of their own (out of the terminal's
@@ -222,15 +237,7 @@ class _Ranks:
             rank_env = dict(base_env, RANK=str(rank), LOCAL_RANK=str(rank), TF_CONFIG=json.dumps(tf_config))
             log = log_dir / f"{slug}.rank{rank}.log"
             self.logs.append(log)
-            with open(log, "wb") as fh:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "precision_suite.execution.data_parallel", str(job_path)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=fh,
-                    stderr=subprocess.STDOUT,
-                    env=rank_env,
-                    process_group=self.pgid if rank else 0,
-                )
+            proc = start_rank(job_path, log, rank_env, process_group=self.pgid if rank else 0)
             if rank == 0:
                 self.pgid = proc.pid
             self.procs.append(proc)

@@ -44,7 +44,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -330,14 +329,7 @@ def run_rank_on_node(job: Job, config: SuiteConfig, run_log_dir: str, board_dir:
     log = Path(run_log_dir) / f"{_slug(job.job_id)}.rank{rank}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     timeout_s = config.runner.job_timeout_s
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "precision_suite.execution.data_parallel", str(job_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    proc = distributed.start_rank(job_path, log, env)
     try:
         code = proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
