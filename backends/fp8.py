@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from precision_suite.backends.policy import NativeOn, Policy, autocast_lines, keras_global_policy, register_policy
-from precision_suite.backends.reference.fp8 import FORWARD_FORMAT, GRADIENT_FORMAT
+from precision_suite.backends.reference.fp8 import FORWARD_FORMAT, FP8_DIM_MULTIPLE, GRADIENT_FORMAT
 
 FP8_EXTRA_HINT = "pip install 'precision-suite[fp8]'"
 
@@ -86,5 +86,6 @@ FP8_MIXED = register_policy(
         },
         dtype_bytes={FORWARD_FORMAT: 1, GRADIENT_FORMAT: 1},
         settings={"fp8": Fp8Settings()},
+        gemm_multiple=FP8_DIM_MULTIPLE,
     )
 )

@@ -114,6 +114,9 @@ class Policy:
     advise: Mapping[str, str] = field(default_factory=dict)
     dtype_bytes: Mapping[str, int] = field(default_factory=dict)  # dtypes it adds to the accounting
     settings: Mapping[str, Any] = field(default_factory=dict)
+    # GEMM dimensions its fast kernels want a multiple of ("why no speedup" names the others):
+    # 8 for fp16/bf16 tensor cores and AMX tiles, 16 for FP8's scaled matmuls.
+    gemm_multiple: int = 8
 
     @property
     def pure(self) -> bool:

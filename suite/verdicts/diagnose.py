@@ -10,8 +10,9 @@ a rule of thumb alone:
   above ``1 / OVERHEAD_BATCH_RATIO`` of itself (twice the work for less than that much more
   time: a fixed per-step cost dominates, which half precision does not shrink);
 * ``emulated``: the hardware has no native path for the half type (``hardware.emulation``);
-* ``dims``: GEMM dimensions of the spec that are not multiples of 8 (fp16/bf16 tensor cores
-  and AMX tiles work on multiples of 8/16; other sizes are padded or take a slower path);
+* ``dims``: GEMM dimensions of the spec that are not multiples of the policy's ``gemm_multiple``
+  (fp16/bf16 tensor cores and AMX tiles work on multiples of 8, FP8's scaled matmuls on 16; other
+  sizes are padded, take a slower path or, for FP8, stay in bf16);
 * ``tf32``: the fp32 baseline already ran with TF32 on (recorded environment);
 * ``compile``: no graph compilation (``torch.compile`` / XLA ``jit_compile`` off, recorded)
   while the step is overhead-bound: per-op dispatch is paid every step in every precision;
@@ -27,7 +28,6 @@ from precision_suite.backends.policy import NativeOn, find_policy
 
 OVERHEAD_FLOPS_FRACTION = 0.10
 OVERHEAD_BATCH_RATIO = 1.3
-GEMM_MULTIPLE = 8
 # The causes that are the device's, the same for every row of a half type on it (emulation, no
 # AMX), rather than the row's: a report says them once per run (``is_hardware_cause``).
 HARDWARE_CAUSES = ("emulated: ", "CPU has ")
@@ -110,10 +110,11 @@ def why_not_faster(
     if emulated_reason:
         lines.append(f"emulated: {emulated_reason}")
     if input_shape and num_classes and batch_size:
-        odd = {k: v for k, v in gemm_dims(model, input_shape, num_classes, batch_size).items() if v % GEMM_MULTIPLE}
+        multiple = found.gemm_multiple
+        odd = {k: v for k, v in gemm_dims(model, input_shape, num_classes, batch_size).items() if v % multiple}
         if odd:
             listed = ", ".join(f"{k} {v}" for k, v in odd.items())
-            lines.append(f"GEMM dims not multiples of {GEMM_MULTIPLE}: {listed}")
+            lines.append(f"GEMM dims not multiples of {multiple}: {listed}")
     if baseline_environ.get("tf32_matmul") or baseline_environ.get("tf32"):
         lines.append("TF32 already on in the fp32 baseline: it is tensor-core accelerated too")
     for key, what in (("compile", "torch.compile"), ("jit_compile", "XLA (jit_compile)")):

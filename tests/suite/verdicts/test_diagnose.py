@@ -39,6 +39,11 @@ def test_spec_dims_tf32_isa_and_emulation():
     lines = _lines(num_classes=10, batch_size=60)
     assert any(line == "GEMM dims not multiples of 8: batch 60, classes 10" for line in lines)
     assert not any("GEMM" in line for line in _lines())
+    # FP8's scaled matmuls (torch._scaled_mm, which torchao's float8 training calls) take
+    # dimensions in multiples of 16: 8 is not enough there, 16 and 64 are.
+    fp8 = _lines(policy="fp8-mixed", model=MlpConfig(hidden=[24, 64]), batch_size=64)
+    assert "GEMM dims not multiples of 16: hidden0 24" in fp8
+    assert not any("GEMM" in line for line in _lines(model=MlpConfig(hidden=[24, 64])))
     tf32 = _lines(device="cuda", baseline_environ={"tf32_matmul": True})
     assert any("TF32 already on" in line for line in tf32)
     no_amx = _lines(baseline_environ={"cpu_flags": {"avx512_bf16": True, "amx_bf16": False}})
