@@ -90,12 +90,30 @@ def _standardise(ds: Dataset) -> Dataset:
 
 
 # ---------------------------------------------------------------- digits, synthetic
-def load_digits_dataset(cfg: DataConfig) -> Dataset:
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits: images (1797, 8, 8) and targets, as ``sklearn.datasets.load_digits``
+    returns them. Read from the CSV scikit-learn ships, as load_digits reads it, without
+    importing scikit-learn (1.5-2 s in every worker that starts, several per run); through
+    load_digits itself where that file is not where scikit-learn 1.x keeps it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # finds the package without running it
+    for folder in (spec and spec.submodule_search_locations) or []:
+        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            with gzip.open(path, mode="rt", encoding="utf-8") as fh:
+                data = np.loadtxt(fh, delimiter=",")
+            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int, copy=False)
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    x = bunch.images.astype(np.float32)[:, None, :, :]  # (1797, 1, 8, 8)
-    y = bunch.target.astype(np.int64)
+    return bunch.images, bunch.target
+
+
+def load_digits_dataset(cfg: DataConfig) -> Dataset:
+    images, target = _digits_arrays()
+    x = images.astype(np.float32)[:, None, :, :]  # (1797, 1, 8, 8)
+    y = target.astype(np.int64)
     return _standardise(_split(x, y, cfg.test_fraction, "digits"))
 
 

@@ -527,3 +527,30 @@ def test_named_dataset_with_wrong_image_size_is_rejected(tmp_path, offline):
     np.savez(path, **arrays)
     with pytest.raises(DataError, match=r"mnist.npz: images have shape \(1, 32, 32\); expected \(1, 28, 28\)"):
         load_dataset(DataConfig(name="mnist", path=str(path)))
+
+
+# ---------------------------------------------------------------- digits
+@pytest.mark.parametrize("sklearn_file_found", [True, False])
+def test_digits_are_scikit_learns_load_digits(monkeypatch, sklearn_file_found):
+    """The digits arrays, read from scikit-learn's CSV without importing it (or through
+    load_digits where the file is not found), are load_digits' own, value for value and dtype."""
+    from sklearn.datasets import load_digits
+
+    if not sklearn_file_found:
+        monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    images, target = data_mod._digits_arrays()
+    reference = load_digits()
+    assert images.dtype == reference.images.dtype and target.dtype == reference.target.dtype
+    assert np.array_equal(images, reference.images) and np.array_equal(target, reference.target)
+
+
+def test_loading_digits_does_not_import_scikit_learn():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from precision_suite.config import DataConfig; from precision_suite.data import load_dataset;"
+        " ds = load_dataset(DataConfig()); print(len(ds.x_train), len(ds.x_test), 'sklearn' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["1438", "359", "False"]
