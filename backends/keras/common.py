@@ -101,6 +101,34 @@ def keras_availability(backend_name: str, runtime: str) -> Availability:
     return Availability(True)
 
 
+class _NoTensorFlow:
+    available = False
+
+
+def set_random_seed(keras: Any, seed: int) -> None:
+    """``keras.utils.set_random_seed(seed)``: Python's, NumPy's and Keras' own seeds, and
+    TensorFlow's where TensorFlow is Keras' backend. On another runtime (JAX) Keras would seed
+    TensorFlow too wherever it is installed, importing it (4-5 s in every worker that starts,
+    plus its thread pools) for random ops that process never runs; that part is left out."""
+    if keras.backend.backend() == "tensorflow":
+        keras.utils.set_random_seed(seed)
+        return
+    from unittest import mock
+
+    try:
+        from keras.src.utils import rng_utils
+
+        patch = mock.patch.object(rng_utils, "tf", _NoTensorFlow())
+        patch.start()
+    except (ImportError, AttributeError):  # another Keras layout: its own function, as it is
+        keras.utils.set_random_seed(seed)
+        return
+    try:
+        keras.utils.set_random_seed(seed)
+    finally:
+        patch.stop()
+
+
 def import_keras(runtime: str) -> Any:
     """``keras`` on the Keras backend ``runtime`` ("tensorflow", "jax").
 

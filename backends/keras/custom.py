@@ -98,7 +98,7 @@ def keras_initial_weights(
     model: CustomModelConfig, input_shape: tuple[int, ...], num_classes: int, seed: int, runtime: str
 ) -> dict[str, np.ndarray]:
     """The Keras model's initial weights for ``seed`` (module docstring)."""
-    from precision_suite.backends.keras.common import import_keras
+    from precision_suite.backends.keras.common import import_keras, set_random_seed
 
     keras = import_keras(runtime)
     if model.convert is not None:
@@ -108,7 +108,7 @@ def keras_initial_weights(
         target = call_keras_factory(keras, model, input_shape, num_classes, "float32")
         convert_torch_state(model, state, target)
         return keras_weights(target)
-    keras.utils.set_random_seed(seed)
+    set_random_seed(keras, seed)
     return keras_weights(call_keras_factory(keras, model, input_shape, num_classes, "float32"))
 
 

@@ -43,6 +43,7 @@ from precision_suite.backends.keras.common import (
     KerasOptions,
     cross_entropy,
     loss_scale_used,
+    set_random_seed,
 )
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ class KerasJaxBackend(KerasBackend):
         self.matmul_precision = "tensorfloat32" if self.policy.tf32 else "highest"
         self.device = _jax_device(jax, job.device)
         self.num_classes = data.num_classes
-        keras.utils.set_random_seed(job.seed)
+        set_random_seed(keras, job.seed)
 
         def on_device(array: np.ndarray) -> Any:
             return jax.device_put(array, self.device)

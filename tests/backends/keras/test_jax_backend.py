@@ -47,6 +47,37 @@ def test_availability_and_config_checks_do_not_import_jax_or_keras():
     assert out.stdout.strip() == "[]"
 
 
+@needs_jax
+def test_seeding_on_jax_leaves_the_random_streams_where_keras_own_seeding_does():
+    """``common.set_random_seed`` on JAX (no TensorFlow part) against Keras' own
+    ``keras.utils.set_random_seed``: the same next draws from Python's, NumPy's and Keras'
+    random streams."""
+    code = (
+        "import random; import numpy as np;"
+        "from precision_suite.backends.keras.common import import_keras, set_random_seed;"
+        "keras = import_keras('jax'); draws = [];"
+        "[(seed(keras, 7), draws.append((random.random(), float(np.random.rand()),"
+        " np.asarray(keras.random.uniform((4,))).tolist()))) for seed in"
+        " (set_random_seed, lambda k, s: k.utils.set_random_seed(s))];"
+        "print(draws[0] == draws[1], draws[0][0] != random.random())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["True", "True"]
+
+
+@needs_jax
+def test_a_keras_jax_job_does_not_import_tensorflow():
+    code = (
+        "import sys; from precision_suite.measure.loop import run_job; from tests.helpers.keras import make_job;"
+        f"run_job(make_job('fp32', backend={NAME!r}), lambda step, total: None);"
+        "print('tensorflow' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "False"
+
+
 # ---------------------------------------------------------------- policies and records
 @needs_jax
 @pytest.mark.parametrize(
