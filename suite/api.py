@@ -131,6 +131,19 @@ def default_console() -> Console:
     return console
 
 
+def _origin(config: ConfigSource, set_overrides: list[str], overrides: Mapping[str, Any]) -> list[str]:
+    """Where a run's config came from: its file (absolute), or the packaged default, or a mapping
+    from Python; then the overrides, as given."""
+    if config is None:
+        lines = ["config: the packaged default.yaml"]
+    elif isinstance(config, Mapping):
+        lines = ["config: a mapping passed from Python"]
+    else:
+        lines = [f"config: {Path(config).resolve()}"]
+    lines += [f"keyword override: {key}={value!r}" for key, value in overrides.items()]
+    return lines + [f"--set {item}" for item in set_overrides]
+
+
 def load_run_config(
     config: ConfigSource,
     set_overrides: list[str],
@@ -143,10 +156,14 @@ def load_run_config(
     from precision_suite.plan import check_backends
     from precision_suite.results import CONFIG_FILE
 
+    origin = _origin(config, set_overrides, overrides)
     if resume_dir is not None and config is None:
         config = resume_dir / CONFIG_FILE
         if not config.exists():
             raise UsageError(f"--resume {resume_dir}: no {CONFIG_FILE} there (not a run directory)")
+        # The run's own origin (its config.yaml header), then this resume's overrides.
+        header = [line[2:] for line in config.read_text().splitlines()[1:] if line.startswith("# ")]
+        origin = [*header, f"--resume {resume_dir}", *origin[1:]]
     suite_config = load_config(config, set_overrides, overrides)
     from precision_suite.models import add_python_path
 
@@ -154,6 +171,7 @@ def load_run_config(
     for notice in suite_config.notices:
         print(f"warning: {notice}", file=sys.stderr)
     source = source_name(config)
+    suite_config.origin[:] = origin
     check_backends(suite_config, source)
     # The data is checked here, once, so a missing or malformed file is a usage error before
     # any job starts rather than the same failure recorded for every job.

@@ -484,10 +484,16 @@ class SuiteConfig(_Strict):
     python_path: list[str] = []
     # What loading said besides errors (deprecated keys); not part of the config itself.
     _notices: list[str] = PrivateAttr(default_factory=list)
+    # Where it came from, for the run's config.yaml header: the file and the overrides.
+    _origin: list[str] = PrivateAttr(default_factory=list)
 
     @property
     def notices(self) -> list[str]:
         return self._notices
+
+    @property
+    def origin(self) -> list[str]:
+        return self._origin
 
     @field_validator("models", mode="before")
     @classmethod

@@ -92,6 +92,7 @@ def make_executor(config: SuiteConfig, out_dir: Path) -> JobExecutor:
 def save_config(config: SuiteConfig, out_dir: Path) -> None:
     path = out_dir / CONFIG_FILE
     text = "# The resolved config of this run (precision-suite run --resume uses it).\n"
+    text += "".join(f"# {line}\n" for line in config.origin)
     text += yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     path.write_text(text)
 

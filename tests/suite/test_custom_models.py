@@ -13,7 +13,7 @@ from precision_suite.data import DataError, load_dataset
 from precision_suite.models import UserCodeError, resolve_import
 
 from tests.helpers.cli import read_run, run_cli, start_cli
-from tests.helpers.marks import needs_tf, needs_torch
+from tests.helpers.marks import needs_jax, needs_tf, needs_torch
 from tests.helpers.user_models import config_text, write_package
 
 
@@ -341,3 +341,30 @@ def test_a_factory_that_raises_inside_the_jobs_is_their_error_and_the_run_goes_o
     records = read_run(tmp_path / "run")
     assert len(records) == 4 and {r["status"] for r in records} == {"error"}
     assert all(r["error"] == "RuntimeError: the factory broke on purpose" for r in records)
+
+
+@needs_torch
+@needs_jax
+def test_a_custom_model_on_keras_jax_and_in_torch_data_parallel_ranks(user_dir, tmp_path):
+    """The user's package reaches every kind of worker: keras-jax's (its Keras factory under JAX,
+    converted from the torch weights: a per-step cross-framework verdict) and the ranks of a
+    torch data-parallel job (separate processes), whose verdicts hold."""
+    root, name = user_dir
+    out = tmp_path / "run"
+    backends = {"torch-amp": ["fp32"], "keras-jax": ["fp32"]}
+    extra = "distributed: {world_size: [1, 2]}\nparity: {noise_floor_runs: false}"
+    assert run_cli(_config(root, name, backends=backends, seeds="[0]", extra=extra), out) == 0
+    statuses = {r["job_id"].split("/", 2)[2]: r["status"] for r in read_run(out)}
+    assert statuses == {
+        "torch-amp/fp32/seed0": "ok",
+        "torch-amp/fp32/seed0/ws2": "ok",
+        "torch-amp/fp32/seed0/ws1-batch64-shards2": "ok",
+        "keras-jax/fp32/seed0": "ok",
+        "keras-jax/fp32/seed0/ws2": "unavailable",  # keras-jax has no data-parallel implementation
+    }
+    from precision_suite.outputs.rundir import load_run
+
+    verdicts = {v.name: v for v in load_run(out).comparison.verdicts}
+    assert verdicts["data-parallel"].outcome == "pass" and verdicts["replica-consistency"].outcome == "pass"
+    cross = verdicts["cross-framework"]
+    assert cross.outcome == "pass" and "per-step loss within" in cross.detail

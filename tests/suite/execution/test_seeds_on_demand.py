@@ -106,3 +106,22 @@ def test_resume_with_more_seeds_runs_only_the_new_ones(fake_backends, fake_confi
     # Every finished job kept and not run again; only seed 2 is new.
     assert len(records) == len({r["job_id"] for r in records}) == len(first) + 2
     assert {r["job_id"] for r in records} - first == {"mlp/digits/fake/fp32/seed2", "mlp/digits/fake/fp16-mixed/seed2"}
+
+
+def test_a_runs_config_yaml_says_where_its_config_came_from(fake_backends, fake_config, tmp_path):
+    """config.yaml's header names the file (absolute) and every --set; a resume keeps them and
+    adds itself and its own overrides. The YAML below the header is the resolved config still."""
+    out = tmp_path / "run"
+    assert run_cli(fake_config, out, "backends.policies.fake=[fp32]") == 0
+    assert main(["run", "--resume", str(out), "--set", "seeds=[0, 1, 2]"]) == 0
+    lines = (out / "config.yaml").read_text().splitlines()
+    header = [line for line in lines if line.startswith("#")][1:]
+    assert header == [
+        f"# config: {fake_config.resolve()}",
+        "# --set backends.policies.fake=[fp32]",
+        f"# --resume {out}",
+        "# --set seeds=[0, 1, 2]",
+    ]
+    import yaml
+
+    assert yaml.safe_load("\n".join(lines))["seeds"] == [0, 1, 2]
