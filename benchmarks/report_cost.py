@@ -10,7 +10,7 @@ records but draws nothing) in a fresh process each, as a user runs them. Printed
     records  groups  plots  report s  report cpu s  again s  check s
 
 (report s: a report into a folder without plots, every plot it shows drawn — those of
-``report.plot_groups`` (12) model groups by default, of every group with ``--plot-groups all``;
+``report.plot_groups`` (8) model groups by default, of every group with ``--plot-groups all``;
 report cpu s: the CPU time of that report process and its plot workers, which load from other
 processes inflates less than the wall clock; again s: the same report run again, every shown
 group's PNGs read back as drawn from the same inputs; plots: the PNGs the report shows.)
@@ -194,7 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--plot-groups",
         metavar="N|all",
-        help="passed to `precision-suite report` (default: its own, report.plot_groups = 12)",
+        help="passed to `precision-suite report` (default: its own, report.plot_groups = 8)",
     )
     return parser
 

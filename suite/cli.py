@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         default=PLOT_GROUPS_FROM_CONFIG,
         metavar="N|all",
         help="draw the plots of at most N model groups, failing and inconclusive ones first; all: every"
-        " group's (default: the run's report.plot_groups, 12)",
+        " group's (default: the run's report.plot_groups, 8)",
     )
 
     check = sub.add_parser("check", help="print verdicts of DIR; exit 1 if any fails")

@@ -422,7 +422,7 @@ class ReportConfig(_Strict):
     # The most model groups whose plots report.md / report.html show (six plots a group, a few
     # tenths of a CPU-second each): groups with a failing verdict or job first, then inconclusive
     # ones, then in table order; every group keeps its table and verdicts. null: every group.
-    plot_groups: NonNegInt | None = 12
+    plot_groups: NonNegInt | None = 8
 
 
 class FaultInjectionConfig(_Strict):
