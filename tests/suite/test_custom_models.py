@@ -30,6 +30,13 @@ def user_dir(tmp_path, monkeypatch):
         del sys.modules[module]
 
 
+@pytest.fixture
+def user_pkg(user_dir, monkeypatch):
+    """``user_dir`` with its folder on sys.path, for tests that import the package in this process."""
+    monkeypatch.syspath_prepend(str(user_dir[0]))
+    return user_dir
+
+
 def _config(root, name, **kwargs):
     path = root / "config.yaml"
     path.write_text(config_text(name, **kwargs))
@@ -90,16 +97,12 @@ def test_an_import_string_that_does_not_resolve_names_the_string_and_the_error()
 
 
 # ---------------------------------------------------------------- data
-def test_python_loader_keeps_token_ids_and_labels_per_position(user_dir):
-    root, name = user_dir
-    sys.path.insert(0, str(root))
-    try:
-        cfg = load_config(_config(root, name, loader="load_tokens")).data
-        data = load_dataset(cfg)
-        with pytest.raises(DataError, match=r"load_not_a_dict returned list; expected a dict"):
-            load_dataset(cfg.model_copy(update={"loader": f"{name}.data:load_not_a_dict"}))
-    finally:
-        sys.path.remove(str(root))
+def test_python_loader_keeps_token_ids_and_labels_per_position(user_pkg):
+    root, name = user_pkg
+    cfg = load_config(_config(root, name, loader="load_tokens")).data
+    data = load_dataset(cfg)
+    with pytest.raises(DataError, match=r"load_not_a_dict returned list; expected a dict"):
+        load_dataset(cfg.model_copy(update={"loader": f"{name}.data:load_not_a_dict"}))
     assert data.x_train.dtype == np.int64 and data.x_train.shape == (500, 6)
     assert data.y_train.shape == (500, 6) and data.num_classes == 5
     rng = np.random.default_rng(0)  # the loader's own recipe, independently
@@ -109,20 +112,16 @@ def test_python_loader_keeps_token_ids_and_labels_per_position(user_dir):
 
 # ---------------------------------------------------------------- initial weights
 @needs_torch
-def test_torch_initial_weights_are_the_factory_built_under_the_seed(user_dir):
+def test_torch_initial_weights_are_the_factory_built_under_the_seed(user_pkg):
     import torch
     from precision_suite.backends.torch.custom import torch_initial_state
 
-    root, name = user_dir
-    sys.path.insert(0, str(root))
-    try:
-        model = load_config(_config(root, name)).models[0]
-        state = torch_initial_state(model, (1, 8, 8), 10, seed=3)
-        torch.manual_seed(3)
-        expected = resolve_import(f"{name}.models:build_torch", "t")((1, 8, 8), 10).state_dict()
-        other_seed = torch_initial_state(model, (1, 8, 8), 10, seed=4)
-    finally:
-        sys.path.remove(str(root))
+    root, name = user_pkg
+    model = load_config(_config(root, name)).models[0]
+    state = torch_initial_state(model, (1, 8, 8), 10, seed=3)
+    torch.manual_seed(3)
+    expected = resolve_import(f"{name}.models:build_torch", "t")((1, 8, 8), 10).state_dict()
+    other_seed = torch_initial_state(model, (1, 8, 8), 10, seed=4)
     assert set(state) == set(expected)
     for key, value in expected.items():
         np.testing.assert_array_equal(state[key], value.numpy())
@@ -130,23 +129,19 @@ def test_torch_initial_weights_are_the_factory_built_under_the_seed(user_dir):
 
 
 @needs_tf
-def test_with_convert_the_keras_model_starts_from_the_torch_weights(user_dir):
+def test_with_convert_the_keras_model_starts_from_the_torch_weights(user_pkg):
     from precision_suite.backends.keras.custom import keras_initial_weights
     from precision_suite.backends.torch.custom import torch_initial_state
 
-    root, name = user_dir
-    sys.path.insert(0, str(root))
-    try:
-        model = load_config(_config(root, name)).models[0]
-        torch_state = torch_initial_state(model, (1, 8, 8), 10, seed=1)
-        keras_state = list(keras_initial_weights(model, (1, 8, 8), 10, seed=1, runtime="tensorflow").values())
-        broken = model.model_copy(update={"convert": f"{name}.models:torch_to_keras"})
-        write_package(root, name, variant="convert_misses_head")
-        del sys.modules[f"{name}.models"]
-        with pytest.raises(UserCodeError) as err:
-            keras_initial_weights(broken, (1, 8, 8), 10, seed=1, runtime="tensorflow")
-    finally:
-        sys.path.remove(str(root))
+    root, name = user_pkg
+    model = load_config(_config(root, name)).models[0]
+    torch_state = torch_initial_state(model, (1, 8, 8), 10, seed=1)
+    keras_state = list(keras_initial_weights(model, (1, 8, 8), 10, seed=1, runtime="tensorflow").values())
+    broken = model.model_copy(update={"convert": f"{name}.models:torch_to_keras"})
+    write_package(root, name, variant="convert_misses_head")
+    del sys.modules[f"{name}.models"]
+    with pytest.raises(UserCodeError) as err:
+        keras_initial_weights(broken, (1, 8, 8), 10, seed=1, runtime="tensorflow")
     np.testing.assert_array_equal(keras_state[0], torch_state["1.weight"].T)  # Dense kernel (in, out)
     np.testing.assert_array_equal(keras_state[-2], torch_state["5.weight"].T)
     assert "left Keras weight" in str(err.value) and "never set" in str(err.value)
@@ -155,7 +150,7 @@ def test_with_convert_the_keras_model_starts_from_the_torch_weights(user_dir):
 
 # ---------------------------------------------------------------- one job, in this process
 @needs_torch
-def test_per_position_loss_and_accuracy_are_over_every_label(user_dir):
+def test_per_position_loss_and_accuracy_are_over_every_label(user_pkg):
     """torch-amp on a token tagger: the evaluation equals NumPy's cross-entropy and accuracy over
     every (row, position) of the test set, from the same module's logits."""
     import torch
@@ -163,22 +158,18 @@ def test_per_position_loss_and_accuracy_are_over_every_label(user_dir):
     from precision_suite.models import initial_weights
     from precision_suite.plan import expand_jobs
 
-    root, name = user_dir
-    sys.path.insert(0, str(root))
-    try:
-        config = load_config(
-            _config(root, name, torch="build_torch_tagger", keras=None, convert=None, loader="load_tokens")
-        )
-        job = next(j for j in expand_jobs(config, "cpu") if j.backend == "torch-amp" and j.policy == "fp32")
-        data = load_dataset(config.data)
-        backend = get_backend_class("torch-amp")()
-        backend.setup(job, initial_weights(job, data), data)
-        result = backend.evaluate()
-        with torch.no_grad():
-            logits = backend.model(torch.from_numpy(data.x_test)).double().numpy()
-        backend.teardown()
-    finally:
-        sys.path.remove(str(root))
+    root, name = user_pkg
+    config = load_config(
+        _config(root, name, torch="build_torch_tagger", keras=None, convert=None, loader="load_tokens")
+    )
+    job = next(j for j in expand_jobs(config, "cpu") if j.backend == "torch-amp" and j.policy == "fp32")
+    data = load_dataset(config.data)
+    backend = get_backend_class("torch-amp")()
+    backend.setup(job, initial_weights(job, data), data)
+    result = backend.evaluate()
+    with torch.no_grad():
+        logits = backend.model(torch.from_numpy(data.x_test)).double().numpy()
+    backend.teardown()
     logp = (
         logits
         - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
@@ -190,7 +181,7 @@ def test_per_position_loss_and_accuracy_are_over_every_label(user_dir):
 
 
 @needs_torch
-def test_every_policy_of_a_seed_starts_from_the_same_weights(user_dir):
+def test_every_policy_of_a_seed_starts_from_the_same_weights(user_pkg):
     """torch-amp fp32 and torch-manual bf16-mixed of one seed: the master weights torch-manual's
     optimizer starts from are exactly the fp32 module's."""
     import torch
@@ -198,29 +189,25 @@ def test_every_policy_of_a_seed_starts_from_the_same_weights(user_dir):
     from precision_suite.models import initial_weights
     from precision_suite.plan import expand_jobs
 
-    root, name = user_dir
-    sys.path.insert(0, str(root))
-    try:
-        config = load_config(_config(root, name, keras=None, convert=None))
-        jobs = {(j.backend, j.policy, j.seed): j for j in expand_jobs(config, "cpu")}
-        data = load_dataset(config.data)
-        starts = {}
-        for backend_name, policy in (("torch-amp", "fp32"), ("torch-manual", "bf16-mixed")):
-            job = jobs[(backend_name, policy, 1)]
-            backend = get_backend_class(backend_name)()
-            backend.setup(job, initial_weights(job, data), data)
-            params = backend.opt_params
-            starts[backend_name] = [p.detach().float().numpy().copy() for p in params]
-            if backend_name == "torch-manual":
-                modules = backend.model.modules()
-                norms = [
-                    type(m).__name__
-                    for m in modules
-                    if getattr(m, "weight", None) is not None and m.weight.dtype == torch.float32
-                ]
-            backend.teardown()
-    finally:
-        sys.path.remove(str(root))
+    root, name = user_pkg
+    config = load_config(_config(root, name, keras=None, convert=None))
+    jobs = {(j.backend, j.policy, j.seed): j for j in expand_jobs(config, "cpu")}
+    data = load_dataset(config.data)
+    starts = {}
+    for backend_name, policy in (("torch-amp", "fp32"), ("torch-manual", "bf16-mixed")):
+        job = jobs[(backend_name, policy, 1)]
+        backend = get_backend_class(backend_name)()
+        backend.setup(job, initial_weights(job, data), data)
+        params = backend.opt_params
+        starts[backend_name] = [p.detach().float().numpy().copy() for p in params]
+        if backend_name == "torch-manual":
+            modules = backend.model.modules()
+            norms = [
+                type(m).__name__
+                for m in modules
+                if getattr(m, "weight", None) is not None and m.weight.dtype == torch.float32
+            ]
+        backend.teardown()
     assert len(starts["torch-amp"]) == len(starts["torch-manual"])
     for a, b in zip(starts["torch-amp"], starts["torch-manual"], strict=True):
         np.testing.assert_array_equal(a, b)
