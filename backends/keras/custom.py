@@ -180,7 +180,7 @@ def check_keras_model(
         raise
     except Exception as exc:
         return exc
-    if model.convert is not None:
+    if model.convert is not None and torch_output is not None:  # None: the torch factory raised (a warning)
         from precision_suite.backends.torch.custom import torch_initial_state
 
         convert_torch_state(model, torch_initial_state(model, input_shape, num_classes, 0), built)

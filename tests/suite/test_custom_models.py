@@ -332,6 +332,21 @@ def test_a_factory_that_raises_inside_the_jobs_is_their_error_and_the_run_goes_o
 
 @needs_torch
 @needs_jax
+def test_a_torch_factory_that_raises_with_convert_is_the_jobs_error_not_a_crash(user_dir, tmp_path):
+    """With ``convert`` the Keras check converts the torch initial weights: a torch factory that
+    raises is a warning before the run and each job's error, never a traceback."""
+    root, name = user_dir
+    write_package(root, name, "torch_raises")
+    backends = {"torch-amp": ["fp32"], "keras-jax": ["fp32"]}
+    code = run_cli(_config(root, name, backends=backends, steps=2, seeds="[0]"), tmp_path / "run")
+    assert code == 3
+    records = read_run(tmp_path / "run")
+    assert {r["backend"]: r["status"] for r in records} == {"torch-amp": "error", "keras-jax": "error"}
+    assert all("the factory broke on purpose" in r["error"] for r in records)
+
+
+@needs_torch
+@needs_jax
 def test_a_custom_model_on_keras_jax_and_in_torch_data_parallel_ranks(user_dir, tmp_path):
     """The user's package reaches every kind of worker: keras-jax's (its Keras factory under JAX,
     converted from the torch weights: a per-step cross-framework verdict) and the ranks of a
