@@ -105,12 +105,15 @@ class _NoTensorFlow:
     available = False
 
 
-def set_random_seed(keras: Any, seed: int) -> None:
+def set_random_seed(keras: Any, seed: int, tensorflow: bool | None = None) -> None:
     """``keras.utils.set_random_seed(seed)``: Python's, NumPy's and Keras' own seeds, and
-    TensorFlow's where TensorFlow is Keras' backend. On another runtime (JAX) Keras would seed
-    TensorFlow too wherever it is installed, importing it (4-5 s in every worker that starts,
-    plus its thread pools) for random ops that process never runs; that part is left out."""
-    if keras.backend.backend() == "tensorflow":
+    TensorFlow's global seed when ``tensorflow`` (default: when TensorFlow is Keras' backend).
+    Keras seeds TensorFlow wherever it is installed: on JAX that imports it (4-5 s in every worker
+    that starts, plus its thread pools) for random ops the process never runs; on TensorFlow its
+    setter also clears the kernel cache that reused compiled steps need."""
+    if tensorflow is None:
+        tensorflow = keras.backend.backend() == "tensorflow"
+    if tensorflow:
         keras.utils.set_random_seed(seed)
         return
     from unittest import mock

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-from unittest import mock
 
 import numpy as np
 from precision_suite.backends.base import EvalResult, MemoryStats, Telemetry
@@ -37,6 +36,7 @@ from precision_suite.backends.keras.common import (
     cross_entropy,
     import_keras,
     loss_scale_used,
+    set_random_seed,
 )
 
 if TYPE_CHECKING:
@@ -85,16 +85,12 @@ class TfKerasBackend(KerasBackend):
         self._device = "/GPU:0" if job.device == "cuda" else "/CPU:0"
         self._configure_runtime(tf)
         cached = self.find_compiled(data)
-        if cached is None:
-            keras.utils.set_random_seed(job.seed)
-        else:
-            # Everything but TensorFlow's global seed, whose setter also clears TensorFlow's
-            # kernel cache: the cached graphs would be instantiated again on their first call
-            # (0.6 s for the default transformer on a 2-core CPU). That seed feeds only stateful TF
-            # random ops; the model build draws its seeds from Python's ``random`` and the graphs'
-            # dropout is stateless, seeded from a variable (tests/backends/keras/test_reuse.py).
-            with mock.patch.object(tf.random, "set_seed", lambda seed: None):
-                keras.utils.set_random_seed(job.seed)
+        # With cached steps, everything but TensorFlow's global seed, whose setter also clears
+        # TensorFlow's kernel cache: the cached graphs would be instantiated again on their first
+        # call (0.6 s for the default transformer on a 2-core CPU). That seed feeds only stateful
+        # TF random ops; the model build draws its seeds from Python's ``random`` and the graphs'
+        # dropout is stateless, seeded from a variable (tests/backends/keras/test_reuse.py).
+        set_random_seed(keras, job.seed, tensorflow=cached is None)
 
         with self._placement(tf):
             if cached is not None:
