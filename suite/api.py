@@ -259,9 +259,9 @@ def _plot_groups(run_config: dict[str, Any] | None) -> int | None:
     """``report.plot_groups`` of a run's recorded config (the default where it has none)."""
     from precision_suite.config import ReportConfig
 
-    recorded = ((run_config or {}).get("report") or {}) if isinstance(run_config, dict) else {}
+    recorded = run_config.get("report") if isinstance(run_config, dict) else None
     try:
-        return ReportConfig.model_validate(recorded).plot_groups
+        return ReportConfig.model_validate(recorded or {}).plot_groups
     except ValueError:  # a config.yaml edited by hand: the default, not a crash
         return ReportConfig().plot_groups
 

@@ -32,9 +32,7 @@ from rich.table import Table
 EXIT_OK, EXIT_VERDICT, EXIT_USAGE, EXIT_JOBS_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 
-def _plot_groups_arg(text: str) -> int | None | str:
-    if text == PLOT_GROUPS_FROM_CONFIG:  # the default (argparse passes a string default through here)
-        return text
+def _plot_groups_arg(text: str) -> int | None:
     if text == "all":
         return None
     if text.isdigit():
@@ -86,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--plot-groups",
         type=_plot_groups_arg,
-        default=PLOT_GROUPS_FROM_CONFIG,
+        default=argparse.SUPPRESS,  # absent: the run's own setting
         metavar="N|all",
         help="draw the plots of at most N model groups, failing and inconclusive ones first; all: every"
         " group's (default: the run's report.plot_groups, 8)",
@@ -169,7 +167,7 @@ def _report(
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
-    _report(Path(args.dir), console, tolerance=None, plot_groups=args.plot_groups)
+    _report(Path(args.dir), console, tolerance=None, plot_groups=getattr(args, "plot_groups", PLOT_GROUPS_FROM_CONFIG))
     return EXIT_OK
 
 
