@@ -220,11 +220,12 @@ def curve_agreement(
 
 
 def fp8_scaling_note(rows: Any) -> str | None:
-    """Which FP8 scaling each framework's FP8 rows used, when a group holds FP8 rows of more than
-    one framework (they differ: torchao recomputes the scales every step, Keras and Transformer
-    Engine's DelayedScaling take them from an amax history); None otherwise."""
+    """Which FP8 scaling each API family's FP8 rows used, when a group holds FP8 rows of more than
+    one family (they differ: torchao recomputes the scales every step, Keras and Transformer
+    Engine's DelayedScaling take them from an amax history; Keras on TensorFlow and on JAX scale
+    alike); None otherwise."""
     scaled = [row for row in rows if row.fp8_scaling]
-    if len({row.framework for row in scaled}) < 2:
+    if len({row.family for row in scaled}) < 2:
         return None
     sides = "; ".join(f"{row.label}: {row.fp8_scaling}" for row in scaled)
     return f"FP8 scaling differs across frameworks, compare their fp8 rows with it in mind: {sides}"

@@ -612,6 +612,14 @@ def test_fp8_rows_of_two_frameworks_get_a_note_on_their_scaling():
     one_side = compare([r for r in records if r["backend"] == "torch-amp"]).groups[0]
     assert fp8_scaling_note(one_side.rows) is None
     assert all(r.emulated for r in group.rows if r.policy == "fp8-mixed")
+    # Keras on two runtimes scales alike: nothing to note.
+    keras = [make_record(b, p, 0) for b in ("tf-keras", "keras-jax") for p in ("fp32", "fp8-mixed")]
+    for record in keras:
+        if record["policy"] == "fp8-mixed":
+            record["environ"]["fp8"] = {"scaling": scaling["tf-keras"], "emulate_reason": "cpu"}
+    (keras_group,) = compare(keras).groups
+    assert {r.framework for r in keras_group.rows} == {"tensorflow", "jax"}
+    assert fp8_scaling_note(keras_group.rows) is None
 
 
 @pytest.mark.parametrize(
