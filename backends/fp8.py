@@ -19,7 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from precision_suite.backends.policy import NativeOn, Policy, autocast_lines, keras_global_policy, register_policy
-from precision_suite.backends.reference.fp8 import FORWARD_FORMAT, FP8_DIM_MULTIPLE, GRADIENT_FORMAT
+from precision_suite.backends.reference.fp8 import (
+    FORWARD_FORMAT,
+    FP8_DIM_MULTIPLE,
+    FP8_MIN_CUDA_CAPABILITY,
+    GRADIENT_FORMAT,
+)
 
 FP8_EXTRA_HINT = "pip install 'precision-suite[fp8]'"
 
@@ -37,7 +42,7 @@ class Fp8Native:
     """FP8's native rule: the backend's own word where it recorded one (it knows whether it ran
     FP8 GEMMs), else the hardware (no CPU; CUDA from 8.9)."""
 
-    hardware: NativeOn = NativeOn(None, 8.9, what="FP8")
+    hardware: NativeOn = NativeOn(None, float(".".join(map(str, FP8_MIN_CUDA_CAPABILITY))), what="FP8")
 
     def emulation(self, device: str, environ: Mapping[str, Any]) -> str:
         said = (environ.get("fp8") or {}).get("emulate_reason")

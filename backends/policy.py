@@ -220,10 +220,6 @@ def get_policy(name: str) -> Policy:
     return policy
 
 
-def policy_names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
-
-
 def dtype_bytes(name: str) -> int:
     """Bytes per element of dtype ``name`` (numpy spelling), as the memory accounting counts it."""
     try:

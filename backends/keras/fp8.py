@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from precision_suite.backends.reference.fp8 import (
     FORWARD_FORMAT,
+    FP8_MIN_CUDA_CAPABILITY,
     GRADIENT_FORMAT,
     KERAS_AMAX_HISTORY_LENGTH,
     fp8_eligible,
@@ -39,10 +40,6 @@ GRAD_ACCUMULATION_PROBLEM = (
 )
 
 
-# Compute capability from which XLA rewrites quantise-dequantise + matmul into FP8 GEMMs.
-FP8_MIN_CUDA_CAPABILITY = (8, 9)
-
-
 def emulation_reason(device: str, jit_compile: bool, capability: tuple[int, int] | None) -> str:
     """Why a Keras fp8-mixed job's FP8 matmuls are emulated (quantise-dequantise, then a bf16
     matmul), or "" when XLA can run them as FP8 GEMMs."""
@@ -51,7 +48,8 @@ def emulation_reason(device: str, jit_compile: bool, capability: tuple[int, int]
     if not jit_compile:
         return "cuda without jit_compile: no XLA FP8 GEMM rewrite, matmuls in bfloat16"
     if capability is not None and tuple(capability) < FP8_MIN_CUDA_CAPABILITY:
-        return f"compute capability {capability[0]}.{capability[1]} < 8.9: no FP8 GEMMs, matmuls in bfloat16"
+        want = ".".join(map(str, FP8_MIN_CUDA_CAPABILITY))
+        return f"compute capability {capability[0]}.{capability[1]} < {want}: no FP8 GEMMs, matmuls in bfloat16"
     return ""
 
 

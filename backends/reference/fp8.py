@@ -46,6 +46,9 @@ KERAS_AMAX_HISTORY_LENGTH = 1024
 # GEMM kernels (cuBLAS/CUTLASS ``_scaled_mm``) require it, and the suite applies the same rule in
 # every framework so both sides convert the same layers.
 FP8_DIM_MULTIPLE = 16
+# CUDA compute capability from which FP8 GEMMs exist (Ada 8.9, Hopper 9.0, Blackwell): torch's
+# _scaled_mm kernels, XLA's FP8 GEMM rewrite, Transformer Engine.
+FP8_MIN_CUDA_CAPABILITY = (8, 9)
 
 TorchaoRecipe = Literal["tensorwise", "rowwise"]
 TORCHAO_RECIPES: tuple[str, ...] = ("tensorwise", "rowwise")

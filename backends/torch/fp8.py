@@ -27,13 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from precision_suite.backends.reference.fp8 import FP8_DIM_MULTIPLE, fp8_eligible, in_kept_block, torchao_recipe
+from precision_suite.backends.reference.fp8 import FP8_MIN_CUDA_CAPABILITY, fp8_eligible, in_kept_block, torchao_recipe
 
 if TYPE_CHECKING:
     import torch
 
-# Compute capability from which torch._scaled_mm has FP8 kernels (Ada 8.9, Hopper 9.0, Blackwell).
-FP8_MIN_CUDA_CAPABILITY = (8, 9)
 _MATMULS = ("aten.mm.default", "aten.addmm.default", "aten._scaled_mm.default")
 
 
@@ -60,9 +58,9 @@ class Fp8Conversion:
 
 
 def torchao_available() -> bool:
-    import importlib.util
+    from precision_suite.backends.base import module_available
 
-    return importlib.util.find_spec("torchao") is not None
+    return module_available("torchao").ok
 
 
 def emulation_reason(device: torch.device) -> str:
@@ -91,9 +89,7 @@ def _import_torchao_float8() -> Any:
     return float8
 
 
-def convert(
-    model: torch.nn.Module, recipe: str, device: torch.device, keep: Sequence[str] = ()
-) -> Fp8Conversion:
+def convert(model: torch.nn.Module, recipe: str, device: torch.device, keep: Sequence[str] = ()) -> Fp8Conversion:
     """Swap ``model``'s eligible ``nn.Linear`` modules for torchao's ``Float8Linear`` in place
     (parameters kept), recording every Linear's outcome. Modules in a block of ``keep``
     (``keep_fp32``) stay as they are: a block kept in fp32 is not computed in FP8."""
@@ -152,4 +148,4 @@ def observe_fp8_operands(model: torch.nn.Module, forward: Any, x: torch.Tensor) 
     return {phase: sorted(dtypes) for phase, dtypes in operands.seen.items()}
 
 
-__all__ = ["FP8_DIM_MULTIPLE", "Fp8Conversion", "convert", "emulation_reason", "observe_fp8_operands"]
+__all__ = ["Fp8Conversion", "convert", "emulation_reason", "observe_fp8_operands"]

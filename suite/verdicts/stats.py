@@ -228,12 +228,6 @@ class Equivalence:
         return 1 - 2 * self.alpha
 
 
-def accuracy_by_seed(records: list[Any]) -> dict[int, float]:
-    """Test accuracy by seed of result records (``precision_suite.results.Record``): what the
-    equivalence tests of parity and cross-framework pair up."""
-    return metric_by_seed(records, "accuracy")
-
-
 def metric_by_seed(records: list[Any], metric: str) -> dict[int, float]:
     """The parity ``metric``'s record value (``PARITY_METRICS``) by seed of result records."""
     key = PARITY_METRICS[metric].record_key
