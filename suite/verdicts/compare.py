@@ -49,8 +49,7 @@ from precision_suite.verdicts.stats import (
     PASS,
     Equivalence,
     describe,
-    equivalence,
-    metric_by_seed,
+    records_equivalence,
     t_quantile,
 )
 
@@ -461,9 +460,7 @@ def _parity_verdict(
     note = "" if enforced else " (information: -pure policies are not checked)"
     if row.baseline is None:
         return Verdict("parity", row.subject, NO_BASELINE, f"no fp32 baseline of {row.runtime}{note}")
-    eq = equivalence(
-        metric_by_seed(records, metric), metric_by_seed(base_records, metric), tolerance_pts, looks, metric
-    )
+    eq = records_equivalence(records, base_records, tolerance_pts, looks, metric)
     detail = f"{describe(eq)} vs {row.baseline}{note}"
     return Verdict("parity", row.subject, eq.outcome, detail, enforced=enforced, equivalence=eq)
 

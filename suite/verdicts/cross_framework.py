@@ -29,9 +29,8 @@ from precision_suite.verdicts.stats import (
     PastHorizon,
     chaos_aware_agreement,
     describe,
-    equivalence,
-    metric_by_seed,
     past_horizon_problem,
+    records_equivalence,
 )
 
 # Per-step cross-framework agreement is required over at least this many first steps, however
@@ -103,13 +102,7 @@ def framework_pair(
     if not shared:
         return PairVerdict(Outcome.NOT_COMPARABLE, "no seed ran in both")
     found = curve_agreement(reference, other, ref_records, other_records, shared, noise_floor, rtol, steps)
-    eq = equivalence(
-        metric_by_seed(list(other_records.values()), metric),
-        metric_by_seed(list(ref_records.values()), metric),
-        tolerance_pts,
-        looks,
-        metric,
-    )
+    eq = records_equivalence(other_records.values(), ref_records.values(), tolerance_pts, looks, metric)
     # describe() names a loss test itself; accuracy, the default, is named here as it always was.
     named = f"accuracy {describe(eq)}" if metric == "accuracy" else describe(eq)
     if eq.outcome == FAIL:
@@ -160,14 +153,7 @@ def unpaired_pair(
     """Two families that did not start from the same weights (a custom model without ``convert``):
     no per-step comparison, only an unpaired (Welch) equivalence test of the parity metric over
     every seed of each side, labelled so."""
-    eq = equivalence(
-        metric_by_seed(list(other_records.values()), metric),
-        metric_by_seed(list(ref_records.values()), metric),
-        tolerance_pts,
-        looks,
-        metric,
-        pair=False,
-    )
+    eq = records_equivalence(other_records.values(), ref_records.values(), tolerance_pts, looks, metric, pair=False)
     return PairVerdict(
         eq.outcome, f"{UNPAIRED_LABEL} of {PARITY_METRICS[metric].record_key}: {describe(eq)}", equivalence=eq
     )

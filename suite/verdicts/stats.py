@@ -22,7 +22,7 @@ measures both rates by simulation.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -286,6 +286,20 @@ def equivalence(
         pairing_gain=gain,
         metric=metric,
     )
+
+
+def records_equivalence(
+    candidate: Iterable[Any],
+    baseline: Iterable[Any],
+    tolerance_pts: float,
+    looks: int = 1,
+    metric: str = "accuracy",
+    pair: bool = True,
+) -> Equivalence:
+    """``equivalence`` of two sides' result records: each side's ``metric`` by seed
+    (``metric_by_seed``)."""
+    candidate_values, baseline_values = metric_by_seed(list(candidate), metric), metric_by_seed(list(baseline), metric)
+    return equivalence(candidate_values, baseline_values, tolerance_pts, looks, metric, pair)
 
 
 def describe(eq: Equivalence) -> str:
