@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 from precision_suite.config import DataConfig
-from precision_suite.errors import UserError
+from precision_suite.errors import UserError, first_line
 
 
 class DataError(UserError, ValueError):
@@ -638,8 +638,7 @@ def load_python_dataset(cfg: DataConfig) -> Dataset:
     try:
         arrays = loader()
     except Exception as exc:  # the user's code failing is a data problem, reported in one line
-        text = str(exc).strip().splitlines()
-        raise DataError(f"{source} raised {type(exc).__name__}: {text[0] if text else ''}") from None
+        raise DataError(f"{source} raised {type(exc).__name__}: {first_line(exc)}") from None
     if not isinstance(arrays, dict):
         raise DataError(
             f"{source} returned {type(arrays).__name__}; expected a dict with keys {', '.join(_ARRAY_KEYS)}"

@@ -9,6 +9,13 @@ names the thing and what would be valid. The CLI prints it and exits 2; the Pyth
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message ("" for none): how a user's code failing is quoted in a
+    one-line error or a record."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else ""
+
+
 class UserError(Exception):
     """Bad input from the user; the message is one line (the CLI prints it and exits 2)."""
 

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from precision_suite.config import CnnConfig, CustomModelConfig, MlpConfig, TransformerConfig
-from precision_suite.errors import UserError
+from precision_suite.errors import UserError, first_line
 
 if TYPE_CHECKING:
     from precision_suite.data import Dataset
@@ -267,9 +267,8 @@ def resolve_import(spec: str, key: str) -> Callable[..., Any]:
     try:
         target: Any = importlib.import_module(module_name)
     except Exception as exc:  # any failure of the user's module is the same thing to the user
-        text = str(exc).strip().splitlines()
         raise UserCodeError(
-            f"{key}: cannot import {spec!r}: {type(exc).__name__}: {text[0] if text else ''} "
+            f"{key}: cannot import {spec!r}: {type(exc).__name__}: {first_line(exc)} "
             f"(searched sys.path, which starts {sys.path[:3]})"
         ) from None
     for part in attr_path.split("."):

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from precision_suite.config import CustomModelConfig
+from precision_suite.errors import first_line
 from precision_suite.models import UserCodeError, resolve_import
 
 # What a weight holds before the converter runs: a weight still NaN after it was never set.
@@ -81,9 +82,8 @@ def convert_torch_state(model: CustomModelConfig, state: dict[str, np.ndarray], 
     try:
         converter({name: value.copy() for name, value in state.items()}, target)
     except Exception as exc:
-        text = str(exc).strip().splitlines()
         raise UserCodeError(
-            f"models ({model.name}): convert {model.convert!r} raised {type(exc).__name__}: {text[0] if text else ''}"
+            f"models ({model.name}): convert {model.convert!r} raised {type(exc).__name__}: {first_line(exc)}"
         ) from None
     for name, value in keras_weights(target).items():
         if value.dtype.kind == "f" and np.isnan(value).any():
@@ -187,10 +187,9 @@ def check_keras_model(
     try:
         out = keras_forward(built, x)
     except Exception as exc:
-        text = str(exc).strip().splitlines()
         raise UserCodeError(
             f"{what}'s forward pass on one batch of x_train (shape {x.shape}) raised {type(exc).__name__}: "
-            f"{text[0] if text else ''}"
+            f"{first_line(exc)}"
         ) from None
     if tuple(out.shape) != tuple(expected):
         raise UserCodeError(

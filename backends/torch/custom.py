@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from precision_suite.config import CustomModelConfig
+from precision_suite.errors import first_line
 from precision_suite.models import UserCodeError, resolve_import
 from torch import nn
 
@@ -97,10 +98,9 @@ def check_torch_model(model: CustomModelConfig, x: np.ndarray, expected: tuple[i
     except UserCodeError as exc:
         raise UserCodeError(f"models ({model.name}): {exc}") from None
     except Exception as exc:
-        text = str(exc).strip().splitlines()
         raise UserCodeError(
             f"models ({model.name}): the torch model's forward pass on one batch of x_train (shape {x.shape}) "
-            f"raised {type(exc).__name__}: {text[0] if text else ''}"
+            f"raised {type(exc).__name__}: {first_line(exc)}"
         ) from None
     if tuple(out.shape) != tuple(expected):
         per_position = len(expected) == 3

@@ -18,6 +18,7 @@ import numpy as np
 from precision_suite.backends import get_backend_class
 from precision_suite.backends.base import Backend, DeviceUnavailable
 from precision_suite.data import Dataset, batch_plan, load_dataset
+from precision_suite.errors import first_line
 from precision_suite.jobs import Job
 from precision_suite.measure.environment import base_environment
 from precision_suite.measure.timing import WindowTimer
@@ -48,8 +49,7 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    return f"{type(exc).__name__}: {first_line(exc)}".rstrip(": ")
 
 
 _DATA_CACHE: dict[str, Dataset] = {}
