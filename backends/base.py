@@ -37,10 +37,16 @@ if TYPE_CHECKING:
 FAMILY_OF_RUNTIME: dict[str, str] = {"torch": "torch", "tensorflow": "keras", "jax": "keras"}
 
 
+def family_of(runtime: str) -> str:
+    """The API family of ``runtime``'s built-in backends (``FAMILY_OF_RUNTIME``); an unknown
+    runtime is its own family."""
+    return FAMILY_OF_RUNTIME.get(runtime, runtime)
+
+
 def implementation_label(family: str, runtime: str) -> str:
     """How a (family, runtime) pair is named in ids and headings: the runtime alone where the
     family is the runtime's usual one ("torch", "tensorflow"), else "keras on torch"."""
-    return runtime if FAMILY_OF_RUNTIME.get(runtime, runtime) == family else f"{family} on {runtime}"
+    return runtime if family_of(runtime) == family else f"{family} on {runtime}"
 
 
 # Rows per forward pass when evaluating, the same in every backend.
@@ -150,7 +156,7 @@ class Backend(ABC):
         if legacy is not None and "runtime" not in cls.__dict__:
             cls.runtime = legacy
             if "family" not in cls.__dict__:
-                cls.family = FAMILY_OF_RUNTIME.get(legacy, legacy)
+                cls.family = family_of(legacy)
         if hasattr(cls, "runtime"):
             cls.framework = cls.runtime  # the old name of the runtime, for code written before the split
 

@@ -9,7 +9,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from precision_suite.backends.base import FAMILY_OF_RUNTIME
+from precision_suite.backends.base import family_of
 from precision_suite.config import (
     DataConfig,
     DistributedConfig,
@@ -95,7 +95,7 @@ class Job:
         adapters = _field_adapters(cls)
         values = {name: raw[key] for name in adapters if (key := cls.JSON_KEYS.get(name, name)) in raw}
         if not values.get("family"):  # written before the API family was apart from the runtime
-            values["family"] = FAMILY_OF_RUNTIME.get(values["runtime"], values["runtime"])
+            values["family"] = family_of(values["runtime"])
         return cls(**{name: adapters[name].validate_python(value) for name, value in values.items()})
 
 

@@ -121,9 +121,9 @@ class Record(dict):
     def family(self) -> str:
         """The API family the job belongs to; a record written before families existed names
         only its runtime, whose built-in backends' family it takes."""
-        from precision_suite.backends.base import FAMILY_OF_RUNTIME
+        from precision_suite.backends.base import family_of
 
-        return str(self.get("family") or FAMILY_OF_RUNTIME.get(self.runtime, self.runtime))
+        return str(self.get("family") or family_of(self.runtime))
 
     @property
     def metrics(self) -> dict[str, Any]:

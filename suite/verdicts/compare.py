@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from precision_suite.backends.base import FAMILY_OF_RUNTIME
+from precision_suite.backends.base import family_of
 from precision_suite.backends.fp8 import fp8_problems, fp8_settings
 from precision_suite.backends.policy import POLICIES, find_policy
 from precision_suite.config import ParityConfig
@@ -156,7 +156,7 @@ class Row:
     why_not_faster: list[str] = field(default_factory=list)  # precision_suite.verdicts.diagnose
 
     def __post_init__(self) -> None:
-        self.family = self.family or FAMILY_OF_RUNTIME.get(self.runtime, self.runtime)
+        self.family = self.family or family_of(self.runtime)
 
     @property
     def label(self) -> str:

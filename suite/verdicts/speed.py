@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from precision_suite.backends.base import FAMILY_OF_RUNTIME
+from precision_suite.backends.base import family_of
 from precision_suite.measure.timing import SpeedEstimate
 from precision_suite.results import SPEED_KIND, latest_by_job
 
@@ -110,7 +110,7 @@ class SpeedPhase:
             dataset=str(record.get("dataset")),
             device=str(record.get("device")),
             runtime=(runtime := str(record.get("framework"))),
-            family=str(record.get("family") or FAMILY_OF_RUNTIME.get(runtime, runtime)),
+            family=str(record.get("family") or family_of(runtime)),
             baseline_backend=speed["baseline"]["backend"],
             baseline_policy=speed["baseline"]["policy"],
             candidates=[CandidateSpeed.from_dict(c) for c in speed.get("candidates", [])],
