@@ -254,10 +254,13 @@ def add_python_path(paths: list[str]) -> None:
             sys.path.insert(0, path)
 
 
-def python_path_env(paths: list[str], current: str | None) -> str | None:
-    """``PYTHONPATH`` for a worker: ``paths`` before what ``current`` already holds."""
-    parts = [*paths, *[p for p in (current or "").split(os.pathsep) if p and p not in paths]]
-    return os.pathsep.join(parts) or None
+def set_python_path_env(env: dict[str, str], paths: list[str]) -> None:
+    """A worker's environment ``env`` with ``paths`` (``SuiteConfig.python_path``: where a custom
+    model's or a python loader's code is imported from) first on its ``PYTHONPATH``; unchanged
+    when there are none."""
+    if paths:
+        current = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in paths]
+        env["PYTHONPATH"] = os.pathsep.join([*paths, *current])
 
 
 def resolve_import(spec: str, key: str) -> Callable[..., Any]:

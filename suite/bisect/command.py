@@ -30,7 +30,7 @@ from precision_suite.bisect.record import BisectResult, ModelBisect, TrialRecord
 from precision_suite.bisect.search import BlockSensitivity, find_culprits, rank_blocks, trial_bound
 from precision_suite.config import SuiteConfig
 from precision_suite.jobs import BASELINE_POLICY
-from precision_suite.models import BUILT_IN_KINDS, block_names, python_path_env
+from precision_suite.models import BUILT_IN_KINDS, block_names, set_python_path_env
 from precision_suite.results import RESULTS_FILE, Record, append_record, latest_by_job, read_records
 from precision_suite.verdicts.compare import FAIL, FAILED, PASS, compare
 from precision_suite.verdicts.stats import PARITY_METRICS
@@ -293,8 +293,7 @@ def run_probe(config: SuiteConfig, model: Any, target: Target, out_dir: Path) ->
         spec = out_dir / "probe-in.json"
         spec.write_text(json.dumps({"job": mine.to_dict(), "reference": base.to_dict(), "steps": PROBE_STEPS}))
         env = dict(os.environ)
-        if config.python_path:  # a custom model's code, imported where the workers import it from
-            env["PYTHONPATH"] = python_path_env(config.python_path, env.get("PYTHONPATH")) or ""
+        set_python_path_env(env, config.python_path)  # a custom model's code, as the workers import it
         done = subprocess.run(
             [sys.executable, "-m", "precision_suite.bisect.probe", str(spec), str(cached)],
             capture_output=True,

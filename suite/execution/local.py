@@ -47,11 +47,9 @@ def worker_environment(config: SuiteConfig, threads: int | None = None) -> dict[
             "PYTHONUNBUFFERED": "1",
         }
     )
-    if config.python_path:
-        # Where a custom model's or a python loader's code is imported from (SuiteConfig.python_path).
-        from precision_suite.models import python_path_env
+    from precision_suite.models import set_python_path_env
 
-        env["PYTHONPATH"] = python_path_env(config.python_path, env.get("PYTHONPATH")) or ""
+    set_python_path_env(env, config.python_path)
     return env
 
 
