@@ -31,7 +31,7 @@ from precision_suite.bisect.search import BlockSensitivity, find_culprits, rank_
 from precision_suite.config import SuiteConfig
 from precision_suite.jobs import BASELINE_POLICY
 from precision_suite.models import BUILT_IN_KINDS, block_names, set_python_path_env
-from precision_suite.results import RESULTS_FILE, Record, append_record, latest_by_job, read_records
+from precision_suite.results import RESULTS_FILE, Record, append_record, read_run
 from precision_suite.verdicts.compare import FAIL, FAILED, PASS, compare
 from precision_suite.verdicts.stats import PARITY_METRICS
 from rich.console import Console
@@ -144,25 +144,25 @@ class ModelSearch:
     def _copy_baseline(self, run_dir: Path) -> None:
         """The fp32 runs of the nothing-kept endpoint (keeping blocks changes nothing in fp32):
         the runner's resume then never runs them again."""
-        source = self.out_dir / "nothing-kept-full" / RESULTS_FILE
-        target = run_dir / RESULTS_FILE
-        if not source.exists():
+        source = read_run(self.out_dir / "nothing-kept-full")
+        if not source.found:
             return
-        have = set(latest_by_job(read_records(target).records)) if target.exists() else set()
+        have = {r["job_id"] for r in self._records(run_dir)}
         run_dir.mkdir(parents=True, exist_ok=True)
-        for job_id, record in latest_by_job(read_records(source).records).items():
-            if record.get("policy") == BASELINE_POLICY and record["status"] == "ok" and job_id not in have:
-                append_record(target, record)
+        for record in source.records:
+            if record.get("policy") == BASELINE_POLICY and record["status"] == "ok" and record["job_id"] not in have:
+                append_record(run_dir / RESULTS_FILE, record)
 
-    def _records(self, run_dir: Path) -> list[dict[str, Any]]:
-        return list(latest_by_job(read_records(run_dir / RESULTS_FILE).records).values())
+    def _records(self, run_dir: Path) -> list[Record]:
+        """The newest record of each job of the trial in ``run_dir`` (the one run-directory reader)."""
+        return read_run(run_dir).records
 
     def screen(self, kept: tuple[str, ...], purpose: str) -> bool:
         """A short trial: one seed, paired with fp32 on that seed."""
         run_dir = self._run(kept, full=False)
         by_policy = {
             (r.backend, r.policy): r
-            for r in map(Record, self._records(run_dir))
+            for r in self._records(run_dir)
             if r.seed == self.first_seed and r.model_name == self.model.name
         }
         mine = by_policy.get((self.target.backend, self.target.policy))
@@ -184,7 +184,8 @@ class ModelSearch:
     def verdict(self, kept: tuple[str, ...], purpose: str, timed: bool = False) -> tuple[str, str, Path]:
         """The usual paired parity verdict over the config's seeds (a failed seed is a failure)."""
         run_dir = self._run(kept, full=True, timed=timed)
-        comparison = compare(self._records(run_dir))
+        records = self._records(run_dir)
+        comparison = compare(records)
         row = next(
             (r for r in comparison.rows if (r.backend, r.policy) == (self.target.backend, self.target.policy)), None
         )
@@ -196,7 +197,7 @@ class ModelSearch:
         else:
             parity = row.verdict("parity")
             outcome, detail = (parity.outcome, parity.detail) if parity else (FAILED, "no parity verdict")
-        seeds = sorted({r["seed"] for r in self._records(run_dir)})
+        seeds = sorted({r["seed"] for r in records})
         self.trials.append(TrialRecord(list(kept), purpose, outcome, detail, str(run_dir), seeds, 0))
         self.say(f"  {purpose}: keep [{', '.join(kept)}] → {outcome} ({detail})")
         return outcome, detail, run_dir
