@@ -21,12 +21,11 @@ from typing import Any
 from precision_suite.backends.base import implementation_label
 from precision_suite.backends.policy import find_policy
 from precision_suite.bisect.record import BISECT_FILE, read_bisect
-from precision_suite.outputs.intervals import ratio_interval, speedup_of
+from precision_suite.outputs.intervals import memory_ratio_of, speedup_of
 from precision_suite.outputs.rundir import (
     RowKey,
     RunDir,
     RunDirError,
-    baseline_key,
     load_run,
     ok_records_by_row,
     row_key,
@@ -136,11 +135,8 @@ def advise_group(group: Group, records: dict, check_pure: bool) -> list[Advice]:
         for row in group.rows:
             if row.implementation != implementation or row.is_baseline:
                 continue
-            base = records.get(baseline_key(row), []) if row.baseline else []
-            own = records.get(row_key(row), [])
             speedup = speedup_of(row)
-            memory = ratio_interval(base, own, "peak_memory_bytes")
-            candidates.append(Candidate(row, speedup, memory, why_not(row, speedup, check_pure)))
+            candidates.append(Candidate(row, speedup, memory_ratio_of(row, records), why_not(row, speedup, check_pure)))
         eligible = [c for c in candidates if not c.reasons]
         choice = max(eligible, key=lambda c: c.speedup.estimate or 0.0) if eligible else None
         avoid = [c for c in candidates if c.reasons]
@@ -156,9 +152,9 @@ def advise(run: RunDir) -> list[Advice]:
     fixes = bisect_fixes(run.path)
     for item in advice:
         for candidate in item.avoid:
-            row = candidate.row
-            if row.verdict("parity") is not None and row.verdict("parity").outcome != PASS:
-                candidate.fix = fixes.get((row.model, row.dataset, row.device, row.backend, row.policy))
+            parity = candidate.row.verdict("parity")
+            if parity is not None and parity.outcome != PASS:
+                candidate.fix = fixes.get(row_key(candidate.row))
     return advice
 
 
@@ -187,11 +183,8 @@ def bisect_fixes(run_path: Path) -> dict[RowKey, BisectFix]:
             for row in fixed.comparison.rows:
                 if (row.backend, row.policy) != (result.backend, result.policy) or row.model != model.model:
                     continue
-                base = records.get(baseline_key(row), []) if row.baseline else []
-                memory = ratio_interval(base, records.get(row_key(row), []), "peak_memory_bytes")
-                fixes.setdefault(
-                    row_key(row), BisectFix(model.keep_fp32, model.verdict_run_dir, speedup_of(row), memory)
-                )
+                fix = BisectFix(model.keep_fp32, model.verdict_run_dir, speedup_of(row), memory_ratio_of(row, records))
+                fixes.setdefault(row_key(row), fix)
     return fixes
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from precision_suite.results import RowKey
 from precision_suite.verdicts.compare import Row, mean_ci95
 from precision_suite.verdicts.stats import Interval
 
@@ -49,6 +50,15 @@ def speedup_of(row: Row) -> Interval:
     if row.speed is None:
         return Interval(None)
     return Interval(row.speed.estimate, row.speed.ci_low, row.speed.ci_high)
+
+
+def memory_ratio_of(row: Row, records_by_row: dict[RowKey, list[dict[str, Any]]]) -> Interval:
+    """The row's peak memory over its fp32 baseline's, paired per seed (``ratio_interval``) from
+    ``records_by_row`` (``rundir.ok_records_by_row``); ``Interval(None)`` without a baseline."""
+    from precision_suite.outputs.rundir import baseline_key, row_key
+
+    base = records_by_row.get(baseline_key(row), []) if row.baseline else []
+    return ratio_interval(base, records_by_row.get(row_key(row), []), "peak_memory_bytes")
 
 
 def ratio_interval(base_records: list[dict[str, Any]], row_records: list[dict[str, Any]], key: str) -> Interval:

@@ -13,8 +13,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from precision_suite.outputs.intervals import ratio_interval, speedup_of
-from precision_suite.outputs.rundir import RunDir, baseline_key, ok_records_by_row, row_key
+from precision_suite.outputs.intervals import memory_ratio_of, speedup_of
+from precision_suite.outputs.rundir import RunDir, ok_records_by_row, row_key
 from precision_suite.report.plots import Plot
 from precision_suite.results import RowKey
 from precision_suite.serve.runs import RunSummary, machine_of
@@ -69,11 +69,8 @@ def history(runs: list[tuple[RunSummary, RunDir]], key: RowKey) -> list[HistoryP
         if row is None or row.is_baseline:
             continue
         by_row = ok_records_by_row(run.records)
-        base = baseline_key(row)
         records = by_row.get(key, [])
-        memory = Interval(None)
-        if base is not None and records:
-            memory = ratio_interval(by_row.get(base, []), records, "peak_memory_bytes")
+        memory = memory_ratio_of(row, by_row)
         first = records[0] if records else run.records[0]
         host, device = machine_of(first)
         trained = {k: (first.get("config") or {}).get(k) for k in TRAINED_KEYS}
