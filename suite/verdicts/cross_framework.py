@@ -123,7 +123,7 @@ def framework_pair(
             + f"; {named}"
         )
         if outcome == INCONCLUSIVE and found.same_computation:
-            # Too few seeds for the accuracy test, but no seed noise to test either: each seed's
+            # Too few seeds for the seed test, but no seed noise to test either: each seed's
             # two runs are one computation up to rounding, from the first step to the last.
             outcome = PASS
             detail += (
