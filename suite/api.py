@@ -161,9 +161,10 @@ def load_run_config(
         config = resume_dir / CONFIG_FILE
         if not config.exists():
             raise UsageError(f"--resume {resume_dir}: no {CONFIG_FILE} there (not a run directory)")
+        from precision_suite.execution.runner import read_origin
+
         # The run's own origin (its config.yaml header), then this resume's overrides.
-        header = [line[2:] for line in config.read_text().splitlines()[1:] if line.startswith("# ")]
-        origin = [*header, f"--resume {resume_dir}", *origin[1:]]
+        origin = [*read_origin(config), f"--resume {resume_dir}", *origin[1:]]
     suite_config = load_config(config, set_overrides, overrides)
     from precision_suite.models import add_python_path
 

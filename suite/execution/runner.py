@@ -89,13 +89,23 @@ def make_executor(config: SuiteConfig, out_dir: Path) -> JobExecutor:
     return Executor(config, out_dir)
 
 
+CONFIG_TITLE = "# The resolved config of this run (precision-suite run --resume uses it).\n"
+
+
 def save_config(config: SuiteConfig, out_dir: Path) -> None:
+    """The run's config.yaml: a title, the config's origin as comments (``read_origin``), then the
+    resolved config."""
     path = out_dir / CONFIG_FILE
-    text = "# The resolved config of this run (precision-suite run --resume uses it).\n"
-    text += "".join(f"# {line}\n" for line in config.origin)
+    text = CONFIG_TITLE + "".join(f"# {line}\n" for line in config.origin)
     text += yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     path.write_text(text)
 
+
+
+def read_origin(path: Path) -> list[str]:
+    """The origin lines ``save_config`` wrote into the config file at ``path``."""
+    lines = path.read_text().splitlines()
+    return [line[2:] for line in lines[1:] if line.startswith("# ")]
 
 def _status_line(record: dict[str, Any]) -> str:
     status = record["status"]
