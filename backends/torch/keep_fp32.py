@@ -48,14 +48,14 @@ def candidate_blocks(model: nn.Module) -> list[str]:
     return found
 
 
-def resolve_blocks(model: nn.Module, names: list[str], known: list[str] | None = None) -> dict[str, nn.Module]:
+def resolve_blocks(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
     """``names`` → the modules they name in ``model``; an unknown name raises one line listing the
-    blocks (``known``, default ``candidate_blocks``)."""
+    blocks (``candidate_blocks``)."""
     modules = dict(model.named_modules())
     blocks = {}
     for name in names:
         if not name or name not in modules:
-            listed = known if known is not None else candidate_blocks(model)
+            listed = candidate_blocks(model)
             raise ValueError(f'keep_fp32: "{name}" is not a module of the model; its blocks: {", ".join(listed)}')
         blocks[name] = modules[name]
     return blocks

@@ -101,11 +101,11 @@ def save_config(config: SuiteConfig, out_dir: Path) -> None:
     path.write_text(text)
 
 
-
 def read_origin(path: Path) -> list[str]:
     """The origin lines ``save_config`` wrote into the config file at ``path``."""
     lines = path.read_text().splitlines()
     return [line[2:] for line in lines[1:] if line.startswith("# ")]
+
 
 def _status_line(record: dict[str, Any]) -> str:
     status = record["status"]
