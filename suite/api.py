@@ -184,13 +184,14 @@ def load_run_config(
         raise DataError(f"{source}: data: {exc}") from None
     from precision_suite.models import UserCodeError, check_custom_model, init_weights
 
+    implementations = _implementations(suite_config)
     for i, model in enumerate(suite_config.models):
         if model.kind == "custom":
             try:  # a forward pass on one batch per family, before any job
-                for warning in check_custom_model(model, data, _implementations(suite_config)):
+                for warning in check_custom_model(model, data, implementations):
                     print(f"warning: {warning} (each job of it will record the error)", file=sys.stderr)
             except UserCodeError as exc:
-                raise UsageError(f"{source}: {exc}".replace("models (", f"models.{i} (", 1)) from None
+                raise UsageError(f"{source}: " + str(exc).replace("models (", f"models.{i} (", 1)) from None
             continue
         try:  # the shape checks every job would otherwise fail on, once, before any job
             init_weights(model, data.input_shape, data.num_classes, seed=0)
