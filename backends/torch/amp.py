@@ -95,10 +95,7 @@ class TorchAmpBackend(TorchBackendBase):
         self.autocast_enabled = self.policy.compute_dtype != "float32"
 
     def _forward(self, x: Any) -> Any:
-        import torch
-
-        with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=self.autocast_enabled):
-            return self.forward_module(x)
+        return self.run_block(self.forward_module, (x,), {})
 
     def observed_precision(self) -> dict[str, Any]:
         observed = super().observed_precision()
