@@ -492,16 +492,16 @@ class KerasBackend(Backend):
         hold; the figure is the allocator's ``peak`` where the runtime has one (GPU), else the
         accounting (CPU)."""
         observed = keras_memory_breakdown(self.model, self.optimizer)
-        if self.job.model.kind == "custom":
-            # No spec to count from: the model's own variables (Keras has no saved-tensor hook,
-            # so the activations are not in this figure, and the label says so).
+        # A custom model has no spec to count from: its own variables (Keras has no saved-tensor
+        # hook, so the activations are not in this figure, and the label says so).
+        custom = self.job.model.kind == "custom"
+        if custom:
             breakdown = dict(observed)
-            if peak is None:
-                return MemoryStats(sum(breakdown.values()), KERAS_MEASURED_CPU, breakdown, observed)
-            return MemoryStats(int(peak), source, breakdown, observed)
-        breakdown = account_job(self.job, self.data_shape, self.num_classes, self.memory_layout()).breakdown()
+        else:
+            breakdown = account_job(self.job, self.data_shape, self.num_classes, self.memory_layout()).breakdown()
         if peak is None:
-            return MemoryStats(sum(breakdown.values()), "accounting (cpu)", breakdown, observed)
+            cpu_source = KERAS_MEASURED_CPU if custom else "accounting (cpu)"
+            return MemoryStats(sum(breakdown.values()), cpu_source, breakdown, observed)
         return MemoryStats(int(peak), source, breakdown, observed)
 
     def release(self, *runtime_attrs: str) -> None:

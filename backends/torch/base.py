@@ -478,17 +478,16 @@ class TorchBackendBase(Backend):
         }
         if self.activation_bytes is not None:
             observed["activations"] = self.activation_bytes
-        if self.job.model.kind == "custom":
-            # No spec to count from: the model's own tensors and what autograd really saved.
+        # A custom model has no spec to count from: its own tensors and what autograd really saved.
+        custom = self.job.model.kind == "custom"
+        if custom:
             breakdown = dict(observed)
-            if self.device.type == "cuda":
-                return MemoryStats(int(torch.cuda.max_memory_allocated(self.device)), CUDA_PEAK, breakdown, observed)
-            return MemoryStats(sum(breakdown.values()), MEASURED_CPU, breakdown, observed)
-        breakdown = account_job(self.job, *self.data_shape, self.memory_layout()).breakdown()
+        else:
+            breakdown = account_job(self.job, *self.data_shape, self.memory_layout()).breakdown()
         if self.device.type == "cuda":
             peak = int(torch.cuda.max_memory_allocated(self.device))
             return MemoryStats(peak, CUDA_PEAK, breakdown, observed)
-        return MemoryStats(sum(breakdown.values()), "accounting (cpu)", breakdown, observed)
+        return MemoryStats(sum(breakdown.values()), MEASURED_CPU if custom else "accounting (cpu)", breakdown, observed)
 
     def activate(self) -> None:
         self._apply_globals()
