@@ -1,5 +1,5 @@
 """bisect.json: what ``precision-suite bisect`` found, typed. Read by ``advise`` (any machine, no
-framework) and by a resumed bisect."""
+framework); a resumed bisect finds its trials' run directories and probe.json instead."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class TrialRecord:
     detail: str
     run_dir: str
     seeds: list[int]
-    runs: int  # training runs it made (its fp32 baselines included), 0 when read back from a finished trial
+    runs: int  # training runs the trial itself made (fp32 baselines copied from the first endpoint not counted)
 
 
 @dataclass
